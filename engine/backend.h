@@ -1,0 +1,122 @@
+/* backend.h - the interface every compute backend implements, and the ops
+ * model code calls.
+ *
+ * Model code (clip.c, unet.c, vae.c, ...) only calls the pf_* functions below;
+ * they dispatch on the output tensor's backend. The CPU backend
+ * (backend_cpu.c) is the readable reference; the CUDA backend (kernels/)
+ * implements the same table. A backend adds no op that model code could call
+ * directly: new ops are added here, to every backend, with a parity test.
+ *
+ * Conventions: outputs first; all tensors of one call live on the same backend
+ * and are in its compute dtype; shapes are checked with PF_CHECK (model code
+ * computes them, so a mismatch is a bug, not an input error). Ops never
+ * allocate their output: the caller passes it, so memory use is visible in
+ * model code. Unless an op says so, outputs must not alias inputs. */
+#ifndef PF_BACKEND_H
+#define PF_BACKEND_H
+
+#include "tensor.h"
+
+typedef enum pf_act {
+    PF_ACT_SILU = 0,       /* x * sigmoid(x) */
+    PF_ACT_GELU = 1,       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
+    PF_ACT_GELU_TANH = 2,  /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    PF_ACT_QUICK_GELU = 3, /* x * sigmoid(1.702 x) (CLIP) */
+} pf_act;
+
+typedef struct pf_backend_ops {
+    /* memory */
+    void *(*alloc)(pf_backend *be, size_t nbytes);  /* NULL on failure */
+    void (*release)(pf_backend *be, void *p);
+    void (*upload)(pf_backend *be, pf_tensor *dst, const float *src);   /* host f32 -> dst */
+    void (*download)(pf_backend *be, float *dst, const pf_tensor *src); /* src -> host f32 */
+    void (*synchronize)(pf_backend *be);
+    void (*destroy)(pf_backend *be);
+
+    /* ops: see the pf_* wrappers below for each contract */
+    void (*linear)(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b);
+    void (*conv2d)(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b,
+                   int stride, int pad);
+    void (*group_norm)(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
+                       const pf_tensor *beta, int groups, float eps, int fuse_silu);
+    void (*layer_norm)(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
+                       const pf_tensor *beta, float eps);
+    void (*softmax)(pf_tensor *y, const pf_tensor *x);
+    void (*attention)(pf_tensor *out, const pf_tensor *q, const pf_tensor *k, const pf_tensor *v,
+                      int heads, int causal);
+    void (*activation)(pf_tensor *y, const pf_tensor *x, pf_act act);
+    void (*geglu)(pf_tensor *y, const pf_tensor *x);
+    void (*add)(pf_tensor *y, const pf_tensor *a, const pf_tensor *b);
+    void (*mul)(pf_tensor *y, const pf_tensor *a, const pf_tensor *b);
+    void (*scale)(pf_tensor *y, const pf_tensor *x, float alpha, float beta);
+    void (*concat)(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis);
+    void (*upsample_nearest2x)(pf_tensor *y, const pf_tensor *x);
+    void (*permute)(pf_tensor *y, const pf_tensor *x, const int *perm);
+    void (*embedding)(pf_tensor *y, const pf_tensor *table, const int32_t *ids, int64_t n);
+    void (*copy)(pf_tensor *y, const pf_tensor *x);
+} pf_backend_ops;
+
+struct pf_backend {
+    const char *name;            /* "cpu", "cuda" */
+    const pf_backend_ops *ops;
+    pf_dtype compute_dtype;      /* dtype of activations and weights on this backend */
+    int failed;                  /* sticky error flag, see tensor.h */
+    char errmsg[512];
+    void *impl;                  /* backend private state */
+};
+
+/* CPU backend. threads <= 0: use all cores. Never fails. */
+pf_backend *pf_backend_cpu_new(int threads);
+/* Releases the backend (tensors made on it must be freed first). */
+void pf_backend_free(pf_backend *be);
+
+/* Sticky error: the first failure's message is kept; later ones are dropped. */
+void pf_backend_set_error(pf_backend *be, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Returns 0 when the backend has not failed, else fills err and returns -1. */
+int pf_backend_ok(pf_backend *be, pf_error *err);
+void pf_synchronize(pf_backend *be);
+
+/* y[..., N] = x[..., K] @ w[N, K]^T + b[N]   (b may be NULL) - torch.nn.Linear */
+void pf_linear(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b);
+/* y[N, Co, Ho, Wo] = conv2d(x[N, Ci, H, W], w[Co, Ci, kh, kw]) + b[Co], square stride and
+ * zero padding on all sides; Ho = (H + 2 pad - kh) / stride + 1. b may be NULL. */
+void pf_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b,
+               int stride, int pad);
+/* torch.nn.GroupNorm over x[N, C, ...] with per-channel affine gamma[C], beta[C];
+ * fuse_silu applies SiLU to the result. y may alias x. */
+void pf_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
+                   const pf_tensor *beta, int groups, float eps, int fuse_silu);
+/* torch.nn.LayerNorm over the last dimension C of x[..., C]; y may alias x. */
+void pf_layer_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
+                   const pf_tensor *beta, float eps);
+/* Softmax over the last dimension. y may alias x. */
+void pf_softmax(pf_tensor *y, const pf_tensor *x);
+/* Multi-head scaled dot-product attention, heads packed in the channel axis:
+ * q[B, Lq, C], k[B, Lk, C], v[B, Lk, C] -> out[B, Lq, C], head h uses channels
+ * [h*D, (h+1)*D), D = C / heads, scale 1/sqrt(D); causal masks key j > query i
+ * (CLIP). Computed in float32 whatever the dtype (upcast_attention is implied). */
+void pf_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k, const pf_tensor *v,
+                  int heads, int causal);
+/* Elementwise activation; y may alias x. */
+void pf_activation(pf_tensor *y, const pf_tensor *x, pf_act act);
+/* diffusers GEGLU after its projection: x[..., 2N] = (h, gate) -> y[..., N] = h * gelu(gate). */
+void pf_geglu(pf_tensor *y, const pf_tensor *x);
+/* y = a + b and y = a * b, with b broadcast to a's shape: b has a's ndim and each of
+ * its dimensions equals a's or is 1 (numpy rules after left-padding b's shape with 1s).
+ * y has a's shape and may alias a. */
+void pf_add(pf_tensor *y, const pf_tensor *a, const pf_tensor *b);
+void pf_mul(pf_tensor *y, const pf_tensor *a, const pf_tensor *b);
+/* y = alpha * x + beta; y may alias x. */
+void pf_scale(pf_tensor *y, const pf_tensor *x, float alpha, float beta);
+/* torch.cat([a, b], dim=axis); a and b agree on every other dimension. */
+void pf_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis);
+/* y[N, C, 2H, 2W] = nearest-neighbour 2x upsampling of x[N, C, H, W]. */
+void pf_upsample_nearest2x(pf_tensor *y, const pf_tensor *x);
+/* y = x.permute(perm) made contiguous; perm has x->ndim entries. */
+void pf_permute(pf_tensor *y, const pf_tensor *x, const int *perm);
+/* y[n, C] = table[ids[n], C] for n < count (ids are host memory, checked < V). */
+void pf_embedding(pf_tensor *y, const pf_tensor *table, const int32_t *ids, int64_t count);
+/* y = x (same numel). */
+void pf_copy(pf_tensor *y, const pf_tensor *x);
+
+#endif

@@ -1,0 +1,52 @@
+/* error.c - error formatting and checked bookkeeping allocation. */
+#include "error.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+int pf_fail(pf_error *err, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int pf_error_prefix(pf_error *err, const char *fmt, ...) {
+    if (!err) return -1;
+    char prefix[512], old[sizeof err->msg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof old);
+    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    return -1;
+}
+
+void *pf_xmalloc(size_t n, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "%s:%d: out of memory allocating %zu bytes\n", file, line, n);
+        abort();
+    }
+    return p;
+}
+
+void *pf_xcalloc(size_t n, size_t size, const char *file, int line) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "%s:%d: out of memory allocating %zu x %zu bytes\n", file, line, n, size);
+        abort();
+    }
+    return p;
+}
+
+char *pf_xstrdup(const char *s, const char *file, int line) {
+    size_t n = strlen(s) + 1;
+    char *p = pf_xmalloc(n, file, line);
+    memcpy(p, s, n);
+    return p;
+}

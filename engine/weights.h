@@ -1,0 +1,36 @@
+/* weights.h - named model weights from safetensors files, with optional PeRFlow
+ * delta weights (W = W_base + dW), delivered to a backend as tensors.
+ *
+ * A pf_weights is the set of tensors of one model component (one or more
+ * .safetensors files). Model code asks for each parameter by its checkpoint
+ * name and the shape its config implies; a missing tensor or a wrong shape is
+ * an input error naming the tensor (and both shapes). */
+#ifndef PF_WEIGHTS_H
+#define PF_WEIGHTS_H
+
+#include "backend.h"
+#include "safetensors.h"
+
+typedef struct pf_weights pf_weights;
+
+/* Opens one safetensors file as a weight set. */
+int pf_weights_open(pf_weights **out, const char *path, pf_error *err);
+/* Adds a delta: from now on every loaded tensor is base + delta, summed in
+ * float32 before conversion to the backend dtype. The delta must have exactly
+ * the base's key set (else the error lists the first differing keys) and the
+ * same shape for every key. */
+int pf_weights_set_delta(pf_weights *w, const char *delta_path, pf_error *err);
+void pf_weights_close(pf_weights *w);
+
+/* Loads tensor `name` with the expected shape onto be. Returns NULL and fills
+ * err when the tensor is missing, has another shape or an unreadable dtype. */
+pf_tensor *pf_weights_load(pf_weights *w, pf_backend *be, const char *name, int ndim,
+                           const int64_t *shape, pf_error *err);
+/* printf-style name: pf_weights_loadf(w, be, err, 2, (int64_t[]){768, 768}, "%s.q_proj.weight", p) */
+pf_tensor *pf_weights_loadf(pf_weights *w, pf_backend *be, pf_error *err, int ndim,
+                            const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+int pf_weights_has(const pf_weights *w, const char *name);
+const pf_safetensors *pf_weights_file(const pf_weights *w);
+
+#endif
