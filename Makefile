@@ -87,7 +87,7 @@ $(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(wildcard engine/*.h)
 fuzz: $(FUZZ_BIN)
 $(B)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -fopenmp -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    -o $@ $< $(ENGINE_SRC) $(LDLIBS_ENGINE)
 
 $(B)/bench/%: tests/bench/%.c $(B)/libperflow_engine.a
