@@ -1,0 +1,560 @@
+/* backend_cpu.c - the CPU backend: the readable float32 reference for every op.
+ *
+ * Plain loops in the style of llm.c's train_gpt2.c; matrix products go through
+ * OpenBLAS cblas_sgemm. Arguments were checked by the wrappers in backend.c,
+ * so nothing here re-checks shapes.
+ *
+ * Threading uses one level only: OpenMP. OpenBLAS is switched to one thread
+ * when the backend is made, and large products are split across OpenMP
+ * threads by gemm() below, each thread calling a single-threaded sgemm on its
+ * slice. Mixing OpenBLAS's own thread pool with OpenMP regions (attention
+ * interleaves small products with softmax) would leave two pools of busy
+ * threads competing for the same cores. Every parallel region names its team
+ * size (num_threads) so the `threads` given at creation holds whichever thread
+ * calls the op. Consequence: openblas_set_num_threads(1) is process-wide, so
+ * other OpenBLAS users in the same process also run single-threaded. */
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+
+/* Elementwise loops are cut into chunks of this many elements, the unit of
+ * work handed to a thread; small tensors run on the calling thread. */
+#define CHUNK 16384
+/* im2col scratch per convolution, in floats (16 MiB): the full column matrix
+ * of the VAE decoder's last convolutions (256 channels x 9 x 512x512) would
+ * be 2.4 GB, so output rows are processed in tiles whose columns fit here. */
+#define COL_BUDGET (4 << 20)
+/* Attention score scratch per thread, in floats (4 MiB): query rows are taken
+ * in blocks whose scores [rows, Lk] fit here, so SD at 512px (Lq = Lk = 4096)
+ * uses blocks of 256 query rows instead of a 64 MiB score matrix per head. */
+#define SCORE_BUDGET (1 << 20)
+
+typedef struct cpu_state {
+    int threads; /* OpenMP team size for every op */
+} cpu_state;
+
+static int team(const pf_tensor *t) { return ((const cpu_state *)t->be->impl)->threads; }
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* ---- memory ---- */
+
+static void *cpu_alloc(pf_backend *be, size_t nbytes) {
+    (void)be;
+    void *p = NULL;
+    /* 64-byte alignment for vector loads; never 0 bytes so that an empty
+     * tensor is not mistaken for a failed allocation. */
+    if (posix_memalign(&p, 64, nbytes ? nbytes : 1) != 0) return NULL;
+    return p;
+}
+
+static void cpu_release(pf_backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static void cpu_upload(pf_backend *be, pf_tensor *dst, const float *src) {
+    (void)be;
+    pf_convert_from_f32(dst->data, dst->dtype, src, (size_t)pf_numel(dst));
+}
+
+static void cpu_download(pf_backend *be, float *dst, const pf_tensor *src) {
+    (void)be;
+    pf_convert_to_f32(dst, src->data, src->dtype, (size_t)pf_numel(src));
+}
+
+static void cpu_synchronize(pf_backend *be) { (void)be; }
+
+static void cpu_destroy(pf_backend *be) {
+    free(be->impl);
+    free(be);
+}
+
+/* ---- matrix product ---- */
+
+/* c[m, n] = alpha * op(a)[m, k] @ op(b)[k, n] + beta * c, row-major, op
+ * transposing when ta/tb is set. The larger of m and n is split into one slice
+ * per thread (in multiples of 16 so slices keep whole register tiles); each
+ * slice is an independent sgemm. Must not be called inside a parallel region. */
+static void gemm(int nt, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                 int64_t ldc) {
+    if (m == 0 || n == 0) return;
+    PF_CHECK(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX &&
+             ldc <= INT_MAX);
+    int split_m = m >= n;
+    int64_t units = ((split_m ? m : n) + 15) / 16;
+    int64_t parts = 2.0 * m * n * k < 4e6 ? 1 : min64(nt, units);
+    enum CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+#pragma omp parallel for num_threads(parts) if (parts > 1) schedule(static, 1)
+    for (int64_t p = 0; p < parts; p++) {
+        int64_t total = split_m ? m : n;
+        int64_t lo = min64(total, units * p / parts * 16);
+        int64_t hi = p == parts - 1 ? total : min64(total, units * (p + 1) / parts * 16);
+        if (hi <= lo) continue;
+        if (split_m)
+            cblas_sgemm(CblasRowMajor, opa, opb, (int)(hi - lo), (int)n, (int)k, alpha,
+                        a + (ta ? lo : lo * lda), (int)lda, b, (int)ldb, beta, c + lo * ldc, (int)ldc);
+        else
+            cblas_sgemm(CblasRowMajor, opa, opb, (int)m, (int)(hi - lo), (int)k, alpha, a, (int)lda,
+                        b + (tb ? lo * ldb : lo), (int)ldb, beta, c + lo, (int)ldc);
+    }
+}
+
+/* Fills y[rows, cols] with bias[row]: the product is then accumulated onto
+ * it (beta = 1), as torch's addmm does. */
+static void fill_rows(float *y, const float *bias, int64_t rows, int64_t cols, int nt) {
+#pragma omp parallel for num_threads(nt) if (rows * cols > CHUNK) schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) y[r * cols + j] = bias[r];
+}
+
+/* ---- ops ---- */
+
+static void cpu_linear(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b) {
+    int nt = team(y);
+    int64_t n = w->shape[0], k = w->shape[1], m = n ? pf_numel(y) / n : 0;
+    float *yp = y->data;
+    if (b) {
+        const float *bp = b->data;
+#pragma omp parallel for num_threads(nt) if (m * n > CHUNK) schedule(static)
+        for (int64_t r = 0; r < m; r++) memcpy(yp + r * n, bp, (size_t)n * sizeof(float));
+    }
+    /* y[m, n] = x[m, k] @ w[n, k]^T */
+    gemm(nt, 0, 1, m, n, k, 1.0f, x->data, k, w->data, k, b ? 1.0f : 0.0f, yp, n);
+}
+
+/* Unfolds output rows [oh0, oh0 + rows) of one image x[ci, h, w] into
+ * col[ci * kh * kw, rows * wo]: row (c, i, j) of col holds the input pixel
+ * under kernel tap (i, j) for every output position (0 in the padding). */
+static void im2col(float *col, const float *x, int64_t ci, int64_t h, int64_t w, int64_t kh,
+                   int64_t kw, int stride, int pad, int64_t oh0, int64_t rows, int64_t wo, int nt) {
+    int64_t kk = ci * kh * kw, cols = rows * wo;
+#pragma omp parallel for num_threads(nt) if (kk * cols > CHUNK) schedule(static)
+    for (int64_t r = 0; r < kk; r++) {
+        int64_t c = r / (kh * kw), ki = (r / kw) % kh, kj = r % kw;
+        for (int64_t oh = 0; oh < rows; oh++) {
+            float *dst = col + r * cols + oh * wo;
+            int64_t ih = (oh0 + oh) * stride - pad + ki;
+            if (ih < 0 || ih >= h) {
+                memset(dst, 0, (size_t)wo * sizeof(float));
+                continue;
+            }
+            const float *src = x + (c * h + ih) * w;
+            for (int64_t ow = 0; ow < wo; ow++) {
+                int64_t iw = ow * stride - pad + kj;
+                dst[ow] = iw >= 0 && iw < w ? src[iw] : 0.0f;
+            }
+        }
+    }
+}
+
+static void cpu_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b,
+                       int stride, int pad) {
+    int nt = team(y);
+    int64_t n = x->shape[0], ci = x->shape[1], h = x->shape[2], wi = x->shape[3];
+    int64_t co = w->shape[0], kh = w->shape[2], kw = w->shape[3];
+    int64_t ho = y->shape[2], wo = y->shape[3], plane = ho * wo;
+    int64_t kk = ci * kh * kw;
+    const float *xp = x->data, *wp = w->data;
+    float *yp = y->data;
+    if (pf_numel(y) == 0) return;
+    /* A 1x1 stride-1 unpadded convolution is already a product: x[n] is the
+     * column matrix [ci, h*w]. */
+    int direct = kh == 1 && kw == 1 && stride == 1 && pad == 0;
+    float *col = NULL;
+    int64_t tile = ho;
+    if (!direct) {
+        tile = min64(ho, max64(1, COL_BUDGET / max64(1, kk * wo)));
+        col = malloc((size_t)(kk * tile * wo) * sizeof(float) + 1);
+        if (!col) {
+            pf_backend_set_error(y->be, "cpu backend: out of memory for conv2d scratch (%lld floats)",
+                                 (long long)(kk * tile * wo));
+            return;
+        }
+    }
+    for (int64_t img = 0; img < n; img++) {
+        const float *xn = xp + img * ci * h * wi;
+        float *yn = yp + img * co * plane;
+        if (b) fill_rows(yn, b->data, co, plane, nt);
+        float beta = b ? 1.0f : 0.0f;
+        if (direct) {
+            /* y[co, hw] = w[co, ci] @ x[ci, hw] */
+            gemm(nt, 0, 0, co, plane, ci, 1.0f, wp, ci, xn, plane, beta, yn, plane);
+            continue;
+        }
+        for (int64_t oh0 = 0; oh0 < ho; oh0 += tile) {
+            int64_t rows = min64(tile, ho - oh0), cols = rows * wo;
+            im2col(col, xn, ci, h, wi, kh, kw, stride, pad, oh0, rows, wo, nt);
+            /* y[co, tile columns] = w[co, kk] @ col[kk, cols] */
+            gemm(nt, 0, 0, co, cols, kk, 1.0f, wp, kk, col, cols, beta, yn + oh0 * wo, plane);
+        }
+    }
+    free(col);
+}
+
+static float silu(float v) { return v / (1.0f + expf(-v)); }
+
+/* Mean and 1/sqrt(var + eps) of n floats, biased variance, two passes in
+ * double: normalisation layers see activations with |mean| >> std, where a
+ * one-pass float E[x^2] - E[x]^2 loses most of its digits. */
+static void moments(const float *x, int64_t n, float eps, float *mean, float *rstd) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    double mu = sum / (double)n, sq = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = x[i] - mu;
+        sq += d * d;
+    }
+    *mean = (float)mu;
+    *rstd = (float)(1.0 / sqrt(sq / (double)n + eps));
+}
+
+static void cpu_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
+                           const pf_tensor *beta, int groups, float eps, int fuse_silu) {
+    int nt = team(y);
+    int64_t n = x->shape[0], c = x->shape[1], s = pf_numel_from(x, 2);
+    int64_t cpg = c / groups, gsize = cpg * s;
+    const float *gp = gamma->data, *bp = beta->data;
+    /* [N, C, S] with C = groups x cpg: group (n, g) is one contiguous run. */
+#pragma omp parallel for num_threads(nt) if (n * c * s > CHUNK) schedule(static)
+    for (int64_t t = 0; t < n * groups; t++) {
+        const float *xg = (const float *)x->data + t * gsize;
+        float *yg = (float *)y->data + t * gsize;
+        float mean, rstd;
+        if (gsize == 0) continue;
+        moments(xg, gsize, eps, &mean, &rstd);
+        int64_t c0 = (t % groups) * cpg;
+        for (int64_t ch = 0; ch < cpg; ch++) {
+            float scale = rstd * gp[c0 + ch], shift = bp[c0 + ch];
+            const float *xc = xg + ch * s;
+            float *yc = yg + ch * s;
+            if (fuse_silu)
+                for (int64_t i = 0; i < s; i++) yc[i] = silu((xc[i] - mean) * scale + shift);
+            else
+                for (int64_t i = 0; i < s; i++) yc[i] = (xc[i] - mean) * scale + shift;
+        }
+    }
+}
+
+static void cpu_layer_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
+                           const pf_tensor *beta, float eps) {
+    int nt = team(y);
+    int64_t c = x->shape[x->ndim - 1], rows = c ? pf_numel(x) / c : 0;
+    const float *gp = gamma->data, *bp = beta->data;
+#pragma omp parallel for num_threads(nt) if (rows * c > CHUNK) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = (const float *)x->data + r * c;
+        float *yr = (float *)y->data + r * c;
+        float mean, rstd;
+        moments(xr, c, eps, &mean, &rstd);
+        for (int64_t i = 0; i < c; i++) yr[i] = (xr[i] - mean) * rstd * gp[i] + bp[i];
+    }
+}
+
+/* In-place softmax of row[0, n); the max is subtracted so exp never overflows. */
+static void softmax_row(float *row, const float *in, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++) mx = in[j] > mx ? in[j] : mx;
+    double sum = 0;
+    for (int64_t j = 0; j < n; j++) {
+        row[j] = expf(in[j] - mx);
+        sum += row[j];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j < n; j++) row[j] *= inv;
+}
+
+static void cpu_softmax(pf_tensor *y, const pf_tensor *x) {
+    int nt = team(y);
+    int64_t c = x->shape[x->ndim - 1], rows = c ? pf_numel(x) / c : 0;
+#pragma omp parallel for num_threads(nt) if (rows * c > CHUNK) schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        softmax_row((float *)y->data + r * c, (const float *)x->data + r * c, c);
+}
+
+/* Work items are (batch, head, block of query rows); each thread owns one
+ * score buffer [qb, Lk] and runs single-threaded sgemms on it. Heads are
+ * strided views of q/k/v (row stride C), which sgemm's lda expresses directly,
+ * so nothing is transposed or copied. */
+static void cpu_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k,
+                          const pf_tensor *v, int heads, int causal) {
+    int nt = team(out);
+    int64_t bsz = q->shape[0], lq = q->shape[1], lk = k->shape[1], c = q->shape[2];
+    int64_t d = c / heads;
+    if (pf_numel(out) == 0) return;
+    if (lk == 0) { /* no keys: torch returns NaN rows, nothing to attend */
+        for (int64_t i = 0; i < pf_numel(out); i++) ((float *)out->data)[i] = NAN;
+        return;
+    }
+    int64_t qb = min64(lq, max64(1, SCORE_BUDGET / lk));
+    int64_t nblk = (lq + qb - 1) / qb, tasks = bsz * heads * nblk;
+    int parts = (int)min64(nt, tasks);
+    float *scores = malloc((size_t)(parts * qb * lk) * sizeof(float));
+    if (!scores) {
+        pf_backend_set_error(out->be, "cpu backend: out of memory for attention scores (%lld floats)",
+                             (long long)(parts * qb * lk));
+        return;
+    }
+    float scale = 1.0f / sqrtf((float)d);
+    PF_CHECK(lk <= INT_MAX && c <= INT_MAX);
+#pragma omp parallel num_threads(parts) if (parts > 1)
+    {
+        float *s = scores + (int64_t)omp_get_thread_num() * qb * lk;
+        /* dynamic: with a causal mask later query blocks do more work */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t b = t / (heads * nblk), h = (t / nblk) % heads, i0 = (t % nblk) * qb;
+            int rows = (int)min64(qb, lq - i0);
+            /* keys this block can see: all, or up to its last query when causal */
+            int kmax = (int)(causal ? min64(lk, i0 + rows) : lk);
+            const float *qp = (const float *)q->data + (b * lq + i0) * c + h * d;
+            const float *kp = (const float *)k->data + b * lk * c + h * d;
+            const float *vp = (const float *)v->data + b * lk * c + h * d;
+            float *op = (float *)out->data + (b * lq + i0) * c + h * d;
+            /* s[rows, kmax] = scale * q_h[rows, d] @ k_h[kmax, d]^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kmax, (int)d, scale, qp,
+                        (int)c, kp, (int)c, 0.0f, s, (int)lk);
+            for (int r = 0; r < rows; r++) {
+                float *row = s + (int64_t)r * lk;
+                int64_t valid = causal ? min64(kmax, i0 + r + 1) : kmax;
+                softmax_row(row, row, valid);
+                for (int64_t j = valid; j < kmax; j++) row[j] = 0.0f;
+            }
+            /* out_h[rows, d] = p[rows, kmax] @ v_h[kmax, d] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, (int)d, kmax, 1.0f, s,
+                        (int)lk, vp, (int)c, 0.0f, op, (int)c);
+        }
+    }
+    free(scores);
+}
+
+/* gelu(x) exact, as torch.nn.functional.gelu(approximate="none"). */
+static float gelu(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
+
+static void act_run(float *y, const float *x, int64_t n, pf_act act) {
+    switch (act) {
+    case PF_ACT_SILU:
+        for (int64_t i = 0; i < n; i++) y[i] = silu(x[i]);
+        break;
+    case PF_ACT_GELU:
+        for (int64_t i = 0; i < n; i++) y[i] = gelu(x[i]);
+        break;
+    case PF_ACT_GELU_TANH: {
+        const float k0 = 0.7978845608028654f, k1 = 0.044715f; /* sqrt(2/pi) */
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            y[i] = 0.5f * v * (1.0f + tanhf(k0 * (v + k1 * v * v * v)));
+        }
+        break;
+    }
+    case PF_ACT_QUICK_GELU:
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+        break;
+    }
+}
+
+static void cpu_activation(pf_tensor *y, const pf_tensor *x, pf_act act) {
+    int nt = team(y);
+    int64_t n = pf_numel(x), nchunk = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for num_threads(nt) if (nchunk > 1) schedule(static)
+    for (int64_t ch = 0; ch < nchunk; ch++) {
+        int64_t i0 = ch * CHUNK;
+        act_run((float *)y->data + i0, (const float *)x->data + i0, min64(CHUNK, n - i0), act);
+    }
+}
+
+static void cpu_geglu(pf_tensor *y, const pf_tensor *x) {
+    int nt = team(y);
+    int64_t nh = y->shape[y->ndim - 1], rows = nh ? pf_numel(y) / nh : 0;
+#pragma omp parallel for num_threads(nt) if (rows * nh > CHUNK) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = (const float *)x->data + r * 2 * nh; /* (h, gate) halves */
+        float *yr = (float *)y->data + r * nh;
+        for (int64_t j = 0; j < nh; j++) yr[j] = xr[j] * gelu(xr[nh + j]);
+    }
+}
+
+/* y[i] = a[i] op b[i * bstep]: bstep 0 broadcasts one b value over the run. */
+static void binary_run(float *y, const float *a, const float *b, int64_t n, int bstep, int is_mul) {
+    if (bstep) {
+        if (is_mul)
+            for (int64_t i = 0; i < n; i++) y[i] = a[i] * b[i];
+        else
+            for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    } else {
+        float s = b[0];
+        if (is_mul)
+            for (int64_t i = 0; i < n; i++) y[i] = a[i] * s;
+        else
+            for (int64_t i = 0; i < n; i++) y[i] = a[i] + s;
+    }
+}
+
+/* Broadcasting add/mul (b already has a's ndim, see backend.c). Adjacent
+ * dimensions that b either matches or broadcasts alike are merged first, so
+ * the common cases reduce to a contiguous run per row: same shape is one run
+ * of numel; [N,C,1,1] onto [N,C,H,W] is N*C runs of H*W with one b value each;
+ * [1,1,C] onto [B,L,C] is B*L runs of C against the same b row. The general
+ * case is the same loop with b's offset computed per row. */
+static void cpu_binary(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int is_mul) {
+    int nt = team(y);
+    int64_t size[PF_MAX_DIMS], bstride[PF_MAX_DIMS];
+    int bcast[PF_MAX_DIMS], m = 0;
+    for (int i = 0; i < a->ndim; i++) {
+        if (a->shape[i] == 1) continue;
+        int bc = b->shape[i] == 1;
+        if (m > 0 && bcast[m - 1] == bc) {
+            size[m - 1] *= a->shape[i];
+        } else {
+            size[m] = a->shape[i];
+            bcast[m++] = bc;
+        }
+    }
+    if (m == 0) { /* a single element */
+        size[0] = 1;
+        bcast[0] = 0;
+        m = 1;
+    }
+    int64_t run = 1;
+    for (int i = m - 1; i >= 0; i--) {
+        bstride[i] = bcast[i] ? 0 : run;
+        if (!bcast[i]) run *= size[i];
+    }
+    int64_t len = size[m - 1], numel = pf_numel(a);
+    if (numel == 0) return;
+    int64_t rows = numel / len, nchunk = (len + CHUNK - 1) / CHUNK, tasks = rows * nchunk;
+    int bstep = !bcast[m - 1];
+    const float *ap = a->data, *bp = b->data;
+    float *yp = y->data;
+#pragma omp parallel for num_threads(nt) if (numel > CHUNK && tasks > 1) schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t r = t / nchunk, i0 = (t % nchunk) * CHUNK, boff = 0, rem = r;
+        for (int i = m - 2; i >= 0; i--) {
+            boff += (rem % size[i]) * bstride[i];
+            rem /= size[i];
+        }
+        binary_run(yp + r * len + i0, ap + r * len + i0, bp + boff + (bstep ? i0 : 0),
+                   min64(CHUNK, len - i0), bstep, is_mul);
+    }
+}
+
+static void cpu_add(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { cpu_binary(y, a, b, 0); }
+static void cpu_mul(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { cpu_binary(y, a, b, 1); }
+
+static void cpu_scale(pf_tensor *y, const pf_tensor *x, float alpha, float beta) {
+    int nt = team(y);
+    int64_t n = pf_numel(x);
+    const float *xp = x->data;
+    float *yp = y->data;
+#pragma omp parallel for num_threads(nt) if (n > CHUNK) schedule(static)
+    for (int64_t i = 0; i < n; i++) yp[i] = alpha * xp[i] + beta;
+}
+
+static void cpu_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis) {
+    int nt = team(y);
+    int64_t outer = 1;
+    for (int i = 0; i < axis; i++) outer *= a->shape[i];
+    /* per outer index: a's block then b's block, both contiguous */
+    int64_t na = pf_numel_from(a, axis), nb = pf_numel_from(b, axis);
+    const float *ap = a->data, *bp = b->data;
+    float *yp = y->data;
+#pragma omp parallel for num_threads(nt) if (outer * (na + nb) > CHUNK && outer > 1) schedule(static)
+    for (int64_t o = 0; o < outer; o++) {
+        memcpy(yp + o * (na + nb), ap + o * na, (size_t)na * sizeof(float));
+        memcpy(yp + o * (na + nb) + na, bp + o * nb, (size_t)nb * sizeof(float));
+    }
+}
+
+static void cpu_upsample_nearest2x(pf_tensor *y, const pf_tensor *x) {
+    int nt = team(y);
+    int64_t rows = x->shape[0] * x->shape[1] * x->shape[2], w = x->shape[3];
+#pragma omp parallel for num_threads(nt) if (rows * w * 4 > CHUNK) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *src = (const float *)x->data + r * w;
+        float *dst = (float *)y->data + r * 4 * w; /* input row r -> output rows 2r, 2r+1 */
+        for (int64_t j = 0; j < w; j++) dst[2 * j] = dst[2 * j + 1] = src[j];
+        memcpy(dst + 2 * w, dst, (size_t)(2 * w) * sizeof(float));
+    }
+}
+
+static void cpu_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {
+    int nt = team(y);
+    int nd = x->ndim;
+    int64_t xstride[PF_MAX_DIMS], step[PF_MAX_DIMS]; /* step[i]: x stride of y's dim i */
+    int64_t s = 1;
+    for (int i = nd - 1; i >= 0; i--) {
+        xstride[i] = s;
+        s *= x->shape[i];
+    }
+    for (int i = 0; i < nd; i++) step[i] = xstride[perm[i]];
+    int64_t inner = y->shape[nd - 1], numel = pf_numel(y);
+    if (numel == 0) return;
+    int64_t rows = numel / inner, istep = step[nd - 1];
+    const float *xp = x->data;
+    float *yp = y->data;
+#pragma omp parallel for num_threads(nt) if (numel > CHUNK) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t off = 0, rem = r;
+        for (int i = nd - 2; i >= 0; i--) {
+            off += (rem % y->shape[i]) * step[i];
+            rem /= y->shape[i];
+        }
+        float *dst = yp + r * inner;
+        for (int64_t j = 0; j < inner; j++) dst[j] = xp[off + j * istep];
+    }
+}
+
+static void cpu_embedding(pf_tensor *y, const pf_tensor *table, const int32_t *ids, int64_t n) {
+    int64_t c = table->shape[1];
+    for (int64_t i = 0; i < n; i++)
+        memcpy((float *)y->data + i * c, (const float *)table->data + (int64_t)ids[i] * c,
+               (size_t)c * sizeof(float));
+}
+
+static void cpu_copy(pf_tensor *y, const pf_tensor *x) { memcpy(y->data, x->data, pf_nbytes(x)); }
+
+static const pf_backend_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .synchronize = cpu_synchronize,
+    .destroy = cpu_destroy,
+    .linear = cpu_linear,
+    .conv2d = cpu_conv2d,
+    .group_norm = cpu_group_norm,
+    .layer_norm = cpu_layer_norm,
+    .softmax = cpu_softmax,
+    .attention = cpu_attention,
+    .activation = cpu_activation,
+    .geglu = cpu_geglu,
+    .add = cpu_add,
+    .mul = cpu_mul,
+    .scale = cpu_scale,
+    .concat = cpu_concat,
+    .upsample_nearest2x = cpu_upsample_nearest2x,
+    .permute = cpu_permute,
+    .embedding = cpu_embedding,
+    .copy = cpu_copy,
+};
+
+/* threads <= 0 takes omp_get_max_threads(): all cores unless OMP_NUM_THREADS
+ * says otherwise, so deployments can cap the team without code changes. */
+pf_backend *pf_backend_cpu_new(int threads) {
+    pf_backend *be = PF_CALLOC(1, sizeof *be);
+    cpu_state *st = PF_CALLOC(1, sizeof *st);
+    st->threads = threads > 0 ? threads : omp_get_max_threads();
+    openblas_set_num_threads(1); /* see the title comment: OpenMP is the only level */
+    be->name = "cpu";
+    be->ops = &cpu_ops;
+    be->compute_dtype = PF_F32;
+    be->impl = st;
+    return be;
+}
