@@ -1,0 +1,214 @@
+/* clip.c - CLIPTextModel: token + position embeddings, pre-norm transformer
+ * layers with causal self-attention, final layer norm.
+ * Mirrors transformers/models/clip/modeling_clip.py; weights keep its key names. */
+#include "clip.h"
+
+#include <string.h>
+
+#include "config.h"
+#include "model_dir.h"
+
+typedef struct clip_layer {          /* CLIPEncoderLayer */
+    pf_tensor *ln1_w, *ln1_b;        /* layer_norm1 (D) */
+    pf_tensor *q_w, *q_b;            /* self_attn.q_proj (D, D), (D) */
+    pf_tensor *k_w, *k_b;            /* self_attn.k_proj */
+    pf_tensor *v_w, *v_b;            /* self_attn.v_proj */
+    pf_tensor *o_w, *o_b;            /* self_attn.out_proj */
+    pf_tensor *ln2_w, *ln2_b;        /* layer_norm2 (D) */
+    pf_tensor *fc1_w, *fc1_b;        /* mlp.fc1 (I, D), (I) */
+    pf_tensor *fc2_w, *fc2_b;        /* mlp.fc2 (D, I), (D) */
+} clip_layer;
+
+struct pf_clip_text_model {
+    pf_clip_text_config cfg;
+    pf_backend *be;
+    pf_tensor *token_embedding;      /* (V, D) */
+    pf_tensor *position_embedding;   /* (P, D) */
+    clip_layer *layers;              /* num_hidden_layers */
+    pf_tensor *final_ln_w, *final_ln_b; /* (D) */
+};
+
+int pf_clip_text_config_read(pf_clip_text_config *cfg, const char *path, pf_error *err) {
+    pf_config *c;
+    if (pf_config_load(&c, path, err)) return -1;
+    long v, d, i, l, h, p;
+    double eps;
+    char act[64];
+    int rc = -1;
+    if (pf_config_int(c, "vocab_size", 49408, 1, 1 << 24, &v, err) ||
+        pf_config_int(c, "hidden_size", 512, 1, 1 << 16, &d, err) ||
+        pf_config_int(c, "intermediate_size", 2048, 1, 1 << 18, &i, err) ||
+        pf_config_int(c, "num_hidden_layers", 12, 1, 1024, &l, err) ||
+        pf_config_int(c, "num_attention_heads", 8, 1, 1024, &h, err) ||
+        pf_config_int(c, "max_position_embeddings", 77, 1, 1 << 16, &p, err) ||
+        pf_config_num(c, "layer_norm_eps", 1e-5, &eps, err) ||
+        pf_config_str(c, "hidden_act", "quick_gelu", act, sizeof act, err))
+        goto done;
+    if (d % h) {
+        pf_fail(err, "%s: hidden_size %ld is not a multiple of num_attention_heads %ld", path, d, h);
+        goto done;
+    }
+    if (!strcmp(act, "quick_gelu"))
+        cfg->hidden_act = PF_ACT_QUICK_GELU;
+    else if (!strcmp(act, "gelu"))
+        cfg->hidden_act = PF_ACT_GELU;
+    else if (!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh"))
+        cfg->hidden_act = PF_ACT_GELU_TANH;
+    else {
+        pf_fail(err, "%s: unsupported hidden_act \"%s\" (quick_gelu, gelu, gelu_new)", path, act);
+        goto done;
+    }
+    cfg->vocab_size = (int)v;
+    cfg->hidden_size = (int)d;
+    cfg->intermediate_size = (int)i;
+    cfg->num_hidden_layers = (int)l;
+    cfg->num_attention_heads = (int)h;
+    cfg->max_position_embeddings = (int)p;
+    cfg->layer_norm_eps = (float)eps;
+    rc = 0;
+done:
+    pf_config_free(c);
+    return rc;
+}
+
+void pf_clip_text_model_free(pf_clip_text_model *m) {
+    if (!m) return;
+    pf_free(m->token_embedding);
+    pf_free(m->position_embedding);
+    for (int i = 0; m->layers && i < m->cfg.num_hidden_layers; i++) {
+        pf_tensor **t = (pf_tensor **)&m->layers[i];
+        for (size_t k = 0; k < sizeof(clip_layer) / sizeof(pf_tensor *); k++) pf_free(t[k]);
+    }
+    free(m->layers);
+    pf_free(m->final_ln_w);
+    pf_free(m->final_ln_b);
+    free(m);
+}
+
+const pf_clip_text_config *pf_clip_text_model_config(const pf_clip_text_model *m) { return &m->cfg; }
+
+int pf_clip_text_model_load(pf_clip_text_model **out, pf_backend *be, const pf_clip_text_config *cfg,
+                            pf_weights *w, const char *prefix, pf_error *err) {
+    *out = NULL;
+    pf_clip_text_model *m = PF_CALLOC(1, sizeof *m);
+    m->cfg = *cfg;
+    m->be = be;
+    const int64_t D = cfg->hidden_size, I = cfg->intermediate_size;
+    const int64_t vec_d[] = {D}, mat_dd[] = {D, D}, vec_i[] = {I}, mat_id[] = {I, D}, mat_di[] = {D, I};
+#define LOAD(dst, shape, ...)                                                                  \
+    do {                                                                                       \
+        if (!((dst) = pf_weights_loadf(w, be, err, sizeof(shape) / sizeof(int64_t), shape, __VA_ARGS__))) \
+            goto fail;                                                                         \
+    } while (0)
+    LOAD(m->token_embedding, ((int64_t[]){cfg->vocab_size, D}), "%sembeddings.token_embedding.weight", prefix);
+    LOAD(m->position_embedding, ((int64_t[]){cfg->max_position_embeddings, D}),
+         "%sembeddings.position_embedding.weight", prefix);
+    m->layers = PF_CALLOC((size_t)cfg->num_hidden_layers, sizeof(clip_layer));
+    for (int i = 0; i < cfg->num_hidden_layers; i++) {
+        clip_layer *l = &m->layers[i];
+        char p[256];
+        snprintf(p, sizeof p, "%sencoder.layers.%d.", prefix, i);
+        LOAD(l->ln1_w, vec_d, "%slayer_norm1.weight", p);
+        LOAD(l->ln1_b, vec_d, "%slayer_norm1.bias", p);
+        LOAD(l->q_w, mat_dd, "%sself_attn.q_proj.weight", p);
+        LOAD(l->q_b, vec_d, "%sself_attn.q_proj.bias", p);
+        LOAD(l->k_w, mat_dd, "%sself_attn.k_proj.weight", p);
+        LOAD(l->k_b, vec_d, "%sself_attn.k_proj.bias", p);
+        LOAD(l->v_w, mat_dd, "%sself_attn.v_proj.weight", p);
+        LOAD(l->v_b, vec_d, "%sself_attn.v_proj.bias", p);
+        LOAD(l->o_w, mat_dd, "%sself_attn.out_proj.weight", p);
+        LOAD(l->o_b, vec_d, "%sself_attn.out_proj.bias", p);
+        LOAD(l->ln2_w, vec_d, "%slayer_norm2.weight", p);
+        LOAD(l->ln2_b, vec_d, "%slayer_norm2.bias", p);
+        LOAD(l->fc1_w, mat_id, "%smlp.fc1.weight", p);
+        LOAD(l->fc1_b, vec_i, "%smlp.fc1.bias", p);
+        LOAD(l->fc2_w, mat_di, "%smlp.fc2.weight", p);
+        LOAD(l->fc2_b, vec_d, "%smlp.fc2.bias", p);
+    }
+    LOAD(m->final_ln_w, vec_d, "%sfinal_layer_norm.weight", prefix);
+    LOAD(m->final_ln_b, vec_d, "%sfinal_layer_norm.bias", prefix);
+#undef LOAD
+    *out = m;
+    return 0;
+fail:
+    pf_clip_text_model_free(m);
+    return -1;
+}
+
+int pf_clip_text_model_load_dir(pf_clip_text_model **out, pf_backend *be, const char *model_dir, pf_error *err) {
+    *out = NULL;
+    char cfg_path[4096], weights_path[4096];
+    pf_clip_text_config cfg;
+    pf_weights *w;
+    if (pf_model_file(cfg_path, sizeof cfg_path, model_dir, "text_encoder", "config.json", err) ||
+        pf_clip_text_config_read(&cfg, cfg_path, err) ||
+        pf_model_weights(weights_path, sizeof weights_path, model_dir, "text_encoder", 0, err) ||
+        pf_weights_open(&w, weights_path, err))
+        return -1;
+    int rc = pf_clip_text_model_load(out, be, &cfg, w, "text_model.", err);
+    pf_weights_close(w);
+    return rc;
+}
+
+/* CLIPEncoderLayer.forward: x = x + attn(ln1(x)); x = x + mlp(ln2(x)).
+ * x: (B, L, D), updated in place; tmp_*: scratch of the shapes noted. */
+static void encoder_layer(const pf_clip_text_model *m, const clip_layer *l, pf_tensor *x, pf_tensor *h,
+                          pf_tensor *q, pf_tensor *k, pf_tensor *v, pf_tensor *a, pf_tensor *mlp) {
+    pf_layer_norm(h, x, l->ln1_w, l->ln1_b, m->cfg.layer_norm_eps);   /* (B, L, D) */
+    pf_linear(q, h, l->q_w, l->q_b);                                   /* (B, L, D) */
+    pf_linear(k, h, l->k_w, l->k_b);                                   /* (B, L, D) */
+    pf_linear(v, h, l->v_w, l->v_b);                                   /* (B, L, D) */
+    pf_attention(a, q, k, v, m->cfg.num_attention_heads, 1);           /* (B, L, D), causal */
+    pf_linear(h, a, l->o_w, l->o_b);                                   /* (B, L, D) */
+    pf_add(x, x, h);
+    pf_layer_norm(h, x, l->ln2_w, l->ln2_b, m->cfg.layer_norm_eps);   /* (B, L, D) */
+    pf_linear(mlp, h, l->fc1_w, l->fc1_b);                             /* (B, L, I) */
+    pf_activation(mlp, mlp, m->cfg.hidden_act);
+    pf_linear(h, mlp, l->fc2_w, l->fc2_b);                             /* (B, L, D) */
+    pf_add(x, x, h);
+}
+
+int pf_clip_text_model_forward(pf_clip_text_model *m, pf_tensor *out, const int32_t *ids, int B, int L,
+                               int clip_skip, pf_error *err) {
+    const pf_clip_text_config *c = &m->cfg;
+    const int64_t D = c->hidden_size;
+    if (L < 1 || L > c->max_position_embeddings)
+        return pf_fail(err, "text encoder: sequence length %d outside [1, %d]", L, c->max_position_embeddings);
+    if (clip_skip < 0 || clip_skip >= c->num_hidden_layers)
+        return pf_fail(err, "text encoder: clip_skip %d outside [0, %d]", clip_skip, c->num_hidden_layers - 1);
+    for (int64_t i = 0; i < (int64_t)B * L; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return pf_fail(err, "text encoder: token id %d outside the vocabulary (%d)", ids[i], c->vocab_size);
+    PF_CHECK(out->ndim == 3 && out->shape[0] == B && out->shape[1] == L && out->shape[2] == D);
+
+    pf_backend *be = m->be;
+    int32_t *pos = PF_MALLOC((size_t)B * L * sizeof *pos);
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < L; i++) pos[b * L + i] = i;
+    pf_tensor *x = pf_new3(be, B, L, D);                               /* (B, L, D) residual stream */
+    pf_tensor *h = pf_new3(be, B, L, D), *q = pf_new3(be, B, L, D), *k = pf_new3(be, B, L, D);
+    pf_tensor *v = pf_new3(be, B, L, D), *a = pf_new3(be, B, L, D);
+    pf_tensor *mlp = pf_new3(be, B, L, c->intermediate_size);          /* (B, L, I) */
+    pf_tensor *x2 = pf_view2(x, (int64_t)B * L, D);                    /* (B*L, D) */
+    pf_tensor *h2 = pf_view2(h, (int64_t)B * L, D);
+
+    /* CLIPTextEmbeddings: token_embedding(ids) + position_embedding(arange(L)) */
+    pf_embedding(x2, m->token_embedding, ids, (int64_t)B * L);
+    pf_embedding(h2, m->position_embedding, pos, (int64_t)B * L);
+    pf_add(x, x, h);
+    for (int i = 0; i < c->num_hidden_layers - clip_skip; i++) encoder_layer(m, &m->layers[i], x, h, q, k, v, a, mlp);
+    pf_layer_norm(out, x, m->final_ln_w, m->final_ln_b, c->layer_norm_eps);
+
+    free(pos);
+    pf_free(x2);
+    pf_free(h2);
+    pf_free(x);
+    pf_free(h);
+    pf_free(q);
+    pf_free(k);
+    pf_free(v);
+    pf_free(a);
+    pf_free(mlp);
+    if (pf_backend_ok(be, err)) return pf_error_prefix(err, "text encoder");
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* model_dir.c - locating the files of a diffusers-layout model folder. */
+#include "model_dir.h"
+
+#include <string.h>
+#include <sys/stat.h>
+
+#include "config.h"
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int pf_model_dir_check(const char *root, pf_error *err) {
+    struct stat st;
+    if (stat(root, &st) != 0 || !S_ISDIR(st.st_mode))
+        return pf_fail(err, "%s: not a model folder (no such directory)", root);
+    char p[4096];
+    if (pf_model_file(p, sizeof p, root, NULL, "model_index.json", err)) return -1;
+    pf_config *c;
+    if (pf_config_load(&c, p, err)) return -1;
+    pf_config_free(c);
+    return 0;
+}
+
+int pf_model_file(char *out, size_t n, const char *root, const char *component, const char *file, pf_error *err) {
+    int len = component ? snprintf(out, n, "%s/%s/%s", root, component, file) : snprintf(out, n, "%s/%s", root, file);
+    if (len < 0 || (size_t)len >= n) return pf_fail(err, "%s: path too long", root);
+    if (!is_file(out)) return pf_fail(err, "%s: missing file", out);
+    return 0;
+}
+
+int pf_model_weights(char *out, size_t n, const char *root, const char *component, int prefer_fp16,
+                     pf_error *err) {
+    const char *stem = component && !strcmp(component, "text_encoder") ? "model" : "diffusion_pytorch_model";
+    char full[256], half[256];
+    snprintf(full, sizeof full, "%s.safetensors", stem);
+    snprintf(half, sizeof half, "%s.fp16.safetensors", stem);
+    const char *order[2] = {prefer_fp16 ? half : full, prefer_fp16 ? full : half};
+    for (int i = 0; i < 2; i++)
+        if (pf_model_file(out, n, root, component, order[i], NULL) == 0) return 0;
+    return pf_fail(err, "%s%s%s: no weights (looked for %s and %s)", root, component ? "/" : "",
+                   component ? component : "", full, half);
+}

@@ -1,0 +1,22 @@
+#!/bin/sh
+# run_bench.sh - `make bench`: each benchmark timed for PyTorch and for perflow in the
+# same run on the same machine, with the ratio (perflow / torch: < 1 is faster).
+# Models are real-size shapes with random weights, made once under build/bench/models.
+# Env: BENCH_REPEAT (default 5), BENCH_THREADS (default: all cores).
+set -e
+cd "$(dirname "$0")/../.."
+B=${B:-build}
+REPEAT=${BENCH_REPEAT:-5}
+THREADS=${BENCH_THREADS:-$(nproc)}
+MODELS=$B/bench/models
+mkdir -p "$MODELS"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); threads $THREADS; median of $REPEAT"
+printf "%-34s %12s %12s %8s\n" benchmark "torch (s)" "perflow (s)" ratio
+run() { # name, python what, C binary, model subdir
+    ref=$(.venv/bin/python tests/reference/bench_reference.py "$2" --models "$MODELS" --repeat "$REPEAT" --threads "$THREADS")
+    ours=$(OMP_NUM_THREADS=$THREADS "$B/bench/$3" "$MODELS/$4" "$REPEAT" "$THREADS")
+    .venv/bin/python -c 'import json, sys
+r, o = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print("%-34s %12.4f %12.4f %7.2fx" % (sys.argv[1], r["seconds"], o["seconds"], o["seconds"] / r["seconds"]))' "$1" "$ref" "$ours"
+}
+run "CLIP ViT-L/14 text, B=2, L=77" clip bench_clip clip-vit-l14
