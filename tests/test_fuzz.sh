@@ -14,7 +14,7 @@ for f in "$ROOT/$B"/fuzz/fuzz_*; do
     work=$(mktemp -d)
     [ -d "$corpus" ] && cp "$corpus"/* "$work"/ 2>/dev/null
     if UBSAN_OPTIONS=halt_on_error=1 "$f" -max_total_time="$SECS" -rss_limit_mb=2048 -print_final_stats=1 "$work" > "$work.log" 2>&1; then
-        echo "ok: $name ($(grep -o 'stat::number_of_executed_runs: *[0-9]*' "$work.log" | grep -o '[0-9]*$' || echo ?) runs)"
+        echo "ok: $name ($(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work.log" | grep -o '[0-9]*$' || echo ?) runs)"
     else
         echo "FAIL: $name"; tail -30 "$work.log"; status=1
     fi
