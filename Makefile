@@ -111,7 +111,7 @@ bench: all $(BENCH_BIN)
 	sh tests/bench/run_bench.sh
 
 demo: $(B)/.deps-stamp all
-	sh ops/demo.sh
+	PERFLOW=$(BIN)/perflow sh ops/demo.sh
 
 clean:
 	rm -rf build bin/perflow

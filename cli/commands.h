@@ -6,5 +6,6 @@
 int cmd_tokenize(int argc, char **argv);
 int cmd_encode(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 #endif

@@ -9,6 +9,7 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } commands[] = {
+    {"generate", cmd_generate, "PeRFlow text-to-image into PNG files"},
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts as JSON arrays"},
     {"encode", cmd_encode, "encode a prompt with a model's CLIP text encoder"},
     {"inspect", cmd_inspect, "validate a .safetensors file and list its tensors"},

@@ -61,7 +61,10 @@ int pf_png_write(const char *path, const uint8_t *rgb, int w, int h, const char 
     if (nt) {
         chunks = PF_CALLOC((size_t)nt, sizeof *chunks);
         for (int i = 0; i < nt; i++) {
-            chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;
+            /* tEXt is Latin-1: UTF-8 values (prompts) go into an iTXt chunk instead. */
+            int ascii = 1;
+            for (const unsigned char *c = (const unsigned char *)text[2 * i + 1]; *c; c++) ascii &= *c < 0x80;
+            chunks[i].compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
             chunks[i].key = (png_charp)text[2 * i];
             chunks[i].text = (png_charp)text[2 * i + 1];
         }

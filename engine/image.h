@@ -16,8 +16,8 @@ uint8_t *pf_image_grid(const uint8_t *images, int n, int w, int h, int *gw, int 
 
 /* Writes an 8-bit RGB PNG (rows top to bottom, pixels RGB interleaved) through
  * path.tmp + rename. text is NULL or a NULL-terminated list of key, value pairs
- * stored as tEXt chunks (keys 1-79 Latin-1 characters, per the PNG spec; values
- * are written as given). */
+ * stored as tEXt chunks, or iTXt for values that are not ASCII (PNG keeps tEXt
+ * Latin-1); keys are 1-79 printable ASCII characters. */
 int pf_png_write(const char *path, const uint8_t *rgb, int w, int h, const char *const *text, pf_error *err);
 
 /* Reads an 8-bit RGB or RGBA PNG (alpha dropped) into a malloc'd buffer; for tests

@@ -128,6 +128,10 @@ pf_tensor *pf_from_host(pf_backend *be, int ndim, const int64_t *shape, const fl
     return t;
 }
 
+void pf_upload(pf_tensor *t, const float *src) {
+    if (!t->be->failed) t->be->ops->upload(t->be, t, src);
+}
+
 void pf_to_host(float *dst, const pf_tensor *t) {
     if (t->be->failed) {
         memset(dst, 0, (size_t)pf_numel(t) * sizeof(float));

@@ -67,6 +67,8 @@ void pf_free(pf_tensor *t);
  * n must equal pf_numel(t). */
 pf_tensor *pf_from_host(pf_backend *be, int ndim, const int64_t *shape, const float *src);
 void pf_to_host(float *dst, const pf_tensor *t);
+/* Overwrites an existing tensor (or view) with n = pf_numel(t) host floats. */
+void pf_upload(pf_tensor *t, const float *src);
 
 /* float32 <-> f16/bf16 conversion on the host (round to nearest even). */
 uint16_t pf_f32_to_f16(float f);

@@ -1,13 +1,19 @@
 #!/bin/sh
-# demo.sh - `make demo`: the main job on the embedded tiny model (tests/data/models/tiny-sd15),
-# made by tests/reference/make_tiny_models.py and committed, so it needs no download.
+# demo.sh - `make demo`: the main job, PeRFlow text-to-image, on the embedded tiny model
+# (tests/data/models/tiny-sd15 plus its delta weights, made by
+# tests/reference/make_tiny_models.py and committed), so it needs no download.
+# The tiny model has random weights: its images are colourful noise, not pictures;
+# the point is the whole path (tokenizer, text encoder, UNet + delta, sampler, VAE, PNG).
 set -e
 cd "$(dirname "$0")/.."
+PERFLOW=${PERFLOW:-bin/perflow}
 MODEL=tests/data/models/tiny-sd15
 OUT=${DEMO_OUT:-build/demo}
 mkdir -p "$OUT"
-echo "== perflow tokenize --tokenizer $MODEL/tokenizer \"a photo of a cat\""
-bin/perflow tokenize --tokenizer "$MODEL/tokenizer" "a photo of a cat"
-echo "== perflow encode --model $MODEL --prompt \"a photo of a cat\" --out $OUT/prompt.safetensors"
-bin/perflow encode --model "$MODEL" --prompt "a photo of a cat" --out "$OUT/prompt.safetensors"
-bin/perflow inspect "$OUT/prompt.safetensors"
+run() { echo "\$ $*"; "$@"; }
+run "$PERFLOW" tokenize --tokenizer "$MODEL/tokenizer" "a photo of a cat"
+run "$PERFLOW" generate --model "$MODEL" --delta "$MODEL-delta/unet" --prompt "a photo of a cat" \
+    --negative-prompt "blurry" --steps 4 --guidance 4.5 --seed 0 --width 256 --height 256 \
+    --num-images 4 --grid --out "$OUT/cats.png"
+run "$PERFLOW" inspect "$MODEL-delta/unet/diffusion_pytorch_model.safetensors" | head -3
+echo "demo: wrote $OUT/cats.png (a 2x2 contact sheet of four 256x256 images)"

@@ -20,3 +20,5 @@ r, o = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print("%-34s %12.4f %12.4f %7.2fx" % (sys.argv[1], r["seconds"], o["seconds"], o["seconds"] / r["seconds"]))' "$1" "$ref" "$ours"
 }
 run "CLIP ViT-L/14 text, B=2, L=77" clip bench_clip clip-vit-l14
+run "SD-1.5 VAE decode, 512x512, fp32" vae bench_vae sd15-vae
+run "SD-1.5 UNet, B=2, 64x64, fp32" unet bench_unet sd15-unet

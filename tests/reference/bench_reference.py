@@ -36,15 +36,55 @@ def clip_model(models):
     return lambda: te(ids).last_hidden_state
 
 
+def vae_model(models):
+    """SD-1.5's AutoencoderKL (vae/config.json shapes), random weights; decodes [1, 4, 64, 64] -> 512x512."""
+    from diffusers import AutoencoderKL
+    d = os.path.join(models, "sd15-vae")
+    if not os.path.exists(os.path.join(d, "model_index.json")):
+        torch.manual_seed(0)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                            block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+                            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                            norm_num_groups=32, sample_size=512, scaling_factor=0.18215).eval()
+        vae.save_pretrained(os.path.join(d, "vae"), safe_serialization=True)
+        with open(os.path.join(d, "model_index.json"), "w") as f:
+            json.dump({"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"]}, f)
+    vae = AutoencoderKL.from_pretrained(os.path.join(d, "vae"), torch_dtype=torch.float32).eval()
+    latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    return lambda: vae.decode(latents / vae.config.scaling_factor).sample
+
+
+def unet_model(models):
+    """SD-1.5's UNet2DConditionModel (unet/config.json shapes), random weights; B=2 (the
+    classifier-free guidance pair), 4x64x64 latents (512x512 images), 77x768 context, t=500."""
+    from diffusers import UNet2DConditionModel
+    d = os.path.join(models, "sd15-unet")
+    if not os.path.exists(os.path.join(d, "model_index.json")):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280, 1280],
+            layers_per_block=2, attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32,
+            down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3).eval()
+        unet.save_pretrained(os.path.join(d, "unet"), safe_serialization=True)
+        with open(os.path.join(d, "model_index.json"), "w") as f:
+            json.dump({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}, f)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(d, "unet"), torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    sample, ctx = torch.randn(2, 4, 64, 64, generator=g), torch.randn(2, 77, 768, generator=g)
+    t = torch.tensor([500.0, 500.0])
+    return lambda: unet(sample, t, encoder_hidden_states=ctx).sample
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["clip"])
+    ap.add_argument("what", choices=["clip", "vae", "unet"])
     ap.add_argument("--models", default="build/bench/models")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    fn = {"clip": clip_model}[a.what](a.models)
+    fn = {"clip": clip_model, "vae": vae_model, "unet": unet_model}[a.what](a.models)
     runs = []
     with torch.inference_mode():
         fn()  # warm-up

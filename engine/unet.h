@@ -1,0 +1,71 @@
+/* unet.h - the denoising UNet of Stable Diffusion 1.x/2.x, mirroring diffusers'
+ * UNet2DConditionModel (diffusers/models/unets/unet_2d_condition.py) with the
+ * block types of that family. Weights keep diffusers' key names. */
+#ifndef PF_UNET_H
+#define PF_UNET_H
+
+#include "backend.h"
+#include "weights.h"
+
+/* More blocks than any SD-family UNet has (SD-1.x/2.x use 4). */
+#define PF_UNET_MAX_BLOCKS 8
+
+/* The subset of diffusers' UNet2DConditionModel config that this family uses.
+ * Arrays are indexed by down block i (0 = highest resolution); the up path uses
+ * them reversed, as diffusers does. */
+typedef struct pf_unet_config {
+    int in_channels;                            /* Cin */
+    int out_channels;                           /* Cout */
+    int num_blocks;                             /* len(block_out_channels) */
+    int block_out_channels[PF_UNET_MAX_BLOCKS]; /* C[i] */
+    int layers_per_block[PF_UNET_MAX_BLOCKS];   /* resnets per down block (up blocks: one more) */
+    int down_cross_attn[PF_UNET_MAX_BLOCKS];    /* 1: CrossAttnDownBlock2D, 0: DownBlock2D */
+    int up_cross_attn[PF_UNET_MAX_BLOCKS];      /* up block j: 1 CrossAttnUpBlock2D, 0 UpBlock2D */
+    /* Attention heads of down block i's transformers. diffusers' legacy naming:
+     * with num_attention_heads null, config "attention_head_dim" is the head COUNT. */
+    int num_heads[PF_UNET_MAX_BLOCKS];
+    int transformer_layers[PF_UNET_MAX_BLOCKS]; /* BasicTransformerBlocks per Transformer2DModel */
+    int cross_attention_dim;                    /* X, last dim of the context */
+    int use_linear_projection;                  /* proj_in/proj_out: Linear (1) or 1x1 Conv2d (0) */
+    int norm_num_groups;                        /* G */
+    float norm_eps;
+    int flip_sin_to_cos;
+    float freq_shift;
+    int time_embed_dim;                         /* T, 4 C[0] unless time_embedding_dim says */
+} pf_unet_config;
+
+typedef struct pf_unet pf_unet;
+
+/* Reads a diffusers unet/config.json. Keys this family does not use must hold
+ * their defaults; any other value is an error naming the key. */
+int pf_unet_config_read(pf_unet_config *cfg, const char *path, pf_error *err);
+
+/* Loads every weight (keys under `prefix`, "" for a diffusers unet/ file) from w,
+ * checking each shape against cfg. On error returns -1 with *out NULL. */
+int pf_unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_weights *w, const char *prefix,
+                 pf_error *err);
+/* Loads model_dir/unet (config.json + diffusion_pytorch_model[.fp16].safetensors).
+ * delta, when not NULL, is PeRFlow delta weights added to the base: a .safetensors
+ * file or a folder holding diffusion_pytorch_model[.fp16].safetensors. */
+int pf_unet_load_dir(pf_unet **out, pf_backend *be, const char *model_dir, const char *delta, pf_error *err);
+void pf_unet_free(pf_unet *m);
+const pf_unet_config *pf_unet_get_config(const pf_unet *m);
+
+/* Number of down-path skip tensors (diffusers' down_block_res_samples): the
+ * length of down_residuals in pf_unet_forward. */
+int pf_unet_num_skips(const pf_unet *m);
+
+/* One UNet evaluation: out[B, Cout, H, W] = unet(x[B, Cin, H, W], timesteps, context).
+ * timesteps: B host floats. context: [B, L, X] encoder_hidden_states. H and W must be multiples of 2^(num_blocks - 1)
+ * (diffusers handles other sizes by forwarding explicit upsample sizes; we do not).
+ * down_residuals (NULL or pf_unet_num_skips tensors shaped like the skips) and
+ * mid_residual (NULL or the mid block's output shape) are ControlNet's
+ * down_block_additional_residuals / mid_block_additional_residual, added to the
+ * skips and to the mid block output. ControlNet always passes both; diffusers'
+ * deprecated T2I-adapter use of down residuals alone is not supported: each given
+ * list is applied as ControlNet's. Tensors live on the model's backend; out is
+ * made by the caller. On error returns -1 and fills err; out is then undefined. */
+int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps, const pf_tensor *context,
+                    const pf_tensor *const *down_residuals, const pf_tensor *mid_residual, pf_error *err);
+
+#endif

@@ -1,0 +1,83 @@
+#!/bin/sh
+# test_cli_errors.sh - bad inputs to bin/perflow give one clear line on stderr and a
+# non-zero exit, never a crash: run under the ASan + UBSan build ($PERFLOW_ASAN), so a
+# memory error or leak on any error path fails the test too.
+ROOT=${PERFLOW_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
+P=${PERFLOW_ASAN:-$ROOT/build/asan/perflow}
+export ASAN_OPTIONS=detect_leaks=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+M=$ROOT/tests/data/models/tiny-sd15
+D=$ROOT/tests/data/models/tiny-sd15-delta/unet
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fails=0
+
+# expect STATUS PHRASE CMD...: exit status STATUS, stderr has PHRASE, no sanitizer report,
+# and (for runtime errors) exactly one line.
+expect() {
+    want=$1 phrase=$2
+    shift 2
+    "$@" > "$T/out" 2> "$T/err"
+    got=$?
+    if [ "$got" -ne "$want" ] || ! grep -qF -- "$phrase" "$T/err" ||
+        grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$T/err" ||
+        { [ "$want" -eq 1 ] && [ "$(wc -l < "$T/err")" -ne 1 ]; }; then
+        echo "FAIL (exit $got, want $want, phrase '$phrase'): $*"
+        sed 's/^/    /' "$T/err" | head -20
+        fails=$((fails + 1))
+    else
+        echo "ok: $(head -1 "$T/err")"
+    fi
+}
+
+G="$P generate --prompt cat --width 64 --height 64 --out $T/x.png"
+expect 1 "no such directory" $G --model "$T/nope"
+mkdir -p "$T/empty"
+expect 1 "model_index.json: missing file" $G --model "$T/empty"
+# A model folder with the UNet's weights gone.
+cp -r "$M" "$T/noweights" && rm "$T/noweights/unet/diffusion_pytorch_model.safetensors"
+expect 1 "no weights" $G --model "$T/noweights"
+# A config that disagrees with the weights: the error names the tensor and both shapes.
+cp -r "$M" "$T/badshape"
+sed -i 's/"cross_attention_dim": 32/"cross_attention_dim": 48/' "$T/badshape/unet/config.json"
+expect 1 "the config implies" $G --model "$T/badshape"
+# A truncated weights file.
+cp -r "$M" "$T/trunc"
+head -c 100000 "$M/vae/diffusion_pytorch_model.safetensors" > "$T/trunc/vae/diffusion_pytorch_model.safetensors"
+expect 1 "diffusion_pytorch_model.safetensors" $G --model "$T/trunc"
+expect 1 "multiples of 8" $P generate --model "$M" --prompt cat --width 60 --height 64 --out "$T/x.png"
+expect 2 "--steps must be" $G --model "$M" --steps 0
+expect 2 "--steps must be" $G --model "$M" --steps -3
+expect 1 "unknown prediction_type" $G --model "$M" --prediction-type sample
+expect 2 "--guidance must be" $G --model "$M" --guidance nan
+expect 2 "--seed must be" $G --model "$M" --seed -1
+expect 2 "--out must name a .png" $P generate --model "$M" --prompt cat --out "$T/x.jpg"
+expect 2 "usage" $P generate --model "$M" --out "$T/x.png"
+# A delta whose key set differs from the base (here: an embeddings file).
+$P encode --model "$M" --prompt cat --out "$T/emb.safetensors" 2>/dev/null
+expect 1 "do not match the base" $G --model "$M" --delta "$T/emb.safetensors"
+expect 1 "cannot open" $G --model "$M" --delta "$T/nope.safetensors"
+# Invalid UTF-8 in a prompt.
+expect 1 "UTF-8" $G --model "$M" --prompt "$(printf 'a \377 cat')"
+expect 2 "unknown command" $P frobnicate
+expect 1 "vocab.json: cannot open" $P tokenize --tokenizer "$T/empty" "a cat"
+expect 1 "missing file" $P encode --model "$T/empty" --prompt cat --out "$T/e.safetensors"
+
+# The good path under the sanitizers too: a small image, and the tokenizer's
+# documented output for "a photo of a cat".
+"$P" generate --model "$M" --delta "$D" --prompt "a cat" --steps 4 --width 64 --height 64 --out "$T/ok.png" \
+    > /dev/null 2> "$T/err"
+if [ $? -ne 0 ] || grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$T/err" || [ ! -s "$T/ok.png" ]; then
+    echo "FAIL: generate under ASan"; cat "$T/err"; fails=$((fails + 1))
+else
+    echo "ok: generate under ASan wrote a PNG"
+fi
+ids=$("$P" tokenize --tokenizer "$M/tokenizer" "a photo of a cat")
+case "$ids" in
+"[49406, 320, 1125, 539, 320, 2368, 49407, 49407,"*) echo "ok: tokenize" ;;
+*) echo "FAIL: tokenize printed $ids"; fails=$((fails + 1)) ;;
+esac
+n=$(echo "$ids" | tr ',' '\n' | wc -l)
+[ "$n" -eq 77 ] || { echo "FAIL: tokenize printed $n ids, want 77"; fails=$((fails + 1)); }
+
+[ $fails -eq 0 ] || { echo "$fails failures"; exit 1; }

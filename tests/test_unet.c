@@ -1,0 +1,291 @@
+/* test_unet.c - the UNet against diffusers' UNet2DConditionModel (goldens from
+ * tests/reference/make_goldens.py via goldens_unet.py), for both tiny models:
+ * plain, non-square latents, ControlNet residuals, PeRFlow delta weights, and
+ * the errors a bad config, checkpoint or delta must produce.
+ *
+ * Tolerance: max abs err 1e-4. The reference runs the same float32 weights in
+ * float32; differences come from summation order in GEMMs, convolutions and
+ * norms (~1e-6 relative per op) and from a 1-ulp difference between torch's and
+ * libm's expf in the timestep embedding, through ~40 layers of unit-scale
+ * activations: observed errors stay near 1e-6, while any real error (a wrong
+ * head split, eps, skip order or residual) moves outputs by 1e-2 or more. */
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "test_util.h"
+
+#include "backend.h"
+#include "safetensors.h"
+#include "unet.h"
+
+#define GOLDEN_VERSION "1"
+#define TOL 1e-4
+
+/* Reads golden tensor `name` from an open golden file (version-checked). */
+static float *golden(const pf_safetensors *st, const char *name, int64_t *numel) {
+    const pf_st_tensor *t = pf_st_find(st, name);
+    if (!t) fail_msg("golden %s lacks %s: re-run tests/reference/make_goldens.py", st->path, name);
+    float *buf = malloc((size_t)pf_st_numel(t) * sizeof(float));
+    pf_error err;
+    if (pf_st_read_f32(st, t, buf, &err)) fail_msg("%s", err.msg);
+    if (numel) *numel = pf_st_numel(t);
+    return buf;
+}
+
+/* Golden tensor uploaded to be with its stored shape. */
+static pf_tensor *golden_tensor(pf_backend *be, const pf_safetensors *st, const char *name) {
+    const pf_st_tensor *t = pf_st_find(st, name);
+    if (!t) fail_msg("golden %s lacks %s: re-run tests/reference/make_goldens.py", st->path, name);
+    float *buf = golden(st, name, NULL);
+    pf_tensor *x = pf_from_host(be, t->ndim, t->shape, buf);
+    free(buf);
+    return x;
+}
+
+static pf_safetensors *open_golden(const char *rel) {
+    pf_safetensors *st;
+    pf_error err;
+    if (pf_st_open(&st, pf_test_path(rel), &err)) fail_msg("%s (re-run tests/reference/make_goldens.py)", err.msg);
+    const char *v = pf_st_meta(st, "version");
+    if (!v || strcmp(v, GOLDEN_VERSION))
+        fail_msg("%s: golden version %s, tests expect %s: re-run tests/reference/make_goldens.py", rel,
+                 v ? v : "(none)", GOLDEN_VERSION);
+    return st;
+}
+
+/* Runs m on golden inputs sample<sfx>, timesteps<sfx>, encoder_hidden_states and
+ * compares with golden `want` (residuals: the golden's down/mid residuals). */
+static void check_forward(pf_unet *m, pf_backend *be, const pf_safetensors *st, const char *sfx, const char *want,
+                          int residuals) {
+    char name[64];
+    snprintf(name, sizeof name, "sample%s", sfx);
+    pf_tensor *x = golden_tensor(be, st, name);
+    snprintf(name, sizeof name, "timesteps%s", sfx);
+    float *t = golden(st, name, NULL);
+    pf_tensor *ctx = golden_tensor(be, st, "encoder_hidden_states");
+    const pf_unet_config *c = pf_unet_get_config(m);
+    pf_tensor *out = pf_new4(be, x->shape[0], c->out_channels, x->shape[2], x->shape[3]);
+    int ns = pf_unet_num_skips(m);
+    pf_tensor **down = NULL, *mid = NULL;
+    if (residuals) {
+        down = calloc((size_t)ns, sizeof *down);
+        for (int i = 0; i < ns; i++) {
+            snprintf(name, sizeof name, "down_residual_%d", i);
+            down[i] = golden_tensor(be, st, name);
+        }
+        snprintf(name, sizeof name, "down_residual_%d", ns);
+        if (pf_st_find(st, name)) fail_msg("golden has more skips than the model (%d)", ns);
+        mid = golden_tensor(be, st, "mid_residual");
+    }
+    pf_error err;
+    if (pf_unet_forward(m, out, x, t, ctx, (const pf_tensor *const *)down, mid, &err)) fail_msg("%s", err.msg);
+    int64_t n;
+    float *w = golden(st, want, &n);
+    assert_int_equal(n, pf_numel(out));
+    float *got = malloc((size_t)n * sizeof *got);
+    pf_to_host(got, out);
+    pf_assert_close(want, got, w, (size_t)n, TOL, 0);
+    for (int i = 0; down && i < ns; i++) pf_free(down[i]);
+    free(down);
+    pf_free(mid);
+    free(got);
+    free(w);
+    free(t);
+    pf_free(out);
+    pf_free(ctx);
+    pf_free(x);
+}
+
+static void check_model(const char *model, int wide) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "tests/data/goldens/%s/unet.safetensors", model);
+    pf_safetensors *st = open_golden(rel);
+    pf_error err;
+    pf_backend *be = pf_backend_cpu_new(0);
+    pf_unet *m;
+    snprintf(rel, sizeof rel, "tests/data/models/%s", model);
+    if (pf_unet_load_dir(&m, be, pf_test_path(rel), NULL, &err)) fail_msg("%s", err.msg);
+    check_forward(m, be, st, "", "out", 0);
+    check_forward(m, be, st, "", "out_residuals", 1);
+    if (wide) check_forward(m, be, st, "_wide", "out_wide", 0);
+    pf_unet_free(m);
+    pf_backend_free(be);
+    pf_st_close(st);
+}
+
+static void test_unet_sd15(void **state) { (void)state; check_model("tiny-sd15", 1); }
+static void test_unet_sd2(void **state) { (void)state; check_model("tiny-sd2", 0); }
+
+/* PeRFlow delta weights, given as the delta's unet/ folder and as the file itself. */
+static void test_unet_delta(void **state) {
+    (void)state;
+    pf_safetensors *st = open_golden("tests/data/goldens/tiny-sd15/unet_delta.safetensors");
+    pf_error err;
+    pf_backend *be = pf_backend_cpu_new(0);
+    const char *deltas[] = {"tests/data/models/tiny-sd15-delta/unet",
+                            "tests/data/models/tiny-sd15-delta/unet/diffusion_pytorch_model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        pf_unet *m;
+        if (pf_unet_load_dir(&m, be, pf_test_path("tests/data/models/tiny-sd15"), pf_test_path(deltas[i]), &err))
+            fail_msg("%s", err.msg);
+        check_forward(m, be, st, "", "out", 0);
+        pf_unet_free(m);
+    }
+    pf_backend_free(be);
+    pf_st_close(st);
+}
+
+/* A private temporary folder, removed by rm_tree. */
+static char *temp_dir(void) {
+    static char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/pf_test_unet.XXXXXX");
+    if (!mkdtemp(dir)) fail_msg("mkdtemp failed");
+    return dir;
+}
+
+static void rm_tree(const char *dir) {
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) print_error("could not remove %s\n", dir);
+}
+
+/* Copies the tiny-sd15 config with the first occurrence of `from` replaced by `to`. */
+static void write_edited_config(const char *path, const char *from, const char *to) {
+    FILE *f = fopen(pf_test_path("tests/data/models/tiny-sd15/unet/config.json"), "rb");
+    assert_non_null(f);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *at = strstr(buf, from);
+    if (!at) fail_msg("config lacks %s", from);
+    FILE *o = fopen(path, "wb");
+    assert_non_null(o);
+    fwrite(buf, 1, (size_t)(at - buf), o);
+    fputs(to, o);
+    fputs(at + strlen(from), o);
+    fclose(o);
+}
+
+/* Unsupported config values are refused by key; the legacy head naming is read
+ * as diffusers does. */
+static void test_config_errors(void **state) {
+    (void)state;
+    char *dir = temp_dir(), path[256];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    pf_unet_config cfg;
+    pf_error err;
+    if (pf_unet_config_read(&cfg, pf_test_path("tests/data/models/tiny-sd2/unet/config.json"), &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(cfg.num_blocks, 3);
+    assert_int_equal(cfg.num_heads[0], 2); /* "attention_head_dim": [2, 4, 4] are head counts */
+    assert_int_equal(cfg.num_heads[2], 4);
+    assert_int_equal(cfg.up_cross_attn[0], 0);
+    assert_int_equal(cfg.use_linear_projection, 1);
+    assert_int_equal(cfg.time_embed_dim, 64);
+
+    static const struct { const char *from, *to, *needle; } cases[] = {
+        {"\"DownBlock2D\"", "\"SimpleCrossAttnDownBlock2D\"", "\"down_block_types\"[1] \"SimpleCrossAttnDownBlock2D\""},
+        {"\"UpBlock2D\"", "\"AttnUpBlock2D\"", "\"up_block_types\"[0]"},
+        {"\"UNetMidBlock2DCrossAttn\"", "\"UNetMidBlock2DSimpleCrossAttn\"", "\"mid_block_type\""},
+        {"\"num_attention_heads\": null", "\"num_attention_heads\": 8", "\"num_attention_heads\""},
+        {"\"class_embed_type\": null", "\"class_embed_type\": \"timestep\"", "\"class_embed_type\""},
+        {"\"addition_embed_type\": null", "\"addition_embed_type\": \"text_time\"", "\"addition_embed_type\""},
+        {"\"time_cond_proj_dim\": null", "\"time_cond_proj_dim\": 256", "\"time_cond_proj_dim\""},
+        {"\"only_cross_attention\": false", "\"only_cross_attention\": true", "\"only_cross_attention\""},
+        {"\"dual_cross_attention\": false", "\"dual_cross_attention\": true", "\"dual_cross_attention\""},
+        {"\"resnet_time_scale_shift\": \"default\"", "\"resnet_time_scale_shift\": \"scale_shift\"",
+         "\"resnet_time_scale_shift\""},
+        {"\"time_embedding_type\": \"positional\"", "\"time_embedding_type\": \"fourier\"", "\"time_embedding_type\""},
+        {"\"act_fn\": \"silu\"", "\"act_fn\": \"gelu\"", "\"act_fn\""},
+        {"\"conv_in_kernel\": 3", "\"conv_in_kernel\": 5", "\"conv_in_kernel\""},
+        {"\"conv_out_kernel\": 3", "\"conv_out_kernel\": 1", "\"conv_out_kernel\""},
+        {"\"attention_head_dim\": 4", "\"attention_head_dim\": 5", "not a multiple of its 5 attention heads"},
+        {"\"layers_per_block\": 1", "\"layers_per_block\": [1, 2, 3]", "\"layers_per_block\" has 3 entries"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        write_edited_config(path, cases[i].from, cases[i].to);
+        err.msg[0] = 0;
+        assert_int_equal(pf_unet_config_read(&cfg, path, &err), -1);
+        if (!strstr(err.msg, cases[i].needle)) fail_msg("case %zu: error \"%s\" lacks %s", i, err.msg, cases[i].needle);
+    }
+    rm_tree(dir);
+}
+
+/* A config that disagrees with the weights names the tensor and both shapes;
+ * latent sizes the up path cannot restore are refused. */
+static void test_shape_errors(void **state) {
+    (void)state;
+    pf_unet_config cfg;
+    pf_error err;
+    if (pf_unet_config_read(&cfg, pf_test_path("tests/data/models/tiny-sd15/unet/config.json"), &err))
+        fail_msg("%s", err.msg);
+    cfg.cross_attention_dim = 40;
+    pf_weights *w;
+    if (pf_weights_open(&w, pf_test_path("tests/data/models/tiny-sd15/unet/diffusion_pytorch_model.safetensors"),
+                        &err))
+        fail_msg("%s", err.msg);
+    pf_backend *be = pf_backend_cpu_new(1);
+    pf_unet *m;
+    assert_int_equal(pf_unet_load(&m, be, &cfg, w, "", &err), -1);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"));
+    assert_non_null(strstr(err.msg, "(32, 32)"));
+    assert_non_null(strstr(err.msg, "(32, 40)"));
+
+    cfg.cross_attention_dim = 32;
+    cfg.norm_num_groups = 5;
+    assert_int_equal(pf_unet_load(&m, be, &cfg, w, "", &err), -1);
+    assert_non_null(strstr(err.msg, "norm_num_groups 5"));
+
+    cfg.norm_num_groups = 8;
+    if (pf_unet_load(&m, be, &cfg, w, "", &err)) fail_msg("%s", err.msg);
+    pf_tensor *x = pf_new4(be, 1, 4, 6, 8), *out = pf_new4(be, 1, 4, 6, 8), *ctx = pf_new3(be, 1, 77, 32);
+    float t = 1000;
+    /* two blocks: sides must be even */
+    pf_tensor *x5 = pf_new4(be, 1, 4, 5, 8), *out5 = pf_new4(be, 1, 4, 5, 8);
+    assert_int_equal(pf_unet_forward(m, out5, x5, &t, ctx, NULL, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "5x8 is not a multiple of 2"));
+    pf_tensor *bad_ctx = pf_new3(be, 1, 77, 24);
+    assert_int_equal(pf_unet_forward(m, out, x, &t, bad_ctx, NULL, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "context has shape (1, 77, 24)"));
+    pf_tensor *bad_mid = pf_new4(be, 1, 64, 4, 4); /* mid output is (1, 64, 3, 4) */
+    assert_int_equal(pf_unet_forward(m, out, x, &t, ctx, NULL, bad_mid, &err), -1);
+    assert_non_null(strstr(err.msg, "mid residual 0 has shape (1, 64, 4, 4), expected (1, 64, 3, 4)"));
+    pf_tensor *dead[] = {x, out, ctx, x5, out5, bad_ctx, bad_mid};
+    for (size_t i = 0; i < sizeof dead / sizeof *dead; i++) pf_free(dead[i]);
+    pf_unet_free(m);
+    pf_weights_close(w);
+    pf_backend_free(be);
+}
+
+/* A delta whose key set differs from the base's is refused with both sides named. */
+static void test_bad_delta(void **state) {
+    (void)state;
+    char *dir = temp_dir(), path[256];
+    snprintf(path, sizeof path, "%s/delta.safetensors", dir);
+    const float zero[4] = {0};
+    const int64_t shape[] = {4};
+    pf_st_entry e = {"conv_out.bias", PF_F32, 1, shape, zero};
+    pf_error err;
+    if (pf_st_write(path, &e, 1, NULL, &err)) fail_msg("%s", err.msg);
+    pf_backend *be = pf_backend_cpu_new(1);
+    pf_unet *m;
+    assert_int_equal(pf_unet_load_dir(&m, be, pf_test_path("tests/data/models/tiny-sd15"), path, &err), -1);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "do not match the base"));
+    assert_non_null(strstr(err.msg, "missing in the delta: \"conv_in.bias\""));
+    /* a folder without weights */
+    assert_int_equal(pf_unet_load_dir(&m, be, pf_test_path("tests/data/models/tiny-sd15"), dir, &err), -1);
+    assert_non_null(strstr(err.msg, "no weights"));
+    pf_backend_free(be);
+    rm_tree(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_unet_sd15),     cmocka_unit_test(test_unet_sd2),     cmocka_unit_test(test_unet_delta),
+        cmocka_unit_test(test_config_errors), cmocka_unit_test(test_shape_errors), cmocka_unit_test(test_bad_delta),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
