@@ -13,58 +13,29 @@
 #include "safetensors.h"
 #include "tokenizer.h"
 
-#define GOLDEN_VERSION "1"
-
-/* Reads golden tensor `name` from an open golden file (version-checked). */
-static float *golden(const pf_safetensors *st, const char *name, int64_t *numel) {
-    const pf_st_tensor *t = pf_st_find(st, name);
-    if (!t) fail_msg("golden %s lacks %s: re-run tests/reference/make_goldens.py", st->path, name);
-    float *buf = malloc((size_t)pf_st_numel(t) * sizeof(float));
-    pf_error err;
-    if (pf_st_read_f32(st, t, buf, &err)) fail_msg("%s", err.msg);
-    *numel = pf_st_numel(t);
-    return buf;
-}
-
-static pf_safetensors *open_golden(const char *rel) {
-    pf_safetensors *st;
-    pf_error err;
-    if (pf_st_open(&st, pf_test_path(rel), &err)) fail_msg("%s (re-run tests/reference/make_goldens.py)", err.msg);
-    const char *v = pf_st_meta(st, "version");
-    if (!v || strcmp(v, GOLDEN_VERSION))
-        fail_msg("%s: golden version %s, tests expect %s: re-run tests/reference/make_goldens.py", rel,
-                 v ? v : "(none)", GOLDEN_VERSION);
-    return st;
-}
-
 static void check_model(const char *model) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/data/goldens/%s/text_encoder.safetensors", model);
-    pf_safetensors *st = open_golden(rel);
-    int64_t n_ids, n_h, n_s;
-    float *ids_f = golden(st, "input_ids", &n_ids);
-    float *want = golden(st, "last_hidden_state", &n_h);
-    float *want_skip = golden(st, "clip_skip_1", &n_s);
+    pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s/text_encoder.safetensors", model));
+    int64_t n_ids;
+    float *ids_f = pf_golden_floats(st, "input_ids", &n_ids);
     const int L = 77, B = (int)(n_ids / L);
     int32_t *ids = malloc((size_t)n_ids * sizeof *ids);
     for (int64_t i = 0; i < n_ids; i++) ids[i] = (int32_t)ids_f[i];
 
     pf_error err;
     pf_backend *be = pf_backend_cpu_new(0);
+    pf_tensor *want = pf_golden_tensor(be, st, "last_hidden_state");
+    pf_tensor *want_skip = pf_golden_tensor(be, st, "clip_skip_1");
     pf_clip_text_model *te;
-    snprintf(rel, sizeof rel, "tests/data/models/%s", model);
-    if (pf_clip_text_model_load_dir(&te, be, pf_test_path(rel), &err)) fail_msg("%s", err.msg);
+    if (pf_clip_text_model_load_dir(&te, be, pf_test_path(pf_pathf("tests/data/models/%s", model)), &err))
+        fail_msg("%s", err.msg);
     const int D = pf_clip_text_model_config(te)->hidden_size;
-    assert_int_equal((int64_t)B * L * D, n_h);
+    assert_int_equal((int64_t)B * L * D, pf_numel(want));
 
     pf_tensor *out = pf_new3(be, B, L, D);
-    float *got = malloc((size_t)n_h * sizeof *got);
     if (pf_clip_text_model_forward(te, out, ids, B, L, 0, &err)) fail_msg("%s", err.msg);
-    pf_to_host(got, out);
-    pf_assert_close("last_hidden_state", got, want, (size_t)n_h, 1e-4, 0);
+    pf_assert_tensor_close("last_hidden_state", out, want, 1e-4, 0);
     if (pf_clip_text_model_forward(te, out, ids, B, L, 1, &err)) fail_msg("%s", err.msg);
-    pf_to_host(got, out);
-    pf_assert_close("clip_skip_1", got, want_skip, (size_t)n_s, 1e-4, 0);
+    pf_assert_tensor_close("clip_skip_1", out, want_skip, 1e-4, 0);
 
     /* Out-of-range input is an error, not a crash. */
     int32_t bad[77];
@@ -77,31 +48,42 @@ static void check_model(const char *model) {
 
     pf_free(one);
     pf_free(out);
+    pf_free(want);
+    pf_free(want_skip);
     pf_clip_text_model_free(te);
     pf_backend_free(be);
-    free(got);
     free(ids);
     free(ids_f);
-    free(want);
-    free(want_skip);
     pf_st_close(st);
 }
 
+/* Keep in step with PROMPTS in tests/reference/make_goldens.py; the last is
+ * the long prompt, its phrase 12 times. */
+static const char *const prompts[] = {
+    "a photo of a cat",
+    "",
+    "A majestic lion, jumping from a big stone at night!! (8k, ultra-detailed)",
+    "Ünïcödé façade, 東京 at dusk 🌆, it's ISO-800",
+    "a very long prompt about mountains rivers and forests",
+};
+enum { PROMPTS = sizeof prompts / sizeof *prompts };
+
 /* The golden prompts' ids (transformers' CLIPTokenizer) equal our tokenizer's. */
-static void check_tokens(const char *model, const char *const *prompts, int count) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/data/goldens/%s/text_encoder.safetensors", model);
-    pf_safetensors *st = open_golden(rel);
+static void check_tokens(const char *model) {
+    pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s/text_encoder.safetensors", model));
     int64_t n;
-    float *want = golden(st, "input_ids", &n);
-    assert_int_equal(n, (int64_t)count * 77);
+    float *want = pf_golden_floats(st, "input_ids", &n);
+    assert_int_equal(n, (int64_t)PROMPTS * 77);
     pf_tokenizer *tok;
     pf_error err;
-    snprintf(rel, sizeof rel, "tests/data/models/%s/tokenizer", model);
-    if (pf_tokenizer_load(&tok, pf_test_path(rel), &err)) fail_msg("%s", err.msg);
-    for (int p = 0; p < count; p++) {
+    if (pf_tokenizer_load(&tok, pf_test_path(pf_pathf("tests/data/models/%s/tokenizer", model)), &err))
+        fail_msg("%s", err.msg);
+    for (int p = 0; p < PROMPTS; p++) {
+        char text[1024] = "";
+        for (int k = 0; k < (p == PROMPTS - 1 ? 12 : 1); k++)
+            snprintf(text + strlen(text), sizeof text - strlen(text), "%s%s", k ? " " : "", prompts[p]);
         int32_t ids[77];
-        if (pf_tokenizer_encode(tok, prompts[p], ids, 77, &err)) fail_msg("%s", err.msg);
+        if (pf_tokenizer_encode(tok, text, ids, 77, &err)) fail_msg("%s", err.msg);
         for (int i = 0; i < 77; i++)
             if (ids[i] != (int32_t)want[p * 77 + i])
                 fail_msg("%s prompt %d token %d: got %d want %d", model, p, i, ids[i], (int)want[p * 77 + i]);
@@ -111,37 +93,10 @@ static void check_tokens(const char *model, const char *const *prompts, int coun
     pf_st_close(st);
 }
 
-/* Keep in step with PROMPTS in tests/reference/make_goldens.py. */
-static const char *const prompts[] = {
-    "a photo of a cat",
-    "",
-    "A majestic lion, jumping from a big stone at night!! (8k, ultra-detailed)",
-    "Ünïcödé façade, 東京 at dusk 🌆, it's ISO-800",
-    NULL, /* the long prompt, built below */
-};
-
-static const char *long_prompt(void) {
-    static char buf[1024];
-    buf[0] = 0;
-    for (int i = 0; i < 12; i++) {
-        if (i) strcat(buf, " ");
-        strcat(buf, "a very long prompt about mountains rivers and forests");
-    }
-    return buf;
-}
-
 static void test_text_encoder_sd15(void **state) { (void)state; check_model("tiny-sd15"); }
 static void test_text_encoder_sd2(void **state) { (void)state; check_model("tiny-sd2"); }
-static void test_tokens_sd15(void **state) {
-    (void)state;
-    const char *p[5] = {prompts[0], prompts[1], prompts[2], prompts[3], long_prompt()};
-    check_tokens("tiny-sd15", p, 5);
-}
-static void test_tokens_sd2(void **state) {
-    (void)state;
-    const char *p[5] = {prompts[0], prompts[1], prompts[2], prompts[3], long_prompt()};
-    check_tokens("tiny-sd2", p, 5);
-}
+static void test_tokens_sd15(void **state) { (void)state; check_tokens("tiny-sd15"); }
+static void test_tokens_sd2(void **state) { (void)state; check_tokens("tiny-sd2"); }
 
 /* A config that disagrees with the weights names the tensor and both shapes. */
 static void test_shape_mismatch(void **state) {

@@ -11,7 +11,6 @@
 #include "test_util.h"
 
 #include <jansson.h>
-#include <unistd.h>
 
 #include "perflow_sampler.h"
 
@@ -28,13 +27,8 @@ static void floats_of(float *out, const json_t *arr, size_t n) {
 
 static int load_golden(void **state) {
     (void)state;
-    json_error_t jerr;
     const char *path = pf_shared_path("golden/perflow_scheduler.json");
-    golden = json_load_file(path, 0, &jerr);
-    if (!golden) {
-        print_error("cannot read %s: %s\n", path, jerr.text);
-        return -1;
-    }
+    golden = pf_golden_json(path, NULL, NULL); /* shared/ is given, not regenerated */
     numel = 1;
     size_t i;
     const json_t *d;
@@ -81,8 +75,12 @@ static int64_t compare(const char *what, const float *got, const json_t *want, s
     return worst;
 }
 
+/* Initialises s for c (NULL: the default config); fails the test when init refuses. */
 static void must_init(pf_perflow_sampler *s, const pf_perflow_config *c) {
+    pf_perflow_config defaults;
+    pf_perflow_config_default(&defaults);
     pf_error err = {""};
+    if (!c) c = &defaults;
     if (pf_perflow_init(s, c, &err)) {
         print_error("pf_perflow_init: %s\n", err.msg);
         fail();
@@ -91,13 +89,11 @@ static void must_init(pf_perflow_sampler *s, const pf_perflow_config *c) {
 
 static void test_alphas_cumprod(void **state) {
     (void)state;
-    pf_perflow_config c;
-    pf_perflow_config_default(&c);
     pf_perflow_sampler s;
-    must_init(&s, &c);
+    must_init(&s, NULL);
     int bad = 0;
     compare("alphas_cumprod_scaled_linear", s.alphas_cumprod, json_object_get(golden, "alphas_cumprod_scaled_linear"),
-            (size_t)c.num_train_timesteps, MAX_ULP, &bad);
+            (size_t)s.cfg.num_train_timesteps, MAX_ULP, &bad);
     assert_int_equal(bad, 0);
     pf_perflow_free(&s);
 }
@@ -160,10 +156,8 @@ static void test_golden_cases(void **state) {
 
 static void test_add_noise(void **state) {
     (void)state;
-    pf_perflow_config c;
-    pf_perflow_config_default(&c);
     pf_perflow_sampler s;
-    must_init(&s, &c);
+    must_init(&s, NULL);
     const json_t *cases = json_object_get(golden, "add_noise");
     assert_true(json_array_size(cases) > 0);
     int bad = 0;
@@ -253,16 +247,12 @@ static void test_config(void **state) {
     expect_parse_error("{\"num_time_windows\": 4,", "not valid JSON");
 
     /* from a file, and a missing file */
-    char path[] = "/tmp/pf_sched_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w");
-    fputs(real, f);
-    fclose(f);
+    char *dir = pf_temp_dir();
+    const char *path = pf_temp_write(dir, "scheduler_config.json", real, strlen(real));
     pf_perflow_config_default(&c);
     assert_int_equal(pf_perflow_config_load(&c, path, &err), 0);
     assert_int_equal(c.prediction_type, PF_PRED_DIFF_EPS);
-    unlink(path);
+    pf_temp_dir_remove(dir);
     assert_int_equal(pf_perflow_config_load(&c, "/nonexistent/scheduler_config.json", &err), -1);
     assert_non_null(strstr(err.msg, "/nonexistent/scheduler_config.json"));
 
@@ -278,10 +268,8 @@ static void test_config(void **state) {
 static void test_timesteps(void **state) {
     (void)state;
     pf_error err = {""};
-    pf_perflow_config c;
-    pf_perflow_config_default(&c);
     pf_perflow_sampler s;
-    must_init(&s, &c);
+    must_init(&s, NULL);
     assert_int_equal(pf_perflow_set_timesteps(&s, 0, &err), -1);
     assert_non_null(strstr(err.msg, "num_inference_steps 0"));
     assert_null(s.timesteps);

@@ -20,12 +20,7 @@
 #include "safetensors.h"
 
 static json_t *cases(void) {
-    json_error_t je;
-    json_t *root = json_load_file(pf_test_path("tests/data/goldens/pipelines.json"), 0, &je);
-    if (!root) fail_msg("pipelines.json: %s (re-run tests/reference/make_goldens.py)", je.text);
-    if (strcmp(json_string_value(json_object_get(root, "version")), "1"))
-        fail_msg("pipelines.json: version mismatch: re-run tests/reference/make_goldens.py");
-    return root;
+    return pf_golden_json(pf_test_path("tests/data/goldens/pipelines.json"), PF_GOLDEN_VERSION, PF_GOLDEN_HINT);
 }
 
 static const char *str(json_t *c, const char *k) {
@@ -49,13 +44,11 @@ static void params_of(json_t *c, pf_txt2img_params *p) {
 }
 
 static pf_pipeline *load(pf_backend *be, json_t *c) {
-    char model[512], delta[512];
-    snprintf(model, sizeof model, "tests/data/models/%s", str(c, "model"));
-    snprintf(delta, sizeof delta, "tests/data/models/%s", str(c, "delta") ? str(c, "delta") : "");
+    const char *model = pf_test_path(pf_pathf("tests/data/models/%s", str(c, "model")));
+    const char *delta = str(c, "delta") ? pf_test_path(pf_pathf("tests/data/models/%s", str(c, "delta"))) : NULL;
     pf_pipeline *p;
     pf_error err;
-    if (pf_pipeline_load(&p, be, pf_test_path(model), str(c, "delta") ? pf_test_path(delta) : NULL, &err))
-        fail_msg("%s", err.msg);
+    if (pf_pipeline_load(&p, be, model, delta, &err)) fail_msg("%s", err.msg);
     return p;
 }
 
@@ -91,7 +84,7 @@ static void test_pipelines(void **state) {
         params_of(c, &p);
         pf_pipeline *pipe = load(be, c);
         const size_t n = (size_t)p.num_images * p.height * p.width * 3;
-        float *got = malloc(n * sizeof *got), *want = malloc(n * sizeof *want), *other = malloc(n * sizeof *other);
+        float *got = malloc(n * sizeof *got), *other = malloc(n * sizeof *other);
         counter cnt = {0, 0, 0};
         p.progress = on_progress;
         p.user = &cnt;
@@ -100,14 +93,10 @@ static void test_pipelines(void **state) {
         assert_int_equal(cnt.calls, cnt.total);
         assert_int_equal(cnt.last, cnt.total);
 
-        char rel[512];
-        snprintf(rel, sizeof rel, "tests/data/goldens/%s", str(c, "images"));
-        pf_safetensors *st;
-        if (pf_st_open(&st, pf_test_path(rel), &err)) fail_msg("%s", err.msg);
-        const pf_st_tensor *t = pf_st_find(st, "images");
-        assert_non_null(t);
-        assert_int_equal(pf_st_numel(t), (int64_t)n);
-        if (pf_st_read_f32(st, t, want, &err)) fail_msg("%s", err.msg);
+        pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", str(c, "images")));
+        int64_t n_want;
+        float *want = pf_golden_floats(st, "images", &n_want);
+        assert_int_equal(n_want, (int64_t)n);
         pf_st_close(st);
 
         /* The golden can fail: most values strictly inside (0, 1) ... */
@@ -132,8 +121,8 @@ static void test_pipelines(void **state) {
             uint8_t *png;
             int w, h;
             const char *png_rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k));
-            snprintf(rel, sizeof rel, "tests/data/goldens/%s", png_rel);
-            if (pf_png_read(pf_test_path(rel), &png, &w, &h, &err)) fail_msg("%s", err.msg);
+            if (pf_png_read(pf_test_path(pf_pathf("tests/data/goldens/%s", png_rel)), &png, &w, &h, &err))
+                fail_msg("%s", err.msg);
             assert_int_equal(w, p.width);
             assert_int_equal(h, p.height);
             assert_u8_close(png_rel, u8 + per * k, png, per);
@@ -192,8 +181,7 @@ static void test_cli_png(void **state) {
     if (!perflow) perflow = pf_test_path("bin/perflow");
     json_t *root = cases();
     json_t *c = json_array_get(json_object_get(root, "cases"), 1); /* 2 images, negative prompt */
-    char dir[] = "/tmp/pf_gen_XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char *dir = pf_temp_dir();
     char out[512], model[1024], delta[1024], steps[16], guidance[32], seed[32], w[16], h[16], n[16], K[16];
     snprintf(out, sizeof out, "%s/img.png", dir);
     snprintf(model, sizeof model, "%s", pf_test_path("tests/data/models/tiny-sd15"));
@@ -217,23 +205,21 @@ static void test_cli_png(void **state) {
     waitpid(pid, &status, 0);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     for (int k = 0; k < num(c, "num_images"); k++) {
-        char got_path[600], rel[512];
-        snprintf(got_path, sizeof got_path, "%s/img-%d.png", dir, k);
-        snprintf(rel, sizeof rel, "tests/data/goldens/%s",
-                 json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k)));
+        const char *got_path = pf_pathf("%s/img-%d.png", dir, k);
+        const char *png_rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k));
+        const char *want_path = pf_test_path(pf_pathf("tests/data/goldens/%s", png_rel));
         uint8_t *got, *want;
         int gw, gh, ww, wh;
         pf_error err;
-        if (pf_png_read(got_path, &got, &gw, &gh, &err) || pf_png_read(pf_test_path(rel), &want, &ww, &wh, &err))
+        if (pf_png_read(got_path, &got, &gw, &gh, &err) || pf_png_read(want_path, &want, &ww, &wh, &err))
             fail_msg("%s", err.msg);
         assert_int_equal(gw, ww);
         assert_int_equal(gh, wh);
         assert_u8_close(got_path, got, want, (size_t)gw * gh * 3);
         free(got);
         free(want);
-        unlink(got_path);
     }
-    rmdir(dir);
+    pf_temp_dir_remove(dir);
     json_decref(root);
 }
 

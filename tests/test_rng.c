@@ -12,25 +12,14 @@
 
 #include "rng.h"
 
-#define GOLDEN_VERSION 1
+#define GOLDEN_VERSION "1"
+#define HINT "re-run tests/reference/make_rng_goldens.py with the reference venv"
 
 static json_t *golden;
 
 static int load_golden(void **state) {
     (void)state;
-    json_error_t jerr;
-    const char *path = pf_test_path("tests/data/rng_goldens.json");
-    golden = json_load_file(path, 0, &jerr);
-    if (!golden) {
-        print_error("cannot read %s: %s (line %d)\n", path, jerr.text, jerr.line);
-        return -1;
-    }
-    json_int_t v = json_integer_value(json_object_get(golden, "version"));
-    if (v != GOLDEN_VERSION) {
-        print_error("%s has version %lld, this test expects %d: %s\n", path, (long long)v, GOLDEN_VERSION,
-                    json_string_value(json_object_get(golden, "hint")));
-        return -1;
-    }
+    golden = pf_golden_json(pf_test_path("tests/data/rng_goldens.json"), GOLDEN_VERSION, HINT);
     return 0;
 }
 

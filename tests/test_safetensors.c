@@ -34,14 +34,9 @@ static void expect_values(const pf_safetensors *st, const pf_st_tensor *t, const
 
 static void test_valid_from_python(void **state) {
     (void)state;
-    const char *path = pf_test_path("tests/data/safetensors/valid.safetensors");
-    pf_safetensors *st;
+    const char *rel = "tests/data/safetensors/valid.safetensors", *path = pf_test_path(rel);
+    pf_safetensors *st = pf_golden_open_version(rel, CASES_VERSION, REGEN);
     pf_error err = {""};
-    if (pf_st_open(&st, path, &err)) fail_msg("%s (%s)", err.msg, REGEN);
-    const char *version = pf_st_meta(st, "version");
-    if (!version || strcmp(version, CASES_VERSION))
-        fail_msg("%s: case version %s, this test expects %s: %s", path, version ? version : "(none)",
-                 CASES_VERSION, REGEN);
     assert_string_equal(pf_st_meta(st, "format"), "perflow-cases");
     assert_null(pf_st_meta(st, "absent"));
     assert_int_equal(st->meta_count, 3);
@@ -78,10 +73,9 @@ static void test_valid_from_python(void **state) {
 
 static void test_valid_unaligned(void **state) {
     (void)state;
-    pf_safetensors *st;
+    pf_safetensors *st =
+        pf_golden_open_version("tests/data/safetensors/valid_unaligned.safetensors", CASES_VERSION, REGEN);
     pf_error err = {""};
-    if (pf_st_open(&st, pf_test_path("tests/data/safetensors/valid_unaligned.safetensors"), &err))
-        fail_msg("%s (%s)", err.msg, REGEN);
     const pf_st_tensor *h = find(st, "h", PF_ST_F16, 1, (int64_t[]){3});
     assert_int_equal((uintptr_t)(st->data + h->begin) & 1, 1); /* the point of this file */
     expect_values(st, h, (const float[]){1.5f, -0.25f, 8.0f}, 3);
@@ -91,19 +85,6 @@ static void test_valid_unaligned(void **state) {
     assert_int_equal(pf_st_read_f32(st, u, (float[1]){0}, &err), -1);
     assert_non_null(strstr(err.msg, "has dtype U8"));
     pf_st_close(st);
-}
-
-/* Reads a whole file into memory (for pf_st_parse); returns its size. */
-static size_t slurp(uint8_t **out, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) fail_msg("cannot open %s (%s)", path, REGEN);
-    fseek(f, 0, SEEK_END);
-    size_t n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *out = malloc(n + 1);
-    assert_int_equal(fread(*out, 1, n, f), n);
-    fclose(f);
-    return n;
 }
 
 static void test_malformed(void **state) {
@@ -137,10 +118,10 @@ static void test_malformed(void **state) {
         }
 
         /* The same image from memory names itself as told. */
-        uint8_t *buf;
-        size_t n = slurp(&buf, path);
+        size_t n;
+        char *buf = pf_read_file(path, &n);
         pf_error err2 = {""};
-        rc = pf_st_parse(&st, buf, n, "memory", &err2);
+        rc = pf_st_parse(&st, (const uint8_t *)buf, n, "memory", &err2);
         if (rc != -1 || st != NULL || strncmp(err2.msg, "memory: ", 8) || !strstr(err2.msg, phrase)) {
             print_error("%s from memory: want '%s', got rc %d: %s\n", file, phrase, rc, err2.msg);
             bad++;
@@ -157,8 +138,8 @@ static void test_malformed(void **state) {
 /* Every proper prefix of a valid file fails cleanly (its data ends the file). */
 static void test_truncations(void **state) {
     (void)state;
-    uint8_t *buf;
-    size_t n = slurp(&buf, pf_test_path("tests/data/safetensors/valid.safetensors"));
+    size_t n;
+    char *buf = pf_read_file(pf_test_path("tests/data/safetensors/valid.safetensors"), &n);
     for (size_t len = 0; len < n; len++) {
         uint8_t *copy = malloc(len ? len : 1);
         memcpy(copy, buf, len);
@@ -182,21 +163,6 @@ static void test_open_errors(void **state) {
     assert_non_null(strstr(err.msg, "not a regular file"));
 }
 
-static char tmpdir[64];
-
-static int make_tmpdir(void **state) {
-    (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/pf_test_st_XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int remove_tmpdir(void **state) {
-    (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd);
-}
-
 static void test_write_round_trip(void **state) {
     (void)state;
     enum { N32 = 5000, N16 = 10001, NB = 9000 }; /* past the writer's and reader's chunk sizes */
@@ -214,14 +180,12 @@ static void test_write_round_trip(void **state) {
         {"e", PF_F16, 2, (int64_t[]){0, 4}, NULL},
     };
     const char *meta[] = {"format", "pt", "note", "d\xc3\xa9j\xc3\xa0 vu", NULL};
-    char path[128];
-    snprintf(path, sizeof path, "%s/out.safetensors", tmpdir);
+    char *dir = pf_temp_dir(), path[4096];
+    snprintf(path, sizeof path, "%s/out.safetensors", dir);
     pf_error err = {""};
     for (int pass = 0; pass < 2; pass++) /* the second pass replaces the file */
         if (pf_st_write(path, entries, 5, meta, &err)) fail_msg("%s", err.msg);
-    char tmp[160];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    assert_int_equal(access(tmp, F_OK), -1);
+    assert_int_equal(access(pf_pathf("%s.tmp", path), F_OK), -1);
 
     pf_safetensors *st;
     if (pf_st_open(&st, path, &err)) fail_msg("%s", err.msg);
@@ -250,7 +214,7 @@ static void test_write_round_trip(void **state) {
 
     /* f16 rounds to nearest even on the way out. */
     const float in[] = {0.1f, 1.0f / 3.0f};
-    snprintf(path, sizeof path, "%s/round.safetensors", tmpdir);
+    snprintf(path, sizeof path, "%s/round.safetensors", dir);
     if (pf_st_write(path, &(pf_st_entry){"r", PF_F16, 1, (int64_t[]){2}, in}, 1, NULL, &err))
         fail_msg("%s", err.msg);
     if (pf_st_open(&st, path, &err)) fail_msg("%s", err.msg);
@@ -263,14 +227,15 @@ static void test_write_round_trip(void **state) {
     free(w16);
     free(wb);
     free(got);
+    pf_temp_dir_remove(dir);
 }
 
 static void test_write_errors(void **state) {
     (void)state;
     const float x[2] = {1, 2};
     pf_error err = {""};
-    char path[128];
-    snprintf(path, sizeof path, "%s/bad.safetensors", tmpdir);
+    char *dir = pf_temp_dir(), path[4096];
+    snprintf(path, sizeof path, "%s/bad.safetensors", dir);
     const pf_st_entry dup[] = {{"a", PF_F32, 1, (int64_t[]){2}, x}, {"a", PF_F32, 1, (int64_t[]){2}, x}};
     assert_int_equal(pf_st_write(path, dup, 2, NULL, &err), -1);
     assert_non_null(strstr(err.msg, "tensor \"a\" appears twice"));
@@ -303,11 +268,10 @@ static void test_write_errors(void **state) {
         signal(SIGXFSZ, old);
         assert_int_equal(rc, -1);
         assert_non_null(strstr(err.msg, "bad.safetensors.tmp: write failed: File too large"));
-        char tmp[160];
-        snprintf(tmp, sizeof tmp, "%s.tmp", path);
-        assert_int_equal(access(tmp, F_OK), -1);
+        assert_int_equal(access(pf_pathf("%s.tmp", path), F_OK), -1);
         assert_int_equal(access(path, F_OK), -1);
     }
+    pf_temp_dir_remove(dir);
 }
 
 int main(void) {
@@ -320,5 +284,5 @@ int main(void) {
         cmocka_unit_test(test_write_round_trip),
         cmocka_unit_test(test_write_errors),
     };
-    return cmocka_run_group_tests(tests, make_tmpdir, remove_tmpdir);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,7 +12,7 @@
 #include "test_util.h"
 #include "tokenizer.h"
 
-#define CORPUS_VERSION 1
+#define CORPUS_VERSION "1"
 #define HINT "re-run tests/reference/make_tokenizer_corpus.py with the reference venv"
 
 static pf_tokenizer *clip_tok(void) {
@@ -29,19 +29,7 @@ static pf_tokenizer *clip_tok(void) {
 
 static json_t *corpus(void) {
     static json_t *root;
-    if (!root) {
-        json_error_t je;
-        root = json_load_file(pf_test_path("tests/data/tokenizer_corpus.json"), 0, &je);
-        if (!root) {
-            print_error("tests/data/tokenizer_corpus.json:%d: %s (%s)\n", je.line, je.text, HINT);
-            fail();
-        }
-        if (json_integer_value(json_object_get(root, "version")) != CORPUS_VERSION) {
-            print_error("tokenizer_corpus.json has version %d, this test reads %d: %s\n",
-                        (int)json_integer_value(json_object_get(root, "version")), CORPUS_VERSION, HINT);
-            fail();
-        }
-    }
+    if (!root) root = pf_golden_json(pf_test_path("tests/data/tokenizer_corpus.json"), CORPUS_VERSION, HINT);
     return root;
 }
 
@@ -154,47 +142,18 @@ static void test_photo_of_a_cat(void **state) {
 
 /* ------------------------------------------------------------------ temp tokenizer dirs */
 
-static void write_text(const char *dir, const char *name, const char *text, size_t n) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, n, f), n);
-    fclose(f);
-}
-
 static void write_str(const char *dir, const char *name, const char *text) {
-    write_text(dir, name, text, strlen(text));
-}
-
-static char *make_dir(void) {
-    char *d = strdup("/tmp/pf_test_tokenizer_XXXXXX");
-    assert_non_null(mkdtemp(d));
-    return d;
-}
-
-static void remove_dir(char *d) {
-    static const char *const names[] = {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"};
-    char path[4096];
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", d, names[i]);
-        unlink(path);
-    }
-    rmdir(d);
-    free(d);
+    pf_temp_write(dir, name, text, strlen(text));
 }
 
 /* A directory with the real vocabulary (symlinked) and the given config files. */
 static char *clip_dir_with(json_t *files) {
-    char *d = make_dir();
-    char src[4096], dst[4096];
+    char *d = pf_temp_dir();
     const char *real = realpath(pf_test_path("tests/data/clip-tokenizer"), NULL);
     assert_non_null(real);
     for (int k = 0; k < 2; k++) {
         const char *name = k ? "merges.txt" : "vocab.json";
-        snprintf(src, sizeof src, "%s/%s", real, name);
-        snprintf(dst, sizeof dst, "%s/%s", d, name);
-        assert_int_equal(symlink(src, dst), 0);
+        assert_int_equal(symlink(pf_pathf("%s/%s", real, name), pf_pathf("%s/%s", d, name)), 0);
     }
     free((void *)real);
     const char *name;
@@ -226,7 +185,7 @@ static void test_pad_token_variants(void **state) {
             fail();
         }
         pf_tokenizer_free(tok);
-        remove_dir(d);
+        pf_temp_dir_remove(d);
     }
 }
 
@@ -235,14 +194,14 @@ static void test_pad_token_variants(void **state) {
 /* Loads a tiny tokenizer from the given vocab.json and merges.txt text and
  * returns 0 or -1; err keeps the message. */
 static int load_tiny(const char *vocab, const char *merges, size_t merges_len, const char *config, pf_error *err) {
-    char *d = make_dir();
+    char *d = pf_temp_dir();
     write_str(d, "vocab.json", vocab);
-    write_text(d, "merges.txt", merges, merges_len);
+    pf_temp_write(d, "merges.txt", merges, merges_len);
     if (config) write_str(d, "tokenizer_config.json", config);
     pf_tokenizer *tok;
     int rc = pf_tokenizer_load(&tok, d, err);
     pf_tokenizer_free(tok);
-    remove_dir(d);
+    pf_temp_dir_remove(d);
     return rc;
 }
 
@@ -302,7 +261,7 @@ static void test_malformed_files(void **state) {
  * Expected values from CLIPTokenizer on the same files. */
 static void test_tiny_vocabulary(void **state) {
     (void)state;
-    char *d = make_dir();
+    char *d = pf_temp_dir();
     write_str(d, "vocab.json", TINY_VOCAB);
     write_str(d, "merges.txt", TINY_MERGES);
     write_str(d, "tokenizer_config.json",
@@ -327,7 +286,7 @@ static void test_tiny_vocabulary(void **state) {
     const int32_t want[6] = {3, 2, 2, 5, 4, 4};
     for (int i = 0; i < 6; i++) assert_int_equal(six[i], want[i]);
     pf_tokenizer_free(tok);
-    remove_dir(d);
+    pf_temp_dir_remove(d);
 }
 
 static void test_invalid_utf8(void **state) {

@@ -9,49 +9,13 @@
  * libm's expf in the timestep embedding, through ~40 layers of unit-scale
  * activations: observed errors stay near 1e-6, while any real error (a wrong
  * head split, eps, skip order or residual) moves outputs by 1e-2 or more. */
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include "test_util.h"
 
 #include "backend.h"
 #include "safetensors.h"
 #include "unet.h"
 
-#define GOLDEN_VERSION "1"
 #define TOL 1e-4
-
-/* Reads golden tensor `name` from an open golden file (version-checked). */
-static float *golden(const pf_safetensors *st, const char *name, int64_t *numel) {
-    const pf_st_tensor *t = pf_st_find(st, name);
-    if (!t) fail_msg("golden %s lacks %s: re-run tests/reference/make_goldens.py", st->path, name);
-    float *buf = malloc((size_t)pf_st_numel(t) * sizeof(float));
-    pf_error err;
-    if (pf_st_read_f32(st, t, buf, &err)) fail_msg("%s", err.msg);
-    if (numel) *numel = pf_st_numel(t);
-    return buf;
-}
-
-/* Golden tensor uploaded to be with its stored shape. */
-static pf_tensor *golden_tensor(pf_backend *be, const pf_safetensors *st, const char *name) {
-    const pf_st_tensor *t = pf_st_find(st, name);
-    if (!t) fail_msg("golden %s lacks %s: re-run tests/reference/make_goldens.py", st->path, name);
-    float *buf = golden(st, name, NULL);
-    pf_tensor *x = pf_from_host(be, t->ndim, t->shape, buf);
-    free(buf);
-    return x;
-}
-
-static pf_safetensors *open_golden(const char *rel) {
-    pf_safetensors *st;
-    pf_error err;
-    if (pf_st_open(&st, pf_test_path(rel), &err)) fail_msg("%s (re-run tests/reference/make_goldens.py)", err.msg);
-    const char *v = pf_st_meta(st, "version");
-    if (!v || strcmp(v, GOLDEN_VERSION))
-        fail_msg("%s: golden version %s, tests expect %s: re-run tests/reference/make_goldens.py", rel,
-                 v ? v : "(none)", GOLDEN_VERSION);
-    return st;
-}
 
 /* Runs m on golden inputs sample<sfx>, timesteps<sfx>, encoder_hidden_states and
  * compares with golden `want` (residuals: the golden's down/mid residuals). */
@@ -59,10 +23,10 @@ static void check_forward(pf_unet *m, pf_backend *be, const pf_safetensors *st, 
                           int residuals) {
     char name[64];
     snprintf(name, sizeof name, "sample%s", sfx);
-    pf_tensor *x = golden_tensor(be, st, name);
+    pf_tensor *x = pf_golden_tensor(be, st, name);
     snprintf(name, sizeof name, "timesteps%s", sfx);
-    float *t = golden(st, name, NULL);
-    pf_tensor *ctx = golden_tensor(be, st, "encoder_hidden_states");
+    float *t = pf_golden_floats(st, name, NULL);
+    pf_tensor *ctx = pf_golden_tensor(be, st, "encoder_hidden_states");
     const pf_unet_config *c = pf_unet_get_config(m);
     pf_tensor *out = pf_new4(be, x->shape[0], c->out_channels, x->shape[2], x->shape[3]);
     int ns = pf_unet_num_skips(m);
@@ -71,25 +35,21 @@ static void check_forward(pf_unet *m, pf_backend *be, const pf_safetensors *st, 
         down = calloc((size_t)ns, sizeof *down);
         for (int i = 0; i < ns; i++) {
             snprintf(name, sizeof name, "down_residual_%d", i);
-            down[i] = golden_tensor(be, st, name);
+            down[i] = pf_golden_tensor(be, st, name);
         }
         snprintf(name, sizeof name, "down_residual_%d", ns);
         if (pf_st_find(st, name)) fail_msg("golden has more skips than the model (%d)", ns);
-        mid = golden_tensor(be, st, "mid_residual");
+        mid = pf_golden_tensor(be, st, "mid_residual");
     }
     pf_error err;
     if (pf_unet_forward(m, out, x, t, ctx, (const pf_tensor *const *)down, mid, &err)) fail_msg("%s", err.msg);
-    int64_t n;
-    float *w = golden(st, want, &n);
-    assert_int_equal(n, pf_numel(out));
-    float *got = malloc((size_t)n * sizeof *got);
-    pf_to_host(got, out);
-    pf_assert_close(want, got, w, (size_t)n, TOL, 0);
+    pf_tensor *w = pf_golden_tensor(be, st, want);
+    assert_int_equal(pf_numel(w), pf_numel(out));
+    pf_assert_tensor_close(want, out, w, TOL, 0);
     for (int i = 0; down && i < ns; i++) pf_free(down[i]);
     free(down);
     pf_free(mid);
-    free(got);
-    free(w);
+    pf_free(w);
     free(t);
     pf_free(out);
     pf_free(ctx);
@@ -97,14 +57,12 @@ static void check_forward(pf_unet *m, pf_backend *be, const pf_safetensors *st, 
 }
 
 static void check_model(const char *model, int wide) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/data/goldens/%s/unet.safetensors", model);
-    pf_safetensors *st = open_golden(rel);
+    pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s/unet.safetensors", model));
     pf_error err;
     pf_backend *be = pf_backend_cpu_new(0);
     pf_unet *m;
-    snprintf(rel, sizeof rel, "tests/data/models/%s", model);
-    if (pf_unet_load_dir(&m, be, pf_test_path(rel), NULL, &err)) fail_msg("%s", err.msg);
+    if (pf_unet_load_dir(&m, be, pf_test_path(pf_pathf("tests/data/models/%s", model)), NULL, &err))
+        fail_msg("%s", err.msg);
     check_forward(m, be, st, "", "out", 0);
     check_forward(m, be, st, "", "out_residuals", 1);
     if (wide) check_forward(m, be, st, "_wide", "out_wide", 0);
@@ -119,7 +77,7 @@ static void test_unet_sd2(void **state) { (void)state; check_model("tiny-sd2", 0
 /* PeRFlow delta weights, given as the delta's unet/ folder and as the file itself. */
 static void test_unet_delta(void **state) {
     (void)state;
-    pf_safetensors *st = open_golden("tests/data/goldens/tiny-sd15/unet_delta.safetensors");
+    pf_safetensors *st = pf_golden_open("tests/data/goldens/tiny-sd15/unet_delta.safetensors");
     pf_error err;
     pf_backend *be = pf_backend_cpu_new(0);
     const char *deltas[] = {"tests/data/models/tiny-sd15-delta/unet",
@@ -135,44 +93,23 @@ static void test_unet_delta(void **state) {
     pf_st_close(st);
 }
 
-/* A private temporary folder, removed by rm_tree. */
-static char *temp_dir(void) {
-    static char dir[64];
-    snprintf(dir, sizeof dir, "/tmp/pf_test_unet.XXXXXX");
-    if (!mkdtemp(dir)) fail_msg("mkdtemp failed");
-    return dir;
-}
-
-static void rm_tree(const char *dir) {
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) print_error("could not remove %s\n", dir);
-}
-
-/* Copies the tiny-sd15 config with the first occurrence of `from` replaced by `to`. */
-static void write_edited_config(const char *path, const char *from, const char *to) {
-    FILE *f = fopen(pf_test_path("tests/data/models/tiny-sd15/unet/config.json"), "rb");
-    assert_non_null(f);
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *at = strstr(buf, from);
+/* Writes dir/config.json: the tiny-sd15 config with the first occurrence of
+ * `from` replaced by `to`; returns its path. */
+static const char *write_edited_config(const char *dir, const char *from, const char *to) {
+    char *base = pf_read_file(pf_test_path("tests/data/models/tiny-sd15/unet/config.json"), NULL);
+    char *at = strstr(base, from);
     if (!at) fail_msg("config lacks %s", from);
-    FILE *o = fopen(path, "wb");
-    assert_non_null(o);
-    fwrite(buf, 1, (size_t)(at - buf), o);
-    fputs(to, o);
-    fputs(at + strlen(from), o);
-    fclose(o);
+    char edited[1 << 16];
+    snprintf(edited, sizeof edited, "%.*s%s%s", (int)(at - base), base, to, at + strlen(from));
+    free(base);
+    return pf_temp_write(dir, "config.json", edited, strlen(edited));
 }
 
 /* Unsupported config values are refused by key; the legacy head naming is read
  * as diffusers does. */
 static void test_config_errors(void **state) {
     (void)state;
-    char *dir = temp_dir(), path[256];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *dir = pf_temp_dir();
     pf_unet_config cfg;
     pf_error err;
     if (pf_unet_config_read(&cfg, pf_test_path("tests/data/models/tiny-sd2/unet/config.json"), &err))
@@ -204,12 +141,12 @@ static void test_config_errors(void **state) {
         {"\"layers_per_block\": 1", "\"layers_per_block\": [1, 2, 3]", "\"layers_per_block\" has 3 entries"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        write_edited_config(path, cases[i].from, cases[i].to);
+        const char *path = write_edited_config(dir, cases[i].from, cases[i].to);
         err.msg[0] = 0;
         assert_int_equal(pf_unet_config_read(&cfg, path, &err), -1);
         if (!strstr(err.msg, cases[i].needle)) fail_msg("case %zu: error \"%s\" lacks %s", i, err.msg, cases[i].needle);
     }
-    rm_tree(dir);
+    pf_temp_dir_remove(dir);
 }
 
 /* A config that disagrees with the weights names the tensor and both shapes;
@@ -262,8 +199,8 @@ static void test_shape_errors(void **state) {
 /* A delta whose key set differs from the base's is refused with both sides named. */
 static void test_bad_delta(void **state) {
     (void)state;
-    char *dir = temp_dir(), path[256];
-    snprintf(path, sizeof path, "%s/delta.safetensors", dir);
+    char *dir = pf_temp_dir();
+    const char *path = pf_pathf("%s/delta.safetensors", dir);
     const float zero[4] = {0};
     const int64_t shape[] = {4};
     pf_st_entry e = {"conv_out.bias", PF_F32, 1, shape, zero};
@@ -279,7 +216,7 @@ static void test_bad_delta(void **state) {
     assert_int_equal(pf_unet_load_dir(&m, be, pf_test_path("tests/data/models/tiny-sd15"), dir, &err), -1);
     assert_non_null(strstr(err.msg, "no weights"));
     pf_backend_free(be);
-    rm_tree(dir);
+    pf_temp_dir_remove(dir);
 }
 
 int main(void) {

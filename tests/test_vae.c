@@ -11,68 +11,23 @@
  * outputs by far more. */
 #include "test_util.h"
 
-#include <unistd.h>
-
 #include "backend.h"
 #include "safetensors.h"
 #include "vae.h"
 
-#define GOLDEN_VERSION "1"
-
+/* The golden file of model's VAE. */
 static pf_safetensors *open_golden(const char *model) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/data/goldens/%s/vae.safetensors", model);
-    pf_safetensors *st;
-    pf_error err;
-    if (pf_st_open(&st, pf_test_path(rel), &err)) fail_msg("%s (re-run tests/reference/make_goldens.py)", err.msg);
-    const char *v = pf_st_meta(st, "version");
-    if (!v || strcmp(v, GOLDEN_VERSION))
-        fail_msg("%s: golden version %s, tests expect %s: re-run tests/reference/make_goldens.py", rel,
-                 v ? v : "(none)", GOLDEN_VERSION);
-    return st;
-}
-
-/* Golden tensor `name` as a new tensor on be (shape from the file). */
-static pf_tensor *golden(const pf_safetensors *st, pf_backend *be, const char *name) {
-    const pf_st_tensor *t = pf_st_find(st, name);
-    if (!t) fail_msg("golden %s lacks %s: re-run tests/reference/make_goldens.py", st->path, name);
-    float *buf = malloc((size_t)pf_st_numel(t) * sizeof(float));
-    pf_error err;
-    if (pf_st_read_f32(st, t, buf, &err)) fail_msg("%s", err.msg);
-    pf_tensor *out = pf_from_host(be, t->ndim, t->shape, buf);
-    free(buf);
-    return out;
-}
-
-static float *to_host(const pf_tensor *t) {
-    float *h = malloc((size_t)pf_numel(t) * sizeof(float));
-    pf_to_host(h, t);
-    return h;
-}
-
-static void assert_tensor_close(const char *what, const pf_tensor *got, const pf_tensor *want, double atol) {
-    assert_true(pf_same_shape(got, want));
-    float *g = to_host(got), *w = to_host(want);
-    pf_assert_close(what, g, w, (size_t)pf_numel(got), atol, 0);
-    free(g);
-    free(w);
-}
-
-static void load_model(pf_vae **m, pf_backend *be, const char *model) {
-    char rel[256];
-    pf_error err;
-    snprintf(rel, sizeof rel, "tests/data/models/%s", model);
-    if (pf_vae_load_dir(m, be, pf_test_path(rel), &err)) fail_msg("%s", err.msg);
+    return pf_golden_open(pf_pathf("tests/data/goldens/%s/vae.safetensors", model));
 }
 
 /* vae.decode(latents / scaling_factor).sample for the golden latents `lat`. */
 static void check_decode(pf_vae *m, pf_backend *be, const pf_safetensors *st, const char *lat, const char *img) {
-    pf_tensor *latents = golden(st, be, lat), *want = golden(st, be, img);
+    pf_tensor *latents = pf_golden_tensor(be, st, lat), *want = pf_golden_tensor(be, st, img);
     pf_tensor *got = pf_new_like(want);
     pf_error err;
     assert_int_equal(want->shape[2], latents->shape[2] * pf_vae_scale_factor(m));
     if (pf_vae_decode(m, got, latents, &err)) fail_msg("%s", err.msg);
-    assert_tensor_close(img, got, want, 1e-4);
+    pf_assert_tensor_close(img, got, want, 1e-4, 0);
     pf_free(got);
     pf_free(want);
     pf_free(latents);
@@ -81,17 +36,17 @@ static void check_decode(pf_vae *m, pf_backend *be, const pf_safetensors *st, co
 static void check_model(const char *model, int factor) {
     pf_backend *be = pf_backend_cpu_new(0);
     pf_vae *m;
-    load_model(&m, be, model);
+    pf_error err;
+    if (pf_vae_load_dir(&m, be, pf_test_path(pf_pathf("tests/data/models/%s", model)), &err)) fail_msg("%s", err.msg);
     assert_int_equal(pf_vae_scale_factor(m), factor);
     pf_safetensors *st = open_golden(model);
     check_decode(m, be, st, "decode_latents", "decode_image");
     check_decode(m, be, st, "decode_latents_ns", "decode_image_ns");
 
-    pf_tensor *image = golden(st, be, "encode_image"), *want = golden(st, be, "encode_moments");
+    pf_tensor *image = pf_golden_tensor(be, st, "encode_image"), *want = pf_golden_tensor(be, st, "encode_moments");
     pf_tensor *got = pf_new_like(want);
-    pf_error err;
     if (pf_vae_encode(m, got, image, &err)) fail_msg("%s", err.msg);
-    assert_tensor_close("encode_moments", got, want, 1e-4);
+    pf_assert_tensor_close("encode_moments", got, want, 1e-4, 0);
 
     /* Input errors are reported, not fatal. */
     pf_tensor *odd = pf_new4(be, 1, 3, factor * 8 + factor / 2, factor * 8);
@@ -132,28 +87,6 @@ static void test_sample_latents(void **state) {
     pf_assert_close("sample", got, want, 4, 0, 1e-6);
 }
 
-/* Scratch files live in one temp dir, removed at exit. */
-static char tmp_dir[64];
-
-static const char *tmp_path(const char *name) {
-    static char path[128];
-    if (!tmp_dir[0]) {
-        snprintf(tmp_dir, sizeof tmp_dir, "/tmp/perflow_test_vae_XXXXXX");
-        if (!mkdtemp(tmp_dir)) fail_msg("mkdtemp failed");
-    }
-    snprintf(path, sizeof path, "%s/%s", tmp_dir, name);
-    return path;
-}
-
-static const char *write_tmp(const char *name, const char *text) {
-    const char *path = tmp_path(name);
-    FILE *f = fopen(path, "w");
-    if (!f) fail_msg("cannot write %s", path);
-    fputs(text, f);
-    fclose(f);
-    return path;
-}
-
 /* tiny-sd2's vae/config.json, as key and JSON value pairs. */
 static const char *const base_config[][2] = {
     {"_class_name", "\"AutoencoderKL\""},
@@ -174,8 +107,9 @@ static const char *const base_config[][2] = {
     {"mid_block_add_attention", "true"},
 };
 
-/* Writes base_config with `key` set to `value` (key NULL: unchanged); returns the path. */
-static const char *config_with(const char *key, const char *value) {
+/* Writes dir/config.json: base_config with `key` set to `value` (key NULL:
+ * unchanged); returns its path. */
+static const char *config_with(const char *dir, const char *key, const char *value) {
     char json[4096];
     size_t n = (size_t)snprintf(json, sizeof json, "{");
     for (size_t i = 0; i < sizeof base_config / sizeof base_config[0]; i++) {
@@ -183,14 +117,15 @@ static const char *config_with(const char *key, const char *value) {
         n += (size_t)snprintf(json + n, sizeof json - n, "%s\"%s\": %s", i ? ", " : "", base_config[i][0], v);
     }
     snprintf(json + n, sizeof json - n, "}");
-    return write_tmp("config.json", json);
+    return pf_temp_write(dir, "config.json", json, strlen(json));
 }
 
 static void test_config_errors(void **state) {
     (void)state;
+    char *dir = pf_temp_dir();
     pf_vae_config cfg;
     pf_error err;
-    if (pf_vae_config_read(&cfg, config_with(NULL, NULL), &err)) fail_msg("%s", err.msg);
+    if (pf_vae_config_read(&cfg, config_with(dir, NULL, NULL), &err)) fail_msg("%s", err.msg);
     assert_int_equal(cfg.num_blocks, 2);
     assert_int_equal(cfg.block_out_channels[1], 32);
     assert_int_equal(cfg.layers_per_block, 2);
@@ -213,11 +148,12 @@ static void test_config_errors(void **state) {
         {"scaling_factor", "0", "\"scaling_factor\" is 0"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = pf_vae_config_read(&cfg, config_with(cases[i].key, cases[i].value), &err);
+        int rc = pf_vae_config_read(&cfg, config_with(dir, cases[i].key, cases[i].value), &err);
         if (rc != -1 || !strstr(err.msg, cases[i].msg))
             fail_msg("%s = %s: rc %d, message \"%s\", expected \"%s\"", cases[i].key, cases[i].value, rc,
                      rc ? err.msg : "", cases[i].msg);
     }
+    pf_temp_dir_remove(dir);
 }
 
 /* A config that disagrees with the weights names the tensor and both shapes. */
@@ -273,7 +209,8 @@ static void test_deprecated_attention_names(void **state) {
         e[i] = (pf_st_entry){names[i], PF_F32, t->ndim, t->shape, data};
     }
     assert_int_equal(renamed, 16); /* 4 projections x (weight, bias) x (encoder, decoder) */
-    const char *path = tmp_path("old_names.safetensors");
+    char *dir = pf_temp_dir();
+    const char *path = pf_pathf("%s/old_names.safetensors", dir);
     if (pf_st_write(path, e, st->count, NULL, &err)) fail_msg("%s", err.msg);
 
     pf_vae_config cfg;
@@ -290,7 +227,7 @@ static void test_deprecated_attention_names(void **state) {
     pf_st_close(g);
     pf_vae_free(m);
     pf_backend_free(be);
-    unlink(path);
+    pf_temp_dir_remove(dir);
     for (int i = 0; i < st->count; i++) free((void *)e[i].data);
     free(e);
     free(names);
@@ -303,11 +240,5 @@ int main(void) {
         cmocka_unit_test(test_sample_latents), cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_shape_mismatch), cmocka_unit_test(test_deprecated_attention_names),
     };
-    int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    if (tmp_dir[0]) {
-        unlink(tmp_path("config.json"));
-        unlink(tmp_path("old_names.safetensors"));
-        rmdir(tmp_dir);
-    }
-    return failed;
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
