@@ -13,6 +13,8 @@ static const struct {
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts as JSON arrays"},
     {"encode", cmd_encode, "encode a prompt with a model's CLIP text encoder"},
     {"inspect", cmd_inspect, "validate a .safetensors file and list its tensors"},
+    {"cache", cmd_cache, "the shared model cache: ls, fetch URL, evict, verify"},
+    {"put", cmd_put, "upload a file to s3://bucket/key (or file://)"},
 };
 
 static void usage(FILE *f) {

@@ -14,7 +14,12 @@ int pf_config_load(pf_config **out, const char *path, pf_error *err) {
     *out = NULL;
     json_error_t je;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (!root) return pf_fail(err, "%s: %s (line %d)", path, je.text, je.line);
+    if (!root) {
+        /* jansson quotes input in its message: keep the error one printable line */
+        for (char *ch = je.text; *ch; ch++)
+            if ((unsigned char)*ch < 0x20 || *ch == 0x7f) *ch = '?';
+        return pf_fail(err, "%s: %s (line %d)", path, je.text, je.line);
+    }
     if (!json_is_object(root)) {
         json_decref(root);
         return pf_fail(err, "%s: not a JSON object", path);

@@ -1,0 +1,269 @@
+/* cache_model.c - diffusers models in the cache: model_index.json decides the
+ * files (model_index.c), they are fetched in parallel as blobs, a manifest
+ * records which blob each file is, and a folder of symlinks (the view) gives
+ * the engine the diffusers layout it loads.
+ *
+ * A second acquire of the same model reads its manifest and pins the blobs:
+ * no network access at all. Models are keyed by base URL and variant, so a
+ * URL naming a moving revision ("main") keeps what was fetched first until
+ * evicted; jobs that need a fixed revision name it in the URL. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cache_internal.h"
+#include "credentials.h"
+#include "failure.h"
+
+#define MANIFEST_MAX_BYTES (1 << 20)
+
+static void unpin_all(pf_cache_lease *l) {
+    for (int i = 0; i < l->n; i++) close(l->fds[i]);
+    l->n = 0;
+}
+
+static void lease_add(pf_cache_lease *l, const char *digest, int fd) {
+    PF_CHECK(l->n < (int)(sizeof l->fds / sizeof l->fds[0]));
+    l->fds[l->n] = fd;
+    memcpy(l->digests[l->n], digest, PF_SHA256_HEX);
+    l->n++;
+}
+
+static void link_target(char *out, size_t n, const char *relpath, const char *digest) {
+    snprintf(out, n, "%s../../blobs/sha256/%s", strchr(relpath, '/') ? "../" : "", digest);
+}
+
+/* 1 when the view at path has exactly the manifest's links (extra files
+ * would be harmless but a tampered link would not). */
+static int view_matches(const char *path, const pf_manifest_file *files, int n) {
+    for (int i = 0; i < n; i++) {
+        char p[PF_CACHE_PATH], want[256], have[256];
+        snprintf(p, sizeof p, "%s/%s", path, files[i].path);
+        link_target(want, sizeof want, files[i].path, files[i].sha256);
+        ssize_t r = readlink(p, have, sizeof have - 1);
+        if (r < 0) return 0;
+        have[r] = '\0';
+        if (strcmp(have, want)) return 0;
+    }
+    return 1;
+}
+
+/* Makes <root>/models/<view key> for the manifest (built aside, renamed into place). */
+static int ensure_view(pf_cache *c, const char *manifest_digest, const pf_manifest_file *files, int n, char *out,
+                       size_t out_n, pf_error *err) {
+    char vkey[PF_SHA256_HEX];
+    pf_cache_key(vkey, "view", manifest_digest);
+    snprintf(out, out_n, "%s/models/%.32s", c->root, vkey);
+    for (int round = 0; round < 3; round++) {
+        struct stat st;
+        if (!lstat(out, &st)) {
+            if (S_ISDIR(st.st_mode) && view_matches(out, files, n)) return 0;
+            pf_cache_remove_view(out);
+        }
+        char tmp[PF_CACHE_PATH];
+        snprintf(tmp, sizeof tmp, "%s/tmp/view.XXXXXX", c->root);
+        if (!mkdtemp(tmp)) return pf_fail(err, "cache: creating a model folder in %s/tmp: %s", c->root, strerror(errno));
+        int rc = 0;
+        for (int i = 0; i < n && !rc; i++) {
+            char p[PF_CACHE_PATH], target[256];
+            snprintf(p, sizeof p, "%s/%s", tmp, files[i].path);
+            char *slash = strrchr(p, '/');
+            if (strchr(files[i].path, '/')) {
+                *slash = '\0';
+                if (mkdir(p, 0755) && errno != EEXIST) rc = -1;
+                *slash = '/';
+            }
+            link_target(target, sizeof target, files[i].path, files[i].sha256);
+            if (!rc && symlink(target, p)) rc = -1;
+        }
+        if (rc) {
+            int e = errno;
+            pf_cache_remove_view(tmp);
+            return pf_fail(err, "cache: building a model folder: %s", strerror(e));
+        }
+        chmod(tmp, 0755); /* mkdtemp made it 0700 */
+        if (!rename(tmp, out)) return 0;
+        pf_cache_remove_view(tmp); /* another process made it first: check theirs */
+    }
+    return pf_fail(err, "cache: could not put the model folder %s in place", out);
+}
+
+/* The model from its manifest alone: 1 done, 0 something is missing. */
+static int open_cached(pf_cache *c, const pf_model_source *src, const char *skey, pf_cache_lease *l) {
+    char digest[PF_SHA256_HEX], url[PF_URL_MAX + 16];
+    uint64_t size;
+    int fd;
+    if (!pf_cache_ref_read(c, skey, digest, &size, url, sizeof url)) return 0;
+    if (pf_cache_pin(c, digest, size, &fd, NULL) != 1) return 0;
+    lease_add(l, digest, fd);
+    char *text;
+    size_t len;
+    pf_manifest_file *files = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *files);
+    int n = 0, ok = 0;
+    if (!pf_cache_read_fd(&text, &len, fd, MANIFEST_MAX_BYTES, NULL)) {
+        ok = !pf_manifest_parse(files, &n, PF_MODEL_MAX_FILES, text, len, NULL);
+        free(text);
+    }
+    for (int i = 0; ok && i < n; i++) {
+        int f;
+        ok = pf_cache_pin(c, files[i].sha256, files[i].size, &f, NULL) == 1;
+        if (ok) lease_add(l, files[i].sha256, f);
+    }
+    if (ok) ok = !ensure_view(c, digest, files, n, l->path, sizeof l->path, NULL);
+    free(files);
+    if (!ok) {
+        unpin_all(l);
+        return 0;
+    }
+    for (int i = 0; i < l->n; i++) pf_cache_touch(c, l->digests[i], l->fds[i]);
+    return 1;
+}
+
+typedef struct batch {
+    pf_cache *c;
+    const pf_model_source *src;
+    const pf_model_file *plan;
+    int n;
+    pf_manifest_file *files; /* what was found, per plan entry */
+    pf_cache_got *got;
+    int *present;
+    pthread_mutex_t lock;
+    int next;
+    volatile int cancel;
+    int failed;
+    pf_error err;
+    pf_storage_failure_class failure; /* of the first error, from the thread that met it */
+} batch;
+
+static int fetch_one(batch *b, int i, pf_error *err) {
+    const pf_model_file *f = &b->plan[i];
+    const char *tries[2] = {f->path, f->fallback[0] ? f->fallback : NULL};
+    for (int t = 0; t < 2 && tries[t]; t++) {
+        char url[PF_URL_MAX];
+        if (pf_model_source_file_url(url, sizeof url, b->src, tries[t], err)) return -1;
+        if (!pf_cache_acquire_url(b->c, url, NULL, &b->cancel, &b->got[i], err)) {
+            snprintf(b->files[i].path, sizeof b->files[i].path, "%s", tries[t]);
+            memcpy(b->files[i].sha256, b->got[i].digest, PF_SHA256_HEX);
+            b->files[i].size = b->got[i].size;
+            b->present[i] = 1;
+            return 0;
+        }
+        if (b->got[i].http_status != 404) return -1;
+    }
+    if (f->optional) return 0;
+    return -1;
+}
+
+static void *fetch_worker(void *arg) {
+    batch *b = arg;
+    for (;;) {
+        pthread_mutex_lock(&b->lock);
+        int i = b->cancel ? b->n : b->next++;
+        pthread_mutex_unlock(&b->lock);
+        if (i >= b->n) break;
+        pf_error e = {""};
+        if (fetch_one(b, i, &e)) {
+            pthread_mutex_lock(&b->lock);
+            if (!b->failed) {
+                b->failed = 1;
+                b->err = e;
+                b->failure = pf_storage_failure();
+            }
+            b->cancel = 1; /* the model cannot be complete: stop the other downloads */
+            pthread_mutex_unlock(&b->lock);
+        }
+    }
+    return NULL;
+}
+
+int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lease *l, pf_error *err) {
+    char skey[PF_SHA256_HEX], name[PF_URL_MAX + 16];
+    snprintf(name, sizeof name, "%s%s", src->prefer_fp16 ? "fp16:" : "", src->url);
+    pf_cache_key(skey, "model", name);
+    if (open_cached(c, src, skey, l)) return 0;
+
+    /* model_index.json decides the rest */
+    char url[PF_URL_MAX];
+    pf_cache_got idx;
+    if (pf_model_source_file_url(url, sizeof url, src, "model_index.json", err) ||
+        pf_cache_acquire_url(c, url, NULL, NULL, &idx, err))
+        return -1;
+    char *text;
+    size_t len;
+    pf_model_file *plan = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *plan);
+    int n = 0;
+    if (pf_cache_read_fd(&text, &len, idx.fd, PF_MODEL_INDEX_MAX_BYTES, err)) {
+        pf_error_prefix(err, "%s", url);
+        if (idx.size > PF_MODEL_INDEX_MAX_BYTES) pf_storage_set_failure(PF_STORAGE_PERMANENT);
+        close(idx.fd);
+        free(plan);
+        return -1;
+    }
+    int rc = pf_model_index_plan(plan, &n, PF_MODEL_MAX_FILES, text, len, src->prefer_fp16, err);
+    free(text);
+    if (rc) {
+        close(idx.fd);
+        free(plan);
+        pf_storage_set_failure(PF_STORAGE_PERMANENT); /* the server's model index is unusable */
+        return pf_error_prefix(err, "model %s", src->url);
+    }
+    batch b = {.c = c, .src = src, .plan = plan, .n = n};
+    b.files = PF_CALLOC((size_t)n, sizeof *b.files);
+    b.got = PF_CALLOC((size_t)n, sizeof *b.got);
+    b.present = PF_CALLOC((size_t)n, sizeof *b.present);
+    pthread_mutex_init(&b.lock, NULL);
+    PF_CHECK(!strcmp(plan[0].path, "model_index.json"));
+    b.got[0] = idx;
+    b.present[0] = 1;
+    snprintf(b.files[0].path, sizeof b.files[0].path, "model_index.json");
+    memcpy(b.files[0].sha256, idx.digest, PF_SHA256_HEX);
+    b.files[0].size = idx.size;
+    b.next = 1;
+    int nthreads = c->cfg.parallel < n - 1 ? c->cfg.parallel : n - 1;
+    pthread_t threads[16];
+    int started = 0;
+    for (int t = 0; t < nthreads; t++)
+        if (!pthread_create(&threads[t], NULL, fetch_worker, &b)) started++;
+    if (started == 0) fetch_worker(&b);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    rc = b.failed ? -1 : 0;
+    if (rc && err) *err = b.err;
+    if (rc) pf_storage_set_failure(b.failure);
+
+    pf_manifest_file *files = PF_CALLOC((size_t)n, sizeof *files);
+    int nf = 0;
+    for (int i = 0; i < n; i++)
+        if (b.present[i]) files[nf++] = b.files[i];
+    if (!rc) { /* the manifest first, then every file, all pinned by the lease */
+        char *manifest = pf_manifest_format(files, nf, src->url);
+        pf_cache_got mg;
+        rc = pf_cache_store_bytes(c, manifest, strlen(manifest), &mg, err);
+        if (!rc) {
+            lease_add(l, mg.digest, mg.fd);
+            char ref_url[PF_URL_MAX + 16];
+            snprintf(ref_url, sizeof ref_url, "model%s:%s", src->prefer_fp16 ? "+fp16" : "", src->url);
+            rc = pf_cache_ref_write(c, skey, mg.digest, mg.size, ref_url, err) ||
+                 ensure_view(c, mg.digest, files, nf, l->path, sizeof l->path, err);
+        }
+        free(manifest);
+    }
+    for (int i = 0; i < n; i++) {
+        if (!b.present[i]) continue;
+        if (rc)
+            close(b.got[i].fd);
+        else
+            lease_add(l, b.got[i].digest, b.got[i].fd);
+    }
+    if (rc) unpin_all(l);
+    pthread_mutex_destroy(&b.lock);
+    free(files);
+    free(b.files);
+    free(b.got);
+    free(b.present);
+    free(plan);
+    if (rc && err) pf_secret_scrub(err->msg, sizeof err->msg);
+    return rc;
+}

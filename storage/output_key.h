@@ -1,0 +1,22 @@
+/* output_key.h - object keys (or destinations) for a job's results, from a
+ * template such as "s3://outputs/{job_id}/{index}-{seed}.png".
+ *
+ * The same job gives the same keys, so a job that is retried or delivered
+ * twice overwrites its own results instead of adding new ones. Job ids come
+ * from the job queue and are hostile: only [A-Za-z0-9._-] is accepted, not
+ * starting with '.', so a key never climbs out of its prefix on a file://
+ * destination. */
+#ifndef PF_OUTPUT_KEY_H
+#define PF_OUTPUT_KEY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+/* Expands {job_id}, {index} and {seed} in tmpl into out (n bytes). Any other
+ * '{' or '}' is an error, as is an invalid job id (1 to 128 bytes), a
+ * negative index or a result that does not fit. */
+int pf_output_key(char *out, size_t n, const char *tmpl, const char *job_id, int index, uint64_t seed, pf_error *err);
+
+#endif

@@ -1,0 +1,76 @@
+/* fuzz_storage_parsers.c - libFuzzer target for what the storage layer parses
+ * from hostile sources: URLs (jobs, redirects), model_index.json (a model
+ * server) and cache manifests. The first byte picks the parser. Invariants:
+ * errors are one line; a parsed URL formats to a URL that parses back the same;
+ * planned and manifest paths are safe relative paths.
+ *
+ *   make fuzz && mkdir -p /tmp/sp_corpus &&
+ *   UBSAN_OPTIONS=halt_on_error=1 build/fuzz/fuzz_storage_parsers -max_total_time=60 \
+ *       /tmp/sp_corpus tests/fuzz/corpus_storage_parsers */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_index.h"
+#include "url_policy.h"
+
+static void check_msg(const pf_error *err) {
+    if (!err->msg[0] || strchr(err->msg, '\n')) abort();
+}
+
+static void fuzz_url(const char *s) {
+    pf_url u, v;
+    pf_error err = {""};
+    if (pf_url_parse(&u, s, &err)) {
+        check_msg(&err);
+        return;
+    }
+    char out[PF_URL_MAX], log[600];
+    pf_url_for_log(log, sizeof log, &u);
+    if (pf_url_format(out, sizeof out, &u, &err)) return;
+    if (pf_url_parse(&v, out, &err) || strcmp(u.scheme, v.scheme) || strcmp(u.host, v.host) || u.port != v.port ||
+        strcmp(u.path, v.path))
+        abort();
+    pf_url_policy strict = {0, 0, NULL}, listed = {1, 0, "example.com,.hf.co"};
+    (void)pf_url_check(&u, &strict, &err);
+    (void)pf_url_check(&u, &listed, &err);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1) return 0;
+    char *s = malloc(size);
+    memcpy(s, data + 1, size - 1);
+    s[size - 1] = '\0';
+    pf_error err = {""};
+    switch (data[0] % 3) {
+    case 0:
+        fuzz_url(s);
+        break;
+    case 1: {
+        pf_model_file files[PF_MODEL_MAX_FILES];
+        int n;
+        for (int fp16 = 0; fp16 < 2; fp16++) {
+            if (pf_model_index_plan(files, &n, PF_MODEL_MAX_FILES, (const char *)data + 1, size - 1, fp16, &err)) {
+                check_msg(&err);
+                continue;
+            }
+            for (int i = 0; i < n; i++)
+                if (!pf_relpath_valid(files[i].path) || (files[i].fallback[0] && !pf_relpath_valid(files[i].fallback)))
+                    abort();
+        }
+        break;
+    }
+    default: {
+        pf_manifest_file files[8];
+        int n;
+        if (pf_manifest_parse(files, &n, 8, (const char *)data + 1, size - 1, &err)) {
+            check_msg(&err);
+            break;
+        }
+        for (int i = 0; i < n; i++)
+            if (!pf_relpath_valid(files[i].path) || strlen(files[i].sha256) != 64) abort();
+    }
+    }
+    free(s);
+    return 0;
+}
