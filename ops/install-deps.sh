@@ -7,7 +7,9 @@
 set -e
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libopenblas-dev libjansson-dev
-      libutf8proc-dev libpng-dev libcmocka-dev python3-venv"
+      libutf8proc-dev libpng-dev libcmocka-dev python3-venv
+      libcurl4-openssl-dev libhiredis-dev libssl-dev redis-server nginx-light curl openssl
+      librdkafka-dev libsystemd-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -17,10 +19,24 @@ if [ -n "$missing" ]; then
     [ "$(id -u)" -ne 0 ] && SUDO=sudo
     echo "installing Debian packages:$missing"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
+    # redis-server and nginx are for the tests, which start their own on free
+    # ports: keep the packages from starting system-wide ones where no init
+    # policy says otherwise.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d > /dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing || { [ -n "$policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ -n "$policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import moto, boto3, pytest, confluent_kafka, jsonschema" 2>/dev/null; then
+    echo "installing the test tools into .venv (tests/requirements.txt)"
+    .venv/bin/pip install -q -r tests/requirements.txt
 fi
 if [ "$1" = "--reference" ]; then
     .venv/bin/pip install -q -r tests/reference/requirements.txt

@@ -22,3 +22,9 @@ print("%-34s %12.4f %12.4f %7.2fx" % (sys.argv[1], r["seconds"], o["seconds"], o
 run "CLIP ViT-L/14 text, B=2, L=77" clip bench_clip clip-vit-l14
 run "SD-1.5 VAE decode, 512x512, fp32" vae bench_vae sd15-vae
 run "SD-1.5 UNet, B=2, 64x64, fp32" unet bench_unet sd15-unet
+# Storage: 2 GiB from a local nginx into the model cache vs curl, cache-hit open times.
+B=$B sh tests/bench/bench_storage.sh
+# The worker's own cost per job (no PyTorch side): real broker, Redis, nginx and S3
+# processes on 127.0.0.1, the tiny model, BENCH_WORKER_JOBS jobs (default 200).
+echo
+PATH="$PATH:/usr/sbin" .venv/bin/python tests/bench/bench_worker.py "${BENCH_WORKER_JOBS:-200}"

@@ -1,0 +1,255 @@
+/* test_worker_units.c - the worker's pure parts: job parsing and validation
+ * (schemas/job.v1.json), RFC 3339 deadlines, re-enqueue copies, batching
+ * comparisons, status events, and the settings (file, environment, kafka.*).
+ * The Kafka, Redis and S3 paths are tested end to end by tests/worker/. */
+#include "test_util.h"
+
+#include <unistd.h>
+
+#include "worker_config.h"
+#include "credentials.h"
+#include "job.h"
+#include "status.h"
+
+#define NOOUT "{\"job_id\": \"j-1\", \"model\": {\"base\": {\"url\": \"https://hub/m\"}}, \"prompt\": \"a cat\""
+#define MINIMAL NOOUT ", \"output\": {\"url\": \"s3://b/{job_id}/{index}.png\"}"
+
+static int parse(pf_job *job, const char *json, char *field, pf_error *err) {
+    return pf_job_parse(job, json, strlen(json), field, PF_JOB_FIELD_MAX, err);
+}
+
+static void test_example_and_defaults(void **state) {
+    (void)state;
+    pf_job job;
+    char field[PF_JOB_FIELD_MAX];
+    pf_error err;
+    FILE *f = fopen(pf_test_path("schemas/examples/job.json"), "rb");
+    assert_non_null(f);
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    assert_int_equal(pf_job_parse(&job, buf, n, field, sizeof field, &err), 0);
+    assert_string_equal(job.job_id, "order-1842-a");
+    assert_int_equal(job.num_images, 2);
+    assert_int_equal(job.seed, 42);
+    assert_true(job.fp16);
+    assert_non_null(job.delta.url);
+    assert_string_equal(job.prediction_type, "diff_eps");
+    assert_true(job.deadline_ms == 1893456000000LL); /* 2030-01-01T00:00:00Z */
+    pf_job_free(&job);
+
+    assert_int_equal(parse(&job, MINIMAL "}", field, &err), 0);
+    assert_int_equal(job.attempt, 1);
+    assert_int_equal(job.width, 512);
+    assert_int_equal(job.height, 512);
+    assert_int_equal(job.steps, 4);
+    assert_true(job.guidance == 4.5f);
+    assert_int_equal(job.num_images, 1);
+    assert_null(job.delta.url);
+    assert_null(job.prediction_type);
+    assert_string_equal(job.negative_prompt, "");
+    assert_string_equal(job.output_format, "png");
+    assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), 0);
+    pf_job_free(&job);
+}
+
+/* Each bad job is rejected naming its field; job_id survives whenever it was valid. */
+static void test_invalid_fields(void **state) {
+    (void)state;
+    static const struct { const char *json, *field; int has_id; } cases[] = {
+        {"not json", "", 0},
+        {"[1, 2]", "", 0},
+        {"{\"model\": {}}", "job_id", 0},
+        {"{\"job_id\": \"../up\"}", "job_id", 0},
+        {"{\"job_id\": \".hidden\"}", "job_id", 0},
+        {"{\"job_id\": 7}", "job_id", 0},
+        {MINIMAL ", \"width\": 60}", "width", 1},
+        {MINIMAL ", \"height\": 4096}", "height", 1},
+        {MINIMAL ", \"steps\": 0}", "steps", 1},
+        {MINIMAL ", \"steps\": 4.0}", "steps", 1},
+        {MINIMAL ", \"guidance\": \"high\"}", "guidance", 1},
+        {MINIMAL ", \"guidance\": 31}", "guidance", 1},
+        {MINIMAL ", \"seed\": -1}", "seed", 1},
+        {MINIMAL ", \"num_images\": 17}", "num_images", 1},
+        {MINIMAL ", \"negative_promt\": \"x\"}", "negative_promt", 1},
+        {MINIMAL ", \"schema\": \"perflow.job.v2\"}", "schema", 1},
+        {MINIMAL ", \"attempt\": 0}", "attempt", 1},
+        {MINIMAL ", \"clip_skip\": 12}", "clip_skip", 1},
+        {MINIMAL ", \"sampler\": {\"prediction_type\": \"epsilon\"}}", "sampler.prediction_type", 1},
+        {MINIMAL ", \"sampler\": {\"windows\": 0}}", "sampler.windows", 1},
+        {MINIMAL ", \"sampler\": {\"eta\": 0}}", "sampler.eta", 1},
+        {MINIMAL ", \"deadline\": \"tomorrow\"}", "deadline", 1},
+        {MINIMAL ", \"deadline\": \"2025-02-30T00:00:00Z\"}", "deadline", 1},
+        {MINIMAL ", \"priority\": 10}", "priority", 1},
+        {MINIMAL ", \"negative_prompt\": \"a\\u0001b\"}", "negative_prompt", 1},
+        {NOOUT ", \"num_images\": 2, \"output\": {\"url\": \"s3://b/{job_id}.png\"}}", "output.url", 1},
+        {NOOUT ", \"output\": {\"url\": \"s3://b/{bogus}.png\"}}", "output.url", 1},
+        {NOOUT ", \"output\": {\"url\": \"s3://b/../{job_id}.png\"}}", "output.url", 1},
+        {NOOUT ", \"output\": {\"url\": \"file:///out//{job_id}.png\"}}", "output.url", 1},
+        {NOOUT ", \"output\": {\"url\": \"http://b/{job_id}.png\"}}", "output.url", 1},
+        {NOOUT ", \"output\": {\"url\": \"s3://b/{job_id}.png\", \"format\": \"jpeg\"}}", "output.format", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"ftp://h/m\"}}, \"prompt\": \"p\"}", "model.base.url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.safetensors\"}}}", "model.base.url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\", \"sha256\": \"ab\"}}}", "model.base.sha256", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"delta\": {\"url\": \"https://h/d.bin\"}}}",
+         "model.delta.url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"delta\": {\"url\": "
+         "\"https://h/d.safetensors\", \"sha256\": \"XYZ\"}}}", "model.delta.sha256", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": "
+         "\"https://h/l.safetensors\", \"scale\": 11}]}}", "model.loras[0].scale", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"fp16\": 1}}", "model.fp16", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}}, \"prompt\": \"p\"}", "output", 1},
+        {"{\"job_id\": \"j\", \"job_id\": \"k\"}", "", 0}, /* duplicate keys are ambiguous: not accepted as JSON */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        pf_job job;
+        char field[PF_JOB_FIELD_MAX];
+        pf_error err = {""};
+        int rc = parse(&job, cases[i].json, field, &err);
+        if (rc != -1 || strcmp(field, cases[i].field) || (job.job_id[0] != 0) != cases[i].has_id)
+            fail_msg("case %zu %s: rc %d, field '%s' (want '%s'), job_id '%s': %s", i, cases[i].json, rc, field,
+                     cases[i].field, job.job_id, err.msg);
+        assert_true(strlen(err.msg) > 0);
+    }
+}
+
+static void test_unsupported_features(void **state) {
+    (void)state;
+    pf_job job;
+    char field[PF_JOB_FIELD_MAX];
+    pf_error err;
+    assert_int_equal(parse(&job, "{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": "
+                                 "[{\"url\": \"https://h/l.safetensors\"}]}, \"prompt\": \"p\", \"output\": "
+                                 "{\"url\": \"s3://b/{job_id}.png\"}}",
+                           field, &err),
+                     0);
+    assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), -1);
+    assert_string_equal(field, "model.loras");
+    pf_job_free(&job);
+    assert_int_equal(parse(&job, MINIMAL ", \"refiner\": {\"model\": {\"url\": \"https://h/r\"}}}", field, &err), 0);
+    assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), -1);
+    assert_string_equal(field, "refiner");
+    pf_job_free(&job);
+}
+
+static void test_rfc3339(void **state) {
+    (void)state;
+    long long ms;
+    assert_int_equal(pf_rfc3339_parse("1970-01-01T00:00:00Z", &ms), 0);
+    assert_true(ms == 0);
+    assert_int_equal(pf_rfc3339_parse("2025-11-26T03:04:05.123Z", &ms), 0);
+    assert_true(ms == 1764126245123LL);
+    assert_int_equal(pf_rfc3339_parse("2025-11-26T05:04:05.1+02:00", &ms), 0);
+    assert_true(ms == 1764126245100LL);
+    assert_int_equal(pf_rfc3339_parse("2025-11-26 03:04:05Z", &ms), -1);
+    assert_int_equal(pf_rfc3339_parse("2025-11-26T03:04:05", &ms), -1);
+    assert_int_equal(pf_rfc3339_parse("2025-11-26T03:04:05.Z", &ms), -1);
+    assert_int_equal(pf_rfc3339_parse("2025-13-01T00:00:00Z", &ms), -1);
+}
+
+static void test_requeue_and_batching(void **state) {
+    (void)state;
+    const char *msg = MINIMAL ", \"seed\": 5}";
+    char *again = pf_job_with_attempt(msg, strlen(msg), 3);
+    pf_job a, b;
+    char field[PF_JOB_FIELD_MAX];
+    pf_error err;
+    assert_int_equal(parse(&a, msg, field, &err), 0);
+    assert_int_equal(parse(&b, again, field, &err), 0);
+    assert_int_equal(b.attempt, 3);
+    assert_true(pf_job_same_images(&a, &b));
+    pf_job_free(&b);
+    free(again);
+    assert_int_equal(parse(&b, MINIMAL ", \"seed\": 6}", field, &err), 0);
+    assert_true(pf_job_same_model(&a, &b));
+    assert_false(pf_job_same_images(&a, &b)); /* another seed: another engine call */
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, MINIMAL ", \"seed\": 5, \"width\": 256}", field, &err), 0);
+    assert_false(pf_job_same_model(&a, &b)); /* another size: another batch */
+    pf_job_free(&b);
+    pf_job_free(&a);
+}
+
+static void test_status_events(void **state) {
+    (void)state;
+    json_t *st = pf_status_new(PF_ST_FAILED, "j-1", 2, "w-9");
+    pf_status_set_error(st, PF_ERR_UPLOAD, "HTTP 503", 1, NULL);
+    assert_false(pf_status_is_terminal(st)); /* retryable: another attempt follows */
+    char *s = pf_status_dump(st);
+    json_t *back = json_loads(s, 0, NULL);
+    assert_non_null(back);
+    assert_string_equal(json_string_value(json_object_get(back, "schema")), PF_STATUS_SCHEMA);
+    assert_int_equal(json_integer_value(json_object_get(back, "attempt")), 2);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(back, "error"), "code")), "upload");
+    long long ms;
+    assert_int_equal(pf_rfc3339_parse(json_string_value(json_object_get(back, "ts")), &ms), 0);
+    json_decref(back);
+    free(s);
+    pf_status_set_error(st, PF_ERR_UPLOAD, "HTTP 503", 0, NULL);
+    assert_true(pf_status_is_terminal(st));
+    json_decref(st);
+    st = pf_status_new(PF_ST_RUNNING, "j-1", 1, "w-9");
+    assert_false(pf_status_is_terminal(st));
+    json_decref(st);
+}
+
+static void test_settings(void **state) {
+    (void)state;
+    pf_worker_config c;
+    pf_error err;
+    pf_worker_config_defaults(&c);
+    assert_string_equal(c.jobs_topics, "perflow.jobs");
+    assert_int_equal(c.max_batch, 4);
+    assert_true(c.model_memory == 8ull << 30);
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/perflow-worker-units-%d.conf", (int)getpid());
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("# worker\n\nbrokers = k1:9092,k2:9092\nmax_batch=8\nmodel_memory = 512M\n"
+          "jobs_topics = \"jobs.high, jobs.low\"\nkafka.sasl.password = Hunter2Hunter2\n", f);
+    fclose(f);
+    assert_int_equal(pf_worker_config_load_file(&c, path, &err), 0);
+    assert_string_equal(c.brokers, "k1:9092,k2:9092");
+    assert_int_equal(c.max_batch, 8);
+    assert_true(c.model_memory == 512ull << 20);
+    char buf[1024], line[64] = "password Hunter2Hunter2 here";
+    const char *topics[PF_WORKER_MAX_TOPICS];
+    int n;
+    assert_int_equal(pf_worker_config_topics(&c, buf, sizeof buf, topics, PF_WORKER_MAX_TOPICS, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(topics[0], "jobs.high");
+    assert_string_equal(topics[1], "jobs.low");
+    pf_secret_scrub(line, sizeof line); /* a kafka.*password* value is a secret */
+    assert_null(strstr(line, "Hunter2"));
+    setenv("PERFLOW_MAX_BATCH", "2", 1);
+    setenv("PERFLOW_KAFKA_SESSION_TIMEOUT_MS", "6000", 1);
+    assert_int_equal(pf_worker_config_from_env(&c, &err), 0);
+    assert_int_equal(c.max_batch, 2);
+    int found = 0;
+    for (int i = 0; i < c.n_kafka; i++) found |= !strcmp(c.kafka_key[i], "session.timeout.ms") && !strcmp(c.kafka_val[i], "6000");
+    assert_true(found);
+    setenv("PERFLOW_MAX_BATCH", "0", 1);
+    assert_int_equal(pf_worker_config_from_env(&c, &err), -1);
+    assert_non_null(strstr(err.msg, "PERFLOW_MAX_BATCH"));
+    unsetenv("PERFLOW_MAX_BATCH");
+    unsetenv("PERFLOW_KAFKA_SESSION_TIMEOUT_MS");
+    f = fopen(path, "w");
+    fputs("max_batch = 4\nbogus = 1\n", f);
+    fclose(f);
+    assert_int_equal(pf_worker_config_load_file(&c, path, &err), -1);
+    assert_non_null(strstr(err.msg, ":2"));
+    assert_non_null(strstr(err.msg, "bogus"));
+    unlink(path);
+    assert_int_equal(pf_worker_config_set(&c, "jobs_topics", " , ", &err), 0);
+    assert_int_equal(pf_worker_config_topics(&c, buf, sizeof buf, topics, PF_WORKER_MAX_TOPICS, &n, &err), -1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_example_and_defaults), cmocka_unit_test(test_invalid_fields),
+        cmocka_unit_test(test_unsupported_features), cmocka_unit_test(test_rfc3339),
+        cmocka_unit_test(test_requeue_and_batching), cmocka_unit_test(test_status_events),
+        cmocka_unit_test(test_settings),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

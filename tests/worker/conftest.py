@@ -1,0 +1,362 @@
+"""conftest.py - fixtures of the worker tests: real processes on 127.0.0.1 (redis-server,
+the dev broker, nginx serving the tiny model, moto's S3 behind the fault proxy), the
+worker started as bin/perflow-worker, and independent clients: confluent-kafka to
+produce jobs and read statuses and dead letters, boto3 to read outputs, redis-cli.
+
+Each test gets topics, a consumer group and job ids of its own, so the session's
+servers are shared. The servers come from tests/storage/servers.py."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.environ.get("PERFLOW_ROOT") or os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.append(os.path.join(ROOT, "tests", "storage"))
+import servers  # noqa: E402
+
+BIN = os.path.dirname(os.environ.get("PERFLOW") or os.path.join(ROOT, "bin", "perflow"))
+if not os.path.isabs(BIN):
+    BIN = os.path.join(ROOT, BIN)
+WORKER = os.path.join(BIN, "perflow-worker")
+BROKER = os.path.join(BIN, "perflow-dev-broker")
+BUCKET = "renders"
+SECRET_MARK = None  # the S3 secret, set by the moto fixture; no log line may contain it
+TERMINAL = ("succeeded", "rejected", "cancelled")
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_terminal(ev):
+    return ev["state"] in TERMINAL or (ev["state"] == "failed" and not ev["error"]["retryable"])
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("worker"))
+
+
+@pytest.fixture(scope="session")
+def redis(work):
+    s = servers.start_redis(work)
+    yield s
+    s.stop()
+
+
+def redis_cli(redis, *args):
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(redis.port), "--raw", *args],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def start_model_server(work):
+    """nginx serving the tiny model and its delta (tests/data/models) over http."""
+    www = os.path.join(work, "www")
+    os.makedirs(www)
+    models = os.path.join(ROOT, "tests", "data", "models")
+    os.symlink(os.path.join(models, "tiny-sd15"), os.path.join(www, "tiny-sd15"))
+    os.symlink(os.path.join(models, "tiny-sd15-delta"), os.path.join(www, "tiny-sd15-delta"))
+    return servers.start_nginx(work, www)
+
+
+@pytest.fixture(scope="session")
+def nginx(work):
+    s = start_model_server(work)
+    yield s
+    s.stop()
+
+
+class Broker:
+    """perflow-dev-broker: the bootstrap address it prints, and its fault-injection commands."""
+
+    def __init__(self, work):
+        self.proc = subprocess.Popen([BROKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(os.path.join(work, "broker.log"), "w"), text=True,
+                                     start_new_session=True)
+        piddir = os.environ.get("PERFLOW_TEST_PIDDIR")
+        if piddir:
+            with open(os.path.join(piddir, "broker.%d" % self.proc.pid), "w") as f:
+                f.write(str(self.proc.pid))
+        line = self.proc.stdout.readline().strip()
+        assert line.startswith("bootstrap.servers="), line
+        self.bootstrap = line.split("=", 1)[1]
+
+    def command(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        assert answer == "ok", "%s: %s" % (line, answer)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def broker(work):
+    b = Broker(work)
+    yield b
+    b.stop()
+
+
+def start_s3(work):
+    """moto's S3 server checking signatures, with a user whose keys the worker gets and the bucket."""
+    global SECRET_MARK
+    s = servers.start_moto(work)
+    ep = "http://127.0.0.1:%d" % s.port
+    anon = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    iam = boto3.client("iam", **anon)
+    # the three requests moto lets through unsigned (INITIAL_NO_AUTH_ACTION_COUNT=3)
+    iam.create_user(UserName="worker")
+    key = iam.create_access_key(UserName="worker")["AccessKey"]
+    iam.put_user_policy(UserName="worker", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    s.endpoint, s.key_id, s.secret = ep, key["AccessKeyId"], key["SecretAccessKey"]
+    SECRET_MARK = s.secret
+    s.client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id=s.key_id,
+                            aws_secret_access_key=s.secret)
+    s.client.create_bucket(Bucket=BUCKET)
+    return s
+
+
+@pytest.fixture(scope="session")
+def moto(work):
+    s = start_s3(work)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def s3proxy(work, moto):
+    """fault_server.py in front of moto: POST /_control/fail_puts/N fails the next N PUTs with a 500."""
+    s = servers.start_fault_server(work, proxy=moto.endpoint)
+    yield s
+    s.stop()
+
+
+def fail_puts(proxy, n):
+    import urllib.request
+    req = urllib.request.Request("http://127.0.0.1:%d/_control/fail_puts/%d" % (proxy.port, n), method="POST", data=b"")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+class Events:
+    """Reads the status and dead-letter topics of one test from the start."""
+
+    def __init__(self, bootstrap, status_topic, dlq_topic):
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader-" + uuid.uuid4().hex,
+                           "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
+        self.c.subscribe([status_topic, dlq_topic])
+        self.status_topic = status_topic
+        self.statuses = []  # in arrival order
+        self.dead = []      # (value bytes, headers dict)
+
+    def poll(self, seconds=0.2):
+        end = time.time() + seconds
+        while True:
+            m = self.c.poll(max(0.0, min(0.2, end - time.time())))
+            if m is not None and not m.error():
+                if m.topic() == self.status_topic:
+                    ev = json.loads(m.value())
+                    assert m.key().decode() == ev["job_id"], "status not keyed by job_id"
+                    self.statuses.append(ev)
+                else:
+                    self.dead.append((m.value(), {k: v.decode() for k, v in (m.headers() or [])}))
+            if time.time() >= end:
+                return
+
+    def of(self, job_id, state=None):
+        return [e for e in self.statuses if e["job_id"] == job_id and (state is None or e["state"] == state)]
+
+    def terminal(self, job_id):
+        return [e for e in self.of(job_id) if is_terminal(e)]
+
+    def wait(self, pred, timeout=60, what="condition"):
+        end = time.time() + timeout
+        while time.time() < end:
+            self.poll(0.2)
+            if pred():
+                return
+        raise AssertionError("timed out after %ds waiting for %s; statuses: %s; dead letters: %d" % (
+            timeout, what, [(e["job_id"], e["state"]) for e in self.statuses][-30:], len(self.dead)))
+
+    def wait_terminal(self, job_ids, timeout=60):
+        self.wait(lambda: all(self.terminal(j) for j in job_ids), timeout, "terminal statuses of %s" % job_ids)
+
+    def close(self):
+        self.c.close()
+
+
+class Worker:
+    """A bin/perflow-worker process with its JSON log lines."""
+
+    def __init__(self, env, log, args=()):
+        self.log_path = log
+        self.proc = subprocess.Popen([WORKER, *args], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=open(log, "w"), start_new_session=True)
+        piddir = os.environ.get("PERFLOW_TEST_PIDDIR")
+        self.pidfile = None
+        if piddir:
+            self.pidfile = os.path.join(piddir, "worker.%d" % self.proc.pid)
+            with open(self.pidfile, "w") as f:
+                f.write(str(self.proc.pid))
+
+    def lines(self):
+        out = []
+        with open(self.log_path) as f:
+            for raw in f:
+                out.append(json.loads(raw))  # every line is one JSON object
+        return out
+
+    def events(self, name, job_id=None):
+        return [e for e in self.lines() if e["event"] == name and (job_id is None or e.get("job_id") == job_id)]
+
+    def wait_event(self, name, timeout=30, job_id=None):
+        end = time.time() + timeout
+        while time.time() < end:
+            ev = self.events(name, job_id)
+            if ev:
+                return ev
+            assert self.proc.poll() is None, "worker exited (%s) waiting for %s" % (self.proc.returncode, name)
+            time.sleep(0.1)
+        raise AssertionError("worker logged no %s within %ds" % (name, timeout))
+
+    def assignment(self):
+        """The worker's current partitions, from its last assignment log line."""
+        a = [e for e in self.lines() if e["event"] in ("kafka.assigned", "kafka.revoked")]
+        return set(a[-1]["assignment"]) if a else set()
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=30):
+        return self.proc.wait(timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.pidfile and os.path.exists(self.pidfile):
+            os.unlink(self.pidfile)
+
+
+class Rig:
+    """One test's topics, group, clients and workers."""
+
+    def __init__(self, name, work, broker, redis, nginx, moto, s3proxy, partitions=2, topics=1):
+        self.name = name
+        self.broker, self.redis, self.nginx, self.moto, self.s3proxy = broker, redis, nginx, moto, s3proxy
+        tag = name + "-" + uuid.uuid4().hex[:6]
+        self.jobs_topics = ["jobs-%s-%d" % (tag, i) for i in range(topics)]
+        self.status_topic, self.dlq_topic = "status-" + tag, "dlq-" + tag
+        for t in self.jobs_topics:
+            broker.command("topic %s %d" % (t, partitions))
+        broker.command("topic %s 2" % self.status_topic)
+        broker.command("topic %s 1" % self.dlq_topic)
+        self.group = "g-" + tag
+        self.dir = os.path.join(work, tag)
+        os.makedirs(self.dir)
+        self.producer = Producer({"bootstrap.servers": broker.bootstrap, "log_level": 0})
+        self.events = Events(broker.bootstrap, self.status_topic, self.dlq_topic)
+        self.workers = []
+        self.model = "http://127.0.0.1:%d/tiny-sd15" % nginx.port
+        self.delta = "http://127.0.0.1:%d/tiny-sd15-delta/unet/diffusion_pytorch_model.safetensors" % nginx.port
+
+    def env(self, **extra):
+        e = {k: v for k, v in os.environ.items()
+             if not k.startswith(("AWS_", "PERFLOW_")) and k not in ("HF_TOKEN", "CREDENTIALS_DIRECTORY")}
+        e.update({
+            "PERFLOW_BROKERS": self.broker.bootstrap,
+            "PERFLOW_GROUP": self.group,
+            "PERFLOW_JOBS_TOPICS": ",".join(self.jobs_topics),
+            "PERFLOW_STATUS_TOPIC": self.status_topic,
+            "PERFLOW_DEAD_LETTER_TOPIC": self.dlq_topic,
+            "PERFLOW_REDIS": "127.0.0.1:%d" % self.redis.port,
+            "PERFLOW_CACHE_DIR": os.path.join(os.path.dirname(self.dir), "cache"),  # shared: one download per run
+            "PERFLOW_CACHE_HOST_ID": "worker-tests",
+            "PERFLOW_FETCH_ALLOW_HTTP": "1",     # the documented development switches: nginx is
+            "PERFLOW_FETCH_ALLOW_PRIVATE": "1",  # plain http on a loopback address
+            "PERFLOW_FETCH_RETRY_BASE_MS": "50",
+            "PERFLOW_DEVICE": "cpu",
+            "PERFLOW_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "PERFLOW_WORK_DIR": self.dir,
+            "PERFLOW_RETRY_BASE_MS": "50",
+            "PERFLOW_RETRY_MAX_MS": "200",
+            "PERFLOW_LEASE_TTL_MS": "3000",
+            "PERFLOW_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "AWS_ACCESS_KEY_ID": self.moto.key_id,
+            "AWS_SECRET_ACCESS_KEY": self.moto.secret,
+            "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:%d" % self.s3proxy.port,
+            "AWS_REGION": "us-east-1",
+            "PERFLOW_S3_RETRY_BASE_MS": "50",
+        })
+        e.update({k: str(v) for k, v in extra.items()})
+        return e
+
+    def start_worker(self, args=(), **extra):
+        w = Worker(self.env(**extra), os.path.join(self.dir, "worker-%d.log" % len(self.workers)), args)
+        self.workers.append(w)
+        return w
+
+    def job(self, job_id, **over):
+        j = {"job_id": job_id, "model": {"base": {"url": self.model}, "delta": {"url": self.delta}},
+             "prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 4, "seed": 7,
+             "output": {"url": "s3://%s/{job_id}/{index}-{seed}.png" % BUCKET}}
+        j.update(over)
+        return j
+
+    def produce(self, value, key=None, topic=None):
+        if isinstance(value, dict):
+            key = key or value.get("job_id")
+            value = json.dumps(value)
+        self.producer.produce(topic or self.jobs_topics[0], key=key, value=value)
+        self.producer.flush(10)
+
+    def committed(self, topic=None, partitions=2):
+        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": self.group, "log_level": 0})
+        try:
+            tps = c.committed([TopicPartition(topic or self.jobs_topics[0], p) for p in range(partitions)], timeout=10)
+            return {tp.partition: tp.offset for tp in tps}
+        finally:
+            c.close()
+
+    def object(self, key):
+        return self.moto.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+    def close(self):
+        for w in self.workers:
+            w.stop()
+        self.events.close()
+        # No line of any worker's log may hold the S3 secret.
+        for w in self.workers:
+            with open(w.log_path) as f:
+                assert SECRET_MARK not in f.read(), "a secret reached the worker's log"
+
+
+@pytest.fixture
+def rig(request, work, broker, redis, nginx, moto, s3proxy):
+    made = []
+
+    def make(**kw):
+        r = Rig(request.node.name[5:40].replace("_", "-"), work, broker, redis, nginx, moto, s3proxy, **kw)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.close()

@@ -1,0 +1,388 @@
+"""test_worker.py - bin/perflow-worker end to end: jobs produced with confluent-kafka,
+statuses and dead letters read back with it, outputs read with boto3 from moto's S3,
+leases and cancel flags in a real Redis, the model fetched from nginx through the cache."""
+import json
+import os
+import signal
+import struct
+import threading
+import time
+
+import jsonschema
+import pytest
+
+from conftest import BUCKET, ROOT, fail_puts, redis_cli, sha256
+
+SCHEMAS = os.path.join(ROOT, "schemas")
+STATUS_SCHEMA = json.load(open(os.path.join(SCHEMAS, "status.v1.json")))
+JOB_SCHEMA = json.load(open(os.path.join(SCHEMAS, "job.v1.json")))
+
+
+def png_size(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def png_pixels(data):
+    """The concatenated IDAT chunks: the pixels, without the text chunks (which name the job)."""
+    png_size(data)
+    out, i = b"", 8
+    while i < len(data):
+        n, kind = struct.unpack(">I4s", data[i:i + 8])
+        if kind == b"IDAT":
+            out += data[i + 8:i + 8 + n]
+        i += 12 + n
+    return out
+
+
+def check_statuses(events):
+    for ev in events.statuses:
+        jsonschema.validate(ev, STATUS_SCHEMA)
+
+
+def long_job(rig, job_id, steps=14, side=256):
+    """A job of a few seconds on the CPU (the tiny model at 256 x 256)."""
+    return rig.job(job_id, width=side, height=side, steps=steps)
+
+
+def test_happy_path_events_and_outputs(rig):
+    r = rig()
+    job = r.job("happy-1", num_images=2, seed=11, negative_prompt="blurry")
+    jsonschema.validate(job, JOB_SCHEMA)
+    r.produce(job)
+    w = r.start_worker()
+    r.events.wait_terminal(["happy-1"], timeout=60)
+    states = [e["state"] for e in r.events.of("happy-1")]
+    assert states[0] == "accepted" and states[1] == "downloading", states
+    assert "running" in states and states.index("running") < states.index("uploading") < states.index("succeeded")
+    assert states[-1] == "succeeded" and states.count("succeeded") == 1, states
+    running = r.events.of("happy-1", "running")
+    assert running[-1]["step"] == running[-1]["steps"] == 4
+    done = r.events.of("happy-1", "succeeded")[0]
+    assert done["attempt"] == 1 and done["worker_id"] == w.events("worker.started")[0]["worker_id"]
+    assert set(done["timings"]) >= {"download_ms", "load_ms", "engine_ms", "upload_ms", "total_ms"}
+    assert [o["index"] for o in done["outputs"]] == [0, 1]
+    for o in done["outputs"]:
+        assert o["url"] == "s3://%s/happy-1/%d-11.png" % (BUCKET, o["index"]) and o["seed"] == 11
+        data = r.object("happy-1/%d-11.png" % o["index"])
+        assert sha256(data) == o["sha256"] and len(data) == o["size"]
+        assert png_size(data) == (64, 64)
+    check_statuses(r.events)
+    # one structured line per event, job lines carry the job id
+    for line in w.lines():
+        assert "event" in line and "ts" in line
+        if line["event"].startswith("job."):
+            assert line.get("job_id") == "happy-1", line
+    # the offset is committed once the terminal status is acknowledged
+    r.events.wait(lambda: sum(v for v in r.committed().values() if v > 0) == 1, 15, "the committed offset")
+
+
+def test_identical_jobs_share_one_engine_call(rig):
+    r = rig(partitions=1)
+    ids = ["same-%d" % i for i in range(3)]
+    for i in ids:
+        r.produce(r.job(i))  # same model, size, prompt, seed: the same images
+    w = r.start_worker(PERFLOW_MAX_BATCH=4, PERFLOW_BATCH_WAIT_MS=300)
+    r.events.wait_terminal(ids, timeout=60)
+    starts = w.events("engine.start")
+    assert len(starts) == 1 and starts[0]["jobs"] == 3, starts
+    outs = [r.events.of(i, "succeeded")[0] for i in ids]
+    assert all(o["batch_jobs"] == 3 for o in outs)
+    for i, o in zip(ids, outs):
+        assert sha256(r.object("%s/0-7.png" % i)) == o["outputs"][0]["sha256"]
+    assert len({png_pixels(r.object("%s/0-7.png" % i)) for i in ids}) == 1  # one image, three keys
+
+
+INVALID = [  # (job id, change, field named in the rejection)
+    ("bad-width", {"width": 60}, "width"),
+    ("bad-steps", {"steps": 0}, "steps"),
+    ("bad-unknown", {"negative_promt": "x"}, "negative_promt"),
+    ("bad-prompt", {"prompt": "x" * 5000}, "prompt"),
+    ("bad-guidance", {"guidance": "high"}, "guidance"),
+    ("bad-base", {"model": {"base": {"url": "ftp://127.0.0.1/m"}}}, "model.base.url"),
+    ("bad-sha", {"model": {"base": {"url": "https://h/m"}, "delta": {"url": "https://h/d.safetensors",
+                                                                     "sha256": "xyz"}}}, "model.delta.sha256"),
+    ("bad-output", {"output": {"url": "s3://renders/{bogus}.png"}}, "output.url"),
+    ("bad-deadline", {"deadline": "tomorrow"}, "deadline"),
+    ("bad-images", {"num_images": 2, "output": {"url": "s3://renders/{job_id}.png"}}, "output.url"),
+]
+
+
+def test_poison_and_invalid_jobs_rejected_or_dead_lettered(rig):
+    r = rig()
+    r.produce(b"\x00\xffnot json at all", key="poison")
+    r.produce(r.job("../escape"))  # no usable job id: dead letter only
+    for job_id, change, _ in INVALID:
+        j = r.job(job_id)
+        j.update(change)
+        r.produce(j)
+    lora = r.job("bad-lora")
+    lora["model"]["loras"] = [{"url": "https://h/l.safetensors", "scale": 0.8}]
+    r.produce(lora)
+    r.produce(r.job("good-after"))
+    w = r.start_worker()
+    ids = [i for i, _, _ in INVALID] + ["bad-lora", "good-after"]
+    r.events.wait_terminal(ids, timeout=60)
+    for job_id, _, field in INVALID:
+        (ev,) = r.events.terminal(job_id)
+        assert ev["state"] == "rejected" and ev["error"]["code"] == "invalid_job", ev
+        assert ev["error"]["field"] == field, ev
+        assert not r.events.of(job_id, "accepted")
+    (lev,) = r.events.terminal("bad-lora")
+    assert lev["state"] == "rejected" and lev["error"]["code"] == "unsupported" and lev["error"]["field"] == "model.loras"
+    assert r.events.terminal("good-after")[0]["state"] == "succeeded"
+    r.events.wait(lambda: len(r.events.dead) == 13, 15, "13 dead letters")
+    by_code = {}
+    for value, headers in r.events.dead:
+        by_code.setdefault(headers["perflow-error-code"], []).append((value, headers))
+        assert headers["perflow-source-topic"] == r.jobs_topics[0] and "perflow-source-offset" in headers
+    assert len(by_code["invalid_message"]) == 2 and len(by_code["invalid_job"]) == 10
+    assert any(v == b"\x00\xffnot json at all" for v, _ in by_code["invalid_message"])  # the original bytes
+    check_statuses(r.events)
+    assert w.proc.poll() is None  # alive
+
+
+def test_transient_s3_failures_retried(rig):
+    r = rig()
+    w = r.start_worker(PERFLOW_S3_ATTEMPTS=1, PERFLOW_RETRIES=4)
+    w.wait_event("kafka.assigned")
+    fail_puts(r.s3proxy, 2)
+    r.produce(r.job("flaky-s3"))
+    r.events.wait_terminal(["flaky-s3"], timeout=60)
+    (ev,) = r.events.terminal("flaky-s3")
+    assert ev["state"] == "succeeded" and ev["retries"] == 2, ev
+    assert len(w.events("job.upload_failed", "flaky-s3")) == 2
+    assert sha256(r.object("flaky-s3/0-7.png")) == ev["outputs"][0]["sha256"]
+
+
+def test_retries_exhausted_requeue_then_dead_letter(rig):
+    r = rig()
+    w = r.start_worker(PERFLOW_S3_ATTEMPTS=1, PERFLOW_RETRIES=1, PERFLOW_MAX_ATTEMPTS=2)
+    w.wait_event("kafka.assigned")
+    fail_puts(r.s3proxy, 1000)
+    try:
+        r.produce(r.job("doomed"))
+        r.events.wait(lambda: any(not e["error"]["retryable"] for e in r.events.of("doomed", "failed")), 60,
+                      "the final failure")
+    finally:
+        fail_puts(r.s3proxy, 0)
+    fails = r.events.of("doomed", "failed")
+    assert [(e["attempt"], e["error"]["retryable"]) for e in fails] == [(1, True), (2, False)], fails
+    assert fails[0]["next_attempt"] == 2 and fails[0]["error"]["code"] == "upload"
+    r.events.wait(lambda: len(r.events.dead) == 1, 15, "the dead letter")
+    value, headers = r.events.dead[0]
+    assert headers["perflow-attempt"] == "2" and headers["perflow-error-code"] == "upload"
+    assert json.loads(value)["attempt"] == 2  # the re-enqueued message, as it was delivered
+    check_statuses(r.events)
+
+
+def test_duplicate_delivery_of_finished_job_not_recomputed(rig):
+    r = rig()
+    w = r.start_worker()
+    r.produce(r.job("twice"))
+    r.events.wait_terminal(["twice"], timeout=60)
+    first = r.events.terminal("twice")[0]
+    mtime = r.moto.client.head_object(Bucket=BUCKET, Key="twice/0-7.png")["LastModified"]
+    r.produce(r.job("twice"))  # delivered again
+    r.events.wait(lambda: len(r.events.terminal("twice")) == 2, 30, "the replayed status")
+    again = r.events.terminal("twice")[1]
+    assert again["replayed"] is True and again["outputs"] == first["outputs"]
+    assert len(r.events.of("twice", "accepted")) == 1
+    assert len(w.events("engine.start")) == 1 and len(w.events("job.replayed", "twice")) == 1
+    assert r.moto.client.head_object(Bucket=BUCKET, Key="twice/0-7.png")["LastModified"] == mtime
+
+
+def test_cancel_before_and_during_and_deadline(rig):
+    r = rig()
+    redis_cli(r.redis, "SET", "pf:job:cancel-early:cancel", "1", "EX", "600")
+    r.produce(r.job("cancel-early"))
+    r.produce(r.job("too-late", deadline="2001-01-01T00:00:00Z"))
+    r.produce(long_job(r, "cancel-mid", steps=40))
+    w = r.start_worker()
+    r.events.wait(lambda: r.events.of("cancel-mid", "running"), 60, "cancel-mid running")
+    redis_cli(r.redis, "SET", "pf:job:cancel-mid:cancel", "1", "EX", "600")
+    r.events.wait_terminal(["cancel-early", "too-late", "cancel-mid"], timeout=60)
+    assert [e["state"] for e in r.events.of("cancel-early")] == ["cancelled"]
+    (late,) = r.events.of("too-late")
+    assert late["state"] == "failed" and late["error"]["code"] == "deadline" and not late["error"]["retryable"]
+    mid = r.events.terminal("cancel-mid")[0]
+    assert mid["state"] == "cancelled"
+    assert r.events.of("cancel-mid", "running")[-1]["step"] < 40
+    assert "Contents" not in r.moto.client.list_objects_v2(Bucket=BUCKET, Prefix="cancel-mid/")
+    assert not r.events.dead
+    check_statuses(r.events)
+    assert w.proc.poll() is None
+
+
+def test_job_longer_than_max_poll_interval_no_rebalance(rig):
+    r = rig()
+    w = r.start_worker(PERFLOW_KAFKA_SESSION_TIMEOUT_MS=3000, PERFLOW_KAFKA_MAX_POLL_INTERVAL_MS=3000,
+                       PERFLOW_KAFKA_HEARTBEAT_INTERVAL_MS=500)
+    w.wait_event("kafka.assigned")
+    r.produce(long_job(r, "slow", steps=24))
+    r.events.wait_terminal(["slow"], timeout=90)
+    (ev,) = r.events.terminal("slow")
+    assert ev["state"] == "succeeded" and ev["timings"]["engine_ms"] > 3000, ev["timings"]
+    assert len(r.events.of("slow", "accepted")) == 1
+    assert not w.events("kafka.revoked") and len(w.events("kafka.assigned")) == 1
+    assert not [e for e in w.events("kafka.error") if "MAX_POLL" in e.get("msg", "")]
+
+
+def test_sigterm_drains_the_running_job(rig):
+    r = rig()
+    w = r.start_worker()
+    r.produce(long_job(r, "drain-me", steps=10))
+    r.events.wait(lambda: r.events.of("drain-me", "running"), 60, "drain-me running")
+    w.signal(signal.SIGTERM)
+    assert w.wait(60) == 0
+    r.events.wait_terminal(["drain-me"], timeout=10)
+    assert r.events.terminal("drain-me")[0]["state"] == "succeeded"
+    assert sum(v for v in r.committed().values() if v > 0) == 1  # its offset was stored and committed
+    assert w.events("worker.draining") and not w.events("job.abandoned")
+
+
+def test_second_signal_abandons_without_offset(rig):
+    r = rig()
+    w = r.start_worker()
+    r.produce(long_job(r, "abandon-me", steps=40))
+    r.events.wait(lambda: r.events.of("abandon-me", "running"), 60, "abandon-me running")
+    w.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    w.signal(signal.SIGTERM)
+    assert w.wait(30) == 1
+    r.events.poll(1)
+    assert not r.events.terminal("abandon-me")
+    assert all(v <= 0 for v in r.committed().values())  # nothing stored: it will be delivered again
+    assert redis_cli(r.redis, "EXISTS", "pf:job:abandon-me:lease") == "0"  # released for the next worker
+    assert w.events("job.abandoned", "abandon-me")
+
+
+def test_killed_worker_job_redelivered_and_completed(rig):
+    r = rig()
+    a = r.start_worker(PERFLOW_KAFKA_SESSION_TIMEOUT_MS=3000, PERFLOW_KAFKA_HEARTBEAT_INTERVAL_MS=500)
+    r.produce(long_job(r, "survivor", steps=10))
+    r.events.wait(lambda: r.events.of("survivor", "running"), 60, "survivor running")
+    a.proc.kill()  # SIGKILL: no status, no offset, the lease left to expire
+    a.wait(10)
+    b = r.start_worker(PERFLOW_KAFKA_SESSION_TIMEOUT_MS=3000, PERFLOW_KAFKA_HEARTBEAT_INTERVAL_MS=500)
+    r.events.wait_terminal(["survivor"], timeout=90)
+    (ev,) = r.events.terminal("survivor")
+    assert ev["state"] == "succeeded" and ev["worker_id"] != a.events("worker.started")[0]["worker_id"]
+    assert len(r.events.of("survivor", "accepted")) == 2  # delivered twice, completed once
+    data = r.object("survivor/0-7.png")
+    assert sha256(data) == ev["outputs"][0]["sha256"] and png_size(data) == (256, 256)
+    assert b.events("job.accepted", "survivor")
+
+
+def test_three_workers_twenty_jobs_each_once(rig):
+    r = rig(partitions=6)
+    ws = [r.start_worker(PERFLOW_MAX_BATCH=1) for _ in range(3)]
+    # Wait for the group to settle (every partition owned, every worker has some)
+    # so that the jobs are not moved between workers by the joins.
+    want = {"%s[%d]" % (r.jobs_topics[0], p) for p in range(6)}
+
+    def settled():
+        a = [w.assignment() for w in ws]
+        return all(a) and set().union(*a) == want and sum(len(x) for x in a) == 6
+    r.events.wait(settled, 60, "a settled group")
+    ids = ["many-%02d" % i for i in range(20)]
+    for i in ids:
+        r.produce(r.job(i, prompt="job %s" % i))
+    r.events.wait_terminal(ids, timeout=120)
+    for i in ids:
+        done = r.events.terminal(i)
+        assert len(done) == 1 and done[0]["state"] == "succeeded" and "replayed" not in done[0], done
+        assert len(r.events.of(i, "accepted")) == 1
+        assert sha256(r.object("%s/0-7.png" % i)) == done[0]["outputs"][0]["sha256"]
+    assert len({r.events.terminal(i)[0]["worker_id"] for i in ids}) >= 2  # the work was shared
+
+
+def test_broker_errors_recovered(rig):
+    r = rig()
+    w = r.start_worker(PERFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS=500)
+    w.wait_event("kafka.assigned")
+    # Produce requests fail (the idempotent producer retries them without duplicates) ...
+    r.broker.command("errors Produce 4 NOT_ENOUGH_REPLICAS")
+    r.produce(long_job(r, "stormy", steps=10))
+    r.events.wait(lambda: r.events.of("stormy", "running"), 60, "stormy running")
+    # ... and the broker goes away for a while mid-job.
+    r.broker.command("down -1")
+    try:
+        time.sleep(2.5)
+    finally:
+        r.broker.command("up -1")
+    r.events.wait_terminal(["stormy"], timeout=90)
+    # Computed once. If the outage outlasted the session, the group took the
+    # partition back before the offset was stored: the redelivery then re-posts
+    # the recorded result ("replayed") without running the job again.
+    done = r.events.terminal("stormy")
+    assert [e["state"] for e in done if "replayed" not in e] == ["succeeded"], done
+    assert len(r.events.of("stormy", "accepted")) == 1 and len(w.events("engine.start")) == 1
+    r.events.wait(lambda: sum(v for v in r.committed().values() if v > 0) >= 1, 30, "the committed offset")
+    r.produce(r.job("after-storm"))
+    r.events.wait_terminal(["after-storm"], timeout=60)
+    assert w.proc.poll() is None
+
+
+def test_priority_topics_higher_first(rig):
+    r = rig(partitions=1, topics=2)
+    high, low = r.jobs_topics
+    for i in range(4):
+        r.produce(r.job("low-%d" % i, prompt="low %d" % i), topic=low)
+    for i in range(4):
+        r.produce(r.job("high-%d" % i, prompt="high %d" % i), topic=high)
+    w = r.start_worker(PERFLOW_MAX_BATCH=1)
+    ids = ["low-%d" % i for i in range(4)] + ["high-%d" % i for i in range(4)]
+    r.events.wait_terminal(ids, timeout=90)
+    order = [e["job_id"] for e in w.events("job.accepted")]
+    # Each topic has its own client, so the first job may come from either; once
+    # the high topic's backlog is known, it is drained before the low one goes on.
+    first_high = next(i for i, j in enumerate(order) if j.startswith("high"))
+    assert order[first_high:first_high + 4] == ["high-%d" % i for i in range(4)], order
+
+
+def test_help_and_bad_settings():
+    import subprocess
+    from conftest import WORKER
+    r = subprocess.run([WORKER, "--help"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and "PERFLOW_MAX_BATCH" in r.stdout and "--once" in r.stdout
+    r = subprocess.run([WORKER], env={"PERFLOW_MAX_BATCH": "zero", "PATH": os.environ["PATH"]},
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "PERFLOW_MAX_BATCH" in r.stderr
+
+
+def test_once_config_file_and_sd_notify(rig, tmp_path):
+    import socket
+    r = rig(partitions=1)
+    conf = tmp_path / "worker.conf"
+    conf.write_text("# a config file\nmax_batch = 2\nlog_level = debug\n")
+    r.produce(r.job("once-1"))
+    r.produce(r.job("once-2"))
+    # systemd's side of sd_notify: a datagram socket named by $NOTIFY_SOCKET, read
+    # as it comes (a unix datagram queue holds only a few messages)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(0.2)
+    got = []
+
+    def read():
+        while not done:
+            try:
+                got.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+    done = False
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        w = r.start_worker(args=["--once", "--config", str(conf)], NOTIFY_SOCKET=str(tmp_path / "notify"),
+                           WATCHDOG_USEC=400000)
+        assert w.wait(60) == 0
+    finally:
+        done = True
+        reader.join()
+    r.events.poll(1)
+    assert r.events.terminal("once-1") and not r.events.of("once-2")
+    assert w.events("kafka.log")  # log_level = debug from the file
+    text = "\n".join(got)
+    assert "READY=1" in text and "STATUS=" in text and "WATCHDOG=1" in text and "STOPPING=1" in text, got

@@ -1,0 +1,78 @@
+/* consumer.h - the job consumer: one member of the consumer group per jobs
+ * topic, polled in priority order.
+ *
+ * Kafka hands a consumer its partitions' messages in fetch order whatever
+ * their topic, so priority by topic needs a client per topic: the worker asks
+ * the highest-priority client first and a lower one only when the higher ones
+ * have nothing (a higher-priority topic is drained first). Each client fetches
+ * on its own, so after a pause a lower one may have data first: while a higher
+ * topic is known to hold messages not yet handed out (its last fetched high
+ * watermark is past its position), a lower topic's message waits for up to 3 s.
+ * All clients are in
+ * the one consumer group, use cooperative-sticky assignment (a rebalance moves
+ * only the partitions that change hands), and with instance_id set are static
+ * members ("<instance_id>" for one topic, "<instance_id>-<i>" for several).
+ *
+ * At-least-once: enable.auto.offset.store=false, so an offset is committed
+ * only after pf_consumer_store, which the worker calls once the job's terminal
+ * status is acknowledged; the stored offsets are committed every second, when
+ * partitions are revoked, and by pf_consumer_close.
+ *
+ * While a job runs every partition is paused and the loop keeps calling
+ * pf_consumer_serve, so max.poll.interval.ms never expires however long the
+ * job; partitions assigned meanwhile are paused as they arrive.
+ *
+ * Messages polled but not yet started can be pushed back (pf_consumer_unread)
+ * and come out of pf_consumer_poll first; those of a partition that is
+ * revoked are dropped, as the partition's new owner will read them.
+ *
+ * Ownership: a message returned by pf_consumer_poll belongs to the caller,
+ * who destroys it (rd_kafka_message_destroy) or hands it back with unread.
+ * Used by one thread. */
+#ifndef PF_CONSUMER_H
+#define PF_CONSUMER_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "worker_config.h"
+#include "error.h"
+
+typedef struct pf_consumer pf_consumer;
+
+/* Creates one client per topic (topics[0] is the highest priority) and subscribes. */
+int pf_consumer_open(pf_consumer **out, const pf_worker_config *cfg, const char *const *topics, int n,
+                     pf_error *err);
+/* Leaves the group cleanly (commits the stored offsets) and frees everything,
+ * pushed-back messages included. */
+void pf_consumer_close(pf_consumer *c);
+
+/* The next message: a pushed-back one, else the highest-priority client's,
+ * waiting up to timeout_ms. NULL when none. Consumer errors are logged and
+ * skipped. */
+rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms);
+/* Returns m to the front of the queue (it will be the next one polled). */
+void pf_consumer_unread(pf_consumer *c, rd_kafka_message_t *m);
+/* Takes up to max messages that have arrived (waiting up to timeout_ms for
+ * them), in priority order, onto the back of the pushed-back queue; returns
+ * how many. For gathering jobs that arrive together into one batch. */
+int pf_consumer_fill(pf_consumer *c, int max, int timeout_ms);
+/* Number of pushed-back messages waiting. */
+int pf_consumer_pending(const pf_consumer *c);
+/* While paused: serves group events (rebalances, errors) on every client
+ * without taking new work; messages that arrive anyway are queued as pushed
+ * back. Unpaused it does nothing (pf_consumer_poll serves the group then). */
+void pf_consumer_serve(pf_consumer *c);
+
+/* Pauses / resumes fetching on every assigned partition (and on partitions
+ * assigned while paused). */
+void pf_consumer_pause(pf_consumer *c);
+void pf_consumer_resume(pf_consumer *c);
+
+/* 1 when m's partition is still assigned to this worker. */
+int pf_consumer_owns(pf_consumer *c, const rd_kafka_message_t *m);
+/* Stores m's offset + 1 for the next commit. Error when the partition is no
+ * longer assigned (its new owner will see the message again) or librdkafka
+ * refuses. */
+int pf_consumer_store(pf_consumer *c, const rd_kafka_message_t *m, pf_error *err);
+
+#endif

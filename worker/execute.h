@@ -1,0 +1,69 @@
+/* execute.h - running a batch of jobs on the job thread: the model from the
+ * warm set (fetched through the cache when needed), the engine, the PNG files
+ * and their upload, with the non-terminal status events on the way
+ * (downloading, running step i of n, uploading).
+ *
+ * A batch is consecutive jobs of one model and image size (pf_job_same_model).
+ * Jobs that ask for exactly the same images (pf_job_same_images) share one
+ * engine call; the others run one engine call each on the warm pipeline. The
+ * engine's pipeline takes one prompt and one seed per call, so jobs that
+ * differ in prompt or seed cannot share a call until it takes per-image
+ * prompts and seeds.
+ *
+ * Transient steps (download, upload) are tried cfg->retries times with
+ * backoff; what happens after that (re-enqueue, dead letter) is the main
+ * loop's decision, as is everything that needs Kafka acknowledgements or
+ * Redis. The job thread touches no Redis connection and no consumer. */
+#ifndef PF_EXECUTE_H
+#define PF_EXECUTE_H
+
+#include <jansson.h>
+#include <stdatomic.h>
+
+#include "worker_config.h"
+#include "credentials.h"
+#include "job.h"
+#include "models.h"
+#include "producer.h"
+#include "s3.h"
+
+typedef enum { PF_OUT_NONE, PF_OUT_SUCCEEDED, PF_OUT_FAILED, PF_OUT_REJECTED, PF_OUT_CANCELLED } pf_outcome;
+
+typedef struct pf_exec_job {
+    /* set by the main loop */
+    pf_job job;
+    atomic_int cancel;              /* a cancel request was seen */
+    long long t_received;           /* monotonic ms: the message taken up (before the Redis checks) */
+    long long t_accepted;           /* monotonic ms: lease held, "accepted" sent */
+    /* results */
+    pf_outcome outcome;
+    int retryable;                  /* FAILED: another attempt may succeed */
+    int dead_letter;                /* FAILED or REJECTED: the message goes to the dead-letter topic */
+    char code[32];                  /* FAILED, REJECTED: status.h error code */
+    char field[PF_JOB_FIELD_MAX];   /* REJECTED: the field at fault, or "" */
+    pf_error err;
+    json_t *outputs;                /* SUCCEEDED: [{"url", "sha256", "size", "index", "seed"}] */
+    long long download_ms, load_ms, engine_ms, upload_ms;
+    long long t_engine_start, t_engine_end; /* monotonic ms; 0 if the engine did not run */
+    int retries;                    /* transient steps tried again */
+    int batch_jobs;                 /* jobs that shared this job's engine call */
+    int model_warm;
+} pf_exec_job;
+
+typedef struct pf_exec {
+    const pf_worker_config *cfg;
+    pf_models *models;
+    pf_producer *producer;
+    const pf_s3_config *s3;
+    const pf_credentials *cred;
+    atomic_int *abandon;            /* set: stop as soon as possible, report nothing */
+} pf_exec;
+
+/* Runs jobs[0..n) (one model and size) and fills their results. Never fails
+ * as a whole: each job ends with an outcome (or PF_OUT_NONE when abandoned). */
+void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n);
+
+/* Sends a non-terminal status event for job (fire and forget). */
+void pf_exec_post(pf_exec *x, const pf_job *job, const char *state, json_t *extra);
+
+#endif

@@ -1,0 +1,92 @@
+/* job.h - a generation job as it arrives from Kafka (schemas/job.v1.json):
+ * parsing and validation of every field.
+ *
+ * Messages are hostile: any byte string may arrive. pf_job_parse accepts only
+ * a JSON object that follows the schema exactly; unknown fields are errors
+ * (a misspelt "negative_promt" silently ignored would give wrong images; new
+ * fields come with a new schema version). On error it names the field, as a
+ * path such as "model.delta.sha256" or "model.loras[1].scale", so that the
+ * rejected status tells the client what to fix.
+ *
+ * Validation here is about the job alone. What depends on the model (sizes the
+ * UNet can take, the prompt's token count) is checked by pf_txt2img_check
+ * once the model is loaded, and what this worker cannot run yet (LoRAs,
+ * ControlNet, the refiner) by pf_job_supported. */
+#ifndef PF_JOB_H
+#define PF_JOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define PF_JOB_SCHEMA "perflow.job.v1"
+#define PF_JOB_ID_MAX 128          /* bytes of a job id */
+#define PF_JOB_PROMPT_MAX 4096     /* bytes of a prompt or negative prompt */
+#define PF_JOB_MAX_LORAS 8
+#define PF_JOB_MAX_SIDE 2048       /* pixels */
+#define PF_JOB_MAX_STEPS 100
+#define PF_JOB_MAX_IMAGES 16
+#define PF_JOB_MAX_ATTEMPT 1000
+#define PF_JOB_FIELD_MAX 64
+
+typedef struct pf_job_source {
+    const char *url;    /* NULL when the source is absent */
+    const char *sha256; /* 64 lower-case hex digits, or NULL */
+    float scale;        /* LoRA and ControlNet strength (default 1) */
+} pf_job_source;
+
+typedef struct pf_job {
+    char job_id[PF_JOB_ID_MAX + 1];
+    int attempt;                      /* 1 for the first delivery; re-enqueues count up */
+    pf_job_source base;               /* a diffusers base URL */
+    pf_job_source delta;              /* PeRFlow delta weights, a .safetensors URL (optional) */
+    pf_job_source loras[PF_JOB_MAX_LORAS];
+    int n_loras;
+    pf_job_source controlnet;         /* optional */
+    const char *control_image;        /* the ControlNet conditioning image URL */
+    int fp16;                         /* prefer the .fp16 weights variant of the base */
+    const char *prompt;
+    const char *negative_prompt;      /* "" when absent */
+    int width, height, steps, num_images, clip_skip;
+    float guidance;
+    uint64_t seed;
+    const char *prediction_type;      /* NULL: the model's own */
+    int windows;                      /* 0: the model's own */
+    int has_refiner;
+    const char *output_url;           /* destination template, s3://... or file:///... */
+    const char *output_format;        /* "png" */
+    long long deadline_ms;            /* ms since the epoch; 0 when none */
+    int priority;                     /* 0..9, informational (priority is the topic) */
+    void *json;                       /* the parsed document; the strings above point into it */
+} pf_job;
+
+/* Parses and validates data (len bytes, not NUL-terminated). On success *job
+ * holds the job (release with pf_job_free). On error returns -1, err has one
+ * line, and field (n bytes) names the offending field ("" when the message is
+ * not a JSON object at all); job->job_id is filled whenever the message had a
+ * valid job_id, so that the rejection can be addressed to it, else it is "".
+ * Nothing needs freeing after an error. */
+int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t n, pf_error *err);
+void pf_job_free(pf_job *job);
+
+/* Checks that this worker can run the job: error naming the field for the
+ * features the engine does not have yet (LoRAs, ControlNet, the refiner). */
+int pf_job_supported(const pf_job *job, char *field, size_t n, pf_error *err);
+
+/* The message to re-enqueue: the original job with "attempt" set to attempt,
+ * as compact JSON in a malloc'd string (caller frees). data must parse. */
+char *pf_job_with_attempt(const char *data, size_t len, int attempt);
+
+/* 1 when both jobs can share one model load and one batch: same sources,
+ * weights variant and image size. */
+int pf_job_same_model(const pf_job *a, const pf_job *b);
+/* 1 when both jobs ask for exactly the same images (everything the engine
+ * reads is equal), so that one engine call serves both. */
+int pf_job_same_images(const pf_job *a, const pf_job *b);
+
+/* Parses an RFC 3339 timestamp ("2025-11-26T03:04:05Z", fraction and offset
+ * optional) into ms since the epoch. */
+int pf_rfc3339_parse(const char *s, long long *ms);
+
+#endif

@@ -1,0 +1,139 @@
+/* producer.c - the idempotent producer of statuses, re-enqueues and dead letters (producer.h). */
+#include "producer.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct pf_producer {
+    rd_kafka_t *rk;
+};
+
+/* Delivery reports: called inside rd_kafka_poll on the main thread. */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    (void)opaque;
+    pf_delivery *d = m->_private;
+    if (!d) {
+        if (m->err)
+            pf_wlog(PF_LOG_WARN, "kafka.delivery_failed", NULL, NULL, "an event for %s was lost: %s",
+                    rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+        return;
+    }
+    if (d->orphaned) {
+        free(d);
+        return;
+    }
+    d->done = 1;
+    if (m->err) {
+        d->failed = 1;
+        d->fatal = m->err == RD_KAFKA_RESP_ERR__FATAL;
+        snprintf(d->error, sizeof d->error, "%s", rd_kafka_err2str(m->err));
+    }
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    (void)rk, (void)opaque;
+    pf_wlog(err == RD_KAFKA_RESP_ERR__FATAL ? PF_LOG_ERROR : PF_LOG_WARN, "kafka.error", NULL,
+            json_pack("{s:s}", "client", "producer"), "%s: %s", rd_kafka_err2name(err), reason);
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    (void)rk;
+    /* CONFWARN: a kafka.* setting meant for the consumer; expected, as both clients get them all. */
+    int l = !strcmp(fac, "CONFWARN") ? PF_LOG_DEBUG : level <= 3 ? PF_LOG_ERROR : level <= 4 ? PF_LOG_WARN : PF_LOG_DEBUG;
+    pf_wlog(l, "kafka.log", NULL, json_pack("{s:s, s:s}", "client", "producer", "facility", fac), "%s", buf);
+}
+
+static int set(rd_kafka_conf_t *conf, const char *k, const char *v, pf_error *err) {
+    char es[512];
+    if (rd_kafka_conf_set(conf, k, v, es, sizeof es) != RD_KAFKA_CONF_OK) return pf_fail(err, "kafka %s: %s", k, es);
+    return 0;
+}
+
+int pf_producer_open(pf_producer **out, const pf_worker_config *cfg, pf_error *err) {
+    *out = NULL;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char timeout[32];
+    snprintf(timeout, sizeof timeout, "%ld", cfg->delivery_timeout_ms);
+    if (set(conf, "bootstrap.servers", cfg->brokers, err) || set(conf, "client.id", "perflow-worker", err) ||
+        set(conf, "enable.idempotence", "true", err) || set(conf, "acks", "all", err) ||
+        set(conf, "linger.ms", "0", err) || set(conf, "message.timeout.ms", timeout, err))
+        goto fail;
+    /* kafka.* settings apply to both clients; consumer-only ones are skipped here. */
+    for (int i = 0; i < cfg->n_kafka; i++) {
+        char es[512];
+        rd_kafka_conf_res_t r = rd_kafka_conf_set(conf, cfg->kafka_key[i], cfg->kafka_val[i], es, sizeof es);
+        if (r == RD_KAFKA_CONF_INVALID || (r == RD_KAFKA_CONF_UNKNOWN && !strstr(es, "consumer"))) {
+            pf_fail(err, "kafka.%s: %s", cfg->kafka_key[i], es);
+            goto fail;
+        }
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_log_cb(conf, on_log);
+    char es[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, es, sizeof es);
+    if (!rk) {
+        pf_fail(err, "kafka producer: %s", es);
+        goto fail;
+    }
+    /* conf now belongs to rk */
+    pf_producer *p = PF_CALLOC(1, sizeof *p);
+    p->rk = rk;
+    *out = p;
+    return 0;
+fail:
+    rd_kafka_conf_destroy(conf);
+    return -1;
+}
+
+void pf_producer_close(pf_producer *p, int flush_ms) {
+    if (!p) return;
+    if (rd_kafka_flush(p->rk, flush_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_flush(p->rk, 1000); /* serves the purged messages' reports */
+    }
+    rd_kafka_destroy(p->rk);
+    free(p);
+}
+
+int pf_producer_send(pf_producer *p, const char *topic, const char *key, const void *value, size_t len,
+                     const pf_header *headers, int n, pf_delivery **d, pf_error *err) {
+    pf_delivery *dl = d ? PF_CALLOC(1, sizeof *dl) : NULL;
+    rd_kafka_headers_t *hdrs = n ? rd_kafka_headers_new((size_t)n) : NULL;
+    for (int i = 0; i < n; i++) rd_kafka_header_add(hdrs, headers[i].name, -1, headers[i].value, -1);
+    rd_kafka_resp_err_t e =
+        rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+                          RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(dl), RD_KAFKA_V_END);
+    if (e) { /* on failure the headers are still ours */
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        free(dl);
+        if (d) *d = NULL;
+        return pf_fail(err, "kafka: producing to %s: %s", topic, rd_kafka_err2str(e));
+    }
+    if (d) *d = dl;
+    return 0;
+}
+
+void pf_producer_poll(pf_producer *p, int timeout_ms) {
+    rd_kafka_poll(p->rk, timeout_ms);
+}
+
+void pf_delivery_release(pf_producer *p, pf_delivery *d) {
+    (void)p;
+    if (!d) return;
+    if (d->done) free(d);
+    else d->orphaned = 1;
+}
+
+int pf_producer_fatal(pf_producer *p, char *why, size_t n) {
+    char es[256];
+    rd_kafka_resp_err_t e = rd_kafka_fatal_error(p->rk, es, sizeof es);
+    if (!e) return 0;
+    snprintf(why, n, "%s: %s", rd_kafka_err2name(e), es);
+    return 1;
+}

@@ -1,0 +1,54 @@
+/* producer.h - the worker's Kafka producer: status events, re-enqueued jobs and
+ * dead letters, all keyed by job_id.
+ *
+ * Idempotent (enable.idempotence, acks=all): librdkafka's retries after broker
+ * errors neither duplicate nor reorder a job's events. A send that must be
+ * durable before the worker goes on (a terminal status, a re-enqueue, a dead
+ * letter, all before the job's offset is stored) returns a pf_delivery that
+ * the caller waits on; progress events are fire and forget.
+ *
+ * Threads: pf_producer_send may be called from any thread; pf_producer_poll,
+ * pf_delivery_release and pf_producer_close from the main loop's thread only
+ * (delivery reports run inside pf_producer_poll). */
+#ifndef PF_PRODUCER_H
+#define PF_PRODUCER_H
+
+#include <stddef.h>
+
+#include "worker_config.h"
+#include "error.h"
+
+typedef struct pf_producer pf_producer;
+
+/* The outcome of one durable send; owned by the producer until released. */
+typedef struct pf_delivery {
+    int done;           /* the broker acknowledged it or it failed for good */
+    int failed;         /* done, and not written */
+    int fatal;          /* the failure was librdkafka's fatal idempotence error */
+    char error[256];
+    int orphaned;       /* released before done: freed by the delivery report */
+} pf_delivery;
+
+typedef struct pf_header {
+    const char *name;
+    const char *value;
+} pf_header;
+
+int pf_producer_open(pf_producer **out, const pf_worker_config *cfg, pf_error *err);
+/* Flushes for at most flush_ms, then destroys; deliveries still pending fail. */
+void pf_producer_close(pf_producer *p, int flush_ms);
+
+/* Queues value (len bytes) for topic with key and headers (n of them).
+ * *d (d may be NULL: fire and forget) receives a delivery to wait on with
+ * pf_producer_poll and release with pf_delivery_release. Error when librdkafka
+ * refuses the message at once (queue full, unknown topic, fatal state). */
+int pf_producer_send(pf_producer *p, const char *topic, const char *key, const void *value, size_t len,
+                     const pf_header *headers, int n, pf_delivery **d, pf_error *err);
+/* Serves delivery reports for up to timeout_ms. */
+void pf_producer_poll(pf_producer *p, int timeout_ms);
+/* Gives d back (NULL is fine); if it is still in flight it is freed when its report comes. */
+void pf_delivery_release(pf_producer *p, pf_delivery *d);
+/* 1 after librdkafka raised a fatal error: the producer must be reopened. */
+int pf_producer_fatal(pf_producer *p, char *why, size_t n);
+
+#endif

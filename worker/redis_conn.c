@@ -1,0 +1,92 @@
+/* redis_conn.c - the worker's Redis connection (redis_conn.h). */
+#include "redis_conn.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pf_wredis {
+    redisContext *ctx; /* NULL while disconnected */
+    char host[256];
+    int port;          /* 0: unix socket at host */
+    char prefix[64];
+    struct timeval timeout;
+};
+
+static int connect_now(pf_wredis *r, pf_error *err) {
+    if (r->ctx) redisFree(r->ctx);
+    r->ctx = r->port ? redisConnectWithTimeout(r->host, r->port, r->timeout)
+                     : redisConnectUnixWithTimeout(r->host, r->timeout);
+    if (!r->ctx || r->ctx->err) {
+        pf_fail(err, "redis %s%s%d: %s", r->host, r->port ? ":" : "", r->port,
+                r->ctx ? r->ctx->errstr : "out of memory");
+        if (r->ctx) redisFree(r->ctx);
+        r->ctx = NULL;
+        return -1;
+    }
+    redisSetTimeout(r->ctx, r->timeout);
+    return 0;
+}
+
+int pf_wredis_open(pf_wredis **out, const char *addr, const char *prefix, long timeout_ms, pf_error *err) {
+    *out = NULL;
+    pf_wredis *r = PF_CALLOC(1, sizeof *r);
+    snprintf(r->prefix, sizeof r->prefix, "%s", prefix);
+    r->timeout.tv_sec = timeout_ms / 1000;
+    r->timeout.tv_usec = (timeout_ms % 1000) * 1000;
+    if (!strncmp(addr, "unix:", 5)) {
+        if (!addr[5] || strlen(addr + 5) >= sizeof r->host) {
+            free(r);
+            return pf_fail(err, "redis address '%s': bad socket path", addr);
+        }
+        snprintf(r->host, sizeof r->host, "%s", addr + 5);
+    } else {
+        const char *colon = strrchr(addr, ':');
+        char *end;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof r->host || *end || port < 1 || port > 65535) {
+            free(r);
+            return pf_fail(err, "redis address '%s' must be host:port or unix:/path", addr);
+        }
+        snprintf(r->host, sizeof r->host, "%.*s", (int)(colon - addr), addr);
+        r->port = (int)port;
+    }
+    pf_error ignored;
+    connect_now(r, &ignored);
+    *out = r;
+    return 0;
+}
+
+void pf_wredis_close(pf_wredis *r) {
+    if (!r) return;
+    if (r->ctx) redisFree(r->ctx);
+    free(r);
+}
+
+redisReply *pf_wredis_cmd(pf_wredis *r, pf_error *err, const char *fmt, ...) {
+    for (int pass = 0; pass < 2; pass++) {
+        if (!r->ctx && connect_now(r, err)) return NULL;
+        va_list ap;
+        va_start(ap, fmt);
+        redisReply *rep = redisvCommand(r->ctx, fmt, ap);
+        va_end(ap);
+        if (!rep) { /* the connection broke: it cannot be reused */
+            pf_fail(err, "redis: %s", r->ctx->errstr[0] ? r->ctx->errstr : "connection lost");
+            redisFree(r->ctx);
+            r->ctx = NULL;
+            continue;
+        }
+        if (rep->type == REDIS_REPLY_ERROR) {
+            pf_fail(err, "redis: %.200s", rep->str);
+            freeReplyObject(rep);
+            return NULL;
+        }
+        return rep;
+    }
+    return NULL;
+}
+
+void pf_wredis_key(char *out, size_t n, const pf_wredis *r, const char *job_id, const char *what) {
+    snprintf(out, n, "%s:%s:%s", r->prefix, job_id, what);
+}

@@ -1,0 +1,29 @@
+/* result.c - terminal results in Redis (result.h). */
+#include "result.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int pf_result_get(pf_wredis *r, const char *job_id, char **json, pf_error *err) {
+    char key[512];
+    pf_wredis_key(key, sizeof key, r, job_id, "result");
+    *json = NULL;
+    redisReply *rep = pf_wredis_cmd(r, err, "GET %s", key);
+    if (!rep) return -1;
+    if (rep->type == REDIS_REPLY_STRING) {
+        *json = PF_MALLOC(rep->len + 1);
+        memcpy(*json, rep->str, rep->len);
+        (*json)[rep->len] = '\0';
+    }
+    freeReplyObject(rep);
+    return 0;
+}
+
+int pf_result_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err) {
+    char key[512];
+    pf_wredis_key(key, sizeof key, r, job_id, "result");
+    redisReply *rep = pf_wredis_cmd(r, err, "SET %s %s EX %ld", key, json, ttl_s);
+    if (!rep) return -1;
+    freeReplyObject(rep);
+    return 0;
+}

@@ -1,0 +1,19 @@
+/* result.h - the idempotency record: a job's terminal status, kept in Redis
+ * under "<prefix>:<job_id>:result" for result_ttl_s. A redelivered job whose
+ * record exists is answered by re-posting that status, without running again.
+ *
+ * Recorded: succeeded, cancelled, and final failures. Not recorded: rejected
+ * jobs (a corrected job may be resubmitted under the same id) and retryable
+ * failures (the next attempt must run). */
+#ifndef PF_RESULT_H
+#define PF_RESULT_H
+
+#include "redis_conn.h"
+
+/* *json receives the recorded status (malloc'd, caller frees) or NULL when the
+ * job has none. Error when Redis cannot be asked. */
+int pf_result_get(pf_wredis *r, const char *job_id, char **json, pf_error *err);
+/* Records json as the job's terminal status for ttl_s seconds. */
+int pf_result_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err);
+
+#endif
