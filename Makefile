@@ -17,13 +17,16 @@ BIN     ?= bin
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -Wno-unused-parameter \
-           -fopenmp -Iengine -MMD -MP
-LDLIBS_ENGINE = -lopenblas -ljansson -lutf8proc -lpng -lm -fopenmp -lpthread
+           -fopenmp -Iengine -MMD -MP $(EXTRA_CFLAGS)
+# EXTRA_CFLAGS / EXTRA_LDFLAGS: include and library dirs of libraries outside the
+# system paths (tests/device/check.sh builds against unpacked Debian packages).
+LDLIBS_ENGINE = $(EXTRA_LDFLAGS) -lopenblas -ljansson -lutf8proc -lpng -lm -fopenmp -lpthread
 VENV    = .venv
 PY      = $(VENV)/bin/python
 
-# CUDA: built only where nvcc exists (a later issue fills kernels/).
-NVCC := $(shell command -v nvcc 2>/dev/null)
+# CUDA: built only where nvcc exists (on the PATH or in /usr/local/cuda). The
+# ASan and fuzz builds stay CPU-only (engine/device.c stands in for the backend).
+NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 CU_SRC := $(wildcard kernels/*.cu)
 ifneq ($(NVCC),)
 ifneq ($(CU_SRC),)
@@ -35,6 +38,16 @@ ENGINE_SRC := $(wildcard engine/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(B)/%.o)
 CLI_SRC    := $(wildcard cli/*.c)
 CLI_OBJ    := $(CLI_SRC:%.c=$(B)/%.o)
+# Storage (model cache, fetcher, S3 uploads): its own library, so that the engine
+# builds without libcurl, hiredis and libcrypto.
+STORAGE_SRC := $(wildcard storage/*.c)
+STORAGE_OBJ := $(STORAGE_SRC:%.c=$(B)/%.o)
+LDLIBS_STORAGE = -lcurl -lhiredis -lcrypto -lpthread
+# Worker (bin/perflow-worker, the Kafka job loop) and the development broker:
+# the worker library holds every worker/*.c but the two programs.
+WORKER_SRC := $(filter-out worker/main.c worker/dev_broker.c,$(wildcard worker/*.c))
+WORKER_OBJ := $(WORKER_SRC:%.c=$(B)/%.o)
+LDLIBS_WORKER = -lrdkafka -lsystemd
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
@@ -43,14 +56,21 @@ BENCH_SRC  := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 
 ifeq ($(HAVE_CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
+CUDA_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib) $(CUDA_HOME)/lib64)
 CU_OBJ := $(CU_SRC:%.cu=$(B)/%.o)
 ENGINE_OBJ += $(CU_OBJ)
 CFLAGS += -DPF_HAVE_CUDA
-LDLIBS_ENGINE += -lcudart -lcublas -lstdc++
+LDLIBS_CUDA = -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstdc++
+# Ampere, Ada, Hopper (sm_90a: wgmma/setmaxnreg allowed) and PTX for later GPUs.
+NVCC_ARCH = -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \
+            -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90
+NVCCFLAGS = -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr $(NVCC_ARCH) \
+            -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -Iengine -Ikernels -MMD -MP
 endif
 
-.PHONY: all engine test bench fuzz deps deps-reference demo clean asan info
-all: info engine $(BIN)/perflow
+.PHONY: all engine worker test bench fuzz deps deps-reference demo clean asan info
+all: info engine $(BIN)/perflow worker
 
 info:
 	@echo "perflow build: nvcc $(if $(NVCC),found at $(NVCC),not found)$(if $(HAVE_CUDA), - building CUDA backend,$(if $(NVCC), - no kernels yet, - CPU only))"
@@ -65,24 +85,58 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+$(CLI_OBJ) $(STORAGE_OBJ): CFLAGS += -Istorage
+
+$(B)/libperflow_storage.a: $(STORAGE_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
 $(B)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -std=c++17 -Iengine -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-$(BIN)/perflow: $(CLI_OBJ) $(B)/libperflow_engine.a
+$(BIN)/perflow: $(CLI_OBJ) $(B)/libperflow_storage.a $(B)/libperflow_engine.a
 	@mkdir -p $(BIN)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libperflow_engine.a $(LDLIBS_ENGINE)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libperflow_storage.a $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) \
+	    $(LDLIBS_STORAGE)
+
+worker: $(BIN)/perflow-worker $(BIN)/perflow-dev-broker
+
+$(WORKER_OBJ) $(B)/worker/main.o $(B)/worker/dev_broker.o: CFLAGS += -Istorage -Iworker
+
+$(B)/libperflow_worker.a: $(WORKER_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(BIN)/perflow-worker: $(B)/worker/main.o $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a
+	@mkdir -p $(BIN)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_ENGINE) $(LDLIBS_CUDA) $(LDLIBS_STORAGE) $(LDLIBS_WORKER)
+
+$(BIN)/perflow-dev-broker: $(B)/worker/dev_broker.o
+	@mkdir -p $(BIN)
+	$(CC) $(CFLAGS) -o $@ $^ -lrdkafka
+
+$(B)/tests/test_worker_%: tests/test_worker_%.c $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a tests/test_util.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Istorage -Iworker -Itests -o $@ $< $(B)/libperflow_worker.a $(B)/libperflow_storage.a \
+	    $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) $(LDLIBS_STORAGE) $(LDLIBS_WORKER) -lcmocka
 
 $(B)/tests/%: tests/%.c $(B)/libperflow_engine.a tests/test_util.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libperflow_engine.a $(LDLIBS_ENGINE) -lcmocka
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) -lcmocka
+
+$(B)/tests/test_storage_%: tests/test_storage_%.c $(B)/libperflow_storage.a $(B)/libperflow_engine.a tests/test_util.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Istorage -Itests -o $@ $< $(B)/libperflow_storage.a $(B)/libperflow_engine.a $(LDLIBS_ENGINE) \
+	    $(LDLIBS_CUDA) $(LDLIBS_STORAGE) -lcmocka
 
 # ASan + UBSan build of the CLI, used by the hostile-input tests.
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan: $(B)/asan/perflow
-$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(wildcard engine/*.h)
+$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(wildcard engine/*.h storage/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -O2 -MMD -MP,$(CFLAGS)) $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) $(CLI_SRC) $(LDLIBS_ENGINE)
+	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) $(CLI_SRC) \
+	    $(STORAGE_SRC) $(LDLIBS_ENGINE) $(LDLIBS_STORAGE)
 
 fuzz: $(FUZZ_BIN)
 $(B)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
@@ -90,9 +144,29 @@ $(B)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
 	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    -o $@ $< $(ENGINE_SRC) $(LDLIBS_ENGINE)
 
-$(B)/bench/%: tests/bench/%.c $(B)/libperflow_engine.a
+# Storage fuzz targets: the parsers only (no libcurl or hiredis in the fuzz build).
+FUZZ_STORAGE_SRC = storage/url_policy.c storage/model_index.c storage/digest.c
+$(B)/fuzz/fuzz_storage_%: tests/fuzz/fuzz_storage_%.c $(ENGINE_SRC) $(FUZZ_STORAGE_SRC)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libperflow_engine.a $(LDLIBS_ENGINE)
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -Istorage -fopenmp -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_STORAGE_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
+
+# The job parser's fuzz target: worker/job.c and the storage parsers it calls.
+FUZZ_JOB_SRC = worker/job.c storage/output_key.c storage/url_policy.c storage/model_source.c storage/model_index.c \
+               storage/digest.c
+$(B)/fuzz/fuzz_job: tests/fuzz/fuzz_job.c $(ENGINE_SRC) $(FUZZ_JOB_SRC)
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -Istorage -Iworker -fopenmp -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_JOB_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
+
+$(B)/bench/%: tests/bench/%.c $(B)/libperflow_engine.a tests/bench/bench_util.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA)
+
+$(B)/bench/bench_storage_%: tests/bench/bench_storage_%.c $(B)/libperflow_storage.a $(B)/libperflow_engine.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Istorage -Itests -o $@ $< $(B)/libperflow_storage.a $(B)/libperflow_engine.a $(LDLIBS_ENGINE) \
+	    $(LDLIBS_CUDA) $(LDLIBS_STORAGE)
 
 $(B)/.deps-stamp: ops/install-deps.sh
 	sh ops/install-deps.sh
@@ -114,6 +188,6 @@ demo: $(B)/.deps-stamp all
 	PERFLOW=$(BIN)/perflow sh ops/demo.sh
 
 clean:
-	rm -rf build bin/perflow
+	rm -rf build bin/perflow bin/perflow-worker bin/perflow-dev-broker
 
--include $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+-include $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(STORAGE_OBJ:.o=.d) $(WORKER_OBJ:.o=.d)

@@ -15,21 +15,23 @@
 static void encode_usage(FILE *f) {
     fprintf(f,
             "usage: perflow encode --model DIR --prompt TEXT --out FILE.safetensors\n"
-            "                      [--clip-skip N] [--threads N]\n\n"
+            "                      [--clip-skip N] [--threads N] [--device auto|cpu|cuda|cuda:N]\n\n"
             "Tokenizes TEXT with DIR/tokenizer (77 tokens, truncated and padded) and runs\n"
             "DIR/text_encoder on it. Writes \"prompt_embeds\" (1, 77, hidden) float32 and\n"
             "\"input_ids\" (1, 77) as float32 to FILE, with the prompt in the metadata.\n"
-            "--clip-skip N uses the hidden state N layers before the last (diffusers' clip_skip).\n");
+            "--clip-skip N uses the hidden state N layers before the last (diffusers' clip_skip).\n"
+            "--device: as for perflow generate (auto: $PERFLOW_DEVICE, else a CUDA GPU when\n"
+            "present, else the CPU; on a GPU the encoder runs in float16).\n");
 }
 
 int cmd_encode(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
         {"out", required_argument, 0, 'o'},     {"clip-skip", required_argument, 0, 's'},
-        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"threads", required_argument, 0, 't'}, {"device", required_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0},
     };
-    const char *model = NULL, *prompt = NULL, *out = NULL;
+    const char *model = NULL, *prompt = NULL, *out = NULL, *device = NULL;
     int clip_skip = 0, threads = 0, c;
     char *end;
     optind = 1;
@@ -38,6 +40,7 @@ int cmd_encode(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 'p': prompt = optarg; break;
         case 'o': out = optarg; break;
+        case 'v': device = optarg; break;
         case 's':
             clip_skip = (int)strtol(optarg, &end, 10);
             if (*end || clip_skip < 0) {
@@ -62,7 +65,7 @@ int cmd_encode(int argc, char **argv) {
     }
 
     pf_error err = {{0}};
-    pf_backend *be = pf_backend_cpu_new(threads);
+    pf_backend *be = pf_backend_open(device, threads, &err);
     pf_tokenizer *tok = NULL;
     pf_clip_text_model *te = NULL;
     pf_tensor *emb = NULL;
@@ -70,7 +73,7 @@ int cmd_encode(int argc, char **argv) {
     int rc = 1;
     char tok_dir[4096];
     snprintf(tok_dir, sizeof tok_dir, "%s/tokenizer", model);
-    if (pf_model_dir_check(model, &err) || pf_tokenizer_load(&tok, tok_dir, &err) ||
+    if (!be || pf_model_dir_check(model, &err) || pf_tokenizer_load(&tok, tok_dir, &err) ||
         pf_clip_text_model_load_dir(&te, be, model, &err))
         goto done;
     const int L = 77;

@@ -17,8 +17,12 @@ static void generate_usage(FILE *f) {
             "usage: perflow generate --model DIR [--delta PATH] --prompt TEXT --out FILE.png\n"
             "                        [--negative-prompt TEXT] [--steps 4] [--guidance 4.5] [--seed 0]\n"
             "                        [--width 512] [--height 512] [--num-images 1] [--grid]\n"
-            "                        [--prediction-type diff_eps] [--windows 4] [--clip-skip 0] [--threads N]\n\n"
-            "Runs diffusers' StableDiffusionPipeline with the PeRFlow sampler on the CPU.\n"
+            "                        [--prediction-type diff_eps] [--windows 4] [--clip-skip 0] [--threads N]\n"
+            "                        [--device auto|cpu|cuda|cuda:N]\n\n"
+            "Runs diffusers' StableDiffusionPipeline with the PeRFlow sampler on the CPU (float32)\n"
+            "or a CUDA GPU (float16). --device auto (the default) takes $PERFLOW_DEVICE when set,\n"
+            "else the first GPU when this build has CUDA and a GPU is present, else the CPU;\n"
+            "--threads applies to the CPU.\n"
             "DIR is a diffusers-layout model folder; --delta adds PeRFlow delta weights to its\n"
             "UNet (a .safetensors file or a folder holding diffusion_pytorch_model.safetensors).\n"
             "With several images, FILE-0.png, FILE-1.png, ...; --grid writes one contact sheet\n"
@@ -74,14 +78,15 @@ int cmd_generate(int argc, char **argv) {
         {"prediction-type", required_argument, 0, 'P'}, {"windows", required_argument, 0, 'K'},
         {"clip-skip", required_argument, 0, 'c'},   {"threads", required_argument, 0, 't'},
         {"out", required_argument, 0, 'o'},         {"grid", no_argument, 0, 'G'},
-        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+        {"device", required_argument, 0, 'v'},      {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
     };
     pf_txt2img_params prm;
     pf_txt2img_defaults(&prm);
     prm.prompt = NULL;
     prm.prediction_type = "diff_eps";
     prm.windows = 4;
-    const char *model = NULL, *delta = NULL, *out = NULL;
+    const char *model = NULL, *delta = NULL, *out = NULL, *device = NULL;
     long v, threads = 0;
     int grid = 0, c;
     char *end;
@@ -93,6 +98,7 @@ int cmd_generate(int argc, char **argv) {
         case 'p': prm.prompt = optarg; break;
         case 'n': prm.negative_prompt = optarg; break;
         case 'o': out = optarg; break;
+        case 'v': device = optarg; break;
         case 'P': prm.prediction_type = optarg; break;
         case 'G': grid = 1; break;
         case 's': if (parse_int(optarg, "--steps", 1, 1000, &v)) return 2; prm.steps = (int)v; break;
@@ -138,12 +144,12 @@ int cmd_generate(int argc, char **argv) {
     }
 
     pf_error err = {{0}};
-    pf_backend *be = pf_backend_cpu_new((int)threads);
+    pf_backend *be = pf_backend_open(device, (int)threads, &err);
     pf_pipeline *pipe = NULL;
     float *images = NULL;
     uint8_t *rgb = NULL, *sheet = NULL;
     int rc = 1;
-    if (pf_pipeline_load(&pipe, be, model, delta, &err) || pf_txt2img_check(pipe, &prm, &err)) goto done;
+    if (!be || pf_pipeline_load(&pipe, be, model, delta, &err) || pf_txt2img_check(pipe, &prm, &err)) goto done;
     const size_t px = (size_t)prm.width * prm.height * 3;
     images = malloc(px * prm.num_images * sizeof *images);
     rgb = malloc(px * prm.num_images);

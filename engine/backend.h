@@ -67,6 +67,37 @@ struct pf_backend {
 
 /* CPU backend. threads <= 0: use all cores. Never fails. */
 pf_backend *pf_backend_cpu_new(int threads);
+
+/* CUDA backend on device `device` (0-based), kernels/backend_cuda.cu: weights and
+ * activations are float16 on the device (compute_dtype PF_F16), upload and
+ * download convert from and to float32; matrix products run on cuBLAS with
+ * float32 accumulation, normalisations, softmax and attention accumulate in
+ * float32. Returns NULL and fills err when this binary was built without CUDA,
+ * no driver or no such device is present, or the device cannot be set up.
+ * Environment: PERFLOW_CUDA_ATTENTION=generic forces the non-tensor-core
+ * attention kernel (for parity tests and debugging). */
+pf_backend *pf_backend_cuda_new(int device, pf_error *err);
+/* Number of CUDA devices this binary can use: 0 when built without CUDA or when
+ * no driver or device is present. Never fails. */
+int pf_cuda_device_count(void);
+
+typedef struct pf_mem_stats {
+    size_t in_use, peak_in_use;     /* bytes held by tensors and op scratch */
+    size_t reserved, peak_reserved; /* bytes taken from the device: in use + cached for reuse */
+    long device_allocs;             /* device allocations (cudaMalloc calls) so far */
+} pf_mem_stats;
+/* Device memory of a CUDA backend; all zero for any other backend. peak_reserved
+ * is the backend's peak device memory (what the GPU had to provide). */
+void pf_backend_cuda_mem_stats(const pf_backend *be, pf_mem_stats *out);
+/* Restarts both peaks from the current values (no-op for other backends). */
+void pf_backend_cuda_reset_peak(pf_backend *be);
+
+/* A backend by name, for --device: "cpu", "cuda" (device 0) or "cuda:N"; NULL, ""
+ * or "auto" take $PERFLOW_DEVICE when set, else CUDA device 0 when one is usable,
+ * else the CPU. threads is the CPU backend's team size (<= 0: all cores).
+ * Returns NULL and fills err for an unknown name or an unusable CUDA device
+ * (asked for explicitly, or through $PERFLOW_DEVICE). */
+pf_backend *pf_backend_open(const char *device, int threads, pf_error *err);
 /* Releases the backend (tensors made on it must be freed first). */
 void pf_backend_free(pf_backend *be);
 

@@ -145,7 +145,12 @@ int pf_clip_text_model_load_dir(pf_clip_text_model **out, pf_backend *be, const 
         pf_model_weights(weights_path, sizeof weights_path, model_dir, "text_encoder", 0, err) ||
         pf_weights_open(&w, weights_path, err))
         return -1;
-    int rc = pf_clip_text_model_load(out, be, &cfg, w, "text_model.", err);
+    /* transformers 4.x saves CLIPTextModel under "text_model."; 5.x drops the prefix. */
+    const char *prefix = pf_weights_has(w, "text_model.embeddings.token_embedding.weight") ||
+                                 !pf_weights_has(w, "embeddings.token_embedding.weight")
+                             ? "text_model."
+                             : "";
+    int rc = pf_clip_text_model_load(out, be, &cfg, w, prefix, err);
     pf_weights_close(w);
     return rc;
 }

@@ -8,6 +8,8 @@ export PERFLOW_SHARED="${PERFLOW_SHARED:-$ROOT/../shared}"
 export PERFLOW="${PERFLOW:-$ROOT/bin/perflow}"
 export PERFLOW_ASAN="${PERFLOW_ASAN:-$ROOT/build/asan/perflow}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# The goldens are float32: compare on the CPU backend unless a test picks CUDA itself.
+export PERFLOW_DEVICE="${PERFLOW_DEVICE:-cpu}"
 passed=0
 failed=0
 failures=""

@@ -6,6 +6,8 @@
  * (~1e-6 relative per op) through a few layers of unit-scale activations, so
  * 1e-4 leaves two orders of margin while catching any real error (a wrong mask,
  * activation or eps moves outputs by 1e-2 or more). */
+#include <sys/stat.h>
+
 #include "test_util.h"
 
 #include "backend.h"
@@ -13,7 +15,8 @@
 #include "safetensors.h"
 #include "tokenizer.h"
 
-static void check_model(const char *model) {
+/* Runs the text encoder of the model folder `dir` on golden `model`'s inputs. */
+static void check_model_dir(const char *model, const char *dir) {
     pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s/text_encoder.safetensors", model));
     int64_t n_ids;
     float *ids_f = pf_golden_floats(st, "input_ids", &n_ids);
@@ -26,7 +29,7 @@ static void check_model(const char *model) {
     pf_tensor *want = pf_golden_tensor(be, st, "last_hidden_state");
     pf_tensor *want_skip = pf_golden_tensor(be, st, "clip_skip_1");
     pf_clip_text_model *te;
-    if (pf_clip_text_model_load_dir(&te, be, pf_test_path(pf_pathf("tests/data/models/%s", model)), &err))
+    if (pf_clip_text_model_load_dir(&te, be, dir, &err))
         fail_msg("%s", err.msg);
     const int D = pf_clip_text_model_config(te)->hidden_size;
     assert_int_equal((int64_t)B * L * D, pf_numel(want));
@@ -55,6 +58,48 @@ static void check_model(const char *model) {
     free(ids);
     free(ids_f);
     pf_st_close(st);
+}
+
+static void check_model(const char *model) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", pf_test_path(pf_pathf("tests/data/models/%s", model)));
+    check_model_dir(model, dir);
+}
+
+/* transformers 5.x saves CLIPTextModel without the "text_model." key prefix:
+ * the same weights under those names give the same outputs. */
+static void test_text_encoder_unprefixed(void **state) {
+    (void)state;
+    char *dir = pf_temp_dir();
+    const char *src = pf_test_path("tests/data/models/tiny-sd2");
+    size_t n;
+    char *text = pf_read_file(pf_pathf("%s/model_index.json", src), &n);
+    pf_temp_write(dir, "model_index.json", text, n);
+    free(text);
+    assert_int_equal(mkdir(pf_pathf("%s/text_encoder", dir), 0700), 0);
+    text = pf_read_file(pf_pathf("%s/text_encoder/config.json", src), &n);
+    pf_temp_write(dir, "text_encoder/config.json", text, n);
+    free(text);
+    pf_safetensors *st;
+    pf_error err;
+    if (pf_st_open(&st, pf_pathf("%s/text_encoder/model.safetensors", src), &err)) fail_msg("%s", err.msg);
+    pf_st_entry *e = calloc((size_t)st->count, sizeof *e);
+    float **data = calloc((size_t)st->count, sizeof *data);
+    for (int i = 0; i < st->count; i++) {
+        const pf_st_tensor *t = &st->tensors[i];
+        assert_int_equal(strncmp(t->name, "text_model.", 11), 0);
+        data[i] = malloc((size_t)pf_st_numel(t) * sizeof(float) + 1);
+        if (pf_st_read_f32(st, t, data[i], &err)) fail_msg("%s", err.msg);
+        e[i] = (pf_st_entry){t->name + 11, PF_F32, t->ndim, t->shape, data[i]};
+    }
+    if (pf_st_write(pf_pathf("%s/text_encoder/model.safetensors", dir), e, st->count, NULL, &err))
+        fail_msg("%s", err.msg);
+    for (int i = 0; i < st->count; i++) free(data[i]);
+    free(data);
+    free(e);
+    pf_st_close(st);
+    check_model_dir("tiny-sd2", dir);
+    pf_temp_dir_remove(dir);
 }
 
 /* Keep in step with PROMPTS in tests/reference/make_goldens.py; the last is
@@ -124,7 +169,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_text_encoder_sd15), cmocka_unit_test(test_text_encoder_sd2),
         cmocka_unit_test(test_tokens_sd15),       cmocka_unit_test(test_tokens_sd2),
-        cmocka_unit_test(test_shape_mismatch),
+        cmocka_unit_test(test_shape_mismatch),    cmocka_unit_test(test_text_encoder_unprefixed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

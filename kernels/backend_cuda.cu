@@ -1,0 +1,470 @@
+// backend_cuda.cu - the CUDA backend: the pf_backend_ops table of backend.h on
+// one GPU, one stream, one cuBLAS handle and the caching allocator.
+//
+// Every op is enqueued on the backend's stream and returns without waiting;
+// only upload, download, synchronize and embedding (whose ids live in host
+// memory) wait for the stream. Arguments were checked by the wrappers in
+// engine/backend.c. Each CUDA or cuBLAS status is checked; a failure becomes
+// the backend's sticky error (pf_backend_set_error) with the call and CUDA's
+// own message, and every later op is skipped by the wrappers. An error of an
+// earlier asynchronous kernel surfaces at the next checked call, at the latest
+// at the next download or synchronize, which model code reaches before it
+// calls pf_backend_ok(). Nothing here aborts on a CUDA error.
+//
+// The kernels are in kernels/<op>.cu, one op each, with the CPU twin every
+// one of them is tested against (tests/test_cuda_ops.c).
+#include <cublas_v2.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend.h"
+}
+
+#include "activation.cuh"
+#include "allocator.cuh"
+#include "attention.cuh"
+#include "binary.cuh"
+#include "concat.cuh"
+#include "conv2d.cuh"
+#include "convert.cuh"
+#include "embedding.cuh"
+#include "gemm.cuh"
+#include "group_norm.cuh"
+#include "layer_norm.cuh"
+#include "permute.cuh"
+#include "scale.cuh"
+#include "softmax.cuh"
+#include "upsample.cuh"
+
+// Scratch of one im2col tile, in halves (64 MiB): SD-1.5's VAE decoder at
+// 512px would need 604 MB of columns for one image in its 128-channel 3x3
+// convolutions, so output rows are unfolded in tiles whose columns fit here.
+#define COL_BUDGET ((int64_t)32 << 20)
+// Host <-> device conversions go through a float32 device buffer of at most
+// this many floats (64 MiB), whatever the tensor's size.
+#define XFER_CHUNK ((int64_t)16 << 20)
+// cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper); ours, so that cuBLAS
+// allocates nothing behind the allocator's back.
+#define BLAS_WORKSPACE ((size_t)32 << 20)
+
+typedef struct cuda_state {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;
+    pf_cuda_allocator *alloc;
+    int generic_attention; // PERFLOW_CUDA_ATTENTION=generic
+} cuda_state;
+
+static pf_backend_ops cuda_ops_table();
+static const pf_backend_ops cuda_ops = cuda_ops_table();
+
+static cuda_state *st_of(const pf_backend *be) { return (cuda_state *)be->impl; }
+static cuda_state *st_of(const pf_tensor *t) { return st_of(t->be); }
+static cudaStream_t stream_of(const pf_tensor *t) { return st_of(t)->stream; }
+
+// ---- error handling ----
+
+// True when e is success; else records "cuda backend: what: message" as the sticky error.
+static bool ok(pf_backend *be, cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return true;
+    pf_backend_set_error(be, "cuda backend: %s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+    return false;
+}
+
+static bool ok_blas(pf_backend *be, cublasStatus_t s, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS) return true;
+    pf_backend_set_error(be, "cuda backend: %s: %s (%s)", what, cublasGetStatusString(s), cublasGetStatusName(s));
+    return false;
+}
+
+// Makes the backend's device current for the calling thread (another backend
+// on another device may have changed it).
+static bool enter(pf_backend *be) { return ok(be, cudaSetDevice(st_of(be)->device), "cudaSetDevice"); }
+
+// Scratch device memory for one op; NULL (and the sticky error) on failure.
+// Released with put(): stream order makes an immediate release safe.
+static void *get(pf_backend *be, size_t n, const char *what) {
+    cudaError_t e = cudaSuccess;
+    void *p = pf_cuda_allocator_get(st_of(be)->alloc, n, &e);
+    if (!p) pf_backend_set_error(be, "cuda backend: %s: cannot allocate %zu bytes of scratch: %s", what, n,
+                                 cudaGetErrorString(e));
+    return p;
+}
+static void put(pf_backend *be, void *p) { pf_cuda_allocator_put(st_of(be)->alloc, p); }
+
+// cuBLAS takes int sizes.
+static bool fits_int(pf_backend *be, const char *what, int64_t a, int64_t b, int64_t c) {
+    if (a <= 0x7fffffff && b <= 0x7fffffff && c <= 0x7fffffff) return true;
+    pf_backend_set_error(be, "cuda backend: %s: a matrix dimension exceeds cuBLAS's int range", what);
+    return false;
+}
+
+static __half *H(const pf_tensor *t) { return (__half *)t->data; }
+
+// ---- memory ----
+
+static void *cuda_alloc(pf_backend *be, size_t nbytes) {
+    if (!enter(be)) return NULL;
+    cudaError_t e = cudaSuccess;
+    void *p = pf_cuda_allocator_get(st_of(be)->alloc, nbytes, &e);
+    // Out of memory is reported by the caller (tensor.c) with the tensor's
+    // shape; any other failure is an earlier error surfacing: keep its text.
+    if (!p && e != cudaErrorMemoryAllocation) ok(be, e, "cudaMalloc");
+    return p;
+}
+
+static void cuda_release(pf_backend *be, void *p) { put(be, p); }
+
+// float32 host -> device: straight for F32 tensors, else through a float32
+// device buffer and the conversion kernel, XFER_CHUNK floats at a time. The
+// final wait lets the caller free src as soon as this returns.
+static void cuda_upload(pf_backend *be, pf_tensor *dst, const float *src) {
+    if (!enter(be)) return;
+    cuda_state *st = st_of(be);
+    const int64_t n = pf_numel(dst);
+    if (n == 0) return;
+    if (dst->dtype == PF_F32) {
+        if (ok(be, cudaMemcpyAsync(dst->data, src, (size_t)n * 4, cudaMemcpyHostToDevice, st->stream), "upload"))
+            ok(be, cudaStreamSynchronize(st->stream), "upload");
+        return;
+    }
+    const int64_t chunk = n < XFER_CHUNK ? n : XFER_CHUNK;
+    float *buf = (float *)get(be, (size_t)chunk * 4, "upload");
+    if (!buf) return;
+    const size_t es = pf_dtype_size(dst->dtype);
+    for (int64_t off = 0; off < n; off += chunk) {
+        const int64_t cnt = n - off < chunk ? n - off : chunk;
+        if (!ok(be, cudaMemcpyAsync(buf, src + off, (size_t)cnt * 4, cudaMemcpyHostToDevice, st->stream), "upload") ||
+            !ok(be, pf_cuda_from_f32((char *)dst->data + off * es, dst->dtype, buf, cnt, st->stream), "upload"))
+            break;
+    }
+    ok(be, cudaStreamSynchronize(st->stream), "upload");
+    put(be, buf);
+}
+
+// device -> float32 host, the mirror of cuda_upload.
+static void cuda_download(pf_backend *be, float *dst, const pf_tensor *src) {
+    if (!enter(be)) return;
+    cuda_state *st = st_of(be);
+    const int64_t n = pf_numel(src);
+    if (n == 0) return;
+    if (src->dtype == PF_F32) {
+        if (ok(be, cudaMemcpyAsync(dst, src->data, (size_t)n * 4, cudaMemcpyDeviceToHost, st->stream), "download"))
+            ok(be, cudaStreamSynchronize(st->stream), "download");
+        return;
+    }
+    const int64_t chunk = n < XFER_CHUNK ? n : XFER_CHUNK;
+    float *buf = (float *)get(be, (size_t)chunk * 4, "download");
+    if (!buf) return;
+    const size_t es = pf_dtype_size(src->dtype);
+    for (int64_t off = 0; off < n; off += chunk) {
+        const int64_t cnt = n - off < chunk ? n - off : chunk;
+        if (!ok(be, pf_cuda_to_f32(buf, (const char *)src->data + off * es, src->dtype, cnt, st->stream),
+                "download") ||
+            !ok(be, cudaMemcpyAsync(dst + off, buf, (size_t)cnt * 4, cudaMemcpyDeviceToHost, st->stream), "download"))
+            break;
+    }
+    ok(be, cudaStreamSynchronize(st->stream), "download");
+    put(be, buf);
+}
+
+static void cuda_synchronize(pf_backend *be) {
+    if (enter(be)) ok(be, cudaStreamSynchronize(st_of(be)->stream), "cudaStreamSynchronize");
+}
+
+static void cuda_destroy(pf_backend *be) {
+    cuda_state *st = st_of(be);
+    cudaSetDevice(st->device);
+    cudaStreamSynchronize(st->stream);
+    if (st->blas) cublasDestroy(st->blas);
+    pf_cuda_allocator_free(st->alloc); // the cuBLAS workspace too
+    cudaStreamDestroy(st->stream);
+    free(st);
+    free(be);
+}
+
+// ---- ops ----
+
+static void cuda_linear(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b) {
+    pf_backend *be = y->be;
+    if (!enter(be)) return;
+    const int64_t n = w->shape[0], k = w->shape[1], m = n ? pf_numel(y) / n : 0;
+    if (!fits_int(be, "linear", m, n, k)) return;
+    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), 1, n, m * n, stream_of(y)), "linear bias")) return;
+    // y[m, n] = x[m, k] @ w[n, k]^T (+ y holding the bias)
+    ok_blas(be, pf_cuda_gemm(st_of(y)->blas, 0, 1, m, n, k, 1.0f, H(x), k, 0, H(w), k, 0, b ? 1.0f : 0.0f, H(y), n, 0, 1),
+            "linear: cublasGemmEx");
+}
+
+// im2col + one cuBLAS product per tile: y_img[co, P] = w[co, kk] @ col_img[kk, P].
+// Whole images are unfolded together when their columns fit COL_BUDGET (one
+// strided-batched product for all of them); otherwise one image's output rows
+// are unfolded in tiles.
+static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b, int stride,
+                        int pad) {
+    pf_backend *be = y->be;
+    if (!enter(be)) return;
+    cuda_state *st = st_of(y);
+    const int64_t n = x->shape[0], ci = x->shape[1], h = x->shape[2], wi = x->shape[3];
+    const int64_t co = w->shape[0], kh = w->shape[2], kw = w->shape[3];
+    const int64_t ho = y->shape[2], wo = y->shape[3], plane = ho * wo, kk = ci * kh * kw;
+    if (pf_numel(y) == 0) return;
+    if (!fits_int(be, "conv2d", co, plane, kk)) return;
+    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), plane, co, pf_numel(y), st->stream), "conv2d bias")) return;
+    const float beta = b ? 1.0f : 0.0f;
+    if (kh == 1 && kw == 1 && stride == 1 && pad == 0) { // x[img] already is the column matrix [ci, P]
+        ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, plane, ci, 1.0f, H(w), ci, 0, H(x), plane, ci * plane, beta, H(y),
+                                 plane, co * plane, n),
+                "conv2d 1x1: cublasGemmStridedBatchedEx");
+        return;
+    }
+    const int64_t per_img = kk * plane;
+    if (per_img <= COL_BUDGET) {
+        const int64_t imgs = n < COL_BUDGET / per_img ? n : COL_BUDGET / per_img;
+        __half *col = (__half *)get(be, (size_t)(imgs * per_img) * 2, "conv2d");
+        if (!col) return;
+        for (int64_t i0 = 0; i0 < n; i0 += imgs) {
+            const int64_t cnt = n - i0 < imgs ? n - i0 : imgs;
+            if (!ok(be, pf_cuda_im2col(col, H(x) + i0 * ci * h * wi, cnt, ci, h, wi, (int)kh, (int)kw, stride, pad, 0,
+                                       ho, wo, st->stream),
+                    "conv2d im2col") ||
+                !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, plane, kk, 1.0f, H(w), kk, 0, col, plane, per_img, beta,
+                                          H(y) + i0 * co * plane, plane, co * plane, cnt),
+                         "conv2d: cublasGemmStridedBatchedEx"))
+                break;
+        }
+        put(be, col);
+        return;
+    }
+    int64_t tile = COL_BUDGET / (kk * wo);
+    if (tile < 1) tile = 1;
+    if (tile > ho) tile = ho;
+    __half *col = (__half *)get(be, (size_t)(kk * tile * wo) * 2, "conv2d");
+    if (!col) return;
+    for (int64_t img = 0; img < n && !be->failed; img++) {
+        for (int64_t oh0 = 0; oh0 < ho; oh0 += tile) {
+            const int64_t rows = ho - oh0 < tile ? ho - oh0 : tile, cols = rows * wo;
+            // y_img[co, oh0 * wo + (0..cols)] = w[co, kk] @ col[kk, cols]; rows of y are `plane` apart
+            if (!ok(be, pf_cuda_im2col(col, H(x) + img * ci * h * wi, 1, ci, h, wi, (int)kh, (int)kw, stride, pad, oh0,
+                                       rows, wo, st->stream),
+                    "conv2d im2col") ||
+                !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, cols, kk, 1.0f, H(w), kk, 0, col, cols, 0, beta,
+                                          H(y) + img * co * plane + oh0 * wo, plane, 0, 1),
+                         "conv2d: cublasGemmEx"))
+                break;
+        }
+    }
+    put(be, col);
+}
+
+static void cuda_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma, const pf_tensor *beta,
+                            int groups, float eps, int fuse_silu) {
+    pf_backend *be = y->be;
+    if (!enter(be)) return;
+    const int64_t n = x->shape[0], c = x->shape[1], s = pf_numel_from(x, 2);
+    if (n * c * s == 0) return;
+    float *scratch = (float *)get(be, pf_cuda_group_norm_scratch(n, c, s, groups), "group_norm");
+    if (!scratch) return;
+    ok(be, pf_cuda_group_norm(H(y), H(x), H(gamma), H(beta), scratch, eps, fuse_silu, n, c, s, groups, stream_of(y)),
+       "group_norm");
+    put(be, scratch);
+}
+
+static void cuda_layer_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma, const pf_tensor *beta,
+                            float eps) {
+    if (!enter(y->be)) return;
+    const int64_t c = x->shape[x->ndim - 1], rows = c ? pf_numel(x) / c : 0;
+    ok(y->be, pf_cuda_layer_norm(H(y), H(x), H(gamma), H(beta), eps, rows, c, stream_of(y)), "layer_norm");
+}
+
+static void cuda_softmax(pf_tensor *y, const pf_tensor *x) {
+    if (!enter(y->be)) return;
+    const int64_t c = x->shape[x->ndim - 1], rows = c ? pf_numel(x) / c : 0;
+    ok(y->be, pf_cuda_softmax(H(y), H(x), rows, c, stream_of(y)), "softmax");
+}
+
+static void cuda_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k, const pf_tensor *v, int heads,
+                           int causal) {
+    pf_backend *be = out->be;
+    if (!enter(be)) return;
+    const int64_t bsz = q->shape[0], lq = q->shape[1], lk = k->shape[1], c = q->shape[2];
+    if (c / heads > PF_ATTN_MAX_HEAD_DIM || bsz * heads > 65535) {
+        pf_backend_set_error(be, "cuda backend: attention with head dim %lld and %lld batch x heads is not supported "
+                                 "(at most %d and 65535)",
+                             (long long)(c / heads), (long long)(bsz * heads), PF_ATTN_MAX_HEAD_DIM);
+        return;
+    }
+    ok(be, pf_cuda_attention(H(out), H(q), H(k), H(v), bsz, lq, lk, c, heads, causal, st_of(be)->generic_attention,
+                             stream_of(out)),
+       "attention");
+}
+
+static void cuda_activation(pf_tensor *y, const pf_tensor *x, pf_act act) {
+    if (!enter(y->be)) return;
+    ok(y->be, pf_cuda_activation(H(y), H(x), (int)act, pf_numel(x), stream_of(y)), "activation");
+}
+
+static void cuda_geglu(pf_tensor *y, const pf_tensor *x) {
+    if (!enter(y->be)) return;
+    const int64_t nh = y->shape[y->ndim - 1], rows = nh ? pf_numel(y) / nh : 0;
+    ok(y->be, pf_cuda_geglu(H(y), H(x), rows, nh, stream_of(y)), "geglu");
+}
+
+static void binary(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int is_mul) {
+    if (!enter(y->be)) return;
+    const pf_bcast plan = pf_cuda_bcast_plan(a->ndim, a->shape, b->shape);
+    ok(y->be, pf_cuda_binary(H(y), H(a), H(b), &plan, is_mul, pf_numel(a), stream_of(y)), is_mul ? "mul" : "add");
+}
+static void cuda_add(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary(y, a, b, 0); }
+static void cuda_mul(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary(y, a, b, 1); }
+
+static void cuda_scale(pf_tensor *y, const pf_tensor *x, float alpha, float beta) {
+    if (!enter(y->be)) return;
+    ok(y->be, pf_cuda_scale(H(y), H(x), alpha, beta, pf_numel(x), stream_of(y)), "scale");
+}
+
+static void cuda_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis) {
+    if (!enter(y->be)) return;
+    int64_t outer = 1;
+    for (int i = 0; i < axis; i++) outer *= a->shape[i];
+    ok(y->be, pf_cuda_concat(H(y), H(a), H(b), outer, pf_numel_from(a, axis), pf_numel_from(b, axis), stream_of(y)),
+       "concat");
+}
+
+static void cuda_upsample_nearest2x(pf_tensor *y, const pf_tensor *x) {
+    if (!enter(y->be)) return;
+    ok(y->be, pf_cuda_upsample_nearest2x(H(y), H(x), x->shape[0] * x->shape[1] * x->shape[2], x->shape[3],
+                                         stream_of(y)),
+       "upsample_nearest2x");
+}
+
+static void cuda_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {
+    if (!enter(y->be)) return;
+    ok(y->be, pf_cuda_permute(H(y), H(x), perm, x->ndim, x->shape, stream_of(y)), "permute");
+}
+
+// The ids are host memory the caller may reuse when this returns: they are
+// copied to the device and waited for before the gather is enqueued.
+static void cuda_embedding(pf_tensor *y, const pf_tensor *table, const int32_t *ids, int64_t count) {
+    pf_backend *be = y->be;
+    if (!enter(be) || count == 0) return;
+    cudaStream_t s = stream_of(y);
+    int32_t *dids = (int32_t *)get(be, (size_t)count * sizeof *ids, "embedding");
+    if (!dids) return;
+    if (ok(be, cudaMemcpyAsync(dids, ids, (size_t)count * sizeof *ids, cudaMemcpyHostToDevice, s), "embedding ids") &&
+        ok(be, cudaStreamSynchronize(s), "embedding ids"))
+        ok(be, pf_cuda_embedding(H(y), H(table), dids, count, table->shape[1], s), "embedding");
+    put(be, dids);
+}
+
+static void cuda_copy(pf_tensor *y, const pf_tensor *x) {
+    if (!enter(y->be) || pf_nbytes(x) == 0) return;
+    ok(y->be, cudaMemcpyAsync(y->data, x->data, pf_nbytes(x), cudaMemcpyDeviceToDevice, stream_of(y)), "copy");
+}
+
+static pf_backend_ops cuda_ops_table() {
+    pf_backend_ops o;
+    memset(&o, 0, sizeof o);
+    o.alloc = cuda_alloc;
+    o.release = cuda_release;
+    o.upload = cuda_upload;
+    o.download = cuda_download;
+    o.synchronize = cuda_synchronize;
+    o.destroy = cuda_destroy;
+    o.linear = cuda_linear;
+    o.conv2d = cuda_conv2d;
+    o.group_norm = cuda_group_norm;
+    o.layer_norm = cuda_layer_norm;
+    o.softmax = cuda_softmax;
+    o.attention = cuda_attention;
+    o.activation = cuda_activation;
+    o.geglu = cuda_geglu;
+    o.add = cuda_add;
+    o.mul = cuda_mul;
+    o.scale = cuda_scale;
+    o.concat = cuda_concat;
+    o.upsample_nearest2x = cuda_upsample_nearest2x;
+    o.permute = cuda_permute;
+    o.embedding = cuda_embedding;
+    o.copy = cuda_copy;
+    return o;
+}
+
+// ---- creation and queries ----
+
+int pf_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); // no driver / no device: not an error for the caller
+        return 0;
+    }
+    return n;
+}
+
+pf_backend *pf_backend_cuda_new(int device, pf_error *err) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        pf_fail(err, "CUDA is not usable on this machine: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+        return NULL;
+    }
+    if (count == 0) {
+        pf_fail(err, "no CUDA device found");
+        return NULL;
+    }
+    if (device < 0 || device >= count) {
+        pf_fail(err, "CUDA device %d does not exist (this machine has %d: cuda:0 to cuda:%d)", device, count,
+                count - 1);
+        return NULL;
+    }
+    cuda_state *st = (cuda_state *)PF_CALLOC(1, sizeof *st);
+    st->device = device;
+    const char *attn = getenv("PERFLOW_CUDA_ATTENTION");
+    st->generic_attention = attn && !strcmp(attn, "generic");
+    cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
+    const char *what = "cudaSetDevice";
+    if ((e = cudaSetDevice(device)) != cudaSuccess) goto fail;
+    what = "cudaStreamCreate";
+    if ((e = cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking)) != cudaSuccess) goto fail;
+    st->alloc = pf_cuda_allocator_new(st->stream);
+    what = "cuBLAS workspace";
+    if (!(st->blas_ws = pf_cuda_allocator_get(st->alloc, BLAS_WORKSPACE, &e))) goto fail;
+    what = "cublasCreate";
+    if ((bs = cublasCreate(&st->blas)) != CUBLAS_STATUS_SUCCESS) goto fail_blas;
+    what = "cublasSetStream";
+    if ((bs = cublasSetStream(st->blas, st->stream)) != CUBLAS_STATUS_SUCCESS) goto fail_blas;
+    what = "cublasSetWorkspace";
+    if ((bs = cublasSetWorkspace(st->blas, st->blas_ws, BLAS_WORKSPACE)) != CUBLAS_STATUS_SUCCESS) goto fail_blas;
+    {
+        pf_backend *be = (pf_backend *)PF_CALLOC(1, sizeof *be);
+        be->name = "cuda";
+        be->ops = &cuda_ops;
+        be->compute_dtype = PF_F16;
+        be->impl = st;
+        return be;
+    }
+fail_blas:
+    pf_fail(err, "CUDA device %d: %s: %s", device, what, cublasGetStatusString(bs));
+    goto cleanup;
+fail:
+    cudaGetLastError();
+    pf_fail(err, "CUDA device %d: %s: %s (%s)", device, what, cudaGetErrorString(e), cudaGetErrorName(e));
+cleanup:
+    if (st->blas) cublasDestroy(st->blas);
+    pf_cuda_allocator_free(st->alloc);
+    if (st->stream) cudaStreamDestroy(st->stream);
+    free(st);
+    return NULL;
+}
+
+void pf_backend_cuda_mem_stats(const pf_backend *be, pf_mem_stats *out) {
+    memset(out, 0, sizeof *out);
+    if (be && be->ops == &cuda_ops) pf_cuda_allocator_stats(st_of(be)->alloc, out);
+}
+
+void pf_backend_cuda_reset_peak(pf_backend *be) {
+    if (be && be->ops == &cuda_ops) pf_cuda_allocator_reset_peak(st_of(be)->alloc);
+}

@@ -1,0 +1,37 @@
+// conv2d.cu - im2col. A block row (blockIdx.x) is one row (img, c, i, j) of the
+// column matrix, so its channel and tap are decoded once per block; threads
+// walk the row's output positions, writing consecutive addresses and reading
+// input pixels `stride` apart.
+#include "conv2d.cuh"
+
+// Positions within a row and pixel coordinates use int: a row holds at most
+// the tile's columns (< 2^31, checked by the launcher), images fewer pixels.
+static __global__ void im2col_k(__half *col, const __half *x, int64_t ci, int h, int w, int kh, int kw, int stride,
+                                int pad, int oh0, int cols, int wo) {
+    const int64_t kk = ci * kh * kw, row = blockIdx.x; // img * kk + (c, i, j)
+    const int64_t img = row / kk, rc = row - img * kk;
+    const int c = (int)(rc / (kh * kw)), ki = (int)(rc / kw) % kh, kj = (int)(rc % kw);
+    const __half *xc = x + (img * ci + c) * (int64_t)h * w;
+    __half *dst = col + row * cols;
+    for (int p = blockIdx.y * blockDim.x + threadIdx.x; p < cols; p += gridDim.y * blockDim.x) {
+        const int oh = p / wo, ow = p - oh * wo;
+        const int ih = (oh0 + oh) * stride - pad + ki, iw = ow * stride - pad + kj;
+        dst[p] = ih >= 0 && ih < h && iw >= 0 && iw < w ? xc[ih * w + iw] : __float2half_rn(0.0f);
+    }
+}
+
+cudaError_t pf_cuda_im2col(__half *col, const __half *x, int64_t nimg, int64_t ci, int64_t h, int64_t w, int kh,
+                           int kw, int stride, int pad, int64_t oh0, int64_t rows, int64_t wo, cudaStream_t stream) {
+    const int64_t nrows = nimg * ci * kh * kw, cols = rows * wo;
+    if (nrows == 0 || cols == 0) return cudaSuccess;
+    // Deep UNet levels have rows of 64 positions: a block no wider than a row
+    // (in whole warps) keeps most threads busy there.
+    const int threads = cols >= PF_THREADS ? PF_THREADS : (int)((cols + 31) / 32 * 32);
+    int64_t gy = (cols + threads - 1) / threads;
+    if (gy > 65535) gy = 65535;
+    if (nrows > 0x7fffffff || cols > 0x7fffffff || h * w > 0x7fffffff || oh0 + rows > 0x7fffffff)
+        return cudaErrorInvalidValue;
+    im2col_k<<<dim3((unsigned)nrows, (unsigned)gy), threads, 0, stream>>>(
+        col, x, ci, (int)h, (int)w, kh, kw, stride, pad, (int)oh0, (int)cols, (int)wo);
+    return cudaGetLastError();
+}

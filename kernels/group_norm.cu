@@ -1,0 +1,114 @@
+// group_norm.cu - GroupNorm in two launches: partial statistics, then normalise.
+//
+// A group (n, g) is one contiguous run of (C / G) * S values. SD's VAE at 512px
+// has runs of a million values but only N * 32 groups: one block per group
+// would leave most of the GPU idle, so each run is cut into `parts` chunks.
+// Each chunk's block computes its mean and M2 = sum (x - mean)^2 in two passes
+// (the second pass reads the chunk again, mostly from L2); the normalising
+// kernel merges a group's chunks with Chan's parallel formula in double. This
+// keeps the two-pass accuracy of the CPU reference (E[x^2] - E[x]^2 in float
+// would lose the digits that activations with |mean| >> std need).
+#include "group_norm.cuh"
+
+#define STATS_THREADS 256
+#define APPLY_THREADS 256
+#define APPLY_PER_THREAD 8
+#define CHUNK_TARGET 16384 // values per statistics block
+#define MAX_PARTS 64
+
+static int64_t parts_of(int64_t len) {
+    int64_t p = (len + CHUNK_TARGET - 1) / CHUNK_TARGET;
+    return p < 1 ? 1 : (p > MAX_PARTS ? MAX_PARTS : p);
+}
+
+// Chunk p of `parts` of a run of len values: [lo, hi).
+static __device__ void chunk_of(int64_t len, int64_t parts, int64_t p, int64_t *lo, int64_t *hi) {
+    *lo = len * p / parts;
+    *hi = len * (p + 1) / parts;
+}
+
+size_t pf_cuda_group_norm_scratch(int64_t n, int64_t c, int64_t s, int groups) {
+    int64_t len = c / groups * s;
+    return (size_t)(n * groups * parts_of(len)) * 2 * sizeof(float);
+}
+
+// grid (N * G, parts): stats[(ng * parts + p) * 2 + {0, 1}] = chunk mean, M2.
+static __global__ void gn_stats(float *stats, const __half *x, int64_t len, int64_t parts) {
+    __shared__ float red[32];
+    const int64_t ng = blockIdx.x, p = blockIdx.y;
+    int64_t lo, hi;
+    chunk_of(len, parts, p, &lo, &hi);
+    const __half *xg = x + ng * len;
+    float sum = 0.0f;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) sum += __half2float(xg[i]);
+    sum = pf_block_sum(sum, red);
+    const float cnt = (float)(hi - lo);
+    const float mean = hi > lo ? sum / cnt : 0.0f;
+    float m2 = 0.0f;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        float d = __half2float(xg[i]) - mean;
+        m2 += d * d;
+    }
+    m2 = pf_block_sum(m2, red);
+    if (threadIdx.x == 0) {
+        stats[(ng * parts + p) * 2] = mean;
+        stats[(ng * parts + p) * 2 + 1] = m2;
+    }
+}
+
+// grid (N * C, chunks of S): y = (x - mean) * (rstd * gamma[c]) + beta[c] on one channel plane.
+static __global__ void gn_apply(__half *y, const __half *x, const __half *gamma, const __half *beta,
+                                const float *stats, float eps, int fuse_silu, int64_t c, int64_t s, int64_t cpg,
+                                int64_t parts) {
+    __shared__ float sh_mean, sh_scale, sh_shift;
+    const int64_t row = blockIdx.x; // n * C + ch
+    const int64_t ch = row % c, n = row / c;
+    const int64_t ng = n * (c / cpg) + ch / cpg;
+    if (threadIdx.x == 0) {
+        // Chan et al.: merge (count, mean, M2) of the chunks in order.
+        const int64_t len = cpg * s;
+        double cnt = 0, mean = 0, m2 = 0;
+        for (int64_t p = 0; p < parts; p++) {
+            int64_t lo, hi;
+            chunk_of(len, parts, p, &lo, &hi);
+            double nb = (double)(hi - lo);
+            if (nb == 0) continue;
+            double mb = stats[(ng * parts + p) * 2], m2b = stats[(ng * parts + p) * 2 + 1];
+            double tot = cnt + nb, delta = mb - mean;
+            mean += delta * nb / tot;
+            m2 += m2b + delta * delta * cnt * nb / tot;
+            cnt = tot;
+        }
+        float rstd = (float)(1.0 / sqrt(m2 / (cnt > 0 ? cnt : 1.0) + (double)eps));
+        sh_mean = (float)mean;
+        sh_scale = rstd * __half2float(gamma[ch]);
+        sh_shift = __half2float(beta[ch]);
+    }
+    __syncthreads();
+    const float mean = sh_mean, scale = sh_scale, shift = sh_shift;
+    const __half *xr = x + row * s;
+    __half *yr = y + row * s;
+    const int64_t per_block = (int64_t)blockDim.x * APPLY_PER_THREAD;
+    for (int64_t base = blockIdx.y * per_block; base < s; base += (int64_t)gridDim.y * per_block) {
+        for (int k = 0; k < APPLY_PER_THREAD; k++) { // coalesced: thread t takes base + k * blockDim + t
+            const int64_t j = base + (int64_t)k * blockDim.x + threadIdx.x;
+            if (j >= s) break;
+            float v = (__half2float(xr[j]) - mean) * scale + shift;
+            if (fuse_silu) v = v / (1.0f + __expf(-v));
+            yr[j] = __float2half_rn(v);
+        }
+    }
+}
+
+cudaError_t pf_cuda_group_norm(__half *y, const __half *x, const __half *gamma, const __half *beta, float *scratch,
+                               float eps, int fuse_silu, int64_t n, int64_t c, int64_t s, int groups,
+                               cudaStream_t stream) {
+    const int64_t cpg = c / groups, len = cpg * s, parts = parts_of(len);
+    if (n * c * s == 0) return cudaSuccess;
+    gn_stats<<<dim3((unsigned)(n * groups), (unsigned)parts), STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
+    int64_t chunks = (s + APPLY_THREADS * APPLY_PER_THREAD - 1) / (APPLY_THREADS * APPLY_PER_THREAD);
+    if (chunks > 65535) chunks = 65535;
+    gn_apply<<<dim3((unsigned)(n * c), (unsigned)chunks), APPLY_THREADS, 0, stream>>>(
+        y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
+    return cudaGetLastError();
+}

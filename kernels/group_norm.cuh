@@ -1,0 +1,17 @@
+// group_norm.cuh - torch.nn.GroupNorm (+ optional fused SiLU) over x[N, C, S].
+// CPU twin: cpu_group_norm in engine/backend_cpu.c.
+#ifndef PF_KERNELS_GROUP_NORM_CUH
+#define PF_KERNELS_GROUP_NORM_CUH
+
+#include "common.cuh"
+
+// Bytes of device scratch pf_cuda_group_norm needs for these sizes.
+size_t pf_cuda_group_norm_scratch(int64_t n, int64_t c, int64_t s, int groups);
+// y[n, c, s] = (x - mean_g) * rstd_g * gamma[c] + beta[c] (then SiLU when fuse_silu),
+// statistics over each group of c / groups channels, biased variance, float32.
+// y may equal x. scratch: pf_cuda_group_norm_scratch(...) bytes of device memory.
+cudaError_t pf_cuda_group_norm(__half *y, const __half *x, const __half *gamma, const __half *beta, float *scratch,
+                               float eps, int fuse_silu, int64_t n, int64_t c, int64_t s, int groups,
+                               cudaStream_t stream);
+
+#endif

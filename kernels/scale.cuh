@@ -1,0 +1,10 @@
+// scale.cuh - y = alpha * x + beta. CPU twin: cpu_scale in engine/backend_cpu.c.
+#ifndef PF_KERNELS_SCALE_CUH
+#define PF_KERNELS_SCALE_CUH
+
+#include "common.cuh"
+
+// y may equal x.
+cudaError_t pf_cuda_scale(__half *y, const __half *x, float alpha, float beta, int64_t n, cudaStream_t stream);
+
+#endif

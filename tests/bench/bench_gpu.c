@@ -1,0 +1,204 @@
+/* bench_gpu.c - the CUDA backend on real-size SD-1.5 shapes (random weights, the
+ * folder tests/device/bench_diffusers.py writes): one UNet CFG step at 64x64
+ * latents (batch 2), a VAE decode to 512x512, and whole 4-step 512x512 CFG
+ * images at batch 1 and 8. Usage: bench_gpu MODEL_DIR [REPEAT]
+ *
+ * Each benchmark runs on a fresh CUDA backend (so its peak memory holds only
+ * its own weights and activations, as the diffusers side measures it), warms
+ * up, then times REPEAT runs with a synchronize before the clock is read; the
+ * median is reported. Memory: peak_in_use (tensors and scratch, cf. torch's
+ * max_memory_allocated) and peak_reserved (what the device gave the caching
+ * allocator, cf. max_memory_reserved). steady_device_allocs counts cudaMalloc
+ * calls during the timed runs; txt2img's alloc_after_step1 counts those in the
+ * first (cold) run after its first denoising step: both should be 0.
+ * Prints one JSON object on stdout; progress on stderr. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "pipeline.h"
+#include "unet.h"
+#include "vae.h"
+
+#define MAX_REPEAT 50
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(const double *v, int n) {
+    double s[MAX_REPEAT];
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp);
+    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+}
+
+/* Uniform noise in [-1, 1): the timing does not depend on the values. */
+static pf_tensor *noise(pf_backend *be, int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    float *h = malloc((size_t)n * sizeof *h);
+    for (int64_t i = 0; i < n; i++) h[i] = 2.0f * rand() / ((float)RAND_MAX + 1) - 1.0f;
+    pf_tensor *t = pf_from_host(be, ndim, shape, h);
+    free(h);
+    return t;
+}
+
+static pf_backend *fresh_backend(void) {
+    pf_error err;
+    pf_backend *be = pf_backend_cuda_new(0, &err);
+    if (!be) {
+        fprintf(stderr, "bench_gpu: %s\n", err.msg);
+        exit(1);
+    }
+    return be;
+}
+
+static void die(const char *what, const pf_error *err) {
+    fprintf(stderr, "bench_gpu: %s: %s\n", what, err->msg);
+    exit(1);
+}
+
+/* Prints `"name": {"seconds": .., "runs": [..], memory}` (with a leading comma unless first). */
+static void report(const char *name, int first, const double *runs, int n, double load_s, const pf_mem_stats *m,
+                   long steady_allocs, const char *extra) {
+    printf("%s\n  \"%s\": {\"seconds\": %.6f, \"runs\": [", first ? "" : ",", name, median(runs, n));
+    for (int i = 0; i < n; i++) printf(i ? ", %.6f" : "%.6f", runs[i]);
+    printf("], \"load_seconds\": %.3f, \"peak_in_use_bytes\": %zu, \"peak_reserved_bytes\": %zu, "
+           "\"steady_device_allocs\": %ld%s}",
+           load_s, m->peak_in_use, m->peak_reserved, steady_allocs, extra ? extra : "");
+    fflush(stdout);
+    fprintf(stderr, "bench_gpu: %-28s %8.2f ms  peak %7.0f MiB\n", name, 1e3 * median(runs, n),
+            m->peak_reserved / 1048576.0);
+}
+
+static void bench_unet(const char *dir, int repeat, int first) {
+    pf_backend *be = fresh_backend();
+    pf_error err;
+    pf_unet *m;
+    double t0 = now();
+    if (pf_unet_load_dir(&m, be, dir, NULL, &err)) die("loading the unet", &err);
+    double load_s = now() - t0;
+    const pf_unet_config *c = pf_unet_get_config(m);
+    const int64_t B = 2, H = 64, W = 64, L = 77;
+    pf_tensor *x = noise(be, 4, (int64_t[]){B, c->in_channels, H, W});
+    pf_tensor *ctx = noise(be, 3, (int64_t[]){B, L, c->cross_attention_dim});
+    pf_tensor *out = pf_new4(be, B, c->out_channels, H, W);
+    const float t[2] = {500.0f, 500.0f};
+    double runs[MAX_REPEAT];
+    pf_mem_stats before, after;
+    for (int r = -3; r < repeat; r++) { /* r < 0: warm-up */
+        if (r == 0) pf_backend_cuda_mem_stats(be, &before);
+        double s = now();
+        if (pf_unet_forward(m, out, x, t, ctx, NULL, NULL, &err)) die("unet", &err);
+        pf_synchronize(be);
+        if (pf_backend_ok(be, &err)) die("unet", &err);
+        if (r >= 0) runs[r] = now() - s;
+    }
+    pf_backend_cuda_mem_stats(be, &after);
+    report("unet_cfg_step_64x64_b2", first, runs, repeat, load_s, &after, after.device_allocs - before.device_allocs,
+           NULL);
+    pf_free(out), pf_free(ctx), pf_free(x);
+    pf_unet_free(m);
+    pf_backend_free(be);
+}
+
+static void bench_vae(const char *dir, int repeat, int first) {
+    pf_backend *be = fresh_backend();
+    pf_error err;
+    pf_vae *m;
+    double t0 = now();
+    if (pf_vae_load_dir(&m, be, dir, &err)) die("loading the vae", &err);
+    double load_s = now() - t0;
+    pf_tensor *lat = noise(be, 4, (int64_t[]){1, 4, 64, 64});
+    pf_tensor *img = pf_new4(be, 1, 3, 512, 512);
+    double runs[MAX_REPEAT];
+    pf_mem_stats before, after;
+    for (int r = -2; r < repeat; r++) {
+        if (r == 0) pf_backend_cuda_mem_stats(be, &before);
+        double s = now();
+        if (pf_vae_decode(m, img, lat, &err)) die("vae decode", &err);
+        pf_synchronize(be);
+        if (pf_backend_ok(be, &err)) die("vae decode", &err);
+        if (r >= 0) runs[r] = now() - s;
+    }
+    pf_backend_cuda_mem_stats(be, &after);
+    report("vae_decode_512_b1", first, runs, repeat, load_s, &after, after.device_allocs - before.device_allocs, NULL);
+    pf_free(img), pf_free(lat);
+    pf_vae_free(m);
+    pf_backend_free(be);
+}
+
+typedef struct step_probe {
+    pf_backend *be;
+    long allocs_at_step1, allocs_at_end;
+} step_probe;
+
+static void on_step(void *user, int step, int total) {
+    step_probe *p = user;
+    pf_mem_stats m;
+    pf_backend_cuda_mem_stats(p->be, &m);
+    if (step == 1) p->allocs_at_step1 = m.device_allocs;
+    if (step == total) p->allocs_at_end = m.device_allocs;
+}
+
+static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
+    pf_backend *be = fresh_backend();
+    pf_error err;
+    pf_pipeline *p;
+    double t0 = now();
+    if (pf_pipeline_load(&p, be, dir, NULL, &err)) die("loading the pipeline", &err);
+    double load_s = now() - t0;
+    pf_txt2img_params prm;
+    pf_txt2img_defaults(&prm); /* 512 x 512, 4 steps, guidance 4.5 (CFG on) */
+    prm.prompt = "a photo of an astronaut riding a horse on mars";
+    prm.num_images = batch;
+    step_probe probe = {be, 0, 0};
+    prm.progress = on_step;
+    prm.user = &probe;
+    float *images = malloc((size_t)batch * 512 * 512 * 3 * sizeof *images);
+    double runs[MAX_REPEAT];
+    pf_mem_stats before, after;
+    long cold_after_step1 = -1;
+    for (int r = -1; r < repeat; r++) {
+        if (r == 0) pf_backend_cuda_mem_stats(be, &before);
+        double s = now();
+        if (pf_pipeline_txt2img(p, &prm, images, &err)) die("txt2img", &err);
+        if (r >= 0) runs[r] = now() - s;
+        if (r == -1) cold_after_step1 = probe.allocs_at_end - probe.allocs_at_step1;
+    }
+    pf_backend_cuda_mem_stats(be, &after);
+    char name[64], extra[128];
+    snprintf(name, sizeof name, "txt2img_512_4step_cfg_b%d", batch);
+    snprintf(extra, sizeof extra, ", \"alloc_after_step1\": %ld, \"batch\": %d", cold_after_step1, batch);
+    report(name, first, runs, repeat, load_s, &after, after.device_allocs - before.device_allocs, extra);
+    free(images);
+    pf_pipeline_free(p);
+    pf_backend_free(be);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_gpu MODEL_DIR [REPEAT]\n");
+        return 2;
+    }
+    int repeat = argc > 2 ? atoi(argv[2]) : 10;
+    if (repeat < 1 || repeat > MAX_REPEAT) repeat = 10;
+    srand(0);
+    printf("{\"impl\": \"perflow cuda\", \"repeat\": %d,", repeat);
+    bench_unet(argv[1], repeat, 1);
+    bench_vae(argv[1], repeat, 0);
+    bench_txt2img(argv[1], 1, repeat > 3 ? 3 : repeat, 0);
+    bench_txt2img(argv[1], 8, repeat > 2 ? 2 : repeat, 0);
+    printf("\n}\n");
+    return 0;
+}
