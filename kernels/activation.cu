@@ -22,14 +22,33 @@ static __global__ void activation_k(__half *y, const __half *x, int64_t n) {
         y[i] = __float2half_rn(act_of<ACT>(__half2float(x[i])));
 }
 
-cudaError_t pf_cuda_activation(__half *y, const __half *x, int act, int64_t n, cudaStream_t stream) {
+// n8 groups of 8 values, 16-byte accesses.
+template <int ACT>
+static __global__ void activation8_k(__half *y, const __half *x, int64_t n8) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        float f[8];
+        pf_load8(f, x + 8 * i);
+#pragma unroll
+        for (int t = 0; t < 8; t++) f[t] = act_of<ACT>(f[t]);
+        pf_store8(y + 8 * i, f);
+    }
+}
+
+template <int ACT>
+static void launch_activation(__half *y, const __half *x, int vec, int64_t n, cudaStream_t stream) {
+    if (vec && pf_vec8(n, y, x))
+        activation8_k<ACT><<<pf_grid(n / 8), PF_THREADS, 0, stream>>>(y, x, n / 8);
+    else
+        activation_k<ACT><<<pf_grid(n), PF_THREADS, 0, stream>>>(y, x, n);
+}
+
+cudaError_t pf_cuda_activation(__half *y, const __half *x, int act, int vec, int64_t n, cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
-    const unsigned g = pf_grid(n);
     switch (act) {
-    case PF_ACT_SILU: activation_k<PF_ACT_SILU><<<g, PF_THREADS, 0, stream>>>(y, x, n); break;
-    case PF_ACT_GELU: activation_k<PF_ACT_GELU><<<g, PF_THREADS, 0, stream>>>(y, x, n); break;
-    case PF_ACT_GELU_TANH: activation_k<PF_ACT_GELU_TANH><<<g, PF_THREADS, 0, stream>>>(y, x, n); break;
-    default: activation_k<PF_ACT_QUICK_GELU><<<g, PF_THREADS, 0, stream>>>(y, x, n); break;
+    case PF_ACT_SILU: launch_activation<PF_ACT_SILU>(y, x, vec, n, stream); break;
+    case PF_ACT_GELU: launch_activation<PF_ACT_GELU>(y, x, vec, n, stream); break;
+    case PF_ACT_GELU_TANH: launch_activation<PF_ACT_GELU_TANH>(y, x, vec, n, stream); break;
+    default: launch_activation<PF_ACT_QUICK_GELU>(y, x, vec, n, stream); break;
     }
     return cudaGetLastError();
 }
@@ -44,8 +63,26 @@ static __global__ void geglu_k(__half *y, const __half *x, int64_t rows, int64_t
     }
 }
 
-cudaError_t pf_cuda_geglu(__half *y, const __half *x, int64_t rows, int64_t nh, cudaStream_t stream) {
+// geglu_k in groups of 8 (nh a multiple of 8: a group never straddles a row).
+static __global__ void geglu8_k(__half *y, const __half *x, int64_t rows, int64_t nh) {
+    const int64_t n8 = rows * nh / 8;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = 8 * i / nh, j = 8 * i - r * nh;
+        const __half *xr = x + r * 2 * nh;
+        float hv[8], gv[8];
+        pf_load8(hv, xr + j);
+        pf_load8(gv, xr + nh + j);
+#pragma unroll
+        for (int t = 0; t < 8; t++) hv[t] *= gelu(gv[t]);
+        pf_store8(y + 8 * i, hv);
+    }
+}
+
+cudaError_t pf_cuda_geglu(__half *y, const __half *x, int vec, int64_t rows, int64_t nh, cudaStream_t stream) {
     if (rows * nh == 0) return cudaSuccess;
-    geglu_k<<<pf_grid(rows * nh), PF_THREADS, 0, stream>>>(y, x, rows, nh);
+    if (vec && pf_vec8(nh, y, x))
+        geglu8_k<<<pf_grid(rows * nh / 8), PF_THREADS, 0, stream>>>(y, x, rows, nh);
+    else
+        geglu_k<<<pf_grid(rows * nh), PF_THREADS, 0, stream>>>(y, x, rows, nh);
     return cudaGetLastError();
 }

@@ -1,6 +1,13 @@
 // backend_cuda.cu - the CUDA backend: the pf_backend_ops table of backend.h on
 // one GPU, one stream, one cuBLAS handle and the caching allocator.
 //
+// Where a faster kernel path replaced an earlier one, the earlier one stays
+// reachable, read once when the backend is made, so that a path failing on
+// some GPU can be bypassed without a rebuild (tests/test_cuda_ops.c runs both):
+//   PERFLOW_CUDA_ATTENTION=generic  CUDA-core attention instead of wmma
+//   PERFLOW_CUDA_CONV=legacy        conv2d with per-call 64 MiB scratch, scalar im2col
+//   PERFLOW_CUDA_VECTOR=0           scalar (2-byte) elementwise, bias and group-norm kernels
+//
 // Every op is enqueued on the backend's stream and returns without waiting;
 // only upload, download, synchronize and embedding (whose ids live in host
 // memory) wait for the stream. Arguments were checked by the wrappers in
@@ -37,10 +44,17 @@ extern "C" {
 #include "softmax.cuh"
 #include "upsample.cuh"
 
-// Scratch of one im2col tile, in halves (64 MiB): SD-1.5's VAE decoder at
-// 512px would need 604 MB of columns for one image in its 128-channel 3x3
-// convolutions, so output rows are unfolded in tiles whose columns fit here.
+// Scratch of one im2col tile, in halves (64 MiB), of the previous conv2d path
+// (PERFLOW_CUDA_CONV=legacy): SD-1.5's VAE decoder at 512px would need 604 MB
+// of columns for one image in its 128-channel 3x3 convolutions, so output rows
+// are unfolded in tiles whose columns fit here.
 #define COL_BUDGET ((int64_t)32 << 20)
+// The default path's column scratch, in halves (256 MiB): one buffer kept by
+// the backend for its lifetime, grown to what the largest convolution so far
+// needed (at most this). Tiles 4x larger than the legacy path's: the VAE
+// decoder's 512px convolutions take 3 to 5 products instead of 10 to 19, a
+// batch-16 UNet's 64x64 convolutions 2 strided-batched products instead of 8.
+#define COL_BUDGET_FAST ((int64_t)128 << 20)
 // Host <-> device conversions go through a float32 device buffer of at most
 // this many floats (64 MiB), whatever the tensor's size.
 #define XFER_CHUNK ((int64_t)16 << 20)
@@ -55,6 +69,10 @@ typedef struct cuda_state {
     void *blas_ws;
     pf_cuda_allocator *alloc;
     int generic_attention; // PERFLOW_CUDA_ATTENTION=generic
+    int legacy_conv;       // PERFLOW_CUDA_CONV=legacy: per-call 64 MiB scratch, scalar im2col
+    int vec;               // 16-byte elementwise kernels; PERFLOW_CUDA_VECTOR=0 turns them off
+    __half *col;           // conv2d's column scratch (default path), col_n halves
+    int64_t col_n;
 } cuda_state;
 
 static pf_backend_ops cuda_ops_table();
@@ -179,7 +197,7 @@ static void cuda_destroy(pf_backend *be) {
     cudaSetDevice(st->device);
     cudaStreamSynchronize(st->stream);
     if (st->blas) cublasDestroy(st->blas);
-    pf_cuda_allocator_free(st->alloc); // the cuBLAS workspace too
+    pf_cuda_allocator_free(st->alloc); // the cuBLAS workspace and the column scratch too
     cudaStreamDestroy(st->stream);
     free(st);
     free(be);
@@ -192,16 +210,42 @@ static void cuda_linear(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, co
     if (!enter(be)) return;
     const int64_t n = w->shape[0], k = w->shape[1], m = n ? pf_numel(y) / n : 0;
     if (!fits_int(be, "linear", m, n, k)) return;
-    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), 1, n, m * n, stream_of(y)), "linear bias")) return;
+    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), st_of(y)->vec, 1, n, m * n, stream_of(y)), "linear bias")) return;
     // y[m, n] = x[m, k] @ w[n, k]^T (+ y holding the bias)
     ok_blas(be, pf_cuda_gemm(st_of(y)->blas, 0, 1, m, n, k, 1.0f, H(x), k, 0, H(w), k, 0, b ? 1.0f : 0.0f, H(y), n, 0, 1),
             "linear: cublasGemmEx");
 }
 
+// The column scratch of the default conv2d path: st->col grown to at least n
+// halves. Stream order makes reuse safe: the next convolution's im2col is
+// enqueued after the previous one's product. NULL (and the sticky error) on failure.
+static __half *col_scratch(pf_backend *be, int64_t n) {
+    cuda_state *st = st_of(be);
+    if (st->col_n < n) {
+        put(be, st->col);
+        st->col = NULL;
+        st->col_n = 0;
+        if (!(st->col = (__half *)get(be, (size_t)n * 2, "conv2d"))) return NULL;
+        st->col_n = n;
+    }
+    return st->col;
+}
+
+// Cutting total into pieces of at most `most`: the size of each of the
+// ceil(total / most) pieces when they are made as even as possible (16 rows
+// in tiles of at most 14 give 8 + 8, not 14 + 2).
+static int64_t even_piece(int64_t total, int64_t most) {
+    const int64_t pieces = (total + most - 1) / most;
+    return (total + pieces - 1) / pieces;
+}
+
 // im2col + one cuBLAS product per tile: y_img[co, P] = w[co, kk] @ col_img[kk, P].
-// Whole images are unfolded together when their columns fit COL_BUDGET (one
+// Whole images are unfolded together when their columns fit the budget (one
 // strided-batched product for all of them); otherwise one image's output rows
-// are unfolded in tiles.
+// are unfolded in tiles. The default path (budget COL_BUDGET_FAST, the
+// backend's persistent scratch, 16-byte im2col and bias stores) evens out its
+// chunks and tiles, so the last is not a sliver; PERFLOW_CUDA_CONV=legacy
+// takes the previous path (COL_BUDGET, per-call scratch, scalar im2col).
 static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b, int stride,
                         int pad) {
     pf_backend *be = y->be;
@@ -212,7 +256,8 @@ static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, co
     const int64_t ho = y->shape[2], wo = y->shape[3], plane = ho * wo, kk = ci * kh * kw;
     if (pf_numel(y) == 0) return;
     if (!fits_int(be, "conv2d", co, plane, kk)) return;
-    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), plane, co, pf_numel(y), st->stream), "conv2d bias")) return;
+    const int legacy = st->legacy_conv, vec = st->vec && !legacy;
+    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), vec, plane, co, pf_numel(y), st->stream), "conv2d bias")) return;
     const float beta = b ? 1.0f : 0.0f;
     if (kh == 1 && kw == 1 && stride == 1 && pad == 0) { // x[img] already is the column matrix [ci, P]
         ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, plane, ci, 1.0f, H(w), ci, 0, H(x), plane, ci * plane, beta, H(y),
@@ -220,35 +265,38 @@ static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, co
                 "conv2d 1x1: cublasGemmStridedBatchedEx");
         return;
     }
-    const int64_t per_img = kk * plane;
-    if (per_img <= COL_BUDGET) {
-        const int64_t imgs = n < COL_BUDGET / per_img ? n : COL_BUDGET / per_img;
-        __half *col = (__half *)get(be, (size_t)(imgs * per_img) * 2, "conv2d");
+    const int64_t budget = legacy ? COL_BUDGET : COL_BUDGET_FAST, per_img = kk * plane;
+    if (per_img <= budget) {
+        int64_t imgs = n < budget / per_img ? n : budget / per_img;
+        if (!legacy) imgs = even_piece(n, imgs);
+        __half *col =
+            legacy ? (__half *)get(be, (size_t)(imgs * per_img) * 2, "conv2d") : col_scratch(be, imgs * per_img);
         if (!col) return;
         for (int64_t i0 = 0; i0 < n; i0 += imgs) {
             const int64_t cnt = n - i0 < imgs ? n - i0 : imgs;
-            if (!ok(be, pf_cuda_im2col(col, H(x) + i0 * ci * h * wi, cnt, ci, h, wi, (int)kh, (int)kw, stride, pad, 0,
-                                       ho, wo, st->stream),
+            if (!ok(be, pf_cuda_im2col(col, H(x) + i0 * ci * h * wi, vec, cnt, ci, h, wi, (int)kh, (int)kw, stride, pad,
+                                       0, ho, wo, st->stream),
                     "conv2d im2col") ||
                 !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, plane, kk, 1.0f, H(w), kk, 0, col, plane, per_img, beta,
                                           H(y) + i0 * co * plane, plane, co * plane, cnt),
                          "conv2d: cublasGemmStridedBatchedEx"))
                 break;
         }
-        put(be, col);
+        if (legacy) put(be, col);
         return;
     }
-    int64_t tile = COL_BUDGET / (kk * wo);
+    int64_t tile = budget / (kk * wo);
     if (tile < 1) tile = 1;
     if (tile > ho) tile = ho;
-    __half *col = (__half *)get(be, (size_t)(kk * tile * wo) * 2, "conv2d");
+    if (!legacy) tile = even_piece(ho, tile);
+    __half *col = legacy ? (__half *)get(be, (size_t)(kk * tile * wo) * 2, "conv2d") : col_scratch(be, kk * tile * wo);
     if (!col) return;
     for (int64_t img = 0; img < n && !be->failed; img++) {
         for (int64_t oh0 = 0; oh0 < ho; oh0 += tile) {
             const int64_t rows = ho - oh0 < tile ? ho - oh0 : tile, cols = rows * wo;
             // y_img[co, oh0 * wo + (0..cols)] = w[co, kk] @ col[kk, cols]; rows of y are `plane` apart
-            if (!ok(be, pf_cuda_im2col(col, H(x) + img * ci * h * wi, 1, ci, h, wi, (int)kh, (int)kw, stride, pad, oh0,
-                                       rows, wo, st->stream),
+            if (!ok(be, pf_cuda_im2col(col, H(x) + img * ci * h * wi, vec, 1, ci, h, wi, (int)kh, (int)kw, stride, pad,
+                                       oh0, rows, wo, st->stream),
                     "conv2d im2col") ||
                 !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, cols, kk, 1.0f, H(w), kk, 0, col, cols, 0, beta,
                                           H(y) + img * co * plane + oh0 * wo, plane, 0, 1),
@@ -256,7 +304,7 @@ static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, co
                 break;
         }
     }
-    put(be, col);
+    if (legacy) put(be, col);
 }
 
 static void cuda_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma, const pf_tensor *beta,
@@ -267,7 +315,8 @@ static void cuda_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *g
     if (n * c * s == 0) return;
     float *scratch = (float *)get(be, pf_cuda_group_norm_scratch(n, c, s, groups), "group_norm");
     if (!scratch) return;
-    ok(be, pf_cuda_group_norm(H(y), H(x), H(gamma), H(beta), scratch, eps, fuse_silu, n, c, s, groups, stream_of(y)),
+    ok(be, pf_cuda_group_norm(H(y), H(x), H(gamma), H(beta), scratch, eps, fuse_silu, st_of(y)->vec, n, c, s, groups,
+                              stream_of(y)),
        "group_norm");
     put(be, scratch);
 }
@@ -303,40 +352,44 @@ static void cuda_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *
 
 static void cuda_activation(pf_tensor *y, const pf_tensor *x, pf_act act) {
     if (!enter(y->be)) return;
-    ok(y->be, pf_cuda_activation(H(y), H(x), (int)act, pf_numel(x), stream_of(y)), "activation");
+    ok(y->be, pf_cuda_activation(H(y), H(x), (int)act, st_of(y)->vec, pf_numel(x), stream_of(y)), "activation");
 }
 
 static void cuda_geglu(pf_tensor *y, const pf_tensor *x) {
     if (!enter(y->be)) return;
     const int64_t nh = y->shape[y->ndim - 1], rows = nh ? pf_numel(y) / nh : 0;
-    ok(y->be, pf_cuda_geglu(H(y), H(x), rows, nh, stream_of(y)), "geglu");
+    ok(y->be, pf_cuda_geglu(H(y), H(x), st_of(y)->vec, rows, nh, stream_of(y)), "geglu");
 }
 
 static void binary(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int is_mul) {
     if (!enter(y->be)) return;
     const pf_bcast plan = pf_cuda_bcast_plan(a->ndim, a->shape, b->shape);
-    ok(y->be, pf_cuda_binary(H(y), H(a), H(b), &plan, is_mul, pf_numel(a), stream_of(y)), is_mul ? "mul" : "add");
+    ok(y->be, pf_cuda_binary(H(y), H(a), H(b), &plan, is_mul, st_of(y)->vec, pf_numel(a), stream_of(y)),
+       is_mul ? "mul" : "add");
 }
 static void cuda_add(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary(y, a, b, 0); }
 static void cuda_mul(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary(y, a, b, 1); }
 
 static void cuda_scale(pf_tensor *y, const pf_tensor *x, float alpha, float beta) {
     if (!enter(y->be)) return;
-    ok(y->be, pf_cuda_scale(H(y), H(x), alpha, beta, pf_numel(x), stream_of(y)), "scale");
+    ok(y->be, pf_cuda_scale(H(y), H(x), alpha, beta, st_of(y)->vec, pf_numel(x), stream_of(y)), "scale");
 }
 
 static void cuda_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis) {
     if (!enter(y->be)) return;
     int64_t outer = 1;
     for (int i = 0; i < axis; i++) outer *= a->shape[i];
-    ok(y->be, pf_cuda_concat(H(y), H(a), H(b), outer, pf_numel_from(a, axis), pf_numel_from(b, axis), stream_of(y)),
+    ok(y->be,
+       pf_cuda_concat(H(y), H(a), H(b), st_of(y)->vec, outer, pf_numel_from(a, axis), pf_numel_from(b, axis),
+                      stream_of(y)),
        "concat");
 }
 
 static void cuda_upsample_nearest2x(pf_tensor *y, const pf_tensor *x) {
     if (!enter(y->be)) return;
-    ok(y->be, pf_cuda_upsample_nearest2x(H(y), H(x), x->shape[0] * x->shape[1] * x->shape[2], x->shape[3],
-                                         stream_of(y)),
+    ok(y->be,
+       pf_cuda_upsample_nearest2x(H(y), H(x), st_of(y)->vec, x->shape[0] * x->shape[1] * x->shape[2], x->shape[3],
+                                  stream_of(y)),
        "upsample_nearest2x");
 }
 
@@ -424,6 +477,9 @@ pf_backend *pf_backend_cuda_new(int device, pf_error *err) {
     st->device = device;
     const char *attn = getenv("PERFLOW_CUDA_ATTENTION");
     st->generic_attention = attn && !strcmp(attn, "generic");
+    const char *conv = getenv("PERFLOW_CUDA_CONV"), *vec = getenv("PERFLOW_CUDA_VECTOR");
+    st->legacy_conv = conv && !strcmp(conv, "legacy");
+    st->vec = !(vec && !strcmp(vec, "0"));
     cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
     const char *what = "cudaSetDevice";
     if ((e = cudaSetDevice(device)) != cudaSuccess) goto fail;

@@ -58,11 +58,60 @@ static __global__ void binary_bcast(__half *y, const __half *a, const __half *b,
     }
 }
 
-cudaError_t pf_cuda_binary(__half *y, const __half *a, const __half *b, const pf_bcast *plan, int is_mul, int64_t n,
-                           cudaStream_t stream) {
+template <int MUL>
+static __global__ void binary_same8(__half *y, const __half *a, const __half *b, int64_t n8) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        float x[8], z[8];
+        pf_load8(x, a + 8 * i);
+        pf_load8(z, b + 8 * i);
+#pragma unroll
+        for (int t = 0; t < 8; t++) x[t] = MUL ? x[t] * z[t] : x[t] + z[t];
+        pf_store8(y + 8 * i, x);
+    }
+}
+
+// binary_bcast in groups of 8 elements of a: size[m - 1] % 8 == 0, so a group
+// lies in one innermost run and its b offsets are off + t * inner (bstride[m - 1])
+// (b is read per element: it need not be aligned, and it mostly hits the cache).
+template <int MUL>
+static __global__ void binary_bcast8(__half *y, const __half *a, const __half *b, pf_bcast p, int64_t inner,
+                              int64_t n8) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t rem = 8 * i, off = 0;
+#pragma unroll
+        for (int d = PF_MAX_DIMS - 1; d >= 0; d--) {
+            if (d >= p.m) continue;
+            const int64_t q = rem / p.size[d];
+            off += (rem - q * p.size[d]) * p.bstride[d];
+            rem = q;
+        }
+        float x[8];
+        pf_load8(x, a + 8 * i);
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            const float z = __half2float(b[off + t * inner]);
+            x[t] = MUL ? x[t] * z : x[t] + z;
+        }
+        pf_store8(y + 8 * i, x);
+    }
+}
+
+cudaError_t pf_cuda_binary(__half *y, const __half *a, const __half *b, const pf_bcast *plan, int is_mul, int vec,
+                           int64_t n, cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
     const unsigned g = pf_grid(n);
     const int same = plan->m == 1 && plan->bstride[0] == 1;
+    if (vec && same && pf_vec8(n, y, a, b)) {
+        if (is_mul) binary_same8<1><<<pf_grid(n / 8), PF_THREADS, 0, stream>>>(y, a, b, n / 8);
+        else binary_same8<0><<<pf_grid(n / 8), PF_THREADS, 0, stream>>>(y, a, b, n / 8);
+        return cudaGetLastError();
+    }
+    if (vec && !same && pf_vec8(plan->size[plan->m - 1], y, a)) {
+        const int64_t inner = plan->bstride[plan->m - 1]; // b's step along the innermost run
+        if (is_mul) binary_bcast8<1><<<pf_grid(n / 8), PF_THREADS, 0, stream>>>(y, a, b, *plan, inner, n / 8);
+        else binary_bcast8<0><<<pf_grid(n / 8), PF_THREADS, 0, stream>>>(y, a, b, *plan, inner, n / 8);
+        return cudaGetLastError();
+    }
     if (same && is_mul) binary_same<1><<<g, PF_THREADS, 0, stream>>>(y, a, b, n);
     else if (same) binary_same<0><<<g, PF_THREADS, 0, stream>>>(y, a, b, n);
     else if (is_mul) binary_bcast<1><<<g, PF_THREADS, 0, stream>>>(y, a, b, *plan, n);

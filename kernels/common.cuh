@@ -32,6 +32,35 @@ static inline unsigned pf_grid(int64_t n, int threads = PF_THREADS) {
     return (unsigned)blocks;
 }
 
+// The vectorised kernels (enabled unless PERFLOW_CUDA_VECTOR=0) move 8 halves,
+// 16 bytes, per access: true when every pointer given is 16-byte aligned and
+// n is a multiple of 8. Views made by pf_slice0 can start anywhere, so every
+// launcher asks before it takes a vector path; the scalar kernels serve the rest.
+static inline bool pf_vec8(int64_t n, const void *a, const void *b = nullptr, const void *c = nullptr) {
+    return n % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) % 16 == 0;
+}
+
+// 8 halves at p (16-byte aligned) to float, exactly.
+static __device__ __forceinline__ void pf_load8(float *f, const __half *p) {
+    const uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __half2 *h = reinterpret_cast<const __half2 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 v = __half22float2(h[i]);
+        f[2 * i] = v.x;
+        f[2 * i + 1] = v.y;
+    }
+}
+
+// 8 floats rounded to nearest (as __float2half_rn) into p (16-byte aligned), one store.
+static __device__ __forceinline__ void pf_store8(__half *p, const float *f) {
+    uint4 u;
+    __half2 *h = reinterpret_cast<__half2 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+    *reinterpret_cast<uint4 *>(p) = u;
+}
+
 static __device__ __forceinline__ float pf_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

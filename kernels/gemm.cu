@@ -24,9 +24,30 @@ static __global__ void fill_bias_k(__half *y, const __half *bias, int64_t inner,
         y[i] = bias[(i / inner) % nb];
 }
 
-cudaError_t pf_cuda_fill_bias(__half *y, const __half *bias, int64_t inner, int64_t nb, int64_t n,
+// fill_bias_k in groups of 8: with inner % 8 == 0 a group shares one bias;
+// with inner == 1 (and nb % 8 == 0) it takes 8 consecutive ones.
+static __global__ void fill_bias8_k(__half *y, const __half *bias, int64_t inner, int64_t nb, int64_t n8) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        __align__(16) __half o[8];
+        if (inner == 1) {
+            const int64_t j = 8 * i % nb;
+#pragma unroll
+            for (int t = 0; t < 8; t++) o[t] = bias[j + t];
+        } else {
+            const __half v = bias[8 * i / inner % nb];
+#pragma unroll
+            for (int t = 0; t < 8; t++) o[t] = v;
+        }
+        *reinterpret_cast<uint4 *>(y + 8 * i) = *reinterpret_cast<const uint4 *>(o);
+    }
+}
+
+cudaError_t pf_cuda_fill_bias(__half *y, const __half *bias, int vec, int64_t inner, int64_t nb, int64_t n,
                               cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
-    fill_bias_k<<<pf_grid(n), PF_THREADS, 0, stream>>>(y, bias, inner, nb, n);
+    if (vec && (inner % 8 == 0 || (inner == 1 && nb % 8 == 0)) && pf_vec8(n, y))
+        fill_bias8_k<<<pf_grid(n / 8), PF_THREADS, 0, stream>>>(y, bias, inner, nb, n / 8);
+    else
+        fill_bias_k<<<pf_grid(n), PF_THREADS, 0, stream>>>(y, bias, inner, nb, n);
     return cudaGetLastError();
 }

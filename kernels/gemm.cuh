@@ -19,7 +19,9 @@ cublasStatus_t pf_cuda_gemm(cublasHandle_t h, int ta, int tb, int64_t m, int64_t
 
 // y[i] = bias[(i / inner) % nb] for i < n: a bias per row of [.., nb, inner]
 // (convolution channels: inner = H*W) or per column (linear: inner = 1).
-cudaError_t pf_cuda_fill_bias(__half *y, const __half *bias, int64_t inner, int64_t nb, int64_t n,
+// vec: 16-byte stores where inner % 8 == 0 (or inner == 1 and nb % 8 == 0)
+// and pf_vec8 allows.
+cudaError_t pf_cuda_fill_bias(__half *y, const __half *bias, int vec, int64_t inner, int64_t nb, int64_t n,
                               cudaStream_t stream);
 
 #endif

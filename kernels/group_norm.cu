@@ -12,7 +12,7 @@
 
 #define STATS_THREADS 256
 #define APPLY_THREADS 256
-#define APPLY_PER_THREAD 8
+#define APPLY_PER_THREAD 8 // a multiple of 8: the vectorised kernel takes groups of 8
 #define CHUNK_TARGET 16384 // values per statistics block
 #define MAX_PARTS 64
 
@@ -21,10 +21,14 @@ static int64_t parts_of(int64_t len) {
     return p < 1 ? 1 : (p > MAX_PARTS ? MAX_PARTS : p);
 }
 
-// Chunk p of `parts` of a run of len values: [lo, hi).
+// Chunk p of `parts` of a run of len values: [lo, hi), both multiples of
+// UNIT (UNIT divides len): the vectorised kernels (UNIT 8) read whole groups
+// of 8, and the normalising kernel must count the chunks as the statistics
+// kernel cut them.
+template <int UNIT>
 static __device__ void chunk_of(int64_t len, int64_t parts, int64_t p, int64_t *lo, int64_t *hi) {
-    *lo = len * p / parts;
-    *hi = len * (p + 1) / parts;
+    *lo = len / UNIT * p / parts * UNIT;
+    *hi = len / UNIT * (p + 1) / parts * UNIT;
 }
 
 size_t pf_cuda_group_norm_scratch(int64_t n, int64_t c, int64_t s, int groups) {
@@ -33,21 +37,41 @@ size_t pf_cuda_group_norm_scratch(int64_t n, int64_t c, int64_t s, int groups) {
 }
 
 // grid (N * G, parts): stats[(ng * parts + p) * 2 + {0, 1}] = chunk mean, M2.
+// UNIT 8: 16-byte loads (len % 8 == 0, x 16-byte aligned).
+template <int UNIT>
 static __global__ void gn_stats(float *stats, const __half *x, int64_t len, int64_t parts) {
     __shared__ float red[32];
     const int64_t ng = blockIdx.x, p = blockIdx.y;
     int64_t lo, hi;
-    chunk_of(len, parts, p, &lo, &hi);
+    chunk_of<UNIT>(len, parts, p, &lo, &hi);
     const __half *xg = x + ng * len;
     float sum = 0.0f;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) sum += __half2float(xg[i]);
+    if (UNIT == 8) {
+        for (int64_t i = lo + 8 * threadIdx.x; i < hi; i += 8 * blockDim.x) {
+            float f[8];
+            pf_load8(f, xg + i);
+#pragma unroll
+            for (int t = 0; t < 8; t++) sum += f[t];
+        }
+    } else {
+        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) sum += __half2float(xg[i]);
+    }
     sum = pf_block_sum(sum, red);
     const float cnt = (float)(hi - lo);
     const float mean = hi > lo ? sum / cnt : 0.0f;
     float m2 = 0.0f;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        float d = __half2float(xg[i]) - mean;
-        m2 += d * d;
+    if (UNIT == 8) {
+        for (int64_t i = lo + 8 * threadIdx.x; i < hi; i += 8 * blockDim.x) {
+            float f[8];
+            pf_load8(f, xg + i);
+#pragma unroll
+            for (int t = 0; t < 8; t++) m2 += (f[t] - mean) * (f[t] - mean);
+        }
+    } else {
+        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+            float d = __half2float(xg[i]) - mean;
+            m2 += d * d;
+        }
     }
     m2 = pf_block_sum(m2, red);
     if (threadIdx.x == 0) {
@@ -57,6 +81,8 @@ static __global__ void gn_stats(float *stats, const __half *x, int64_t len, int6
 }
 
 // grid (N * C, chunks of S): y = (x - mean) * (rstd * gamma[c]) + beta[c] on one channel plane.
+// UNIT 8: 16-byte accesses (s % 8 == 0, x and y 16-byte aligned).
+template <int UNIT>
 static __global__ void gn_apply(__half *y, const __half *x, const __half *gamma, const __half *beta,
                                 const float *stats, float eps, int fuse_silu, int64_t c, int64_t s, int64_t cpg,
                                 int64_t parts) {
@@ -70,7 +96,7 @@ static __global__ void gn_apply(__half *y, const __half *x, const __half *gamma,
         double cnt = 0, mean = 0, m2 = 0;
         for (int64_t p = 0; p < parts; p++) {
             int64_t lo, hi;
-            chunk_of(len, parts, p, &lo, &hi);
+            chunk_of<UNIT>(len, parts, p, &lo, &hi);
             double nb = (double)(hi - lo);
             if (nb == 0) continue;
             double mb = stats[(ng * parts + p) * 2], m2b = stats[(ng * parts + p) * 2 + 1];
@@ -90,25 +116,45 @@ static __global__ void gn_apply(__half *y, const __half *x, const __half *gamma,
     __half *yr = y + row * s;
     const int64_t per_block = (int64_t)blockDim.x * APPLY_PER_THREAD;
     for (int64_t base = blockIdx.y * per_block; base < s; base += (int64_t)gridDim.y * per_block) {
-        for (int k = 0; k < APPLY_PER_THREAD; k++) { // coalesced: thread t takes base + k * blockDim + t
-            const int64_t j = base + (int64_t)k * blockDim.x + threadIdx.x;
-            if (j >= s) break;
-            float v = (__half2float(xr[j]) - mean) * scale + shift;
-            if (fuse_silu) v = v / (1.0f + __expf(-v));
-            yr[j] = __float2half_rn(v);
+        if (UNIT == 8) { // thread t takes the groups of 8 at base + 8 (k * blockDim + t)
+            for (int k = 0; k < APPLY_PER_THREAD / 8; k++) {
+                const int64_t j = base + 8 * ((int64_t)k * blockDim.x + threadIdx.x);
+                if (j >= s) break;
+                float f[8];
+                pf_load8(f, xr + j);
+#pragma unroll
+                for (int t = 0; t < 8; t++) {
+                    f[t] = (f[t] - mean) * scale + shift;
+                    if (fuse_silu) f[t] = f[t] / (1.0f + __expf(-f[t]));
+                }
+                pf_store8(yr + j, f);
+            }
+        } else {
+            for (int k = 0; k < APPLY_PER_THREAD; k++) { // coalesced: thread t takes base + k * blockDim + t
+                const int64_t j = base + (int64_t)k * blockDim.x + threadIdx.x;
+                if (j >= s) break;
+                float v = (__half2float(xr[j]) - mean) * scale + shift;
+                if (fuse_silu) v = v / (1.0f + __expf(-v));
+                yr[j] = __float2half_rn(v);
+            }
         }
     }
 }
 
 cudaError_t pf_cuda_group_norm(__half *y, const __half *x, const __half *gamma, const __half *beta, float *scratch,
-                               float eps, int fuse_silu, int64_t n, int64_t c, int64_t s, int groups,
+                               float eps, int fuse_silu, int vec, int64_t n, int64_t c, int64_t s, int groups,
                                cudaStream_t stream) {
     const int64_t cpg = c / groups, len = cpg * s, parts = parts_of(len);
     if (n * c * s == 0) return cudaSuccess;
-    gn_stats<<<dim3((unsigned)(n * groups), (unsigned)parts), STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
     int64_t chunks = (s + APPLY_THREADS * APPLY_PER_THREAD - 1) / (APPLY_THREADS * APPLY_PER_THREAD);
     if (chunks > 65535) chunks = 65535;
-    gn_apply<<<dim3((unsigned)(n * c), (unsigned)chunks), APPLY_THREADS, 0, stream>>>(
-        y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
+    const dim3 sgrid((unsigned)(n * groups), (unsigned)parts), agrid((unsigned)(n * c), (unsigned)chunks);
+    if (vec && pf_vec8(s, x, y)) { // planes of s % 8 == 0 values: groups and planes start 16-byte aligned
+        gn_stats<8><<<sgrid, STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
+        gn_apply<8><<<agrid, APPLY_THREADS, 0, stream>>>(y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
+    } else {
+        gn_stats<1><<<sgrid, STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
+        gn_apply<1><<<agrid, APPLY_THREADS, 0, stream>>>(y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
+    }
     return cudaGetLastError();
 }

@@ -14,7 +14,12 @@
  * cores (FlashAttention does the same), which keeps it below 1e-6.
  * NMSE_BOUND = 1e-5 leaves a margin of about 100, while a wrong index, mask
  * or missed tile gives 1e-3 or more. Pure data movement (copy, concat,
- * permute, upsample, embedding) must be exact. A NaN anywhere fails. */
+ * permute, upsample, embedding) must be exact. A NaN anywhere fails.
+ *
+ * Where a faster kernel path replaced an earlier one, the earlier one stays
+ * behind an environment switch (kernels/backend_cuda.cu): attention, conv2d
+ * and the elementwise, bias and group-norm ops run on a second CUDA backend
+ * made with all of them set (the cases marked [legacy]). */
 #include "test_util.h"
 
 #include "backend.h"
@@ -23,7 +28,7 @@
 
 static pf_backend *g_cpu;     /* the reference */
 static pf_backend *g_gpu;     /* CUDA, default kernels */
-static pf_backend *g_generic; /* CUDA with PERFLOW_CUDA_ATTENTION=generic */
+static pf_backend *g_legacy;  /* CUDA with the earlier paths: generic attention, legacy conv2d, scalar kernels */
 static char g_why[1024];      /* why the tests are skipped */
 
 #define NEED_GPU()                                                           \
@@ -117,20 +122,21 @@ static void compare(const char *op, const char *what, const float *got, const fl
  * frees the inputs and returns the output tensor. */
 typedef pf_tensor *(*case_fn)(pf_backend *be, const void *ctx);
 
-/* Runs fn on the CPU and on each CUDA backend given and compares. */
-static void check(const char *op, const char *what, case_fn fn, const void *ctx, double bound, int both_attention) {
+/* Runs fn on the CPU and on the CUDA backend (and on the legacy one too when
+ * both) and compares. */
+static void check(const char *op, const char *what, case_fn fn, const void *ctx, double bound, int both) {
     pf_tensor *r = fn(g_cpu, ctx);
     float *ref = down(r);
     int64_t n = pf_numel(r);
     pf_free(r);
-    pf_backend *gpus[2] = {g_gpu, both_attention ? g_generic : NULL};
+    pf_backend *gpus[2] = {g_gpu, both ? g_legacy : NULL};
     for (int i = 0; i < 2 && gpus[i]; i++) {
         pf_tensor *t = fn(gpus[i], ctx);
         assert_int_equal(pf_numel(t), n);
         float *got = down(t);
         pf_free(t);
         char label[160];
-        snprintf(label, sizeof label, "%s%s", what, i ? " [generic]" : "");
+        snprintf(label, sizeof label, "%s%s", what, i ? " [legacy]" : "");
         compare(op, label, got, ref, n, bound);
         free(got);
     }
@@ -270,7 +276,7 @@ static void lin_case(int64_t m, int64_t k, int64_t n, int bias) {
     char what[96];
     snprintf(what, sizeof what, "x(%lld, %lld) w(%lld, %lld)%s", (long long)m, (long long)k, (long long)n,
              (long long)k, bias ? " +b" : "");
-    check("linear", what, lin_fn, &c, NMSE_BOUND, 0);
+    check("linear", what, lin_fn, &c, NMSE_BOUND, 1);
     free(c.x), free(c.w), free(c.b);
 }
 
@@ -312,7 +318,7 @@ static void conv_case(int64_t n, int64_t ci, int64_t h, int64_t w, int64_t co, i
     char what[128];
     snprintf(what, sizeof what, "x(%lld,%lld,%lld,%lld) %lldx%lld s%d p%d co%lld %s", (long long)n, (long long)ci,
              (long long)h, (long long)w, (long long)kh, (long long)kw, stride, pad, (long long)co, note);
-    check("conv2d", what, conv_fn, &c, NMSE_BOUND, 0);
+    check("conv2d", what, conv_fn, &c, NMSE_BOUND, 1);
     free(c.x), free(c.wt), free(c.b);
 }
 
@@ -327,6 +333,14 @@ static void test_conv2d(void **state) {
     conv_case(1, 3, 6, 7, 4, 2, 3, 1, 2, 1, "2x3 pad 2");
     conv_case(3, 64, 192, 192, 8, 3, 3, 1, 1, 1, "one image per chunk");
     conv_case(1, 128, 256, 256, 16, 3, 3, 1, 1, 1, "row tiles (VAE decoder)");
+    /* SD-1.5 at 512px: the VAE decoder's mid level, its 256-channel level (row
+     * tiles on both paths), conv_out (3 uneven tiles of 171 rows on the
+     * default path), and a batch-16 UNet resnet conv (2 chunks of 8 images) */
+    conv_case(1, 512, 64, 64, 512, 3, 3, 1, 1, 1, "VAE mid");
+    conv_case(1, 256, 256, 256, 256, 3, 3, 1, 1, 1, "VAE up 256");
+    conv_case(1, 128, 512, 512, 3, 3, 3, 1, 1, 1, "VAE conv_out");
+    conv_case(16, 320, 64, 64, 320, 3, 3, 1, 1, 1, "UNet, batch 16");
+    conv_case(3, 8, 13, 13, 5, 3, 3, 1, 1, 0, "wo 13: scalar im2col");
 }
 
 /* ---- normalisation, softmax ---- */
@@ -382,7 +396,7 @@ static void norm_case(const char *op, case_fn fn, int ndim, const int64_t *shape
     snprintf(what, sizeof what, "%s%s%s x%g%+g", pf_shape_str_raw(ndim, shape, s, sizeof s), silu ? " +silu" : "",
              inplace ? " in-place" : "", (double)scale, (double)offset);
     if (groups) snprintf(what + strlen(what), sizeof what - strlen(what), " G%d", groups);
-    check(op, what, fn, &c, NMSE_BOUND, 0);
+    check(op, what, fn, &c, NMSE_BOUND, fn == gn_fn);
     free(c.x), free(c.g), free(c.b);
 }
 
@@ -394,6 +408,8 @@ static void test_group_norm(void **state) {
     norm_case("group_norm", gn_fn, 4, SHAPE(1, 128, 256, 256), 32, 1, 1, 1, 0.5f); /* 64 chunks a group */
     norm_case("group_norm", gn_fn, 4, SHAPE(3, 6, 5, 7), 3, 1, 0, 1, 0);
     norm_case("group_norm", gn_fn, 2, SHAPE(2, 64), 32, 0, 0, 1, 0); /* S = 1 */
+    norm_case("group_norm", gn_fn, 4, SHAPE(2, 64, 1, 8), 32, 1, 0, 1, 0); /* groups of 16 values */
+    norm_case("group_norm", gn_fn, 4, SHAPE(16, 320, 64, 64), 32, 1, 0, 1, 0.5f); /* UNet, batch 16 */
 }
 
 static void test_layer_norm(void **state) {
@@ -515,6 +531,23 @@ static pf_tensor *scale_fn(pf_backend *be, const void *p) {
     return y;
 }
 
+/* Rows 1..2 of a[3, 12] + rows 1..2 of b, then SiLU and a scale in place:
+ * the views start 12 halves (24 bytes) into their tensors, so the 16-byte
+ * kernels must step aside although the element count (24) suits them. */
+static pf_tensor *view_fn(pf_backend *be, const void *p) {
+    const ew_ctx *c = p;
+    pf_tensor *a = up(be, 2, c->shape, c->a), *b = up(be, 2, c->bshape, c->b);
+    pf_tensor *va = pf_slice0(a, 1, 2), *vb = pf_slice0(b, 1, 2), *y = out_nan(be, 2, SHAPE(3, 12));
+    pf_tensor *vy = pf_slice0(y, 1, 2);
+    pf_add(vy, va, vb);
+    pf_activation(vy, vy, PF_ACT_SILU);
+    pf_scale(vy, vy, 0.5f, 0.25f);
+    pf_tensor *out = pf_new2(be, 2, 12);
+    pf_copy(out, vy);
+    pf_free(vy), pf_free(va), pf_free(vb), pf_free(y), pf_free(a), pf_free(b);
+    return out;
+}
+
 static void test_activation(void **state) {
     (void)state;
     NEED_GPU();
@@ -523,14 +556,14 @@ static void test_activation(void **state) {
         ew_ctx c = {3, 0, {2, 77, 3072}, {0}, act, act % 2, hrand(2 * 77 * 3072, 6, 0), NULL};
         char what[64];
         snprintf(what, sizeof what, "%s (2, 77, 3072)%s", names[act], c.inplace ? " in-place" : "");
-        check("activation", what, act_fn, &c, NMSE_BOUND, 0);
+        check("activation", what, act_fn, &c, NMSE_BOUND, 1);
         free(c.a);
     }
     ew_ctx g = {3, 0, {2, 4096, 2560}, {0}, 0, 0, hrand(2 * 4096 * 2560, 3, 0), NULL};
-    check("geglu", "(2, 4096, 2560) -> (2, 4096, 1280)", geglu_fn, &g, NMSE_BOUND, 0);
+    check("geglu", "(2, 4096, 2560) -> (2, 4096, 1280)", geglu_fn, &g, NMSE_BOUND, 1);
     free(g.a);
     ew_ctx g2 = {2, 0, {3, 14}, {0}, 0, 0, hrand(42, 3, 0), NULL};
-    check("geglu", "(3, 14) -> (3, 7)", geglu_fn, &g2, NMSE_BOUND, 0);
+    check("geglu", "(3, 14) -> (3, 7)", geglu_fn, &g2, NMSE_BOUND, 1);
     free(g2.a);
 }
 
@@ -544,7 +577,7 @@ static void binary_case(int ndim, const int64_t *shape, int bdim, const int64_t 
     char what[128], sa[48], sb[48];
     snprintf(what, sizeof what, "%s %s %s%s %s", pf_shape_str_raw(ndim, shape, sa, sizeof sa), mul ? "*" : "+",
              pf_shape_str_raw(bdim, bshape, sb, sizeof sb), inplace ? " in-place" : "", note);
-    check(mul ? "mul" : "add", what, binary_fn, &c, NMSE_BOUND, 0);
+    check(mul ? "mul" : "add", what, binary_fn, &c, NMSE_BOUND, 1);
     free(c.a), free(c.b);
 }
 
@@ -559,10 +592,13 @@ static void test_add_mul(void **state) {
         binary_case(5, SHAPE(2, 3, 1, 4, 5), 5, SHAPE(1, 3, 1, 1, 5), mul, 1, "5-D");
         binary_case(2, SHAPE(3, 7), 1, SHAPE(1), mul, 0, "scalar");
     }
+    ew_ctx v = {2, 2, {3, 12}, {3, 12}, 0, 0, hrand(36, 2, 0), hrand(36, 2, 0)};
+    check("add", "views 24 bytes into their tensors (scalar path)", view_fn, &v, NMSE_BOUND, 1);
+    free(v.a), free(v.b);
     ew_ctx c = {4, 0, {2, 4, 64, 64}, {0}, 0, 1, hrand(2 * 4 * 64 * 64, 4, 0), NULL};
-    check("scale", "(2, 4, 64, 64) / 0.18215 + 0.25 in-place", scale_fn, &c, NMSE_BOUND, 0);
+    check("scale", "(2, 4, 64, 64) / 0.18215 + 0.25 in-place", scale_fn, &c, NMSE_BOUND, 1);
     c.inplace = 0;
-    check("scale", "(2, 4, 64, 64) / 0.18215 + 0.25", scale_fn, &c, NMSE_BOUND, 0);
+    check("scale", "(2, 4, 64, 64) / 0.18215 + 0.25", scale_fn, &c, NMSE_BOUND, 1);
     free(c.a);
 }
 
@@ -639,14 +675,14 @@ static void test_data_movement(void **state) {
         c.b = hrand(numel_of(4, c.bshape), 1, 0);
         snprintf(what, sizeof what, "%s ++ %s axis %d", pf_shape_str_raw(4, c.ashape, s1, sizeof s1),
                  pf_shape_str_raw(4, c.bshape, s2, sizeof s2), axis);
-        check("concat", what, concat_fn, &c, 0, 0);
+        check("concat", what, concat_fn, &c, 0, 1);
         free(c.a), free(c.b);
     }
     move_ctx u = {4, {2, 640, 32, 32}, {0}, 0, {0}, NULL, 0, hrand(2 * 640 * 32 * 32, 1, 0), NULL};
-    check("upsample", "(2, 640, 32, 32) -> (2, 640, 64, 64)", upsample_fn, &u, 0, 0);
+    check("upsample", "(2, 640, 32, 32) -> (2, 640, 64, 64)", upsample_fn, &u, 0, 1);
     free(u.a);
     move_ctx u2 = {4, {1, 3, 5, 7}, {0}, 0, {0}, NULL, 0, hrand(105, 1, 0), NULL};
-    check("upsample", "(1, 3, 5, 7)", upsample_fn, &u2, 0, 0);
+    check("upsample", "(1, 3, 5, 7)", upsample_fn, &u2, 0, 1);
     free(u2.a);
 
     const struct {
@@ -692,9 +728,13 @@ int main(void) {
         snprintf(g_why, sizeof g_why, "%s", err.msg);
     } else {
         setenv("PERFLOW_CUDA_ATTENTION", "generic", 1);
-        g_generic = pf_backend_cuda_new(0, &err);
+        setenv("PERFLOW_CUDA_CONV", "legacy", 1);
+        setenv("PERFLOW_CUDA_VECTOR", "0", 1);
+        g_legacy = pf_backend_cuda_new(0, &err);
         unsetenv("PERFLOW_CUDA_ATTENTION");
-        if (!g_generic) fprintf(stderr, "test_cuda_ops: second CUDA backend: %s\n", err.msg);
+        unsetenv("PERFLOW_CUDA_CONV");
+        unsetenv("PERFLOW_CUDA_VECTOR");
+        if (!g_legacy) fprintf(stderr, "test_cuda_ops: second CUDA backend: %s\n", err.msg);
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transfers),  cmocka_unit_test(test_allocator),  cmocka_unit_test(test_errors),
@@ -703,7 +743,7 @@ int main(void) {
         cmocka_unit_test(test_activation), cmocka_unit_test(test_add_mul),    cmocka_unit_test(test_data_movement),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    pf_backend_free(g_generic);
+    pf_backend_free(g_legacy);
     pf_backend_free(g_gpu);
     pf_backend_free(g_cpu);
     return rc;
