@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "storage.h"
 
@@ -39,27 +40,11 @@ static void usage(FILE *f) {
             "Exit status: 0 ok, 1 runtime error (verify: damage found), 2 usage error.\n");
 }
 
-static int usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "perflow: cache: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, " (see perflow cache --help)\n");
-    return 2;
-}
-
-static void log_line(void *ctx, int level, const char *line) {
-    (void)ctx;
-    fprintf(stderr, "perflow: %s%s\n", level <= PF_LOG_WARN ? "warning: " : "", line);
-}
+static int usage_error(const char *fmt, const char *arg) { return pf_cli_usage_error("cache", fmt, arg); }
 
 static int verbose;
 
-static int fail(pf_error *err) {
-    pf_secret_scrub(err->msg, sizeof err->msg);
-    fprintf(stderr, "perflow: cache: %s\n", err->msg);
-    if (verbose && pf_storage_failure() != PF_STORAGE_OK)
-        fprintf(stderr, "perflow: this failure is %s\n", pf_storage_failure_name(pf_storage_failure()));
-    return 1;
-}
+static int fail(pf_error *err) { return pf_cli_fail("cache", err, verbose); }
 
 static void when_str(char *out, size_t n, long long ms) {
     if (ms <= 0) {
@@ -193,7 +178,7 @@ int cmd_cache(int argc, char **argv) {
         return fail(&err);
     }
     cfg.fetch.bearer_token = cred.hub_token;
-    cfg.log = (pf_log_sink){log_line, NULL, verbose ? PF_LOG_INFO : PF_LOG_WARN};
+    cfg.log = (pf_log_sink){pf_cli_log_line, NULL, verbose ? PF_LOG_INFO : PF_LOG_WARN};
     pf_model_source src;
     if (url && pf_model_source_init(&src, kind, url, sha, fp16, &err)) {
         pf_credentials_free(&cred);
@@ -252,9 +237,6 @@ int cmd_cache(int argc, char **argv) {
     }
     pf_cache_close(cache);
     pf_credentials_free(&cred);
-    if (fflush(stdout) || ferror(stdout)) {
-        fprintf(stderr, "perflow: cache: error writing to stdout\n");
-        return 1;
-    }
+    if (pf_cli_flush_stdout("cache")) return 1;
     return status;
 }

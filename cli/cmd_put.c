@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "storage.h"
 
@@ -21,17 +22,7 @@ static void usage(FILE *f) {
                "  Exit status: 0 ok, 1 runtime error, 2 usage error.\n");
 }
 
-static int usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "perflow: put: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, " (see perflow put --help)\n");
-    return 2;
-}
-
-static void log_line(void *ctx, int level, const char *line) {
-    (void)ctx;
-    fprintf(stderr, "perflow: %s%s\n", level <= PF_LOG_WARN ? "warning: " : "", line);
-}
+static int usage_error(const char *fmt, const char *arg) { return pf_cli_usage_error("put", fmt, arg); }
 
 int cmd_put(int argc, char **argv) {
     const char *file = NULL, *dest = NULL, *endpoint = NULL, *region = NULL;
@@ -65,10 +56,7 @@ int cmd_put(int argc, char **argv) {
         return usage_error("DEST must be s3://BUCKET/KEY or file:///PATH, not '%s'", dest);
     pf_error err = {""};
     pf_s3_config cfg;
-    if (pf_s3_config_from_env(&cfg, &err)) {
-        fprintf(stderr, "perflow: put: %s\n", err.msg);
-        return 1;
-    }
+    if (pf_s3_config_from_env(&cfg, &err)) return pf_cli_fail("put", &err, verbose);
     if (endpoint) {
         if (strlen(endpoint) >= sizeof cfg.endpoint) return usage_error("%s", "--endpoint is too long");
         snprintf(cfg.endpoint, sizeof cfg.endpoint, "%s", endpoint);
@@ -79,27 +67,15 @@ int cmd_put(int argc, char **argv) {
         snprintf(cfg.region, sizeof cfg.region, "%s", region);
     }
     if (style >= 0) cfg.path_style = style;
-    cfg.log = (pf_log_sink){log_line, NULL, verbose ? PF_LOG_INFO : PF_LOG_WARN};
+    cfg.log = (pf_log_sink){pf_cli_log_line, NULL, verbose ? PF_LOG_INFO : PF_LOG_WARN};
     pf_credentials cred;
-    if (pf_credentials_load(&cred, &err)) {
-        fprintf(stderr, "perflow: put: %s\n", err.msg);
-        return 1;
-    }
+    if (pf_credentials_load(&cred, &err)) return pf_cli_fail("put", &err, verbose);
     pf_s3_result res;
     int rc = pf_s3_put_file(&res, &cfg, &cred, dest, file, &err);
     pf_credentials_free(&cred);
-    if (rc) {
-        pf_secret_scrub(err.msg, sizeof err.msg);
-        fprintf(stderr, "perflow: put: %s\n", err.msg);
-        if (verbose) fprintf(stderr, "perflow: this failure is %s\n", pf_storage_failure_name(pf_storage_failure()));
-        return 1;
-    }
+    if (rc) return pf_cli_fail("put", &err, verbose);
     printf("uploaded %s: %llu bytes, sha256 %s, %d part%s, %d retr%s%s%s\n", dest, (unsigned long long)res.size,
            res.sha256, res.parts, res.parts == 1 ? "" : "s", res.retries, res.retries == 1 ? "y" : "ies",
            res.etag[0] ? ", etag " : "", res.etag);
-    if (fflush(stdout) || ferror(stdout)) {
-        fprintf(stderr, "perflow: put: error writing to stdout\n");
-        return 1;
-    }
-    return 0;
+    return pf_cli_flush_stdout("put");
 }

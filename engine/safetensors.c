@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fileio.h"
+
 static const struct {
     const char *name;
     size_t size;
@@ -378,18 +380,6 @@ int pf_st_read_f32(const pf_safetensors *st, const pf_st_tensor *t, float *dst, 
 
 /* --------------------------------------------------------------- writing */
 
-static int write_all(int fd, const void *buf, size_t n) {
-    const uint8_t *p = buf;
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Data order: wider dtypes first, then by name, as the reference writer does,
  * so that every tensor starts aligned to its element size. */
 static int by_layout(const void *a, const void *b) {
@@ -489,8 +479,8 @@ int pf_st_write(const char *path, const pf_st_entry *entries, int count, const c
         pf_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
         goto out;
     }
-    int bad = write_all(fd, prefix, 8) || write_all(fd, header, hlen) ||
-              write_all(fd, prefix + 8, padded - hlen);
+    int bad = pf_write_all(fd, prefix, 8) || pf_write_all(fd, header, hlen) ||
+              pf_write_all(fd, prefix + 8, padded - hlen);
     /* Converted in chunks so that writing a model needs no second copy of it. */
     union {
         float f[4096];
@@ -502,24 +492,14 @@ int pf_st_write(const char *path, const pf_st_entry *entries, int count, const c
             size_t k = n - j < per ? n - j : per;
             pf_convert_from_f32(esize == 4 ? (void *)chunk.f : (void *)chunk.h, order[i]->dtype,
                                 order[i]->data + j, k);
-            bad = write_all(fd, &chunk, k * esize);
+            bad = pf_write_all(fd, &chunk, k * esize);
         }
     }
-    if (bad || fsync(fd) < 0) {
+    if (bad) {
         pf_fail(err, "%s: write failed: %s", tmp, strerror(errno));
         goto out;
     }
-    int cfd = fd;
-    fd = -1;
-    if (close(cfd) < 0) {
-        pf_fail(err, "%s: close failed: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) < 0) {
-        pf_fail(err, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-        goto out;
-    }
-    rc = 0;
+    rc = pf_fsync_rename(fd, tmp, path, err);
 out:
     if (fd >= 0) close(fd);
     if (rc && tmp) unlink(tmp);

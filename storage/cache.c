@@ -19,6 +19,7 @@
 #include "backoff.h"
 #include "credentials.h"
 #include "failure.h"
+#include "fileio.h"
 
 #define REF_MAX_BYTES 8192
 #define REDIS_RETRY_MS 5000
@@ -287,16 +288,12 @@ static int tmp_file(pf_cache *c, char *path, size_t n, pf_error *err) {
     return fd;
 }
 
-static int write_all(int fd, const void *data, size_t n) {
-    const char *p = data;
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
+/* Writes the n bytes at data to fd, a new tmp_file at tmp, makes it read-only
+ * like every file of the cache, and puts it at path (pf_fsync_rename). fd stays
+ * open; on failure removing tmp is the caller's. */
+static int put_readonly(int fd, const char *tmp, const char *path, const void *data, size_t n, pf_error *err) {
+    if (pf_write_all(fd, data, n) || fchmod(fd, 0444)) return pf_fail(err, "%s", strerror(errno));
+    return pf_fsync_rename(fd, tmp, path, err);
 }
 
 int pf_cache_ref_write(pf_cache *c, const char *key, const char *digest, uint64_t size, const char *url,
@@ -307,18 +304,12 @@ int pf_cache_ref_write(pf_cache *c, const char *key, const char *digest, uint64_
     PF_CHECK(len > 0 && (size_t)len < sizeof text);
     int fd = tmp_file(c, tmp, sizeof tmp, err);
     if (fd < 0) return -1;
-    if (write_all(fd, text, (size_t)len) || fchmod(fd, 0444) || fsync(fd)) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        return pf_fail(err, "cache: writing a reference: %s", strerror(e));
-    }
-    close(fd);
     pf_cache_ref_path(path, sizeof path, c, key);
-    if (rename(tmp, path)) {
-        int e = errno;
+    int rc = put_readonly(fd, tmp, path, text, (size_t)len, err);
+    close(fd);
+    if (rc) {
         unlink(tmp);
-        return pf_fail(err, "cache: %s: %s", path, strerror(e));
+        return pf_error_prefix(err, "cache: writing a reference");
     }
     return 0;
 }
@@ -788,11 +779,10 @@ int pf_cache_store_bytes(pf_cache *c, const void *data, size_t n, pf_cache_got *
     if (fd < 0) return -1;
     pf_sha256_hex(got->digest, data, n);
     pf_cache_blob_path(blob, sizeof blob, c, got->digest);
-    if (write_all(fd, data, n) || fchmod(fd, 0444) || fsync(fd) || rename(tmp, blob)) {
-        int e = errno;
+    if (put_readonly(fd, tmp, blob, data, n, err)) {
         close(fd);
         unlink(tmp);
-        return pf_fail(err, "cache: storing a manifest: %s", strerror(e));
+        return pf_error_prefix(err, "cache: storing a manifest");
     }
     snprintf(dir, sizeof dir, "%s/blobs/sha256", c->root);
     fsync_dir(dir);

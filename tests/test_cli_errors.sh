@@ -2,33 +2,11 @@
 # test_cli_errors.sh - bad inputs to bin/perflow give one clear line on stderr and a
 # non-zero exit, never a crash: run under the ASan + UBSan build ($PERFLOW_ASAN), so a
 # memory error or leak on any error path fails the test too.
-ROOT=${PERFLOW_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
+. "$(dirname "$0")/expect.sh"
 P=${PERFLOW_ASAN:-$ROOT/build/asan/perflow}
 export ASAN_OPTIONS=detect_leaks=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-M=$ROOT/tests/data/models/tiny-sd15
 D=$ROOT/tests/data/models/tiny-sd15-delta/unet
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fails=0
-
-# expect STATUS PHRASE CMD...: exit status STATUS, stderr has PHRASE, no sanitizer report,
-# and (for runtime errors) exactly one line.
-expect() {
-    want=$1 phrase=$2
-    shift 2
-    "$@" > "$T/out" 2> "$T/err"
-    got=$?
-    if [ "$got" -ne "$want" ] || ! grep -qF -- "$phrase" "$T/err" ||
-        grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$T/err" ||
-        { [ "$want" -eq 1 ] && [ "$(wc -l < "$T/err")" -ne 1 ]; }; then
-        echo "FAIL (exit $got, want $want, phrase '$phrase'): $*"
-        sed 's/^/    /' "$T/err" | head -20
-        fails=$((fails + 1))
-    else
-        echo "ok: $(head -1 "$T/err")"
-    fi
-}
 
 G="$P generate --prompt cat --width 64 --height 64 --out $T/x.png"
 expect 1 "no such directory" $G --model "$T/nope"

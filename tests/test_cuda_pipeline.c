@@ -9,7 +9,7 @@
  * NMSE 1e-6. The tests ask for PSNR >= 40 dB (RMS error 1 % of the range,
  * invisible in an 8-bit image) and NMSE <= 1e-4; a wrong kernel gives
  * PSNR < 20 dB and NMSE > 1e-2. */
-#include "test_util.h"
+#include "pipeline_cases.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,7 +17,6 @@
 #include "backend.h"
 #include "clip.h"
 #include "image.h"
-#include "pipeline.h"
 #include "unet.h"
 #include "vae.h"
 
@@ -142,47 +141,24 @@ static void test_models(void **state) {
 
 /* ---- pipelines ---- */
 
-static const char *str(json_t *c, const char *k) {
-    json_t *v = json_object_get(c, k);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-static int num(json_t *c, const char *k) { return (int)json_integer_value(json_object_get(c, k)); }
-
-static void params_of(json_t *c, pf_txt2img_params *p) {
-    pf_txt2img_defaults(p);
-    p->prompt = str(c, "prompt");
-    p->negative_prompt = str(c, "negative_prompt");
-    p->steps = num(c, "steps");
-    p->guidance = (float)json_number_value(json_object_get(c, "guidance"));
-    p->prediction_type = str(c, "prediction_type");
-    p->windows = num(c, "windows");
-    p->seed = (uint64_t)json_integer_value(json_object_get(c, "seed"));
-    p->num_images = num(c, "num_images");
-    p->height = num(c, "height");
-    p->width = num(c, "width");
-}
-
-static json_t *cases(void) {
-    return pf_golden_json(pf_test_path("tests/data/goldens/pipelines.json"), PF_GOLDEN_VERSION, PF_GOLDEN_HINT);
-}
-
 static void test_pipelines(void **state) {
     (void)state;
     NEED_GPU();
-    json_t *root = cases(), *c;
+    json_t *root = pf_pipeline_cases(), *c;
     size_t i;
     json_array_foreach(json_object_get(root, "cases"), i, c) {
         pf_txt2img_params p;
-        params_of(c, &p);
-        const char *delta = str(c, "delta"), *name = str(c, "name") ? str(c, "name") : "?";
+        pf_case_params(c, &p);
+        const char *model = pf_case_str(c, "model"), *delta = pf_case_str(c, "delta");
+        const char *name = pf_case_str(c, "name") ? pf_case_str(c, "name") : "?";
         pf_pipeline *pipe;
         pf_error err;
-        if (pf_pipeline_load(&pipe, g_gpu, model_path(str(c, "model")), delta ? model_path(delta) : NULL, &err))
+        if (pf_pipeline_load(&pipe, g_gpu, model_path(model), delta ? model_path(delta) : NULL, &err))
             fail_msg("%s", err.msg);
         const size_t n = (size_t)p.num_images * p.height * p.width * 3;
         float *got = malloc(n * sizeof *got);
         if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s: %s", name, err.msg);
-        pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", str(c, "images")));
+        pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
         int64_t nw;
         float *want = pf_golden_floats(st, "images", &nw);
         assert_int_equal(nw, (int64_t)n);
@@ -223,23 +199,19 @@ static void test_cli(void **state) {
         print_message("test_cuda_pipeline: test_cli skipped: no CLI at %s\n", perflow);
         skip();
     }
-    json_t *root = cases();
+    json_t *root = pf_pipeline_cases();
     json_t *c = json_array_get(json_object_get(root, "cases"), 0);
     char *dir = pf_temp_dir();
-    char out[4096], model[4096], delta[4096], steps[16], guidance[32], seed[32], w[16], h[16], K[16];
+    char out[4096], model[4096], delta[4096];
     snprintf(out, sizeof out, "%s/img.png", dir);
-    snprintf(model, sizeof model, "%s", model_path(str(c, "model")));
-    snprintf(delta, sizeof delta, "%s", model_path(str(c, "delta")));
-    snprintf(steps, sizeof steps, "%d", num(c, "steps"));
-    snprintf(guidance, sizeof guidance, "%.17g", json_number_value(json_object_get(c, "guidance")));
-    snprintf(seed, sizeof seed, "%d", num(c, "seed"));
-    snprintf(w, sizeof w, "%d", num(c, "width"));
-    snprintf(h, sizeof h, "%d", num(c, "height"));
-    snprintf(K, sizeof K, "%d", num(c, "windows"));
+    snprintf(model, sizeof model, "%s", model_path(pf_case_str(c, "model")));
+    snprintf(delta, sizeof delta, "%s", model_path(pf_case_str(c, "delta")));
+    pf_case_cli a;
+    pf_case_cli_of(&a, c);
     char *gen[] = {perflow, "generate", "--device", "cuda", "--model", model, "--delta", delta,
-                   "--prompt", (char *)str(c, "prompt"), "--steps", steps, "--guidance", guidance, "--seed", seed,
-                   "--width", w, "--height", h, "--windows", K, "--prediction-type",
-                   (char *)str(c, "prediction_type"), "--out", out, NULL};
+                   "--prompt", (char *)pf_case_str(c, "prompt"), "--steps", a.steps, "--guidance", a.guidance,
+                   "--seed", a.seed, "--width", a.width, "--height", a.height, "--windows", a.windows,
+                   "--prediction-type", (char *)pf_case_str(c, "prediction_type"), "--out", out, NULL};
     assert_int_equal(run(gen), 0);
     uint8_t *got, *want;
     int gw, gh, ww, wh;

@@ -4,31 +4,12 @@
 # is one clear line on stderr and exit status 1, never a crash; cpu always works.
 # Runs the normal CLI ($PERFLOW, with CUDA where nvcc was found) and the ASan
 # build ($PERFLOW_ASAN, always CPU-only), so a leak on these paths fails too.
-ROOT=${PERFLOW_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
+. "$(dirname "$0")/expect.sh"
 P=${PERFLOW:-$ROOT/bin/perflow}
 A=${PERFLOW_ASAN:-$ROOT/build/asan/perflow}
 export ASAN_OPTIONS=detect_leaks=1
-M=$ROOT/tests/data/models/tiny-sd15
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fails=0
-
-# expect STATUS PHRASE CMD...: exit status STATUS and PHRASE on stderr (one line when 1).
-expect() {
-    want=$1 phrase=$2
-    shift 2
-    "$@" > "$T/out" 2> "$T/err"
-    got=$?
-    if [ "$got" -ne "$want" ] || { [ -n "$phrase" ] && ! grep -qF -- "$phrase" "$T/err"; } ||
-        grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$T/err" ||
-        { [ "$want" -eq 1 ] && [ "$(grep -vc '^step ' "$T/err")" -ne 1 ]; }; then
-        echo "FAIL (exit $got, want $want, phrase '$phrase'): $*"
-        sed 's/^/    /' "$T/err" | head -10
-        fails=$((fails + 1))
-    else
-        echo "ok: $(head -1 "$T/err" | grep . || echo "exit $got: $*")"
-    fi
-}
+# Progress lines ("step i/n") do not count against the one error line.
+EXPECT_IGNORE='^step '
 
 for bin in "$P" "$A"; do
     [ -x "$bin" ] || { echo "FAIL: no binary $bin"; fails=$((fails + 1)); continue; }

@@ -8,44 +8,19 @@
  * differences start at ~1e-6 (summation order) and grow through the steps and the
  * VAE, staying orders of magnitude below what a wrong step, seed or guidance gives
  * (> 0.1 mean difference: asserted below by running the next seed). */
-#include "test_util.h"
+#include "pipeline_cases.h"
 
-#include <jansson.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend.h"
 #include "image.h"
-#include "pipeline.h"
 #include "safetensors.h"
 
-static json_t *cases(void) {
-    return pf_golden_json(pf_test_path("tests/data/goldens/pipelines.json"), PF_GOLDEN_VERSION, PF_GOLDEN_HINT);
-}
-
-static const char *str(json_t *c, const char *k) {
-    json_t *v = json_object_get(c, k);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-static int num(json_t *c, const char *k) { return (int)json_integer_value(json_object_get(c, k)); }
-
-static void params_of(json_t *c, pf_txt2img_params *p) {
-    pf_txt2img_defaults(p);
-    p->prompt = str(c, "prompt");
-    p->negative_prompt = str(c, "negative_prompt");
-    p->steps = num(c, "steps");
-    p->guidance = (float)json_number_value(json_object_get(c, "guidance"));
-    p->prediction_type = str(c, "prediction_type");
-    p->windows = num(c, "windows");
-    p->seed = (uint64_t)json_integer_value(json_object_get(c, "seed"));
-    p->num_images = num(c, "num_images");
-    p->height = num(c, "height");
-    p->width = num(c, "width");
-}
-
 static pf_pipeline *load(pf_backend *be, json_t *c) {
-    const char *model = pf_test_path(pf_pathf("tests/data/models/%s", str(c, "model")));
-    const char *delta = str(c, "delta") ? pf_test_path(pf_pathf("tests/data/models/%s", str(c, "delta"))) : NULL;
+    const char *model = pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(c, "model")));
+    const char *d = pf_case_str(c, "delta");
+    const char *delta = d ? pf_test_path(pf_pathf("tests/data/models/%s", d)) : NULL;
     pf_pipeline *p;
     pf_error err;
     if (pf_pipeline_load(&p, be, model, delta, &err)) fail_msg("%s", err.msg);
@@ -75,13 +50,14 @@ static void assert_u8_close(const char *what, const uint8_t *got, const uint8_t 
 
 static void test_pipelines(void **state) {
     (void)state;
-    json_t *root = cases();
+    json_t *root = pf_pipeline_cases();
     json_t *c;
     size_t i;
     pf_backend *be = pf_backend_cpu_new(0);
     json_array_foreach(json_object_get(root, "cases"), i, c) {
         pf_txt2img_params p;
-        params_of(c, &p);
+        pf_case_params(c, &p);
+        const char *name = pf_case_str(c, "name");
         pf_pipeline *pipe = load(be, c);
         const size_t n = (size_t)p.num_images * p.height * p.width * 3;
         float *got = malloc(n * sizeof *got), *other = malloc(n * sizeof *other);
@@ -89,11 +65,11 @@ static void test_pipelines(void **state) {
         p.progress = on_progress;
         p.user = &cnt;
         pf_error err;
-        if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s: %s", str(c, "name"), err.msg);
+        if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s: %s", name, err.msg);
         assert_int_equal(cnt.calls, cnt.total);
         assert_int_equal(cnt.last, cnt.total);
 
-        pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", str(c, "images")));
+        pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
         int64_t n_want;
         float *want = pf_golden_floats(st, "images", &n_want);
         assert_int_equal(n_want, (int64_t)n);
@@ -102,8 +78,8 @@ static void test_pipelines(void **state) {
         /* The golden can fail: most values strictly inside (0, 1) ... */
         size_t inside = 0;
         for (size_t k = 0; k < n; k++) inside += want[k] > 0.0f && want[k] < 1.0f;
-        if (inside * 10 < n * 9) fail_msg("%s: golden is saturated (%zu of %zu inside)", str(c, "name"), inside, n);
-        pf_assert_close(str(c, "name"), got, want, n, 2e-3, 0);
+        if (inside * 10 < n * 9) fail_msg("%s: golden is saturated (%zu of %zu inside)", name, inside, n);
+        pf_assert_close(name, got, want, n, 2e-3, 0);
 
         /* ... and the seed matters: the next seed gives a clearly different image. */
         p.seed += 1;
@@ -111,7 +87,7 @@ static void test_pipelines(void **state) {
         double diff = 0;
         for (size_t k = 0; k < n; k++) diff += fabs((double)other[k] - got[k]);
         if (diff / n < 0.02) fail_msg("%s: seed %llu and the next give nearly the same image (%.4f)",
-                                      str(c, "name"), (unsigned long long)p.seed - 1, diff / n);
+                                      name, (unsigned long long)p.seed - 1, diff / n);
 
         /* 8-bit pixels against diffusers' PNGs */
         uint8_t *u8 = malloc(n);
@@ -142,12 +118,12 @@ static int cancel_at_two(void *user) { return ++*(int *)user > 2; }
 
 static void test_cancel_and_bad_params(void **state) {
     (void)state;
-    json_t *root = cases();
+    json_t *root = pf_pipeline_cases();
     json_t *c = json_array_get(json_object_get(root, "cases"), 0);
     pf_backend *be = pf_backend_cpu_new(0);
     pf_pipeline *pipe = load(be, c);
     pf_txt2img_params p;
-    params_of(c, &p);
+    pf_case_params(c, &p);
     float *img = malloc((size_t)p.height * p.width * 3 * sizeof *img);
     pf_error err;
     int calls = 0;
@@ -156,15 +132,15 @@ static void test_cancel_and_bad_params(void **state) {
     assert_int_equal(pf_pipeline_txt2img(pipe, &p, img, &err), PF_CANCELLED);
     assert_non_null(strstr(err.msg, "cancelled before step 3"));
 
-    params_of(c, &p);
+    pf_case_params(c, &p);
     p.width = 60;
     assert_int_equal(pf_pipeline_txt2img(pipe, &p, img, &err), -1);
     assert_non_null(strstr(err.msg, "multiples of 8"));
-    params_of(c, &p);
+    pf_case_params(c, &p);
     p.steps = 0;
     assert_int_equal(pf_pipeline_txt2img(pipe, &p, img, &err), -1);
     assert_non_null(strstr(err.msg, "steps"));
-    params_of(c, &p);
+    pf_case_params(c, &p);
     p.prediction_type = "sample";
     assert_int_equal(pf_pipeline_txt2img(pipe, &p, img, &err), -1);
     assert_non_null(strstr(err.msg, "sample"));
@@ -179,32 +155,27 @@ static void test_cli_png(void **state) {
     (void)state;
     const char *perflow = getenv("PERFLOW");
     if (!perflow) perflow = pf_test_path("bin/perflow");
-    json_t *root = cases();
+    json_t *root = pf_pipeline_cases();
     json_t *c = json_array_get(json_object_get(root, "cases"), 1); /* 2 images, negative prompt */
     char *dir = pf_temp_dir();
-    char out[512], model[1024], delta[1024], steps[16], guidance[32], seed[32], w[16], h[16], n[16], K[16];
+    char out[512], model[1024], delta[1024];
     snprintf(out, sizeof out, "%s/img.png", dir);
     snprintf(model, sizeof model, "%s", pf_test_path("tests/data/models/tiny-sd15"));
     snprintf(delta, sizeof delta, "%s", pf_test_path("tests/data/models/tiny-sd15-delta/unet"));
-    snprintf(steps, sizeof steps, "%d", num(c, "steps"));
-    snprintf(guidance, sizeof guidance, "%.17g", json_number_value(json_object_get(c, "guidance")));
-    snprintf(seed, sizeof seed, "%d", num(c, "seed"));
-    snprintf(w, sizeof w, "%d", num(c, "width"));
-    snprintf(h, sizeof h, "%d", num(c, "height"));
-    snprintf(n, sizeof n, "%d", num(c, "num_images"));
-    snprintf(K, sizeof K, "%d", num(c, "windows"));
+    pf_case_cli a;
+    pf_case_cli_of(&a, c);
     pid_t pid = fork();
     if (pid == 0) {
-        execl(perflow, perflow, "generate", "--model", model, "--delta", delta, "--prompt", str(c, "prompt"),
-              "--negative-prompt", str(c, "negative_prompt"), "--steps", steps, "--guidance", guidance, "--seed", seed,
-              "--width", w, "--height", h, "--num-images", n, "--windows", K, "--prediction-type",
-              str(c, "prediction_type"), "--out", out, (char *)NULL);
+        execl(perflow, perflow, "generate", "--model", model, "--delta", delta, "--prompt", pf_case_str(c, "prompt"),
+              "--negative-prompt", pf_case_str(c, "negative_prompt"), "--steps", a.steps, "--guidance", a.guidance,
+              "--seed", a.seed, "--width", a.width, "--height", a.height, "--num-images", a.num_images, "--windows",
+              a.windows, "--prediction-type", pf_case_str(c, "prediction_type"), "--out", out, (char *)NULL);
         _exit(127);
     }
     int status;
     waitpid(pid, &status, 0);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    for (int k = 0; k < num(c, "num_images"); k++) {
+    for (int k = 0; k < pf_case_int(c, "num_images"); k++) {
         const char *got_path = pf_pathf("%s/img-%d.png", dir, k);
         const char *png_rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k));
         const char *want_path = pf_test_path(pf_pathf("tests/data/goldens/%s", png_rel));

@@ -11,8 +11,9 @@
 
 /* How long a lower-priority message waits while a higher-priority topic is
  * known to have a backlog: long enough for that client to fetch again after a
- * resume (librdkafka 2.0 may take up to a second to resume fetching). */
-#define PRIORITY_HOLD_MS 3000
+ * resume (librdkafka 2.0 may take up to a second to resume fetching, several on a
+ * loaded machine). */
+#define PRIORITY_HOLD_MS 10000
 
 struct pf_consumer {
     int n;

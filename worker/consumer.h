@@ -7,7 +7,7 @@
  * have nothing (a higher-priority topic is drained first). Each client fetches
  * on its own, so after a pause a lower one may have data first: while a higher
  * topic is known to hold messages not yet handed out (its last fetched high
- * watermark is past its position), a lower topic's message waits for up to 3 s.
+ * watermark is past its position), a lower topic's message waits for up to 10 s.
  * All clients are in
  * the one consumer group, use cooperative-sticky assignment (a rebalance moves
  * only the partitions that change hands), and with instance_id set are static

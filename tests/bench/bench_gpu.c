@@ -12,45 +12,19 @@
  * calls during the timed runs; txt2img's alloc_after_step1 counts those in the
  * first (cold) run after its first denoising step: both should be 0.
  * Prints one JSON object on stdout; progress on stderr. */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#include "bench_util.h"
 
-#include "backend.h"
 #include "pipeline.h"
 #include "unet.h"
 #include "vae.h"
 
 #define MAX_REPEAT 50
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(const double *v, int n) {
     double s[MAX_REPEAT];
     memcpy(s, v, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp);
+    qsort(s, (size_t)n, sizeof *s, pf_bench_cmp_double);
     return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
-
-/* Uniform noise in [-1, 1): the timing does not depend on the values. */
-static pf_tensor *noise(pf_backend *be, int ndim, const int64_t *shape) {
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
-    float *h = malloc((size_t)n * sizeof *h);
-    for (int64_t i = 0; i < n; i++) h[i] = 2.0f * rand() / ((float)RAND_MAX + 1) - 1.0f;
-    pf_tensor *t = pf_from_host(be, ndim, shape, h);
-    free(h);
-    return t;
 }
 
 static pf_backend *fresh_backend(void) {
@@ -85,24 +59,24 @@ static void bench_unet(const char *dir, int repeat, int first) {
     pf_backend *be = fresh_backend();
     pf_error err;
     pf_unet *m;
-    double t0 = now();
+    double t0 = pf_bench_now();
     if (pf_unet_load_dir(&m, be, dir, NULL, &err)) die("loading the unet", &err);
-    double load_s = now() - t0;
+    double load_s = pf_bench_now() - t0;
     const pf_unet_config *c = pf_unet_get_config(m);
     const int64_t B = 2, H = 64, W = 64, L = 77;
-    pf_tensor *x = noise(be, 4, (int64_t[]){B, c->in_channels, H, W});
-    pf_tensor *ctx = noise(be, 3, (int64_t[]){B, L, c->cross_attention_dim});
+    pf_tensor *x = pf_bench_noise(be, 4, (int64_t[]){B, c->in_channels, H, W});
+    pf_tensor *ctx = pf_bench_noise(be, 3, (int64_t[]){B, L, c->cross_attention_dim});
     pf_tensor *out = pf_new4(be, B, c->out_channels, H, W);
     const float t[2] = {500.0f, 500.0f};
     double runs[MAX_REPEAT];
     pf_mem_stats before, after;
     for (int r = -3; r < repeat; r++) { /* r < 0: warm-up */
         if (r == 0) pf_backend_cuda_mem_stats(be, &before);
-        double s = now();
+        double s = pf_bench_now();
         if (pf_unet_forward(m, out, x, t, ctx, NULL, NULL, &err)) die("unet", &err);
         pf_synchronize(be);
         if (pf_backend_ok(be, &err)) die("unet", &err);
-        if (r >= 0) runs[r] = now() - s;
+        if (r >= 0) runs[r] = pf_bench_now() - s;
     }
     pf_backend_cuda_mem_stats(be, &after);
     report("unet_cfg_step_64x64_b2", first, runs, repeat, load_s, &after, after.device_allocs - before.device_allocs,
@@ -116,20 +90,20 @@ static void bench_vae(const char *dir, int repeat, int first) {
     pf_backend *be = fresh_backend();
     pf_error err;
     pf_vae *m;
-    double t0 = now();
+    double t0 = pf_bench_now();
     if (pf_vae_load_dir(&m, be, dir, &err)) die("loading the vae", &err);
-    double load_s = now() - t0;
-    pf_tensor *lat = noise(be, 4, (int64_t[]){1, 4, 64, 64});
+    double load_s = pf_bench_now() - t0;
+    pf_tensor *lat = pf_bench_noise(be, 4, (int64_t[]){1, 4, 64, 64});
     pf_tensor *img = pf_new4(be, 1, 3, 512, 512);
     double runs[MAX_REPEAT];
     pf_mem_stats before, after;
     for (int r = -2; r < repeat; r++) {
         if (r == 0) pf_backend_cuda_mem_stats(be, &before);
-        double s = now();
+        double s = pf_bench_now();
         if (pf_vae_decode(m, img, lat, &err)) die("vae decode", &err);
         pf_synchronize(be);
         if (pf_backend_ok(be, &err)) die("vae decode", &err);
-        if (r >= 0) runs[r] = now() - s;
+        if (r >= 0) runs[r] = pf_bench_now() - s;
     }
     pf_backend_cuda_mem_stats(be, &after);
     report("vae_decode_512_b1", first, runs, repeat, load_s, &after, after.device_allocs - before.device_allocs, NULL);
@@ -155,9 +129,9 @@ static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
     pf_backend *be = fresh_backend();
     pf_error err;
     pf_pipeline *p;
-    double t0 = now();
+    double t0 = pf_bench_now();
     if (pf_pipeline_load(&p, be, dir, NULL, &err)) die("loading the pipeline", &err);
-    double load_s = now() - t0;
+    double load_s = pf_bench_now() - t0;
     pf_txt2img_params prm;
     pf_txt2img_defaults(&prm); /* 512 x 512, 4 steps, guidance 4.5 (CFG on) */
     prm.prompt = "a photo of an astronaut riding a horse on mars";
@@ -171,9 +145,9 @@ static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
     long cold_after_step1 = -1;
     for (int r = -1; r < repeat; r++) {
         if (r == 0) pf_backend_cuda_mem_stats(be, &before);
-        double s = now();
+        double s = pf_bench_now();
         if (pf_pipeline_txt2img(p, &prm, images, &err)) die("txt2img", &err);
-        if (r >= 0) runs[r] = now() - s;
+        if (r >= 0) runs[r] = pf_bench_now() - s;
         if (r == -1) cold_after_step1 = probe.allocs_at_end - probe.allocs_at_step1;
     }
     pf_backend_cuda_mem_stats(be, &after);

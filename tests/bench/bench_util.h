@@ -63,7 +63,8 @@ static inline double pf_bench_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static inline int pf_bench_cmp_(const void *a, const void *b) {
+/* qsort's comparison of doubles, ascending. */
+static inline int pf_bench_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
@@ -86,7 +87,7 @@ static inline int pf_bench_time(const char *what, pf_backend *be, int repeat, pf
         if (r >= 0) runs[r] = pf_bench_now() - t0;
     }
     memcpy(sorted, runs, (size_t)repeat * sizeof *runs);
-    qsort(sorted, (size_t)repeat, sizeof *sorted, pf_bench_cmp_);
+    qsort(sorted, (size_t)repeat, sizeof *sorted, pf_bench_cmp_double);
     printf("{\"what\": \"%s\", \"impl\": \"perflow %s\", \"seconds\": %.6f, \"runs\": [", what, be->name,
            sorted[repeat / 2]);
     for (int r = 0; r < repeat; r++) printf(r ? ", %.6f" : "%.6f", runs[r]);

@@ -7,10 +7,10 @@ import shutil
 import subprocess
 import urllib.request
 
-import boto3
 import pytest
 
 import servers
+from servers import fail_puts, redis, redis_cli, s3proxy  # noqa: F401 (fixtures; the tests import the rest from here)
 
 ROOT = os.environ.get("PERFLOW_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PERFLOW = os.environ.get("PERFLOW") or os.path.join(ROOT, "bin", "perflow")
@@ -52,13 +52,6 @@ def www(work):
 
 
 @pytest.fixture(scope="session")
-def redis(work):
-    s = servers.start_redis(work)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="session")
 def nginx(work, www):
     s = servers.start_nginx(work, www, tls=True)
     yield s
@@ -77,20 +70,12 @@ def fault_stats(faults):
         return json.loads(r.read())
 
 
-def redis_cli(redis, *args):
-    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(redis.port), "--raw", *args],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
 @pytest.fixture
 def env(tmp_path, redis, request):
     """bin/perflow's environment: a fresh cache, this run's Redis under a
     namespace of its own, development fetch policy (http and loopback), fast
     retries, and no credentials from the caller's environment."""
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith(("AWS_", "PERFLOW_")) and k not in ("HF_TOKEN", "CREDENTIALS_DIRECTORY")}
+    e = servers.clean_env()
     e.update({
         "PERFLOW_CACHE_DIR": str(tmp_path / "cache"),
         "PERFLOW_REDIS": "127.0.0.1:%d" % redis.port,
@@ -114,33 +99,9 @@ def blobs(env):
 
 @pytest.fixture(scope="session")
 def moto(work):
-    s = servers.start_moto(work)
-    ep = "http://127.0.0.1:%d" % s.port
-    anon = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-    iam = boto3.client("iam", **anon)
-    # the three requests moto lets through unsigned (INITIAL_NO_AUTH_ACTION_COUNT=3)
-    iam.create_user(UserName="perflow")
-    key = iam.create_access_key(UserName="perflow")["AccessKey"]
-    iam.put_user_policy(UserName="perflow", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    s.endpoint, s.key_id, s.secret = ep, key["AccessKeyId"], key["SecretAccessKey"]
-    s.client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id=s.key_id,
-                            aws_secret_access_key=s.secret)
-    s.client.create_bucket(Bucket=BUCKET)
+    s = servers.start_s3(work, "perflow", BUCKET)
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="session")
-def s3proxy(work, moto):
-    s = servers.start_fault_server(work, proxy=moto.endpoint)
-    yield s
-    s.stop()
-
-
-def fail_puts(proxy, n):
-    req = urllib.request.Request("http://127.0.0.1:%d/_control/fail_puts/%d" % (proxy.port, n), method="POST", data=b"")
-    urllib.request.urlopen(req, timeout=5).read()
 
 
 def proxy_puts(proxy, key):

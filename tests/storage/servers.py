@@ -1,15 +1,22 @@
-"""servers.py - the real servers the storage tests run against, each started on a
-free port of 127.0.0.1 in a temporary directory and stopped by the caller:
-redis-server and nginx from Debian, moto's S3 server from PyPI, and fault_server.py.
+"""servers.py - the real servers the storage and worker tests run against, each
+started on a free port of 127.0.0.1 in a temporary directory and stopped by the
+caller: redis-server and nginx from Debian, moto's S3 server from PyPI, and
+fault_server.py; and what both suites do with them (an S3 user and bucket,
+redis-cli, failing PUTs, a clean environment for the programs under test).
 
-Every pid also goes into $PERFLOW_TEST_PIDDIR when set, so that the shell wrapper
-(tests/test_storage.sh) can stop whatever a crashed run left behind."""
+Every pid also goes into $PERFLOW_TEST_PIDDIR when set, so that the shell wrappers
+(tests/test_storage.sh, tests/test_worker.sh) can stop whatever a crashed run
+left behind."""
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -158,3 +165,65 @@ def start_moto(tmp):
     moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
     return Server("moto", [moto, "-H", "127.0.0.1", "-p", str(port)], port, env=env,
                   log=os.path.join(tmp, "moto.log"))
+
+
+def start_s3(tmp, user, bucket):
+    """start_moto with an IAM user allowed everything: the server also carries the
+    endpoint, the user's key_id and secret, a boto3 S3 client signed with them
+    (client), and bucket already made."""
+    import boto3  # only the suites that start S3 need it
+    s = start_moto(tmp)
+    ep = "http://127.0.0.1:%d" % s.port
+    anon = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    iam = boto3.client("iam", **anon)
+    # the three requests moto lets through unsigned (INITIAL_NO_AUTH_ACTION_COUNT=3)
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    s.endpoint, s.key_id, s.secret = ep, key["AccessKeyId"], key["SecretAccessKey"]
+    s.client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id=s.key_id,
+                            aws_secret_access_key=s.secret)
+    s.client.create_bucket(Bucket=bucket)
+    return s
+
+
+def fail_puts(proxy, n):
+    """Makes the fault proxy (start_fault_server(proxy=...)) fail its next n PUTs with a 500."""
+    req = urllib.request.Request("http://127.0.0.1:%d/_control/fail_puts/%d" % (proxy.port, n), method="POST", data=b"")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def redis_cli(redis, *args):
+    """redis-cli --raw ARGS against the redis of start_redis: its stdout; fails the test on an error."""
+    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(redis.port), "--raw", *args],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def clean_env():
+    """The caller's environment without credentials (AWS_*, HF_TOKEN,
+    CREDENTIALS_DIRECTORY) or perflow settings (PERFLOW_*): what a test adds
+    to it is all that bin/perflow or the worker sees."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "PERFLOW_")) and k not in ("HF_TOKEN", "CREDENTIALS_DIRECTORY")}
+
+
+# Session fixtures of both suites, which import them into their conftest.py
+# (pytest finds fixtures there); each suite defines `work` (its scratch folder)
+# and `moto` (start_s3 with its own user and bucket).
+
+@pytest.fixture(scope="session")
+def redis(work):
+    s = start_redis(work)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def s3proxy(work, moto):
+    """fault_server.py in front of moto: fail_puts(s3proxy, N) fails the next N PUTs with a 500."""
+    s = start_fault_server(work, proxy=moto.endpoint)
+    yield s
+    s.stop()

@@ -14,7 +14,6 @@ import sys
 import time
 import uuid
 
-import boto3
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -22,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.environ.get("PERFLOW_ROOT") or os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.append(os.path.join(ROOT, "tests", "storage"))
 import servers  # noqa: E402
+from servers import fail_puts, redis, s3proxy  # noqa: E402,F401 (fixtures; test_worker.py imports fail_puts from here)
 
 BIN = os.path.dirname(os.environ.get("PERFLOW") or os.path.join(ROOT, "bin", "perflow"))
 if not os.path.isabs(BIN):
@@ -46,18 +46,8 @@ def work(tmp_path_factory):
     return str(tmp_path_factory.mktemp("worker"))
 
 
-@pytest.fixture(scope="session")
-def redis(work):
-    s = servers.start_redis(work)
-    yield s
-    s.stop()
-
-
 def redis_cli(redis, *args):
-    r = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(redis.port), "--raw", *args],
-                       capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
+    return servers.redis_cli(redis, *args).strip()
 
 
 def start_model_server(work):
@@ -113,20 +103,8 @@ def broker(work):
 def start_s3(work):
     """moto's S3 server checking signatures, with a user whose keys the worker gets and the bucket."""
     global SECRET_MARK
-    s = servers.start_moto(work)
-    ep = "http://127.0.0.1:%d" % s.port
-    anon = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-    iam = boto3.client("iam", **anon)
-    # the three requests moto lets through unsigned (INITIAL_NO_AUTH_ACTION_COUNT=3)
-    iam.create_user(UserName="worker")
-    key = iam.create_access_key(UserName="worker")["AccessKey"]
-    iam.put_user_policy(UserName="worker", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    s.endpoint, s.key_id, s.secret = ep, key["AccessKeyId"], key["SecretAccessKey"]
+    s = servers.start_s3(work, "worker", BUCKET)
     SECRET_MARK = s.secret
-    s.client = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id=s.key_id,
-                            aws_secret_access_key=s.secret)
-    s.client.create_bucket(Bucket=BUCKET)
     return s
 
 
@@ -135,20 +113,6 @@ def moto(work):
     s = start_s3(work)
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="session")
-def s3proxy(work, moto):
-    """fault_server.py in front of moto: POST /_control/fail_puts/N fails the next N PUTs with a 500."""
-    s = servers.start_fault_server(work, proxy=moto.endpoint)
-    yield s
-    s.stop()
-
-
-def fail_puts(proxy, n):
-    import urllib.request
-    req = urllib.request.Request("http://127.0.0.1:%d/_control/fail_puts/%d" % (proxy.port, n), method="POST", data=b"")
-    urllib.request.urlopen(req, timeout=5).read()
 
 
 class Events:
@@ -278,8 +242,7 @@ class Rig:
         self.delta = "http://127.0.0.1:%d/tiny-sd15-delta/unet/diffusion_pytorch_model.safetensors" % nginx.port
 
     def env(self, **extra):
-        e = {k: v for k, v in os.environ.items()
-             if not k.startswith(("AWS_", "PERFLOW_")) and k not in ("HF_TOKEN", "CREDENTIALS_DIRECTORY")}
+        e = servers.clean_env()
         e.update({
             "PERFLOW_BROKERS": self.broker.bootstrap,
             "PERFLOW_GROUP": self.group,

@@ -1,0 +1,28 @@
+/* fileio.h - writing files whole: every byte of a buffer, and a file written
+ * aside (a temporary name in the same folder) put in place, so that a reader of
+ * the final name never sees half of it.
+ *
+ * Used by the safetensors writer and by storage's cache. */
+#ifndef PF_FILEIO_H
+#define PF_FILEIO_H
+
+#include <stddef.h>
+
+#include "error.h"
+
+/* Writes the n bytes at buf to fd, going on after short writes and EINTR.
+ * Returns 0, or -1 when a write fails (errno says why: ENOSPC, EFBIG, EIO,
+ * ...), after which fd may hold any prefix of the bytes. */
+int pf_write_all(int fd, const void *buf, size_t n);
+
+/* Puts the file written aside at tmp, still open as fd, in place at path:
+ * fsync(fd), then rename(tmp, path), so that path holds its old content or all
+ * of the new, never a part. fd stays open (a caller may hold a lock on it, or
+ * read on) and is the caller's to close; making the rename itself durable
+ * (fsync of the folder) is the caller's choice too. Returns 0, or -1 with err
+ * naming the file and the cause ("TMP: write failed: ...", "PATH: cannot
+ * rename TMP into place: ..."); path is then as it was, and removing tmp is
+ * the caller's part of its cleanup. */
+int pf_fsync_rename(int fd, const char *tmp, const char *path, pf_error *err);
+
+#endif

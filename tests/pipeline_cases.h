@@ -1,0 +1,63 @@
+/* pipeline_cases.h - the whole-pipeline cases of tests/data/goldens/pipelines.json
+ * (made by tests/reference/make_goldens.py), which test_pipeline holds the CPU
+ * backend to and test_cuda_pipeline the CUDA backend: the file, one case's
+ * fields, its txt2img parameters and the same as `perflow generate` options.
+ *
+ * A case is a JSON object: name, model, delta (optional), prompt,
+ * negative_prompt (optional), steps, guidance, prediction_type, windows, seed,
+ * num_images, height, width, images (a safetensors golden) and pngs. */
+#ifndef PF_PIPELINE_CASES_H
+#define PF_PIPELINE_CASES_H
+
+#include "test_util.h"
+
+#include "pipeline.h"
+
+/* pipelines.json (json_decref it); its "cases" is the array of cases. Fails the
+ * test when the file is missing, malformed or of another version. */
+static inline json_t *pf_pipeline_cases(void) {
+    return pf_golden_json(pf_test_path("tests/data/goldens/pipelines.json"), PF_GOLDEN_VERSION, PF_GOLDEN_HINT);
+}
+
+/* Field k of case c when it is a string; NULL when it is absent or not one. */
+static inline const char *pf_case_str(json_t *c, const char *k) {
+    json_t *v = json_object_get(c, k);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+/* Field k of case c as an int; 0 when it is absent or not an integer. */
+static inline int pf_case_int(json_t *c, const char *k) { return (int)json_integer_value(json_object_get(c, k)); }
+
+/* The txt2img parameters of case c: pf_txt2img_defaults, then the case's
+ * fields. The strings point into c, which must outlive *p. */
+static inline void pf_case_params(json_t *c, pf_txt2img_params *p) {
+    pf_txt2img_defaults(p);
+    p->prompt = pf_case_str(c, "prompt");
+    p->negative_prompt = pf_case_str(c, "negative_prompt");
+    p->steps = pf_case_int(c, "steps");
+    p->guidance = (float)json_number_value(json_object_get(c, "guidance"));
+    p->prediction_type = pf_case_str(c, "prediction_type");
+    p->windows = pf_case_int(c, "windows");
+    p->seed = (uint64_t)json_integer_value(json_object_get(c, "seed"));
+    p->num_images = pf_case_int(c, "num_images");
+    p->height = pf_case_int(c, "height");
+    p->width = pf_case_int(c, "width");
+}
+
+/* The numeric fields of a case as the values of `perflow generate`'s options
+ * (--steps, --guidance with every digit of the double, --seed, ...). */
+typedef struct pf_case_cli {
+    char steps[16], guidance[32], seed[32], width[16], height[16], num_images[16], windows[16];
+} pf_case_cli;
+
+static inline void pf_case_cli_of(pf_case_cli *a, json_t *c) {
+    snprintf(a->steps, sizeof a->steps, "%d", pf_case_int(c, "steps"));
+    snprintf(a->guidance, sizeof a->guidance, "%.17g", json_number_value(json_object_get(c, "guidance")));
+    snprintf(a->seed, sizeof a->seed, "%d", pf_case_int(c, "seed"));
+    snprintf(a->width, sizeof a->width, "%d", pf_case_int(c, "width"));
+    snprintf(a->height, sizeof a->height, "%d", pf_case_int(c, "height"));
+    snprintf(a->num_images, sizeof a->num_images, "%d", pf_case_int(c, "num_images"));
+    snprintf(a->windows, sizeof a->windows, "%d", pf_case_int(c, "windows"));
+}
+
+#endif
