@@ -17,3 +17,8 @@ run "$PERFLOW" generate --model "$MODEL" --delta "$MODEL-delta/unet" --prompt "a
     --num-images 4 --grid --out "$OUT/cats.png"
 run "$PERFLOW" inspect "$MODEL-delta/unet/diffusion_pytorch_model.safetensors" | head -3
 echo "demo: wrote $OUT/cats.png (a 2x2 contact sheet of four 256x256 images)"
+# The product's shape: the same job through the worker, with the local services it
+# needs (dev broker, Redis, an HTTP model server) started and stopped by the script.
+echo
+echo "== the worker: one job through Kafka (dev broker), Redis and the model cache"
+BIN=$(dirname "$PERFLOW") sh ops/worker-demo.sh
