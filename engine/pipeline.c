@@ -125,16 +125,45 @@ static int encode_into(pf_pipeline *p, pf_tensor *ctx, int row, int n, const cha
     return rc;
 }
 
+int pf_txt2img_batchable(const pf_pipeline *p, const pf_txt2img_params *a, const pf_txt2img_params *b) {
+    pf_perflow_config ca, cb;
+    pf_error e;
+    if (run_config(p, a, &ca, &e) || run_config(p, b, &cb, &e)) return 0;
+    return a->width == b->width && a->height == b->height && a->steps == b->steps && a->guidance == b->guidance &&
+           a->clip_skip == b->clip_skip && ca.prediction_type == cb.prediction_type &&
+           ca.num_time_windows == cb.num_time_windows;
+}
+
 int pf_pipeline_txt2img(pf_pipeline *p, const pf_txt2img_params *prm, float *images, pf_error *err) {
-    if (pf_txt2img_check(p, prm, err)) return -1;
+    return pf_pipeline_txt2img_batch(p, &prm, 1, images, err);
+}
+
+/* Batch layout. Job j owns the num_images images after those of jobs 0..j-1,
+ * B in all; the UNet runs on BB = 2B rows, [uncond(0..B), cond(0..B)] as
+ * diffusers stacks them, or on B rows without guidance. Everything per image
+ * (the latents, the combine, the sampler step, the decode) is elementwise or
+ * per sample, so stacking jobs changes no job's numbers. */
+int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jobs, int njobs, float *images,
+                              pf_error *err) {
+    PF_CHECK(njobs >= 1);
+    const pf_txt2img_params *prm = jobs[0]; /* the settings every job shares, and the callbacks */
+    int B = 0;
+    for (int j = 0; j < njobs; j++) {
+        if (pf_txt2img_check(p, jobs[j], err)) return njobs > 1 ? pf_error_prefix(err, "batch job %d", j) : -1;
+        if (!pf_txt2img_batchable(p, prm, jobs[j]))
+            return pf_fail(err, "batch job %d differs from job 0 in size, steps, guidance, clip_skip, "
+                                "prediction type or windows", j);
+        B += jobs[j]->num_images;
+    }
     pf_backend *be = p->be;
     const pf_unet_config *uc = pf_unet_get_config(p->unet);
     const int f = pf_vae_scale_factor(p->vae);
-    const int B = prm->num_images, C = uc->in_channels, h = prm->height / f, w = prm->width / f;
+    const int C = uc->in_channels, h = prm->height / f, w = prm->width / f;
     const int D = pf_clip_text_model_config(p->text_encoder)->hidden_size;
     const int cfg_on = prm->guidance > 1.0f; /* do_classifier_free_guidance */
     const int BB = cfg_on ? 2 * B : B;       /* UNet batch: [uncond, cond] stacked */
-    const size_t n = (size_t)B * C * h * w;  /* latent elements */
+    const size_t per = (size_t)C * h * w;    /* latent elements of one image */
+    const size_t n = (size_t)B * per;        /* latent elements of the batch */
     int rc = -1;
 
     pf_perflow_config scfg;
@@ -146,19 +175,24 @@ int pf_pipeline_txt2img(pf_pipeline *p, const pf_txt2img_params *prm, float *ima
         pf_perflow_set_timesteps(&sampler, prm->steps, err))
         goto done;
 
-    /* 3. encode_prompt: negative (uncond) rows first, then the prompt's. */
+    /* 3. encode_prompt per job: negative (uncond) rows first, then the prompts'. */
     ctx = pf_new3(be, BB, TOKENS, D);                                  /* (BB, 77, D) */
-    if (cfg_on && encode_into(p, ctx, 0, B, prm->negative_prompt ? prm->negative_prompt : "", prm->clip_skip, err))
-        goto done;
-    if (encode_into(p, ctx, cfg_on ? B : 0, B, prm->prompt, prm->clip_skip, err)) goto done;
-
-    /* 5. prepare_latents: randn((B, C, h, w), generator) * init_noise_sigma (1.0). */
     latents = PF_MALLOC(n * sizeof *latents);
-    eps = PF_MALLOC((size_t)BB * C * h * w * sizeof *eps);
+    for (int j = 0, row = 0; j < njobs; row += jobs[j]->num_images, j++) {
+        const pf_txt2img_params *q = jobs[j];
+        if (cfg_on && encode_into(p, ctx, row, q->num_images, q->negative_prompt ? q->negative_prompt : "",
+                                  q->clip_skip, err))
+            goto done;
+        if (encode_into(p, ctx, (cfg_on ? B : 0) + row, q->num_images, q->prompt, q->clip_skip, err)) goto done;
+        /* 5. prepare_latents: randn((num_images, C, h, w), generator) * init_noise_sigma
+         * (1.0), one generator per job as diffusers takes a list of generators. */
+        pf_rng rng;
+        pf_rng_seed(&rng, q->seed);
+        pf_rng_randn(&rng, latents + (size_t)row * per, (size_t)q->num_images * per);
+    }
+
+    eps = PF_MALLOC((size_t)BB * per * sizeof *eps);
     times = PF_MALLOC((size_t)BB * sizeof *times);
-    pf_rng rng;
-    pf_rng_seed(&rng, prm->seed);
-    pf_rng_randn(&rng, latents, n);
 
     /* 7. denoising loop */
     x = pf_new4(be, BB, C, h, w);                                      /* (BB, C, h, w) UNet input */

@@ -162,7 +162,7 @@ static void test_requeue_and_batching(void **state) {
     free(again);
     assert_int_equal(parse(&b, MINIMAL ", \"seed\": 6}", field, &err), 0);
     assert_true(pf_job_same_model(&a, &b));
-    assert_false(pf_job_same_images(&a, &b)); /* another seed: another engine call */
+    assert_false(pf_job_same_images(&a, &b)); /* another seed: another item of the engine call */
     pf_job_free(&b);
     assert_int_equal(parse(&b, MINIMAL ", \"seed\": 5, \"width\": 256}", field, &err), 0);
     assert_false(pf_job_same_model(&a, &b)); /* another size: another batch */

@@ -173,54 +173,64 @@ static void store_outputs(pf_exec *x, pf_exec_job *j, const uint8_t *rgb) {
     if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon)) j->outcome = PF_OUT_SUCCEEDED;
 }
 
-/* One engine call for jobs[0..n), which all ask for the same images. */
-static void run_group(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
-    const pf_job *job = &jobs[0]->job;
-    pf_txt2img_params prm;
-    pf_txt2img_defaults(&prm);
-    prm.prompt = job->prompt;
-    prm.negative_prompt = job->negative_prompt;
-    prm.width = job->width;
-    prm.height = job->height;
-    prm.steps = job->steps;
-    prm.guidance = job->guidance;
-    prm.seed = job->seed;
-    prm.num_images = job->num_images;
-    prm.prediction_type = job->prediction_type;
-    prm.windows = job->windows;
-    prm.clip_skip = job->clip_skip;
-    group_ctx g = {x, jobs, n, 0};
-    prm.progress = on_step;
-    prm.cancelled = on_cancel_check;
-    prm.user = &g;
-    pf_error e;
-    if (pf_txt2img_check(model->pipe, &prm, &e)) {
-        for (int i = 0; i < n; i++) {
-            jobs[i]->outcome = PF_OUT_REJECTED;
-            jobs[i]->dead_letter = 1;
-            snprintf(jobs[i]->code, sizeof jobs[i]->code, PF_ERR_INVALID);
-            snprintf(jobs[i]->err.msg, sizeof jobs[i]->err.msg, "%s", e.msg);
+/* The engine's parameters for job (no callbacks). The strings point into job. */
+static void job_params(pf_txt2img_params *prm, const pf_job *job) {
+    pf_txt2img_defaults(prm);
+    prm->prompt = job->prompt;
+    prm->negative_prompt = job->negative_prompt;
+    prm->width = job->width;
+    prm->height = job->height;
+    prm->steps = job->steps;
+    prm->guidance = job->guidance;
+    prm->seed = job->seed;
+    prm->num_images = job->num_images;
+    prm->prediction_type = job->prediction_type;
+    prm->windows = job->windows;
+    prm->clip_skip = job->clip_skip;
+}
+
+/* One engine call for jobs[0..n), which pf_txt2img_batchable admits together.
+ * Jobs that ask for the same images (pf_job_same_images) are one item of the
+ * engine's batch and get the same pixels; the others are an item each. */
+static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
+    pf_txt2img_params *prm = PF_CALLOC((size_t)n, sizeof *prm);
+    const pf_txt2img_params **items = PF_CALLOC((size_t)n, sizeof *items);
+    size_t *at = PF_CALLOC((size_t)n, sizeof *at); /* job i's first value in images */
+    const size_t px = (size_t)jobs[0]->job.width * jobs[0]->job.height * 3;
+    size_t count = 0;
+    int nitems = 0, nimages = 0;
+    for (int i = 0; i < n; i++) {
+        int same = 0;
+        while (same < i && !pf_job_same_images(&jobs[same]->job, &jobs[i]->job)) same++;
+        if (same < i) {
+            at[i] = at[same];
+            continue;
         }
-        return;
+        job_params(&prm[i], &jobs[i]->job);
+        items[nitems++] = &prm[i];
+        at[i] = count;
+        count += px * (size_t)jobs[i]->job.num_images;
+        nimages += jobs[i]->job.num_images;
     }
-    const size_t px = (size_t)job->width * job->height * 3, count = px * (size_t)job->num_images;
+    group_ctx g = {x, jobs, n, 0};
+    prm[0].progress = on_step; /* items[0] is jobs[0]'s, whose callbacks serve the batch */
+    prm[0].cancelled = on_cancel_check;
+    prm[0].user = &g;
     float *images = malloc(count * sizeof *images);
     uint8_t *rgb = malloc(count);
     if (!images || !rgb) {
         for (int i = 0; i < n; i++) fail(jobs[i], PF_ERR_INTERNAL, 1, 0, "out of memory for the images");
-        free(images);
-        free(rgb);
-        return;
+        goto done;
     }
     long long t0 = pf_now_ms();
     for (int i = 0; i < n; i++) jobs[i]->t_engine_start = t0;
-    pf_wlog(PF_LOG_INFO, "engine.start", job->job_id, json_pack("{s:i, s:i}", "jobs", n, "images", job->num_images),
-            NULL);
-    int rc = pf_pipeline_txt2img(model->pipe, &prm, images, &e);
+    pf_wlog(PF_LOG_INFO, "engine.start", jobs[0]->job.job_id,
+            json_pack("{s:i, s:i, s:i}", "jobs", n, "items", nitems, "images", nimages), NULL);
+    pf_error e;
+    int rc = pf_pipeline_txt2img_batch(model->pipe, items, nitems, images, &e);
     long long t1 = pf_now_ms();
-    pf_wlog(PF_LOG_INFO, "engine.end", job->job_id, json_pack("{s:i, s:I, s:i}", "jobs", n, "ms", (json_int_t)(t1 - t0),
-                                                            "rc", rc),
-            NULL);
+    pf_wlog(PF_LOG_INFO, "engine.end", jobs[0]->job.job_id,
+            json_pack("{s:i, s:I, s:i}", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc), NULL);
     for (int i = 0; i < n; i++) {
         jobs[i]->t_engine_end = t1;
         jobs[i]->engine_ms = t1 - t0;
@@ -231,10 +241,14 @@ static void run_group(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
     } else {
         pf_image_to_u8(rgb, images, (long)count);
         for (int i = 0; i < n; i++)
-            if (!ended(x, jobs[i])) store_outputs(x, jobs[i], rgb);
+            if (!ended(x, jobs[i])) store_outputs(x, jobs[i], rgb + at[i]);
     }
+done:
     free(images);
     free(rgb);
+    free(at);
+    free(items);
+    free(prm);
 }
 
 void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
@@ -277,17 +291,39 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
         jobs[i].load_ms = t.load_ms;
         jobs[i].model_warm = t.warm;
     }
-    /* Jobs that want the same images share an engine call; groups run in arrival order. */
+    /* Jobs the engine would refuse are rejected one by one, before any batching. */
+    for (int i = 0; i < n; i++) {
+        pf_txt2img_params prm;
+        job_params(&prm, &jobs[i].job);
+        if (ended(x, &jobs[i]) || !pf_txt2img_check(model->pipe, &prm, &e)) continue;
+        jobs[i].outcome = PF_OUT_REJECTED;
+        jobs[i].dead_letter = 1;
+        snprintf(jobs[i].code, sizeof jobs[i].code, PF_ERR_INVALID);
+        snprintf(jobs[i].err.msg, sizeof jobs[i].err.msg, "%s", e.msg);
+    }
+    /* Calls in arrival order: each takes the first job not yet run and every
+     * later one the engine can batch with it (same steps, guidance, sampler
+     * settings; model and size are the batch's), up to max_batch distinct
+     * images; a job that alone asks for more runs alone. */
     int *done = PF_CALLOC((size_t)n, sizeof *done);
     for (int i = 0; i < n && !atomic_load(x->abandon); i++) {
-        if (done[i]) continue;
-        int k = 0;
-        for (int j = i; j < n; j++)
-            if (!done[j] && pf_job_same_images(&jobs[i].job, &jobs[j].job)) {
-                done[j] = 1;
-                if (!ended(x, &jobs[j])) group[k++] = &jobs[j];
-            }
-        if (k) run_group(x, model, group, k);
+        if (done[i] || ended(x, &jobs[i])) continue;
+        pf_txt2img_params head, prm;
+        job_params(&head, &jobs[i].job);
+        group[0] = &jobs[i];
+        int k = 1, images = jobs[i].job.num_images;
+        for (int j = i + 1; j < n; j++) {
+            job_params(&prm, &jobs[j].job);
+            if (done[j] || ended(x, &jobs[j]) || !pf_txt2img_batchable(model->pipe, &head, &prm)) continue;
+            int m = 0;
+            while (m < k && !pf_job_same_images(&group[m]->job, &jobs[j].job)) m++;
+            int more = m < k ? 0 : jobs[j].job.num_images; /* the same images cost nothing more */
+            if (images + more > cfg->max_batch) continue;
+            done[j] = 1;
+            group[k++] = &jobs[j];
+            images += more;
+        }
+        run_call(x, model, group, k);
     }
     free(done);
     free(group);

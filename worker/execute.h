@@ -4,11 +4,15 @@
  * (downloading, running step i of n, uploading).
  *
  * A batch is consecutive jobs of one model and image size (pf_job_same_model).
- * Jobs that ask for exactly the same images (pf_job_same_images) share one
- * engine call; the others run one engine call each on the warm pipeline. The
- * engine's pipeline takes one prompt and one seed per call, so jobs that
- * differ in prompt or seed cannot share a call until it takes per-image
- * prompts and seeds.
+ * Jobs that also share steps, guidance and sampler settings
+ * (pf_txt2img_batchable) share one engine call (pf_pipeline_txt2img_batch), up
+ * to max_batch images, whatever their prompts, negative prompts, seeds and
+ * image counts: each gets the images it would get alone (to float rounding,
+ * so a job run again in another batch may differ by one 8-bit level in a few
+ * pixels; see pf_pipeline_txt2img_batch). Jobs that ask for
+ * exactly the same images (pf_job_same_images) are one item of that call and
+ * cost nothing more. Jobs that differ in those settings run in calls of their
+ * own, in arrival order.
  *
  * Transient steps (download, upload) are tried cfg->retries times with
  * backoff; what happens after that (re-enqueue, dead letter) is the main
@@ -46,7 +50,7 @@ typedef struct pf_exec_job {
     long long download_ms, load_ms, engine_ms, upload_ms;
     long long t_engine_start, t_engine_end; /* monotonic ms; 0 if the engine did not run */
     int retries;                    /* transient steps tried again */
-    int batch_jobs;                 /* jobs that shared this job's engine call */
+    int batch_jobs;                 /* jobs that shared this job's engine call (itself included) */
     int model_warm;
 } pf_exec_job;
 

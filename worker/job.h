@@ -82,7 +82,8 @@ char *pf_job_with_attempt(const char *data, size_t len, int attempt);
  * weights variant and image size. */
 int pf_job_same_model(const pf_job *a, const pf_job *b);
 /* 1 when both jobs ask for exactly the same images (everything the engine
- * reads is equal), so that one engine call serves both. */
+ * reads is equal), so that one item of an engine call serves both (jobs that
+ * differ in prompt or seed still share the call, as items of their own). */
 int pf_job_same_images(const pf_job *a, const pf_job *b);
 
 /* Parses an RFC 3339 timestamp ("2025-11-26T03:04:05Z", fraction and offset

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "backoff.h"
+#include "failure.h"
 #include "log.h"
 #include "model_source.h"
 
@@ -68,15 +69,10 @@ static uint64_t tree_bytes(const char *path, int depth) {
     return sum;
 }
 
-/* The storage layer reports no error class yet: its messages say when a
- * transfer gave up after retries (network, 5xx) or a local step failed, which
- * may succeed later; anything else (404, policy refusal, digest mismatch,
- * size cap, a malformed model index) will not. */
-static pf_model_failure classify(const char *msg) {
-    if (strstr(msg, "gave up after retries") || strstr(msg, "gave up waiting") || !strncmp(msg, "cache:", 6) ||
-        strstr(msg, ": cache:") || strstr(msg, "redis"))
-        return PF_MODEL_TRANSIENT;
-    return PF_MODEL_PERMANENT;
+/* Whether a failed acquire may succeed later: the storage layer's own class
+ * (storage/failure.h) for the last failing call on this thread. */
+static pf_model_failure classify(void) {
+    return pf_storage_failure() == PF_STORAGE_PERMANENT ? PF_MODEL_PERMANENT : PF_MODEL_TRANSIENT;
 }
 
 /* Unloads idle models, least recently used first, until need more bytes fit. */
@@ -151,7 +147,7 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
     *out = x;
     return 0;
 fail_fetch:
-    *failure = classify(err->msg);
+    *failure = classify();
     unload(x);
     return -1;
 }

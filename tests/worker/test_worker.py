@@ -77,20 +77,38 @@ def test_happy_path_events_and_outputs(rig):
     r.events.wait(lambda: sum(v for v in r.committed().values() if v > 0) == 1, 15, "the committed offset")
 
 
-def test_identical_jobs_share_one_engine_call(rig):
+def test_batched_jobs_share_one_engine_call(rig):
     r = rig(partitions=1)
-    ids = ["same-%d" % i for i in range(3)]
-    for i in ids:
+    same = ["same-%d" % i for i in range(2)]
+    for i in same:
         r.produce(r.job(i))  # same model, size, prompt, seed: the same images
+    # same model, size and settings, but another prompt, negative prompt, seed and image count
+    mix = r.job("mix-0", prompt="a red car", negative_prompt="blurry", seed=3, num_images=2)
+    r.produce(mix)
+    ids = same + ["mix-0"]
     w = r.start_worker(PERFLOW_MAX_BATCH=4, PERFLOW_BATCH_WAIT_MS=300)
     r.events.wait_terminal(ids, timeout=60)
     starts = w.events("engine.start")
-    assert len(starts) == 1 and starts[0]["jobs"] == 3, starts
-    outs = [r.events.of(i, "succeeded")[0] for i in ids]
-    assert all(o["batch_jobs"] == 3 for o in outs)
-    for i, o in zip(ids, outs):
-        assert sha256(r.object("%s/0-7.png" % i)) == o["outputs"][0]["sha256"]
-    assert len({png_pixels(r.object("%s/0-7.png" % i)) for i in ids}) == 1  # one image, three keys
+    assert len(starts) == 1, starts
+    assert (starts[0]["jobs"], starts[0]["items"], starts[0]["images"]) == (3, 2, 3), starts
+    outs = {i: r.events.of(i, "succeeded")[0] for i in ids}
+    assert all(o["batch_jobs"] == 3 for o in outs.values())
+    keys = ["same-0/0-7.png", "same-1/0-7.png", "mix-0/0-3.png", "mix-0/1-3.png"]
+    for k in keys:
+        job_id = k.split("/")[0]
+        (o,) = [o for o in outs[job_id]["outputs"] if o["url"].endswith(k)]
+        assert sha256(r.object(k)) == o["sha256"]
+    pixels = {k: png_pixels(r.object(k)) for k in keys}
+    assert pixels["same-0/0-7.png"] == pixels["same-1/0-7.png"]  # one image, two keys
+    assert len({pixels[k] for k in keys[1:]}) == 3  # each job its own images
+    # A job batched with others gets the pixels it gets alone.
+    mix["job_id"] = "alone-0"
+    r.produce(mix)
+    r.events.wait_terminal(["alone-0"], timeout=60)
+    starts = w.events("engine.start")
+    assert len(starts) == 2 and starts[1]["jobs"] == 1, starts
+    for i in range(2):
+        assert png_pixels(r.object("alone-0/%d-3.png" % i)) == pixels["mix-0/%d-3.png" % i]
 
 
 INVALID = [  # (job id, change, field named in the rejection)
