@@ -60,4 +60,29 @@ static inline void pf_case_cli_of(pf_case_cli *a, json_t *c) {
     snprintf(a->windows, sizeof a->windows, "%d", pf_case_int(c, "windows"));
 }
 
+/* Loads a case's model (and its delta, if any) onto be; fails the test on error. */
+static inline pf_pipeline *pf_case_load(pf_backend *be, json_t *c) {
+    const char *model = pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(c, "model")));
+    const char *d = pf_case_str(c, "delta");
+    const char *delta = d ? pf_test_path(pf_pathf("tests/data/models/%s", d)) : NULL;
+    pf_pipeline *p;
+    pf_error err;
+    if (pf_pipeline_load(&p, be, model, delta, &err)) fail_msg("%s", err.msg);
+    return p;
+}
+
+/* A progress callback (user: a pf_step_counter) that records what it was told. */
+typedef struct pf_step_counter {
+    int calls, last, total;
+} pf_step_counter;
+static inline void pf_count_step(void *user, int step, int total) {
+    pf_step_counter *c = user;
+    c->calls++;
+    c->last = step;
+    c->total = total;
+}
+
+/* A cancel callback (user: an int counting calls) that stops before the third step. */
+static inline int pf_cancel_at_two(void *user) { return ++*(int *)user > 2; }
+
 #endif

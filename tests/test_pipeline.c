@@ -17,26 +17,6 @@
 #include "image.h"
 #include "safetensors.h"
 
-static pf_pipeline *load(pf_backend *be, json_t *c) {
-    const char *model = pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(c, "model")));
-    const char *d = pf_case_str(c, "delta");
-    const char *delta = d ? pf_test_path(pf_pathf("tests/data/models/%s", d)) : NULL;
-    pf_pipeline *p;
-    pf_error err;
-    if (pf_pipeline_load(&p, be, model, delta, &err)) fail_msg("%s", err.msg);
-    return p;
-}
-
-typedef struct counter {
-    int calls, last, total;
-} counter;
-static void on_progress(void *user, int step, int total) {
-    counter *c = user;
-    c->calls++;
-    c->last = step;
-    c->total = total;
-}
-
 /* Compares 8-bit images: equal except <= 1 level on <= 0.1 % of values. */
 static void assert_u8_close(const char *what, const uint8_t *got, const uint8_t *want, size_t n) {
     size_t off = 0;
@@ -58,11 +38,11 @@ static void test_pipelines(void **state) {
         pf_txt2img_params p;
         pf_case_params(c, &p);
         const char *name = pf_case_str(c, "name");
-        pf_pipeline *pipe = load(be, c);
+        pf_pipeline *pipe = pf_case_load(be, c);
         const size_t n = (size_t)p.num_images * p.height * p.width * 3;
         float *got = malloc(n * sizeof *got), *other = malloc(n * sizeof *other);
-        counter cnt = {0, 0, 0};
-        p.progress = on_progress;
+        pf_step_counter cnt = {0, 0, 0};
+        p.progress = pf_count_step;
         p.user = &cnt;
         pf_error err;
         if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s: %s", name, err.msg);
@@ -114,20 +94,18 @@ static void test_pipelines(void **state) {
     json_decref(root);
 }
 
-static int cancel_at_two(void *user) { return ++*(int *)user > 2; }
-
 static void test_cancel_and_bad_params(void **state) {
     (void)state;
     json_t *root = pf_pipeline_cases();
     json_t *c = json_array_get(json_object_get(root, "cases"), 0);
     pf_backend *be = pf_backend_cpu_new(0);
-    pf_pipeline *pipe = load(be, c);
+    pf_pipeline *pipe = pf_case_load(be, c);
     pf_txt2img_params p;
     pf_case_params(c, &p);
     float *img = malloc((size_t)p.height * p.width * 3 * sizeof *img);
     pf_error err;
     int calls = 0;
-    p.cancelled = cancel_at_two;
+    p.cancelled = pf_cancel_at_two;
     p.user = &calls;
     assert_int_equal(pf_pipeline_txt2img(pipe, &p, img, &err), PF_CANCELLED);
     assert_non_null(strstr(err.msg, "cancelled before step 3"));

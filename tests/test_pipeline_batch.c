@@ -17,15 +17,6 @@
 #include "backend.h"
 #include "safetensors.h"
 
-typedef struct counter {
-    int calls, last, total;
-} counter;
-static void on_progress(void *user, int step, int total) {
-    counter *c = user;
-    c->calls++;
-    c->last = step;
-    c->total = total;
-}
 static void never_called(void *user, int step, int total) {
     (void)user, (void)step, (void)total;
     fail_msg("the progress callback of a job other than the first was called");
@@ -104,8 +95,8 @@ static void test_batch_with_guidance(void **state) {
     d.seed = 7;
     d.num_images = 1;
     assert_true(pf_txt2img_batchable(pipe, &a, &b));
-    counter cnt = {0, 0, 0};
-    a.progress = on_progress;
+    pf_step_counter cnt = {0, 0, 0};
+    a.progress = pf_count_step;
     a.user = &cnt;
     b.progress = d.progress = never_called; /* the first job's callbacks serve the batch */
     const pf_txt2img_params *jobs[] = {&a, &b, &d};
@@ -154,8 +145,6 @@ static void test_batch_without_guidance(void **state) {
     json_decref(root);
 }
 
-static int cancel_at_two(void *user) { return ++*(int *)user > 2; }
-
 /* Jobs that cannot share a call, a bad job, and a cancelled batch. */
 static void test_batch_refusals_and_cancel(void **state) {
     (void)state;
@@ -196,7 +185,7 @@ static void test_batch_refusals_and_cancel(void **state) {
     b = a;
     b.seed = 9;
     int calls = 0;
-    a.cancelled = cancel_at_two;
+    a.cancelled = pf_cancel_at_two;
     a.user = &calls;
     assert_int_equal(pf_pipeline_txt2img_batch(pipe, jobs, 2, img, &err), PF_CANCELLED);
     assert_non_null(strstr(err.msg, "cancelled before step 3"));
