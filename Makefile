@@ -1,8 +1,9 @@
 # perflow - build, test, benchmark.
 #
 #   make            engine library + bin/perflow (CUDA parts only when nvcc is found)
-#   make engine     the engine alone: needs only libc, OpenBLAS and jansson, so it
-#                   also builds on a GPU machine without the worker's libraries
+#   make engine     the engine alone: needs only libc, OpenBLAS, jansson, utf8proc,
+#                   libpng and libjpeg, so it also builds on a GPU machine without
+#                   the worker's libraries
 #   make test       installs missing Debian packages (ops/install-deps.sh), builds, runs every test
 #   make bench      benchmarks against PyTorch (needs the reference venv: make deps-reference)
 #   make fuzz       libFuzzer targets (clang, ASan, UBSan) in $(B)/fuzz/
@@ -20,7 +21,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -Wno-unus
            -fopenmp -Iengine -MMD -MP $(EXTRA_CFLAGS)
 # EXTRA_CFLAGS / EXTRA_LDFLAGS: include and library dirs of libraries outside the
 # system paths (tests/device/check.sh builds against unpacked Debian packages).
-LDLIBS_ENGINE = $(EXTRA_LDFLAGS) -lopenblas -ljansson -lutf8proc -lpng -lm -fopenmp -lpthread
+LDLIBS_ENGINE = $(EXTRA_LDFLAGS) -lopenblas -ljansson -lutf8proc -lpng -ljpeg -lm -fopenmp -lpthread
 VENV    = .venv
 PY      = $(VENV)/bin/python
 

@@ -1,7 +1,10 @@
-/* image.h - float images to 8-bit RGB, contact sheets, and PNG files (libpng). */
+/* image.h - float images to 8-bit RGB, contact sheets, PNG output (libpng), and
+ * input images (PNG through libpng, JPEG through libjpeg-turbo) decoded exactly as
+ * Pillow's Image.open(path).convert("RGB") decodes them. */
 #ifndef PF_IMAGE_H
 #define PF_IMAGE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -20,8 +23,47 @@ uint8_t *pf_image_grid(const uint8_t *images, int n, int w, int h, int *gw, int 
  * Latin-1); keys are 1-79 printable ASCII characters. */
 int pf_png_write(const char *path, const uint8_t *rgb, int w, int h, const char *const *text, pf_error *err);
 
-/* Reads an 8-bit RGB or RGBA PNG (alpha dropped) into a malloc'd buffer; for tests
- * and img2img inputs. */
+/* Input images larger than this on a side are refused. */
+#define PF_IMAGE_MAX_SIDE 16384
+/* ... and so are those of more pixels than this, Pillow's own limit (twice
+ * Image.MAX_IMAGE_PIXELS, above which Image.open raises DecompressionBombError). */
+#define PF_IMAGE_MAX_PIXELS 178956970L
+
+/* Decodes the n bytes at data, a PNG or a JPEG (told apart by their first bytes,
+ * whatever the name), into *rgb: w x h pixels, 8-bit RGB interleaved, rows top to
+ * bottom, malloc'd (the caller frees it). The pixels are those of Pillow's (the
+ * version pinned in tests/reference/requirements.txt)
+ * Image.open(...).convert("RGB"), byte for byte:
+ *   - PNG, every colour type and bit depth. Alpha and tRNS are dropped, not
+ *     composited; grey becomes R = G = B; 1/2/4-bit grey is scaled to 0..255;
+ *     palette indices past the PLTE entries are black; gAMA, cHRM, sRGB, iCCP and
+ *     sBIT are ignored. 16-bit samples keep their high byte, except 16-bit grey
+ *     without alpha, which Pillow opens as mode I;16 and converts by clamping:
+ *     min(value, 255) (so most 16-bit grey images come out nearly white there
+ *     too). Adam7 interlacing is supported; a missing IEND is tolerated.
+ *   - JPEG, baseline or progressive, with libjpeg-turbo's default decoding
+ *     (JDCT_ISLOW, fancy upsampling) as Pillow uses it: greyscale (R = G = B),
+ *     YCbCr or RGB with 3 components, CMYK or YCCK with 4 (taken in Adobe's
+ *     inverted convention, then Pillow's CMYK to RGB; from libjpeg's bytes C, K
+ *     that is R = K - (255 - C) K / 255, rounded as Pillow rounds). EXIF
+ *     orientation is not applied (Image.open does not either); libjpeg's
+ *     warnings about corrupt data are ignored, as Pillow ignores them.
+ * name is what error messages call the input ("upload.png"). Returns 0, or -1
+ * with err set to one line "NAME: ..." ("NAME: PNG: ...", "NAME: JPEG: ...")
+ * and *rgb NULL: not a PNG or JPEG image, truncated (as Pillow fails on it: a
+ * JPEG must be whole, a PNG may lack its IEND), corrupt (as
+ * libpng or libjpeg judge it: also a bad CRC, or a palette PNG without PLTE,
+ * which Pillow would open), of a kind refused as Pillow refuses it (12-bit JPEG,
+ * 2 components), a JPEG of more than 500 scans, or larger than PF_IMAGE_MAX_SIDE
+ * a side or PF_IMAGE_MAX_PIXELS in all. Never exits; releases everything it
+ * allocated on every path. */
+int pf_image_decode(const uint8_t *data, size_t n, const char *name, uint8_t **rgb, int *w, int *h, pf_error *err);
+
+/* pf_image_decode of the file at path (messages name path). Also fails, with
+ * *rgb NULL, when the file cannot be read. */
+int pf_image_read(const char *path, uint8_t **rgb, int *w, int *h, pf_error *err);
+
+/* The same as pf_image_read; kept for its callers, which read PNG goldens. */
 int pf_png_read(const char *path, uint8_t **rgb, int *w, int *h, pf_error *err);
 
 #endif

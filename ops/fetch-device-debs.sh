@@ -12,6 +12,7 @@ set -e
 cd "$(dirname "$0")/.."
 PKGS="libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libgfortran5 libquadmath0
       libjansson4 libjansson-dev libutf8proc2 libutf8proc-dev libpng16-16 libpng-dev
+      libjpeg62-turbo libjpeg62-turbo-dev
       libcmocka0 libcmocka-dev zlib1g-dev make"
 mkdir -p .debs
 cd .debs

@@ -7,7 +7,7 @@
 set -e
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libopenblas-dev libjansson-dev
-      libutf8proc-dev libpng-dev libcmocka-dev python3-venv
+      libutf8proc-dev libpng-dev libjpeg62-turbo-dev libcmocka-dev python3-venv
       libcurl4-openssl-dev libhiredis-dev libssl-dev redis-server nginx-light curl openssl
       librdkafka-dev libsystemd-dev"
 missing=""
