@@ -122,7 +122,7 @@ $(B)/tests/test_worker_%: tests/test_worker_%.c $(B)/libperflow_worker.a $(B)/li
 	$(CC) $(CFLAGS) -Istorage -Iworker -Itests -o $@ $< $(B)/libperflow_worker.a $(B)/libperflow_storage.a \
 	    $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) $(LDLIBS_STORAGE) $(LDLIBS_WORKER) -lcmocka
 
-$(B)/tests/%: tests/%.c $(B)/libperflow_engine.a tests/test_util.h tests/pipeline_cases.h
+$(B)/tests/%: tests/%.c $(B)/libperflow_engine.a tests/test_util.h tests/pipeline_cases.h tests/refine_cases.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) -lcmocka
 

@@ -1,13 +1,12 @@
-/* cmd_generate.c - `perflow generate`: PeRFlow text-to-image to PNG files. */
-#include <errno.h>
+/* cmd_generate.c - `perflow generate`: PeRFlow text-to-image to PNG files, and with
+ * --refine the 1024 px refiner after it (the original PeRFlow predictor's chain). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "backend.h"
+#include "cli_images.h"
 #include "commands.h"
 #include "image.h"
 #include "pipeline.h"
@@ -18,57 +17,33 @@ static void generate_usage(FILE *f) {
             "                        [--negative-prompt TEXT] [--steps 4] [--guidance 4.5] [--seed 0]\n"
             "                        [--width 512] [--height 512] [--num-images 1] [--grid]\n"
             "                        [--prediction-type diff_eps] [--windows 4] [--clip-skip 0] [--threads N]\n"
-            "                        [--device auto|cpu|cuda|cuda:N]\n\n"
+            "                        [--vae-tiling auto|on|off] [--device auto|cpu|cuda|cuda:N]\n"
+            "                        [--refine --controlnet DIR [--refine-size 1024] [--refine-steps 4]\n"
+            "                         [--refine-prompt TEXT] [--refine-negative-prompt TEXT] [--refine-guidance 7.5]\n"
+            "                         [--refine-strength 1.0] [--controlnet-scale 1.0]]\n\n"
             "Runs diffusers' StableDiffusionPipeline with the PeRFlow sampler on the CPU (float32)\n"
             "or a CUDA GPU (float16). --device auto (the default) takes $PERFLOW_DEVICE when set,\n"
             "else the first GPU when this build has CUDA and a GPU is present, else the CPU;\n"
             "--threads applies to the CPU.\n"
             "DIR is a diffusers-layout model folder; --delta adds PeRFlow delta weights to its\n"
             "UNet (a .safetensors file or a folder holding diffusion_pytorch_model.safetensors).\n"
-            "With several images, FILE-0.png, FILE-1.png, ...; --grid writes one contact sheet\n"
-            "FILE.png instead. Guidance <= 1 disables classifier-free guidance. The same seed\n"
-            "gives the same image as diffusers with torch.Generator(\"cpu\").manual_seed(seed).\n"
-            "Prediction types: diff_eps (released SD-1.5 PeRFlow models), ddim_eps, velocity.\n");
-}
-
-static int parse_int(const char *s, const char *name, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "perflow: %s must be an integer in [%ld, %ld] (got '%s')\n", name, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-typedef struct progress_state {
-    int tty;
-    double start;
-} progress_state;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* A bar redrawn in place on a terminal; one line per step otherwise (logs). */
-static void on_progress(void *user, int step, int total) {
-    progress_state *ps = user;
-    double el = now() - ps->start;
-    if (ps->tty) {
-        int filled = step * 30 / total;
-        fprintf(stderr, "\r[%.*s%*s] step %d/%d %.1fs", filled, "==============================", 30 - filled, "",
-                step, total, el);
-        if (step == total) fputc('\n', stderr);
-    } else {
-        fprintf(stderr, "step %d/%d %.2fs\n", step, total, el);
-    }
+            "Width and height: multiples of 8. With several images, FILE-0.png, FILE-1.png, ...;\n"
+            "--grid writes one contact sheet FILE.png instead. Guidance <= 1 disables\n"
+            "classifier-free guidance. The same seed gives the same image as diffusers with\n"
+            "torch.Generator(\"cpu\").manual_seed(seed).\n"
+            "Prediction types: diff_eps (released SD-1.5 PeRFlow models), ddim_eps, velocity.\n"
+            "--vae-tiling: decode in tiles as diffusers' enable_vae_tiling() (on), never (off), or\n"
+            "only where an untiled decode would not fit the device's memory (auto, the default).\n\n"
+            "--refine: then refine each image as `perflow refine` does (the ControlNet-Tile img2img\n"
+            "refiner; see perflow refine --help) with the same model, delta, seed, prediction type,\n"
+            "windows and tiling: the images are quantised to 8 bits first, as the PIL hand-over of\n"
+            "the original predictor, so the result is exactly `perflow refine` of the first PNGs\n"
+            "(one refine call for all of them, one generator seeded with --seed).\n");
 }
 
 int cmd_generate(int argc, char **argv) {
+    enum { O_REFINE = 256, O_CONTROLNET, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH, O_CNSCALE,
+           O_TILING };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"delta", required_argument, 0, 'd'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
@@ -79,6 +54,12 @@ int cmd_generate(int argc, char **argv) {
         {"clip-skip", required_argument, 0, 'c'},   {"threads", required_argument, 0, 't'},
         {"out", required_argument, 0, 'o'},         {"grid", no_argument, 0, 'G'},
         {"device", required_argument, 0, 'v'},      {"help", no_argument, 0, 'h'},
+        {"refine", no_argument, 0, O_REFINE},       {"controlnet", required_argument, 0, O_CONTROLNET},
+        {"refine-size", required_argument, 0, O_RSIZE}, {"refine-steps", required_argument, 0, O_RSTEPS},
+        {"refine-prompt", required_argument, 0, O_RPROMPT}, {"refine-negative-prompt", required_argument, 0, O_RNEG},
+        {"refine-guidance", required_argument, 0, O_RGUIDANCE},
+        {"refine-strength", required_argument, 0, O_RSTRENGTH},
+        {"controlnet-scale", required_argument, 0, O_CNSCALE}, {"vae-tiling", required_argument, 0, O_TILING},
         {0, 0, 0, 0},
     };
     pf_txt2img_params prm;
@@ -86,10 +67,13 @@ int cmd_generate(int argc, char **argv) {
     prm.prompt = NULL;
     prm.prediction_type = "diff_eps";
     prm.windows = 4;
-    const char *model = NULL, *delta = NULL, *out = NULL, *device = NULL;
+    pf_refine_params ref;
+    pf_refine_defaults(&ref);
+    const char *model = NULL, *delta = NULL, *out = NULL, *device = NULL, *controlnet = NULL;
     long v, threads = 0;
-    int grid = 0, c;
-    char *end;
+    double d;
+    int grid = 0, refine = 0, c;
+    pf_error err = {{0}};
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -101,33 +85,28 @@ int cmd_generate(int argc, char **argv) {
         case 'v': device = optarg; break;
         case 'P': prm.prediction_type = optarg; break;
         case 'G': grid = 1; break;
-        case 's': if (parse_int(optarg, "--steps", 1, 1000, &v)) return 2; prm.steps = (int)v; break;
-        case 'W': if (parse_int(optarg, "--width", 8, 4096, &v)) return 2; prm.width = (int)v; break;
-        case 'H': if (parse_int(optarg, "--height", 8, 4096, &v)) return 2; prm.height = (int)v; break;
-        case 'N': if (parse_int(optarg, "--num-images", 1, 64, &v)) return 2; prm.num_images = (int)v; break;
-        case 'K': if (parse_int(optarg, "--windows", 1, 1000, &v)) return 2; prm.windows = (int)v; break;
-        case 'c': if (parse_int(optarg, "--clip-skip", 0, 64, &v)) return 2; prm.clip_skip = (int)v; break;
-        case 't': if (parse_int(optarg, "--threads", 0, 1024, &threads)) return 2; break;
-        case 'S': {
-            errno = 0;
-            unsigned long long s = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || optarg[0] == '-') {
-                fprintf(stderr, "perflow: --seed must be an integer in [0, 2^64) (got '%s')\n", optarg);
-                return 2;
-            }
-            prm.seed = s;
+        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) return 2; prm.steps = (int)v; break;
+        case 'W': if (pf_cli_int(optarg, "--width", 8, 4096, &v)) return 2; prm.width = (int)v; break;
+        case 'H': if (pf_cli_int(optarg, "--height", 8, 4096, &v)) return 2; prm.height = (int)v; break;
+        case 'N': if (pf_cli_int(optarg, "--num-images", 1, 64, &v)) return 2; prm.num_images = (int)v; break;
+        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) return 2; prm.windows = (int)v; break;
+        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) return 2; prm.clip_skip = (int)v; break;
+        case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) return 2; break;
+        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) return 2; break;
+        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) return 2; prm.guidance = (float)d; break;
+        case O_REFINE: refine = 1; break;
+        case O_CONTROLNET: controlnet = optarg; break;
+        case O_RSIZE: if (pf_cli_int(optarg, "--refine-size", 0, 1L << 20, &v)) return 2; ref.size = (int)v; break;
+        case O_RSTEPS: if (pf_cli_int(optarg, "--refine-steps", 1, 1000, &v)) return 2; ref.steps = (int)v; break;
+        case O_RPROMPT: ref.prompt = optarg; break;
+        case O_RNEG: ref.negative_prompt = optarg; break;
+        case O_RGUIDANCE:
+            if (pf_cli_number_in(optarg, "--refine-guidance", 0, 100, &d)) return 2;
+            ref.guidance = (float)d;
             break;
-        }
-        case 'g': {
-            errno = 0;
-            double g = strtod(optarg, &end);
-            if (errno || *end || end == optarg || !(g >= 0 && g <= 100)) {
-                fprintf(stderr, "perflow: --guidance must be a number in [0, 100] (got '%s')\n", optarg);
-                return 2;
-            }
-            prm.guidance = (float)g;
-            break;
-        }
+        case O_RSTRENGTH: if (pf_cli_number(optarg, "--refine-strength", &d)) return 2; ref.strength = (float)d; break;
+        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) return 2; ref.controlnet_scale = (float)d; break;
+        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) return 2; break;
         case 'h': generate_usage(stdout); return 0;
         default: generate_usage(stderr); return 2;
         }
@@ -137,66 +116,106 @@ int cmd_generate(int argc, char **argv) {
         generate_usage(stderr);
         return 2;
     }
-    size_t olen = strlen(out);
-    if (olen < 5 || strcmp(out + olen - 4, ".png")) {
+    if (!pf_cli_is_png_path(out)) {
         fprintf(stderr, "perflow: --out must name a .png file (got '%s')\n", out);
         return 2;
     }
+    if (refine && !controlnet) {
+        fprintf(stderr, "perflow: --refine needs --controlnet DIR (the refiner's ControlNet-Tile)\n");
+        return 2;
+    }
+    if (controlnet && !refine) {
+        fprintf(stderr, "perflow: --controlnet is used by --refine only (a ControlNet with a control image in "
+                        "text-to-image is not supported yet)\n");
+        return 2;
+    }
 
-    pf_error err = {{0}};
     pf_backend *be = pf_backend_open(device, (int)threads, &err);
     pf_pipeline *pipe = NULL;
     float *images = NULL;
-    uint8_t *rgb = NULL, *sheet = NULL;
+    uint8_t *rgb = NULL;
     int rc = 1;
     if (!be || pf_pipeline_load(&pipe, be, model, delta, &err) || pf_txt2img_check(pipe, &prm, &err)) goto done;
-    const size_t px = (size_t)prm.width * prm.height * 3;
-    images = malloc(px * prm.num_images * sizeof *images);
+    if (refine) {
+        /* everything the second stage needs is checked before the first runs */
+        ref.image_width = prm.width;
+        ref.image_height = prm.height;
+        ref.num_images = prm.num_images;
+        ref.seed = prm.seed;
+        ref.prediction_type = prm.prediction_type;
+        ref.windows = prm.windows;
+        ref.clip_skip = prm.clip_skip;
+        ref.vae_tiling = prm.vae_tiling;
+        if (pf_pipeline_set_controlnet(pipe, controlnet, &err) || pf_refine_check(pipe, &ref, NULL, &err)) goto done;
+    }
+    size_t px = (size_t)prm.width * prm.height * 3;
+    int W = prm.width, H = prm.height;
+    if (refine) pf_refine_output_size(&ref, &W, &H);
+    const size_t out_px = (size_t)W * H * 3, most = px > out_px ? px : out_px;
+    images = malloc(most * prm.num_images * sizeof *images);
     rgb = malloc(px * prm.num_images);
     if (!images || !rgb) {
-        pf_fail(&err, "out of memory for %d images of %d x %d", prm.num_images, prm.width, prm.height);
+        pf_fail(&err, "out of memory for %d images of %d x %d", prm.num_images, W, H);
         goto done;
     }
-    progress_state ps = {isatty(2), now()};
-    prm.progress = on_progress;
+    pf_cli_progress ps;
+    pf_cli_progress_init(&ps, "generate");
+    prm.progress = pf_cli_on_progress;
     prm.user = &ps;
     if (pf_pipeline_txt2img(pipe, &prm, images, &err)) goto done;
     pf_image_to_u8(rgb, images, (long)(px * prm.num_images));
+    if (refine) {
+        ps.stage = "refine";
+        ref.images = rgb;
+        ref.progress = pf_cli_on_progress;
+        ref.user = &ps;
+        if (pf_pipeline_refine(pipe, &ref, images, &err)) goto done;
+        uint8_t *fine = realloc(rgb, out_px * prm.num_images);
+        if (!fine) {
+            pf_fail(&err, "out of memory for %d images of %d x %d", prm.num_images, W, H);
+            goto done;
+        }
+        rgb = fine;
+        pf_image_to_u8(rgb, images, (long)(out_px * prm.num_images));
+    }
 
-    char seed[32], steps[16], guidance[32], size[32], windows[16], index[16], skip[16];
+    char seed[32], steps[16], guidance[32], size[32], windows[16], skip[16], rsize[32], rsteps[16], rguid[32],
+        rstrength[32], cnscale[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm.seed);
     snprintf(steps, sizeof steps, "%d", prm.steps);
     snprintf(guidance, sizeof guidance, "%g", (double)prm.guidance);
     snprintf(size, sizeof size, "%dx%d", prm.width, prm.height);
     snprintf(windows, sizeof windows, "%d", prm.windows);
     snprintf(skip, sizeof skip, "%d", prm.clip_skip);
-    const char *text[] = {"Software", "perflow", "prompt", prm.prompt,
-                          "negative_prompt", prm.negative_prompt ? prm.negative_prompt : "",
-                          "seed", seed, "steps", steps, "guidance", guidance, "size", size,
-                          "prediction_type", prm.prediction_type, "windows", windows, "clip_skip", skip,
-                          "model", model, "delta", delta ? delta : "", "index", index, NULL};
-    if (prm.num_images == 1 || grid) {
-        int gw = prm.width, gh = prm.height;
-        const uint8_t *pix = rgb;
-        if (prm.num_images > 1) pix = sheet = pf_image_grid(rgb, prm.num_images, prm.width, prm.height, &gw, &gh);
-        snprintf(index, sizeof index, "%s", prm.num_images > 1 ? "grid" : "0");
-        if (pf_png_write(out, pix, gw, gh, text, &err)) goto done;
-        printf("%s\n", out);
-    } else {
-        for (int i = 0; i < prm.num_images; i++) {
-            char path[4096];
-            snprintf(path, sizeof path, "%.*s-%d.png", (int)(olen - 4), out, i);
-            snprintf(index, sizeof index, "%d", i);
-            if (pf_png_write(path, rgb + px * i, prm.width, prm.height, text, &err)) goto done;
-            printf("%s\n", path);
-        }
+    snprintf(rsize, sizeof rsize, "%dx%d", W, H);
+    snprintf(rsteps, sizeof rsteps, "%d", ref.steps);
+    snprintf(rguid, sizeof rguid, "%g", (double)ref.guidance);
+    snprintf(rstrength, sizeof rstrength, "%g", (double)ref.strength);
+    snprintf(cnscale, sizeof cnscale, "%g", (double)ref.controlnet_scale);
+    const char *text[64] = {"Software", "perflow", "prompt", prm.prompt,
+                            "negative_prompt", prm.negative_prompt ? prm.negative_prompt : "",
+                            "seed", seed, "steps", steps, "guidance", guidance, "size", size,
+                            "prediction_type", prm.prediction_type, "windows", windows, "clip_skip", skip,
+                            "model", model, "delta", delta ? delta : ""};
+    int nt = 0;
+    while (text[nt]) nt++;
+    if (refine) {
+        const char *more[] = {"refine_controlnet", controlnet, "refine_size", rsize, "refine_steps", rsteps,
+                              "refine_prompt", ref.prompt ? ref.prompt : PF_REFINE_PROMPT,
+                              "refine_negative_prompt",
+                              ref.negative_prompt ? ref.negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
+                              "refine_guidance", rguid, "refine_strength", rstrength, "controlnet_scale", cnscale};
+        for (size_t i = 0; i < sizeof more / sizeof *more; i++) text[nt++] = more[i];
     }
+    text[nt++] = "index";
+    text[nt++] = NULL; /* filled by pf_cli_write_pngs */
+    text[nt] = NULL;
+    if (pf_cli_write_pngs(out, rgb, prm.num_images, W, H, grid, text, &err)) goto done;
     rc = 0;
 done:
     if (rc) fprintf(stderr, "perflow: %s\n", err.msg);
     free(images);
     free(rgb);
-    free(sheet);
     pf_pipeline_free(pipe);
     pf_backend_free(be);
     return rc;

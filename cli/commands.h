@@ -7,6 +7,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_encode(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_refine(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
 int cmd_put(int argc, char **argv);
 

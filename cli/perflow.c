@@ -9,7 +9,8 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *help;
 } commands[] = {
-    {"generate", cmd_generate, "PeRFlow text-to-image into PNG files"},
+    {"generate", cmd_generate, "PeRFlow text-to-image into PNG files (--refine: then the refiner)"},
+    {"refine", cmd_refine, "the PeRFlow refiner: ControlNet-Tile img2img of an image to 1024 px"},
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts as JSON arrays"},
     {"encode", cmd_encode, "encode a prompt with a model's CLIP text encoder"},
     {"inspect", cmd_inspect, "validate a .safetensors file and list its tensors"},

@@ -8,8 +8,10 @@
  * therefore assume well-formed arguments and stay free of checks. */
 #include "backend.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 void pf_backend_set_error(pf_backend *be, const char *fmt, ...) {
@@ -32,6 +34,27 @@ void pf_synchronize(pf_backend *be) { be->ops->synchronize(be); }
 
 void pf_backend_free(pf_backend *be) {
     if (be) be->ops->destroy(be);
+}
+
+/* PERFLOW_MEM_BUDGET as backend.h defines it: 1 and the value for a plain
+ * decimal byte count that fits size_t, else 0. strtoull alone would accept
+ * leading spaces, a sign (wrapping "-1" to ULLONG_MAX) and trailing junk. */
+static int budget_from_env(size_t *out) {
+    const char *s = getenv("PERFLOW_MEM_BUDGET");
+    if (!s || !*s) return 0;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9') return 0;
+    errno = 0;
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (errno == ERANGE || v > SIZE_MAX) return 0;
+    *out = (size_t)v;
+    return 1;
+}
+
+size_t pf_backend_mem_available(pf_backend *be) {
+    size_t budget;
+    if (budget_from_env(&budget)) return budget;
+    return be->ops->mem_available(be);
 }
 
 /* ---- argument checks shared by the wrappers ---- */
@@ -234,14 +257,14 @@ void pf_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis) {
     y->be->ops->concat(y, a, b, axis);
 }
 
-void pf_upsample_nearest2x(pf_tensor *y, const pf_tensor *x) {
+void pf_upsample_nearest(pf_tensor *y, const pf_tensor *x) {
     if (y->be->failed) return;
     check_on(y, x);
     PF_CHECK(x->ndim == 4 && y->ndim == 4);
     PF_CHECK(y->shape[0] == x->shape[0] && y->shape[1] == x->shape[1]);
-    PF_CHECK(y->shape[2] == 2 * x->shape[2] && y->shape[3] == 2 * x->shape[3]);
+    PF_CHECK(x->shape[2] >= 1 && x->shape[3] >= 1 && y->shape[2] >= 1 && y->shape[3] >= 1);
     check_disjoint(y, x);
-    y->be->ops->upsample_nearest2x(y, x);
+    y->be->ops->upsample_nearest(y, x);
 }
 
 void pf_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {

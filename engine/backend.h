@@ -15,6 +15,8 @@
 #ifndef PF_BACKEND_H
 #define PF_BACKEND_H
 
+#include <math.h>
+
 #include "tensor.h"
 
 typedef enum pf_act {
@@ -32,6 +34,7 @@ typedef struct pf_backend_ops {
     void (*download)(pf_backend *be, float *dst, const pf_tensor *src); /* src -> host f32 */
     void (*synchronize)(pf_backend *be);
     void (*destroy)(pf_backend *be);
+    size_t (*mem_available)(pf_backend *be); /* see pf_backend_mem_available; never fails */
 
     /* ops: see the pf_* wrappers below for each contract */
     void (*linear)(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b);
@@ -50,7 +53,7 @@ typedef struct pf_backend_ops {
     void (*mul)(pf_tensor *y, const pf_tensor *a, const pf_tensor *b);
     void (*scale)(pf_tensor *y, const pf_tensor *x, float alpha, float beta);
     void (*concat)(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis);
-    void (*upsample_nearest2x)(pf_tensor *y, const pf_tensor *x);
+    void (*upsample_nearest)(pf_tensor *y, const pf_tensor *x);
     void (*permute)(pf_tensor *y, const pf_tensor *x, const int *perm);
     void (*embedding)(pf_tensor *y, const pf_tensor *table, const int32_t *ids, int64_t n);
     void (*copy)(pf_tensor *y, const pf_tensor *x);
@@ -91,6 +94,23 @@ typedef struct pf_mem_stats {
 void pf_backend_cuda_mem_stats(const pf_backend *be, pf_mem_stats *out);
 /* Restarts both peaks from the current values (no-op for other backends). */
 void pf_backend_cuda_reset_peak(pf_backend *be);
+
+/* Bytes of memory that tensors and op scratch on `be` can still take, the budget
+ * model code compares its estimates against (pf_vae_tiling_needed):
+ *   cpu:  MemAvailable of /proc/meminfo (the kernel's estimate of what can be
+ *         allocated without swapping, page cache included); where that cannot be
+ *         read, free pages times the page size (sysconf, which leaves the page
+ *         cache out and so errs low), and SIZE_MAX where even that is unknown.
+ *         cgroup (container) limits are not consulted.
+ *   cuda: cudaMemGetInfo's free bytes plus the blocks the caching allocator holds
+ *         for reuse (it gives them back to the driver when a cudaMalloc fails);
+ *         0 when the device cannot be queried, with the backend's sticky error set.
+ * PERFLOW_MEM_BUDGET, when set to a plain decimal byte count (digits only, no
+ * sign, spaces or suffix, at most SIZE_MAX), replaces the measured value for
+ * every backend: for tests, and for operators who want to cap what one process
+ * plans to use. Any other value is ignored (the measured value is returned).
+ * Not a reservation: other processes may take the memory a moment later. */
+size_t pf_backend_mem_available(pf_backend *be);
 
 /* A backend by name, for --device: "cpu", "cuda" (device 0) or "cuda:N"; NULL, ""
  * or "auto" take $PERFLOW_DEVICE when set, else CUDA device 0 when one is usable,
@@ -141,8 +161,21 @@ void pf_mul(pf_tensor *y, const pf_tensor *a, const pf_tensor *b);
 void pf_scale(pf_tensor *y, const pf_tensor *x, float alpha, float beta);
 /* torch.cat([a, b], dim=axis); a and b agree on every other dimension. */
 void pf_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis);
-/* y[N, C, 2H, 2W] = nearest-neighbour 2x upsampling of x[N, C, H, W]. */
-void pf_upsample_nearest2x(pf_tensor *y, const pf_tensor *x);
+/* y[N, C, Ho, Wo] = F.interpolate(x[N, C, H, W], size=(Ho, Wo), mode="nearest"):
+ * output row i reads input row pf_nearest_index(i, H, Ho), columns alike. Any
+ * sizes >= 1; 2x is diffusers' Upsample2D, other sizes its forwarded
+ * upsample_size for latents that are not multiples of 2^(blocks-1). */
+void pf_upsample_nearest(pf_tensor *y, const pf_tensor *x);
+/* torch's nearest source index (aten/src/ATen/native/UpSample.h, nearest_idx):
+ * identity when the sizes agree, i >> 1 when out = 2 in, else
+ * min(floor(i * (float)in / out), in - 1) in float32, as torch computes it. */
+static inline int64_t pf_nearest_index(int64_t i, int64_t in, int64_t out) {
+    if (out == in) return i;
+    if (out == 2 * in) return i >> 1;
+    const float scale = (float)in / (float)out;
+    int64_t s = (int64_t)floorf((float)i * scale);
+    return s < in - 1 ? s : in - 1;
+}
 /* y = x.permute(perm) made contiguous; perm has x->ndim entries. */
 void pf_permute(pf_tensor *y, const pf_tensor *x, const int *perm);
 /* y[n, C] = table[ids[n], C] for n < count (ids are host memory, checked < V). */

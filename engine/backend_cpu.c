@@ -17,8 +17,11 @@
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 
@@ -70,6 +73,24 @@ static void cpu_download(pf_backend *be, float *dst, const pf_tensor *src) {
 }
 
 static void cpu_synchronize(pf_backend *be) { (void)be; }
+
+/* backend.h, pf_backend_mem_available: MemAvailable, else free pages, else SIZE_MAX. */
+static size_t cpu_mem_available(pf_backend *be) {
+    (void)be;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kib;
+        int found = 0;
+        while (!found && fgets(line, sizeof line, f)) found = sscanf(line, "MemAvailable: %llu kB", &kib) == 1;
+        fclose(f);
+        if (found) return kib > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kib * 1024;
+    }
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0)
+        return (size_t)pages > SIZE_MAX / (size_t)page ? SIZE_MAX : (size_t)pages * (size_t)page;
+    return SIZE_MAX;
+}
 
 static void cpu_destroy(pf_backend *be) {
     free(be->impl);
@@ -472,16 +493,26 @@ static void cpu_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int
     }
 }
 
-static void cpu_upsample_nearest2x(pf_tensor *y, const pf_tensor *x) {
+/* One output row at a time: its source row by pf_nearest_index, columns from a
+ * table computed once. */
+static void cpu_upsample_nearest(pf_tensor *y, const pf_tensor *x) {
     int nt = team(y);
-    int64_t rows = x->shape[0] * x->shape[1] * x->shape[2], w = x->shape[3];
-#pragma omp parallel for num_threads(nt) if (rows * w * 4 > CHUNK) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *src = (const float *)x->data + r * w;
-        float *dst = (float *)y->data + r * 4 * w; /* input row r -> output rows 2r, 2r+1 */
-        for (int64_t j = 0; j < w; j++) dst[2 * j] = dst[2 * j + 1] = src[j];
-        memcpy(dst + 2 * w, dst, (size_t)(2 * w) * sizeof(float));
+    const int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3];
+    const int64_t ho = y->shape[2], wo = y->shape[3];
+    int64_t *col = malloc((size_t)wo * sizeof *col);
+    if (!col) {
+        pf_backend_set_error(y->be, "cpu backend: out of memory for upsample");
+        return;
     }
+    for (int64_t j = 0; j < wo; j++) col[j] = pf_nearest_index(j, w, wo);
+#pragma omp parallel for num_threads(nt) if (planes * ho * wo > CHUNK) schedule(static)
+    for (int64_t r = 0; r < planes * ho; r++) {
+        const int64_t p = r / ho, i = r % ho, si = pf_nearest_index(i, h, ho);
+        const float *src = (const float *)x->data + (p * h + si) * w;
+        float *dst = (float *)y->data + r * wo;
+        for (int64_t j = 0; j < wo; j++) dst[j] = src[col[j]];
+    }
+    free(col);
 }
 
 static void cpu_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {
@@ -527,6 +558,7 @@ static const pf_backend_ops cpu_ops = {
     .download = cpu_download,
     .synchronize = cpu_synchronize,
     .destroy = cpu_destroy,
+    .mem_available = cpu_mem_available,
     .linear = cpu_linear,
     .conv2d = cpu_conv2d,
     .group_norm = cpu_group_norm,
@@ -539,7 +571,7 @@ static const pf_backend_ops cpu_ops = {
     .mul = cpu_mul,
     .scale = cpu_scale,
     .concat = cpu_concat,
-    .upsample_nearest2x = cpu_upsample_nearest2x,
+    .upsample_nearest = cpu_upsample_nearest,
     .permute = cpu_permute,
     .embedding = cpu_embedding,
     .copy = cpu_copy,

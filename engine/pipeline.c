@@ -6,7 +6,9 @@
 #include <string.h>
 
 #include "clip.h"
+#include "controlnet.h"
 #include "model_dir.h"
+#include "resize.h"
 #include "rng.h"
 #include "tokenizer.h"
 #include "unet.h"
@@ -20,7 +22,8 @@ struct pf_pipeline {
     pf_clip_text_model *text_encoder;
     pf_unet *unet;
     pf_vae *vae;
-    pf_perflow_config sched; /* from scheduler/scheduler_config.json */
+    pf_controlnet *controlnet; /* the refiner's, or NULL (pf_pipeline_set_controlnet) */
+    pf_perflow_config sched;   /* from scheduler/scheduler_config.json */
 };
 
 void pf_txt2img_defaults(pf_txt2img_params *p) {
@@ -38,6 +41,7 @@ void pf_pipeline_free(pf_pipeline *p) {
     pf_clip_text_model_free(p->text_encoder);
     pf_unet_free(p->unet);
     pf_vae_free(p->vae);
+    pf_controlnet_free(p->controlnet);
     free(p);
 }
 
@@ -138,6 +142,117 @@ int pf_pipeline_txt2img(pf_pipeline *p, const pf_txt2img_params *prm, float *ima
     return pf_pipeline_txt2img_batch(p, &prm, 1, images, err);
 }
 
+/* ---- the pieces both pipelines share ---- */
+
+/* One run of the denoising loop: the UNet batch is [uncond rows, cond rows] of B
+ * images each with guidance on (BB = 2B rows), else the B cond rows. */
+typedef struct denoise_run {
+    pf_tensor *ctx;                  /* (BB, 77, D) prompt_embeds, uncond rows first */
+    pf_tensor *cond;                 /* (BB, 3, H, W) ControlNet condition in [0, 1], or NULL */
+    float cn_scale;                  /* controlnet_conditioning_scale */
+    float *latents;                  /* (B, C, h, w) host, updated in place */
+    int B, C, h, w;
+    int cfg_on;
+    float guidance;
+    const pf_perflow_sampler *sampler;
+    int first;                       /* index of the first timestep to run (img2img), else 0 */
+    void (*progress)(void *user, int step, int total);
+    int (*cancelled)(void *user);
+    void *user;
+} denoise_run;
+
+/* The loop of both pipelines: per timestep the UNet (with the ControlNet's
+ * residuals when r->cond), the guidance combine in float32 and the sampler step.
+ * Returns 0, -1 with err set, or PF_CANCELLED. */
+static int denoise(pf_pipeline *p, const denoise_run *r, pf_error *err) {
+    pf_backend *be = p->be;
+    const int B = r->B, BB = r->cfg_on ? 2 * B : B, total = r->sampler->num_steps - r->first;
+    const size_t n = (size_t)B * r->C * r->h * r->w; /* latent elements of the batch */
+    const int nres = r->cond ? pf_controlnet_num_residuals(p->controlnet) : 0;
+    float *eps = PF_MALLOC((size_t)(r->cfg_on ? 2 : 1) * n * sizeof *eps);
+    float *times = PF_MALLOC((size_t)BB * sizeof *times);
+    pf_tensor **down = nres ? PF_CALLOC((size_t)nres, sizeof *down) : NULL, *mid = NULL;
+    pf_tensor *x = pf_new4(be, BB, r->C, r->h, r->w);                  /* (BB, C, h, w) UNet input */
+    pf_tensor *noise = pf_new4(be, BB, r->C, r->h, r->w);              /* (BB, C, h, w) UNet output */
+    int rc = 0;
+    for (int i = r->first; i < r->sampler->num_steps; i++) {
+        if (r->cancelled && r->cancelled(r->user)) {
+            rc = PF_CANCELLED;
+            pf_fail(err, "cancelled before step %d of %d", i - r->first + 1, total);
+            break;
+        }
+        int64_t t = r->sampler->timesteps[i];
+        for (int b = 0; b < BB; b++) times[b] = (float)t;
+        pf_tensor *xs = pf_slice0(x, 0, B);                            /* torch.cat([latents] * 2) */
+        pf_upload(xs, r->latents);
+        pf_free(xs);
+        if (r->cfg_on) {
+            xs = pf_slice0(x, B, B);
+            pf_upload(xs, r->latents);
+            pf_free(xs);
+        }
+        if (r->cond && pf_controlnet_forward(p->controlnet, down, &mid, x, times, r->ctx, r->cond, r->cn_scale, err)) {
+            rc = -1;
+            break;
+        }
+        rc = pf_unet_forward(p->unet, noise, x, times, r->ctx, (const pf_tensor *const *)down, mid, err);
+        for (int k = 0; k < nres; k++) {
+            pf_free(down[k]);
+            down[k] = NULL;
+        }
+        pf_free(mid);
+        mid = NULL;
+        if (rc) break;
+        pf_to_host(eps, noise);
+        if (r->cfg_on) { /* noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), float32 */
+            const float g = r->guidance;
+            for (size_t k = 0; k < n; k++) eps[k] = eps[k] + g * (eps[n + k] - eps[k]);
+        }
+        pf_perflow_step(r->sampler, r->latents, eps, t, r->latents, n);
+        if (r->progress) r->progress(r->user, i - r->first + 1, total);
+    }
+    free(eps);
+    free(times);
+    free(down);
+    pf_free(x);
+    pf_free(noise);
+    return rc;
+}
+
+/* vae.decode(latents / scaling_factor) (pf_vae_decode divides), then
+ * image_processor.postprocess: (image / 2 + 0.5).clamp(0, 1), NCHW -> NHWC into
+ * images (B, H, W, 3). latents: (B, C, h, w) on the host. */
+static int decode_images(pf_pipeline *p, float *images, const float *latents, int B, int C, int h, int w,
+                         pf_vae_tiling tiling, pf_error *err) {
+    pf_backend *be = p->be;
+    const int f = pf_vae_scale_factor(p->vae), H = h * f, W = w * f;
+    pf_tensor *lat = pf_from_host(be, 4, (int64_t[]){B, C, h, w}, latents); /* (B, C, h, w) */
+    pf_tensor *img = pf_new4(be, B, 3, H, W);                               /* (B, 3, H, W) */
+    int rc = pf_vae_decode(p->vae, img, lat, tiling, err);
+    if (rc == 0) {
+        const size_t hw = (size_t)H * W;
+        float *chw = PF_MALLOC(hw * 3 * sizeof *chw);
+        for (int b = 0; b < B; b++) {
+            pf_tensor *one = pf_slice0(img, b, 1);
+            pf_to_host(chw, one);
+            pf_free(one);
+            float *dst = images + (size_t)b * hw * 3;
+            for (size_t px = 0; px < hw; px++)
+                for (int c = 0; c < 3; c++) {
+                    float v = chw[c * hw + px] / 2.0f + 0.5f;
+                    dst[px * 3 + c] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+                }
+        }
+        free(chw);
+        rc = pf_backend_ok(be, err) ? -1 : 0;
+    }
+    pf_free(lat);
+    pf_free(img);
+    return rc;
+}
+
+/* ---- text to image ---- */
+
 /* Batch layout. Job j owns the num_images images after those of jobs 0..j-1,
  * B in all; the UNet runs on BB = 2B rows, [uncond(0..B), cond(0..B)] as
  * diffusers stacks them, or on B rows without guidance. Everything per image
@@ -163,21 +278,20 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
     const int cfg_on = prm->guidance > 1.0f; /* do_classifier_free_guidance */
     const int BB = cfg_on ? 2 * B : B;       /* UNet batch: [uncond, cond] stacked */
     const size_t per = (size_t)C * h * w;    /* latent elements of one image */
-    const size_t n = (size_t)B * per;        /* latent elements of the batch */
     int rc = -1;
 
     pf_perflow_config scfg;
     pf_perflow_sampler sampler;
     memset(&sampler, 0, sizeof sampler);
-    float *latents = NULL, *eps = NULL, *times = NULL;
-    pf_tensor *ctx = NULL, *x = NULL, *noise = NULL, *lat = NULL, *img = NULL;
+    float *latents = NULL;
+    pf_tensor *ctx = NULL;
     if (run_config(p, prm, &scfg, err) || pf_perflow_init(&sampler, &scfg, err) ||
         pf_perflow_set_timesteps(&sampler, prm->steps, err))
         goto done;
 
     /* 3. encode_prompt per job: negative (uncond) rows first, then the prompts'. */
     ctx = pf_new3(be, BB, TOKENS, D);                                  /* (BB, 77, D) */
-    latents = PF_MALLOC(n * sizeof *latents);
+    latents = PF_MALLOC((size_t)B * per * sizeof *latents);
     for (int j = 0, row = 0; j < njobs; row += jobs[j]->num_images, j++) {
         const pf_txt2img_params *q = jobs[j];
         if (cfg_on && encode_into(p, ctx, row, q->num_images, q->negative_prompt ? q->negative_prompt : "",
@@ -191,69 +305,266 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
         pf_rng_randn(&rng, latents + (size_t)row * per, (size_t)q->num_images * per);
     }
 
-    eps = PF_MALLOC((size_t)BB * per * sizeof *eps);
-    times = PF_MALLOC((size_t)BB * sizeof *times);
-
-    /* 7. denoising loop */
-    x = pf_new4(be, BB, C, h, w);                                      /* (BB, C, h, w) UNet input */
-    noise = pf_new4(be, BB, C, h, w);                                  /* (BB, C, h, w) UNet output */
-    for (int i = 0; i < sampler.num_steps; i++) {
-        if (prm->cancelled && prm->cancelled(prm->user)) {
-            rc = PF_CANCELLED;
-            pf_fail(err, "cancelled before step %d of %d", i + 1, sampler.num_steps);
-            goto done;
-        }
-        int64_t t = sampler.timesteps[i];
-        for (int b = 0; b < BB; b++) times[b] = (float)t;
-        pf_tensor *xs = pf_slice0(x, 0, B);                            /* torch.cat([latents] * 2) */
-        pf_upload(xs, latents);
-        pf_free(xs);
-        if (cfg_on) {
-            xs = pf_slice0(x, B, B);
-            pf_upload(xs, latents);
-            pf_free(xs);
-        }
-        if (pf_unet_forward(p->unet, noise, x, times, ctx, NULL, NULL, err)) goto done;
-        pf_to_host(eps, noise);
-        if (cfg_on) { /* noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), float32 */
-            const float g = prm->guidance;
-            for (size_t k = 0; k < n; k++) eps[k] = eps[k] + g * (eps[n + k] - eps[k]);
-        }
-        pf_perflow_step(&sampler, latents, eps, t, latents, n);
-        if (prm->progress) prm->progress(prm->user, i + 1, sampler.num_steps);
-    }
-
-    /* 8. vae.decode(latents / scaling_factor) (pf_vae_decode divides), then
-     * image_processor.postprocess: (image / 2 + 0.5).clamp(0, 1), NCHW -> NHWC. */
-    lat = pf_from_host(be, 4, (int64_t[]){B, C, h, w}, latents);      /* (B, C, h, w) */
-    img = pf_new4(be, B, 3, prm->height, prm->width);                  /* (B, 3, H, W) */
-    if (pf_vae_decode(p->vae, img, lat, err)) goto done;
-    {
-        const size_t hw = (size_t)prm->height * prm->width;
-        float *chw = PF_MALLOC(hw * 3 * sizeof *chw);
-        for (int b = 0; b < B; b++) {
-            pf_tensor *one = pf_slice0(img, b, 1);
-            pf_to_host(chw, one);
-            pf_free(one);
-            float *dst = images + (size_t)b * hw * 3;
-            for (size_t px = 0; px < hw; px++)
-                for (int c = 0; c < 3; c++) {
-                    float v = chw[c * hw + px] / 2.0f + 0.5f;
-                    dst[px * 3 + c] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
-                }
-        }
-        free(chw);
-    }
-    rc = pf_backend_ok(be, err) ? -1 : 0;
+    /* 7. denoising loop; 8. decode */
+    denoise_run r = {ctx, NULL, 0.0f, latents, B, C, h, w, cfg_on, prm->guidance, &sampler, 0,
+                     prm->progress, prm->cancelled, prm->user};
+    rc = denoise(p, &r, err);
+    if (rc == 0) rc = decode_images(p, images, latents, B, C, h, w, prm->vae_tiling, err);
 done:
     pf_perflow_free(&sampler);
     free(latents);
-    free(eps);
-    free(times);
     pf_free(ctx);
-    pf_free(x);
-    pf_free(noise);
-    pf_free(lat);
+    return rc;
+}
+
+/* ---- the refiner ---- */
+
+void pf_refine_defaults(pf_refine_params *p) {
+    memset(p, 0, sizeof *p);
+    p->num_images = 1;
+    p->size = 1024;
+    p->steps = 4;
+    p->guidance = 7.5f;
+    p->strength = 1.0f;
+    p->controlnet_scale = 1.0f;
+}
+
+int pf_pipeline_set_controlnet(pf_pipeline *p, const char *controlnet_dir, pf_error *err) {
+    pf_controlnet *cn = NULL;
+    if (controlnet_dir) {
+        if (pf_controlnet_load_dir(&cn, p->be, controlnet_dir, err)) return -1;
+        if (pf_controlnet_check_unet(cn, p->unet, pf_vae_scale_factor(p->vae), err)) {
+            pf_controlnet_free(cn);
+            return pf_error_prefix(err, "%s does not fit the model", controlnet_dir);
+        }
+    }
+    pf_controlnet_free(p->controlnet);
+    p->controlnet = cn;
+    return 0;
+}
+
+int pf_pipeline_has_controlnet(const pf_pipeline *p) { return p->controlnet != NULL; }
+
+void pf_refine_output_size(const pf_refine_params *prm, int *out_w, int *out_h) {
+    if (prm->size > 0)
+        pf_refine_size(out_w, out_h, prm->image_width, prm->image_height, prm->size);
+    else
+        *out_w = prm->image_width, *out_h = prm->image_height;
+}
+
+/* The sampler configuration of a refine run. */
+static int refine_run_config(const pf_pipeline *p, const pf_refine_params *prm, pf_perflow_config *cfg,
+                             pf_error *err) {
+    pf_txt2img_params t;
+    pf_txt2img_defaults(&t);
+    t.prediction_type = prm->prediction_type;
+    t.windows = prm->windows;
+    return run_config(p, &t, cfg, err);
+}
+
+/* Fails naming param, the pf_refine_params field at fault. */
+#define BAD(name, ...) (*param = (name), pf_fail(err, __VA_ARGS__))
+
+int pf_refine_check(const pf_pipeline *p, const pf_refine_params *prm, const char **param, pf_error *err) {
+    const char *unused;
+    if (!param) param = &unused;
+    *param = NULL;
+    const int f = pf_vae_scale_factor(p->vae);
+    const int layers = pf_clip_text_model_config(p->text_encoder)->num_hidden_layers;
+    if (prm->num_images < 1 || prm->num_images > 64)
+        return BAD("num_images", "refine: num_images must be in [1, 64] (got %d)", prm->num_images);
+    if (prm->image_width < 1 || prm->image_height < 1 || prm->image_width > 16384 || prm->image_height > 16384)
+        return BAD("images", "refine: input image of %d x %d pixels", prm->image_width, prm->image_height);
+    if (prm->size < 0 || prm->size > PF_REFINE_MAX_SIZE)
+        return BAD("size", "size must be in [0, %d] (got %d)", PF_REFINE_MAX_SIZE, prm->size);
+    int w, h;
+    pf_refine_output_size(prm, &w, &h);
+    if (w < 1 || h < 1)
+        return BAD("size", "size %d rounds the %d x %d image to %d x %d", prm->size, prm->image_width,
+                   prm->image_height, w, h);
+    if (w > PF_REFINE_MAX_SIZE || h > PF_REFINE_MAX_SIZE)
+        return BAD("size", "size %d makes the %d x %d image %d x %d, more than %d a side", prm->size,
+                   prm->image_width, prm->image_height, w, h, PF_REFINE_MAX_SIZE);
+    if (w % f || h % f)
+        return BAD("size", "the refined image must be a multiple of %d a side (got %d x %d; the input is used as it "
+                           "is when size is 0)", f, w, h);
+    if (prm->steps < 1 || prm->steps > 1000) return BAD("steps", "steps must be in [1, 1000] (got %d)", prm->steps);
+    if (!(prm->strength > 0.0f && prm->strength <= 1.0f))
+        return BAD("strength", "strength must be in (0, 1] (got %g)", (double)prm->strength);
+    if (!(prm->guidance >= 0.0f && prm->guidance <= 100.0f))
+        return BAD("guidance", "guidance must be in [0, 100] (got %g)", (double)prm->guidance);
+    if (!(prm->controlnet_scale >= -10.0f && prm->controlnet_scale <= 10.0f))
+        return BAD("controlnet_scale", "controlnet scale must be in [-10, 10] (got %g)", (double)prm->controlnet_scale);
+    if (prm->windows < 0 || prm->windows > 1000) return BAD("windows", "windows must be in [1, 1000]");
+    if (prm->clip_skip < 0 || prm->clip_skip >= layers) return BAD("clip_skip", "clip_skip must be in [0, %d)", layers);
+    pf_perflow_config cfg;
+    pf_perflow_sampler s;
+    int first;
+    if (refine_run_config(p, prm, &cfg, err)) {
+        *param = prm->prediction_type ? "prediction_type" : "windows";
+        return -1;
+    }
+    if (pf_perflow_init(&s, &cfg, err)) return -1;
+    int rc = 0;
+    if (pf_perflow_set_timesteps(&s, prm->steps, err))
+        rc = (*param = "steps", -1);
+    else if (pf_perflow_img2img_first(&s, &first, prm->steps, prm->strength, err))
+        rc = (*param = "strength", -1);
+    else if (first >= s.num_steps)
+        rc = BAD("strength", "strength %g leaves no step of %d (int(steps * strength) is 0)", (double)prm->strength,
+                 prm->steps);
+    pf_perflow_free(&s);
+    return rc;
+}
+#undef BAD
+
+int pf_refine_batchable(const pf_pipeline *p, const pf_refine_params *a, const pf_refine_params *b) {
+    pf_perflow_config ca, cb;
+    pf_error e;
+    int aw, ah, bw, bh;
+    if (refine_run_config(p, a, &ca, &e) || refine_run_config(p, b, &cb, &e)) return 0;
+    pf_refine_output_size(a, &aw, &ah);
+    pf_refine_output_size(b, &bw, &bh);
+    return aw == bw && ah == bh && a->steps == b->steps && a->guidance == b->guidance &&
+           a->strength == b->strength && a->controlnet_scale == b->controlnet_scale && a->clip_skip == b->clip_skip &&
+           a->vae_tiling == b->vae_tiling && ca.prediction_type == cb.prediction_type &&
+           ca.num_time_windows == cb.num_time_windows;
+}
+
+int pf_pipeline_refine(pf_pipeline *p, const pf_refine_params *prm, float *images_out, pf_error *err) {
+    return pf_pipeline_refine_batch(p, &prm, 1, images_out, err);
+}
+
+/* The hand-over: each input image scaled to W x H with Pillow's Lanczos (a copy
+ * when the size is already right), then as diffusers' image processors take a
+ * PIL image: v / 255 in float32, normalised to 2 v - 1 for the img2img input
+ * and kept in [0, 1] for the control image. Both (n, 3, H, W), planar. */
+static int prepare_images(const pf_refine_params *q, int W, int H, float *init, float *cond, pf_error *err) {
+    const size_t in_px = (size_t)q->image_width * q->image_height, px = (size_t)W * H;
+    uint8_t *rgb = PF_MALLOC(px * 3);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < q->num_images; i++) {
+        const uint8_t *src = q->images + (size_t)i * in_px * 3;
+        if (W == q->image_width && H == q->image_height)
+            memcpy(rgb, src, px * 3);
+        else
+            rc = pf_resize_lanczos(rgb, W, H, src, q->image_width, q->image_height, err);
+        for (size_t k = 0; rc == 0 && k < px; k++)
+            for (int c = 0; c < 3; c++) {
+                float v = (float)rgb[k * 3 + c] / 255.0f;                /* pil_to_numpy */
+                cond[((size_t)i * 3 + c) * px + k] = v;
+                init[((size_t)i * 3 + c) * px + k] = 2.0f * v - 1.0f;    /* normalize */
+            }
+    }
+    free(rgb);
+    return rc;
+}
+
+/* Batch layout as in txt2img. Per job, in the generator order of
+ * StableDiffusionControlNetImg2ImgPipeline.prepare_latents: its images' VAE
+ * latent_dist.sample draws, then the add_noise draws, both (n, C, h, w) at once. */
+int pf_pipeline_refine_batch(pf_pipeline *p, const pf_refine_params *const *jobs, int njobs, float *images_out,
+                             pf_error *err) {
+    PF_CHECK(njobs >= 1);
+    const pf_refine_params *prm = jobs[0];
+    if (!p->controlnet) return pf_fail(err, "refine needs a ControlNet (none is loaded: pf_pipeline_set_controlnet)");
+    int B = 0;
+    for (int j = 0; j < njobs; j++) {
+        if (pf_refine_check(p, jobs[j], NULL, err)) return njobs > 1 ? pf_error_prefix(err, "batch job %d", j) : -1;
+        PF_CHECK(jobs[j]->images);
+        if (!pf_refine_batchable(p, prm, jobs[j]))
+            return pf_fail(err, "batch job %d differs from job 0 in its refine settings or size", j);
+        B += jobs[j]->num_images;
+    }
+    pf_backend *be = p->be;
+    const pf_unet_config *uc = pf_unet_get_config(p->unet);
+    const pf_vae_config *vc = pf_vae_config_of(p->vae);
+    const int f = pf_vae_scale_factor(p->vae), C = uc->in_channels;
+    const int D = pf_clip_text_model_config(p->text_encoder)->hidden_size;
+    int W, H;
+    pf_refine_output_size(prm, &W, &H);
+    const int h = H / f, w = W / f;
+    const int cfg_on = prm->guidance > 1.0f, BB = cfg_on ? 2 * B : B;
+    const size_t per = (size_t)C * h * w, px = (size_t)W * H;
+    int rc = -1, first;
+
+    pf_perflow_config scfg;
+    pf_perflow_sampler sampler;
+    memset(&sampler, 0, sizeof sampler);
+    float *latents = NULL, *init = NULL, *cond = NULL, *moments = NULL, *noise = NULL;
+    pf_tensor *ctx = NULL, *img = NULL, *mom = NULL, *ct = NULL;
+    if (refine_run_config(p, prm, &scfg, err) || pf_perflow_init(&sampler, &scfg, err) ||
+        pf_perflow_set_timesteps(&sampler, prm->steps, err) ||
+        pf_perflow_img2img_first(&sampler, &first, prm->steps, prm->strength, err))
+        goto done;
+
+    /* encode_prompt, then the images: preprocess and prepare_control_image */
+    ctx = pf_new3(be, BB, TOKENS, D);                                  /* (BB, 77, D) */
+    init = PF_MALLOC((size_t)B * 3 * px * sizeof *init);
+    cond = PF_MALLOC((size_t)B * 3 * px * sizeof *cond);
+    for (int j = 0, row = 0; j < njobs; row += jobs[j]->num_images, j++) {
+        const pf_refine_params *q = jobs[j];
+        const char *pos = q->prompt ? q->prompt : PF_REFINE_PROMPT;
+        const char *neg = q->negative_prompt ? q->negative_prompt : PF_REFINE_NEGATIVE_PROMPT;
+        if ((cfg_on && encode_into(p, ctx, row, q->num_images, neg, q->clip_skip, err)) ||
+            encode_into(p, ctx, (cfg_on ? B : 0) + row, q->num_images, pos, q->clip_skip, err) ||
+            prepare_images(q, W, H, init + (size_t)row * 3 * px, cond + (size_t)row * 3 * px, err))
+            goto done;
+    }
+    ct = pf_new4(be, BB, 3, H, W);                                     /* (BB, 3, H, W) control image */
+    {
+        pf_tensor *half = pf_slice0(ct, 0, B);                         /* torch.cat([image] * 2) */
+        pf_upload(half, cond);
+        pf_free(half);
+        if (cfg_on) {
+            half = pf_slice0(ct, B, B);
+            pf_upload(half, cond);
+            pf_free(half);
+        }
+    }
+    free(cond);
+    cond = NULL;
+
+    /* prepare_latents: vae.encode -> latent_dist.sample(generator) * scaling_factor
+     * -> add_noise(latents, randn(generator), timesteps[first]) */
+    img = pf_from_host(be, 4, (int64_t[]){B, 3, H, W}, init);          /* (B, 3, H, W) in [-1, 1] */
+    free(init);
+    init = NULL;
+    mom = pf_new4(be, B, 2 * C, h, w);                                 /* (B, 2C, h, w) mean, logvar */
+    if (pf_vae_encode(p->vae, mom, img, prm->vae_tiling, err)) goto done;
     pf_free(img);
+    img = NULL;
+    moments = PF_MALLOC((size_t)B * 2 * per * sizeof *moments);
+    pf_to_host(moments, mom);
+    pf_free(mom);
+    mom = NULL;
+    latents = PF_MALLOC((size_t)B * per * sizeof *latents);
+    noise = PF_MALLOC((size_t)B * per * sizeof *noise);
+    for (int j = 0, row = 0; j < njobs; row += jobs[j]->num_images, j++) {
+        const int n = jobs[j]->num_images;
+        float *lat = latents + (size_t)row * per, *nz = noise + (size_t)row * per;
+        pf_rng rng;
+        pf_rng_seed(&rng, jobs[j]->seed);
+        pf_rng_randn(&rng, nz, (size_t)n * per);
+        pf_vae_sample_latents(lat, moments + (size_t)row * 2 * per, nz, n, C, h, w, vc->scaling_factor);
+        pf_rng_randn(&rng, nz, (size_t)n * per);
+        pf_perflow_add_noise(&sampler, lat, lat, nz, sampler.timesteps[first], (size_t)n * per);
+    }
+
+    denoise_run r = {ctx, ct, prm->controlnet_scale, latents, B, C, h, w, cfg_on, prm->guidance, &sampler, first,
+                     prm->progress, prm->cancelled, prm->user};
+    rc = denoise(p, &r, err);
+    if (rc == 0) rc = decode_images(p, images_out, latents, B, C, h, w, prm->vae_tiling, err);
+done:
+    pf_perflow_free(&sampler);
+    free(latents);
+    free(init);
+    free(cond);
+    free(moments);
+    free(noise);
+    pf_free(ctx);
+    pf_free(img);
+    pf_free(mom);
+    pf_free(ct);
     return rc;
 }

@@ -12,6 +12,7 @@
 
 #include "backend.h"
 #include "perflow_sampler.h"
+#include "vae.h"
 
 /* Returned by pf_pipeline_txt2img(_batch) when the cancel callback asked to stop. */
 #define PF_CANCELLED (-2)
@@ -27,6 +28,7 @@ typedef struct pf_txt2img_params {
     const char *prediction_type; /* NULL: the model's scheduler_config.json; else ddim_eps|diff_eps|velocity */
     int windows;                 /* 0: the model's scheduler config; else num_time_windows K */
     int clip_skip;               /* 0: last hidden state */
+    pf_vae_tiling vae_tiling;    /* decode tiling (default AUTO: untiled unless it would not fit) */
     /* Called after each step (may be NULL). */
     void (*progress)(void *user, int step, int total);
     /* Called before each step (may be NULL); non-zero stops the run with PF_CANCELLED. */
@@ -78,5 +80,80 @@ int pf_txt2img_batchable(const pf_pipeline *p, const pf_txt2img_params *a, const
  * ignored. Returns 0, -1 with err set, or PF_CANCELLED. */
 int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jobs, int njobs, float *images,
                               pf_error *err);
+
+/* ---- the refiner: diffusers' StableDiffusionControlNetImg2ImgPipeline ----
+ * (shared/spec/pipelines.md, part 2). The input images are scaled so their
+ * short side is `size` (each side rounded to a multiple of 64 as the original
+ * PeRFlow predictor does, pf_refine_size) with Pillow's Lanczos; the scaled
+ * image is both the img2img input and the ControlNet condition. */
+
+/* The original predictor's defaults (app/replicate_api/predict.py). */
+#define PF_REFINE_PROMPT "best quality"
+#define PF_REFINE_NEGATIVE_PROMPT "blur, lowres, bad anatomy, bad hands, cropped, worst quality"
+#define PF_REFINE_MAX_SIZE 4096 /* pixels a side of the refined image */
+
+typedef struct pf_refine_params {
+    const uint8_t *images;       /* num_images 8-bit RGB images, image_width x image_height each, rows top to bottom */
+    int image_width, image_height;
+    int num_images;              /* >= 1: one generator serves them all, as one diffusers call with a batch of images */
+    const char *prompt;          /* UTF-8; NULL: PF_REFINE_PROMPT */
+    const char *negative_prompt; /* NULL: PF_REFINE_NEGATIVE_PROMPT; "" is the empty prompt, still encoded */
+    int size;                    /* short side of the refined image (1024); 0: the images' own size (multiples of 8) */
+    int steps;                   /* requested inference steps (4) */
+    float guidance;              /* 7.5 */
+    float strength;              /* (0, 1] (1.0): img2img keeps the last min(int(steps * strength), steps) timesteps */
+    float controlnet_scale;      /* controlnet_conditioning_scale (1.0) */
+    uint64_t seed;               /* a fresh torch.manual_seed(seed) generator for this stage */
+    const char *prediction_type; /* NULL: the model's */
+    int windows;                 /* 0: the model's */
+    int clip_skip;
+    pf_vae_tiling vae_tiling;    /* encode and decode (AUTO) */
+    void (*progress)(void *user, int step, int total);
+    int (*cancelled)(void *user);
+    void *user;
+} pf_refine_params;
+
+/* Fills p with the predictor's defaults (prompts NULL = the defaults above,
+ * size 1024, 4 steps, guidance 7.5, strength 1, controlnet scale 1, seed 0). */
+void pf_refine_defaults(pf_refine_params *p);
+
+/* Loads a ControlNetModel folder onto the pipeline's backend and attaches it,
+ * replacing any earlier one; checks it fits the UNet (channels, block layout,
+ * condition scale). dir NULL detaches. On error the pipeline keeps what it had. */
+int pf_pipeline_set_controlnet(pf_pipeline *p, const char *controlnet_dir, pf_error *err);
+/* 1 when a ControlNet is attached. */
+int pf_pipeline_has_controlnet(const pf_pipeline *p);
+
+/* The refined image's size for a w x h input: pf_refine_size(w, h, size) when
+ * size > 0, else w x h. */
+void pf_refine_output_size(const pf_refine_params *prm, int *out_w, int *out_h);
+
+/* Checks the parameters (the sizes the input and size give, strength, steps,
+ * that a step is left after strength, the sampler settings) without running
+ * anything; images may still be NULL and no ControlNet need be attached, so a
+ * caller can refuse a job before fetching anything. On error returns -1 with
+ * err's message naming the parameter ("strength must be in (0, 1] ...") and,
+ * unless param is NULL, *param the pf_refine_params field at fault ("size",
+ * "strength", "steps", "guidance", "controlnet_scale", "windows",
+ * "prediction_type", "clip_skip", "num_images", "images"). */
+int pf_refine_check(const pf_pipeline *p, const pf_refine_params *prm, const char **param, pf_error *err);
+
+/* Refines prm->num_images images into images_out: num_images * H * W * 3 floats
+ * in [0, 1] (the layout of pf_pipeline_txt2img), W x H = pf_refine_output_size.
+ * Returns 0, -1 with err set (a parameter pf_refine_check refuses, no
+ * ControlNet attached, memory), or PF_CANCELLED. The same as
+ * pf_pipeline_refine_batch with one job. */
+int pf_pipeline_refine(pf_pipeline *p, const pf_refine_params *prm, float *images_out, pf_error *err);
+
+/* 1 when a and b can share one refine call: same output size, steps, guidance,
+ * strength, controlnet scale, clip skip, tiling and sampler settings. */
+int pf_refine_batchable(const pf_pipeline *p, const pf_refine_params *a, const pf_refine_params *b);
+
+/* Refines the images of jobs[0..njobs) in one pass (each job's own generator,
+ * prompts and images; one UNet + ControlNet batch per step); images_out gets
+ * every job's images in job order. Each job's images are those it would get
+ * alone, as pf_pipeline_txt2img_batch promises. Callbacks: those of jobs[0]. */
+int pf_pipeline_refine_batch(pf_pipeline *p, const pf_refine_params *const *jobs, int njobs, float *images_out,
+                             pf_error *err);
 
 #endif

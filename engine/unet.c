@@ -73,6 +73,7 @@ struct pf_unet {                     /* diffusers UNet2DConditionModel */
     pf_unet_config cfg;
     pf_backend *be;
     int num_skips;
+    int has_up;                          /* 0: the encoder half only (pf_unet_load_encoder) */
     pf_tensor *conv_in_w, *conv_in_b;    /* (C0, Cin, 3, 3), (C0) */
     pf_tensor *time_1_w, *time_1_b;      /* time_embedding.linear_1 (T, C0), (T) - TimestepEmbedding */
     pf_tensor *time_2_w, *time_2_b;      /* time_embedding.linear_2 (T, T), (T) */
@@ -143,7 +144,7 @@ static int block_types(const pf_config *c, const char *key, int nb, const char *
     return 0;
 }
 
-static int read_config(pf_unet_config *cfg, const pf_config *c, pf_error *err) {
+int pf_unet_config_parse(pf_unet_config *cfg, const pf_config *c, int up_blocks, pf_error *err) {
     const char *path = pf_config_path(c);
     long v[PF_UNET_MAX_BLOCKS], cin, cout, x, g, temb;
     double eps, shift;
@@ -185,7 +186,8 @@ static int read_config(pf_unet_config *cfg, const pf_config *c, pf_error *err) {
     if (pf_config_int_list(c, "transformer_layers_per_block", 1, 1, 64, v, nb, err)) return -1;
     for (int i = 0; i < nb; i++) cfg->transformer_layers[i] = (int)v[i];
     if (block_types(c, "down_block_types", nb, "CrossAttnDownBlock2D", "DownBlock2D", cfg->down_cross_attn, err) ||
-        block_types(c, "up_block_types", nb, "CrossAttnUpBlock2D", "UpBlock2D", cfg->up_cross_attn, err))
+        (up_blocks &&
+         block_types(c, "up_block_types", nb, "CrossAttnUpBlock2D", "UpBlock2D", cfg->up_cross_attn, err)))
         return -1;
     if (pf_config_int(c, "in_channels", 4, 1, 1 << 16, &cin, err) ||
         pf_config_int(c, "out_channels", 4, 1, 1 << 16, &cout, err) ||
@@ -221,47 +223,29 @@ static int read_config(pf_unet_config *cfg, const pf_config *c, pf_error *err) {
 int pf_unet_config_read(pf_unet_config *cfg, const char *path, pf_error *err) {
     pf_config *c;
     if (pf_config_load(&c, path, err)) return -1;
-    int rc = read_config(cfg, c, err);
+    int rc = pf_unet_config_parse(cfg, c, 1, err);
     pf_config_free(c);
     return rc;
 }
 
 /* ---- loading ---- */
 
-/* Loads with a sticky failure, so the loaders below read as a list of weights:
- * after the first error every further load is skipped and returns NULL. */
+/* The weights' sticky loader (weights.h), and the group count every
+ * normalised channel count must split into. */
 typedef struct loader {
-    pf_weights *w;
-    pf_backend *be;
-    const char *prefix;
-    pf_error *err;
-    int groups;  /* norm_num_groups, checked against every normalised channel count */
-    int failed;
+    pf_loader ld;
+    int groups;  /* norm_num_groups */
 } loader;
-
-static pf_tensor *ld(loader *l, int ndim, const int64_t *shape, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static pf_tensor *ld(loader *l, int ndim, const int64_t *shape, const char *fmt, ...) {
-    if (l->failed) return NULL;
-    char name[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    pf_tensor *t = pf_weights_loadf(l->w, l->be, l->err, ndim, shape, "%s%s", l->prefix, name);
-    if (!t) l->failed = 1;
-    return t;
-}
-#define LD1(l, a, ...) ld(l, 1, (int64_t[]){a}, __VA_ARGS__)
-#define LD2(l, a, b, ...) ld(l, 2, (int64_t[]){a, b}, __VA_ARGS__)
-#define LD4(l, a, b, c, d, ...) ld(l, 4, (int64_t[]){a, b, c, d}, __VA_ARGS__)
+#define LD1(l, ...) PF_LD1(&(l)->ld, __VA_ARGS__)
+#define LD2(l, ...) PF_LD2(&(l)->ld, __VA_ARGS__)
+#define LD4(l, ...) PF_LD4(&(l)->ld, __VA_ARGS__)
 
 /* GroupNorm needs the channels to split evenly into norm_num_groups. */
 static void groups_check(loader *l, const char *p, int channels) {
-    if (l->failed || channels % l->groups == 0) return;
-    pf_fail(l->err, "%s: %snorm has %d channels, not a multiple of norm_num_groups %d", pf_weights_file(l->w)->path,
-            p, channels, l->groups);
-    l->failed = 1;
+    if (l->ld.failed || channels % l->groups == 0) return;
+    pf_fail(l->ld.err, "%s: %snorm has %d channels, not a multiple of norm_num_groups %d",
+            pf_weights_file(l->ld.w)->path, p, channels, l->groups);
+    l->ld.failed = 1;
 }
 
 static void load_resnet(loader *l, resnet *r, int cin, int cout, int T, const char *p) {
@@ -401,14 +385,16 @@ int pf_unet_num_skips(const pf_unet *m) { return m->num_skips; }
  * mirrors down block nb-1-j (reversed channel, head and layer lists), has one more
  * resnet than it, and its resnets take the concatenation of the running state
  * (prev_output_channel, then out) and the popped skip (out, and for the last
- * resnet the channels of the next-lower down block's input). */
-int pf_unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_weights *w, const char *prefix,
-                 pf_error *err) {
+ * resnet the channels of the next-lower down block's input). With up_blocks 0
+ * only the half that ControlNetModel copies is built (conv_in, the time
+ * embedding, the down blocks and the mid block). */
+static int unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_weights *w, const char *prefix,
+                     int up_blocks, pf_error *err) {
     *out = NULL;
     pf_unet *m = PF_CALLOC(1, sizeof *m);
     m->cfg = *cfg;
     m->be = be;
-    loader L = {w, be, prefix, err, cfg->norm_num_groups, 0}, *l = &L;
+    loader L = {{w, be, prefix, err, 0}, cfg->norm_num_groups}, *l = &L;
     const int nb = cfg->num_blocks, T = cfg->time_embed_dim, X = cfg->cross_attention_dim;
     const int lin = cfg->use_linear_projection, *C = cfg->block_out_channels;
     char p[256];
@@ -448,7 +434,7 @@ int pf_unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_we
                      "mid_block.attentions.0.");
     load_resnet(l, &m->mid_res[1], Cm, Cm, T, "mid_block.resnets.1.");
 
-    for (int j = 0; j < nb; j++) { /* CrossAttnUpBlock2D / UpBlock2D */
+    for (int j = 0; up_blocks && j < nb; j++) { /* CrossAttnUpBlock2D / UpBlock2D */
         unet_block *u = &m->up[j];
         int i = nb - 1 - j; /* the down block this one mirrors */
         int cout = C[i], prev = j ? C[i + 1] : C[nb - 1], cskip = C[i ? i - 1 : 0];
@@ -469,17 +455,30 @@ int pf_unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_we
         }
     }
 
-    groups_check(l, "conv_", C[0]);
-    m->norm_out_w = LD1(l, C[0], "conv_norm_out.weight");
-    m->norm_out_b = LD1(l, C[0], "conv_norm_out.bias");
-    m->conv_out_w = LD4(l, cfg->out_channels, C[0], 3, 3, "conv_out.weight");
-    m->conv_out_b = LD1(l, cfg->out_channels, "conv_out.bias");
-    if (l->failed) {
+    if (up_blocks) {
+        m->has_up = 1;
+        groups_check(l, "conv_", C[0]);
+        m->norm_out_w = LD1(l, C[0], "conv_norm_out.weight");
+        m->norm_out_b = LD1(l, C[0], "conv_norm_out.bias");
+        m->conv_out_w = LD4(l, cfg->out_channels, C[0], 3, 3, "conv_out.weight");
+        m->conv_out_b = LD1(l, cfg->out_channels, "conv_out.bias");
+    }
+    if (l->ld.failed) {
         pf_unet_free(m);
         return -1;
     }
     *out = m;
     return 0;
+}
+
+int pf_unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_weights *w, const char *prefix,
+                 pf_error *err) {
+    return unet_load(out, be, cfg, w, prefix, 1, err);
+}
+
+int pf_unet_load_encoder(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_weights *w,
+                         const char *prefix, pf_error *err) {
+    return unet_load(out, be, cfg, w, prefix, 0, err);
 }
 
 static int is_dir(const char *p) {
@@ -648,23 +647,73 @@ static int check_shape(const pf_tensor *t, const int64_t *want, const char *what
                    pf_shape_str_raw(4, want, exp, sizeof exp));
 }
 
+pf_tensor *pf_unet_time_embed(const pf_unet *m, const float *timesteps, int64_t B) {
+    const pf_unet_config *c = &m->cfg;
+    const int C0 = c->block_out_channels[0];
+    float *tp = PF_MALLOC((size_t)(B * C0) * sizeof *tp);
+    timestep_proj(tp, c, timesteps, B);
+    pf_tensor *t0 = pf_from_host(m->be, 2, (int64_t[]){B, C0}, tp); /* (B, C0) */
+    free(tp);
+    pf_tensor *t1 = pf_new2(m->be, B, c->time_embed_dim);             /* (B, T) */
+    pf_linear(t1, t0, m->time_1_w, m->time_1_b);
+    pf_activation(t1, t1, PF_ACT_SILU);
+    pf_tensor *temb = pf_new2(m->be, B, c->time_embed_dim);           /* (B, T) */
+    pf_linear(temb, t1, m->time_2_w, m->time_2_b);
+    pf_activation(temb, temb, PF_ACT_SILU); /* every resnet takes silu(emb): do it once */
+    pf_free(t0);
+    pf_free(t1);
+    return temb;
+}
+
+pf_tensor *pf_unet_conv_in(const pf_unet *m, const pf_tensor *x) {
+    pf_tensor *h = pf_new4(m->be, x->shape[0], m->cfg.block_out_channels[0], x->shape[2], x->shape[3]);
+    pf_conv2d(h, x, m->conv_in_w, m->conv_in_b, 1, 1);                /* (B, C0, H, W) */
+    return h;
+}
+
+/* Every tensor h holds on the down path is also a skip, owned by skips[]. */
+pf_tensor *pf_unet_down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *temb, const pf_tensor *context,
+                            pf_tensor **skips) {
+    const pf_unet_config *c = &m->cfg;
+    const int nb = c->num_blocks;
+    const int64_t B = h->shape[0];
+    int ns = 0;
+    skips[ns++] = h;                                               /* (B, C0, H, W) */
+    for (int i = 0; i < nb; i++) {
+        const unet_block *d = &m->down[i];
+        for (int k = 0; k < d->layers; k++) {
+            pf_tensor *r = resnet_forward(m, &d->resnets[k], h, temb); /* (B, C[i], h, w) */
+            if (d->attns) transformer_forward(m, &d->attns[k], r, context);
+            skips[ns++] = h = r;
+        }
+        if (d->sample_w) { /* Downsample2D: stride 2 pad 1 rounds odd sides up */
+            pf_tensor *y = pf_new4(m->be, B, h->shape[1], (h->shape[2] + 1) / 2, (h->shape[3] + 1) / 2);
+            pf_conv2d(y, h, d->sample_w, d->sample_b, 2, 1);       /* (B, C[i], ceil(h/2), ceil(w/2)) */
+            skips[ns++] = h = y;
+        }
+    }
+    PF_CHECK(ns == m->num_skips);
+    /* UNetMidBlock2DCrossAttn: resnet, transformer, resnet */
+    pf_tensor *r = resnet_forward(m, &m->mid_res[0], h, temb);     /* (B, Cm, h, w) */
+    transformer_forward(m, &m->mid_attn, r, context);
+    pf_tensor *mid = resnet_forward(m, &m->mid_res[1], r, temb);   /* (B, Cm, h, w) */
+    pf_free(r);
+    return mid;
+}
+
 /* UNet2DConditionModel.forward for SD-1.x/2.x checkpoints. */
 int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps, const pf_tensor *context,
                     const pf_tensor *const *down_residuals, const pf_tensor *mid_residual, pf_error *err) {
     const pf_unet_config *c = &m->cfg;
     pf_backend *be = m->be;
-    const int nb = c->num_blocks, C0 = c->block_out_channels[0];
+    const int nb = c->num_blocks;
     char s1[64];
+    PF_CHECK(m->has_up);
     PF_CHECK(x->be == be && context->be == be && out->be == be);
-    if (x->ndim != 4 || x->shape[1] != c->in_channels || x->shape[0] < 1)
+    if (x->ndim != 4 || x->shape[1] != c->in_channels || x->shape[0] < 1 || x->shape[2] < 1 || x->shape[3] < 1)
         return pf_fail(err, "unet: input has shape %s, expected (B, %d, H, W)", pf_shape_str(x, s1, sizeof s1),
                        c->in_channels);
-    const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3], f = (int64_t)1 << (nb - 1);
-    /* diffusers forwards explicit upsample sizes for other sizes; that needs a
-     * crop or sized-interpolation op the backend does not have. */
-    if (H % f || W % f || H < 1 || W < 1)
-        return pf_fail(err, "unet: latent size %lldx%lld is not a multiple of %lld (2^(blocks-1))", (long long)H,
-                       (long long)W, (long long)f);
+    const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
     if (context->ndim != 3 || context->shape[0] != B || context->shape[2] != c->cross_attention_dim ||
         context->shape[1] < 1)
         return pf_fail(err, "unet: context has shape %s, expected (%lld, L, %d)", pf_shape_str(context, s1, sizeof s1),
@@ -681,47 +730,12 @@ int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float 
         if (check_shape(mid_residual, want, "mid residual", 0, err)) return -1;
     }
 
-    /* 1. time: Timesteps (host) -> TimestepEmbedding (linear_1, silu, linear_2) */
-    float *tp = PF_MALLOC((size_t)(B * C0) * sizeof *tp);
-    timestep_proj(tp, c, timesteps, B);
-    pf_tensor *t0 = pf_from_host(be, 2, (int64_t[]){B, C0}, tp);  /* (B, C0) */
-    free(tp);
-    pf_tensor *t1 = pf_new2(be, B, c->time_embed_dim);             /* (B, T) */
-    pf_linear(t1, t0, m->time_1_w, m->time_1_b);
-    pf_activation(t1, t1, PF_ACT_SILU);
-    pf_tensor *temb = pf_new2(be, B, c->time_embed_dim);           /* (B, T) */
-    pf_linear(temb, t1, m->time_2_w, m->time_2_b);
-    pf_activation(temb, temb, PF_ACT_SILU); /* every resnet takes silu(emb): do it once */
-    pf_free(t0);
-    pf_free(t1);
-
-    /* 2. conv_in; 3. down. Every tensor h holds on the down path is also a skip,
-     * owned by skips[] until its up block pops it. */
+    /* 1. time; 2. conv_in; 3. down; 4. mid. The skips stay owned by skips[]
+     * until their up block pops them. */
+    pf_tensor *temb = pf_unet_time_embed(m, timesteps, B);         /* (B, T) */
     pf_tensor **skips = PF_CALLOC((size_t)m->num_skips, sizeof *skips);
-    int ns = 0;
-    pf_tensor *h = pf_new4(be, B, C0, H, W);                       /* (B, C0, H, W) */
-    pf_conv2d(h, x, m->conv_in_w, m->conv_in_b, 1, 1);
-    skips[ns++] = h;
-    for (int i = 0; i < nb; i++) {
-        const unet_block *d = &m->down[i];
-        for (int k = 0; k < d->layers; k++) {
-            pf_tensor *r = resnet_forward(m, &d->resnets[k], h, temb); /* (B, C[i], h, w) */
-            if (d->attns) transformer_forward(m, &d->attns[k], r, context);
-            skips[ns++] = h = r;
-        }
-        if (d->sample_w) { /* Downsample2D */
-            pf_tensor *y = pf_new4(be, B, h->shape[1], (h->shape[2] + 1) / 2, (h->shape[3] + 1) / 2);
-            pf_conv2d(y, h, d->sample_w, d->sample_b, 2, 1);       /* (B, C[i], h/2, w/2) */
-            skips[ns++] = h = y;
-        }
-    }
-    PF_CHECK(ns == m->num_skips);
-
-    /* 4. mid: resnet, transformer, resnet */
-    pf_tensor *r = resnet_forward(m, &m->mid_res[0], h, temb);     /* (B, Cm, h, w) */
-    transformer_forward(m, &m->mid_attn, r, context);
-    h = resnet_forward(m, &m->mid_res[1], r, temb);                /* (B, Cm, h, w) */
-    pf_free(r);
+    int ns = m->num_skips;
+    pf_tensor *h = pf_unet_down_mid(m, pf_unet_conv_in(m, x), temb, context, skips); /* (B, Cm, h, w) */
     /* ControlNet residuals join after the mid block has read its input (the last
      * skip), as diffusers adds them to copies of the skips. */
     for (int s = 0; down_residuals && s < ns; s++) pf_add(skips[s], skips[s], down_residuals[s]);
@@ -741,9 +755,12 @@ int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float 
             pf_free(cat);
             if (u->attns) transformer_forward(m, &u->attns[k], h, context);
         }
-        if (u->sample_w) { /* Upsample2D: nearest 2x, conv 3x3 */
-            pf_tensor *up = pf_new4(be, B, h->shape[1], 2 * h->shape[2], 2 * h->shape[3]); /* (B, C, 2h, 2w) */
-            pf_upsample_nearest2x(up, h);
+        if (u->sample_w) {
+            /* Upsample2D: nearest to the size of the skip the next block pops
+             * (2x, or diffusers' forwarded upsample_size where a side was odd), conv 3x3 */
+            const pf_tensor *next = skips[ns - 1];
+            pf_tensor *up = pf_new4(be, B, h->shape[1], next->shape[2], next->shape[3]); /* (B, C, h', w') */
+            pf_upsample_nearest(up, h);
             pf_free(h);
             h = pf_new_like(up);
             pf_conv2d(h, up, u->sample_w, u->sample_b, 1, 1);

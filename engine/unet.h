@@ -5,6 +5,7 @@
 #define PF_UNET_H
 
 #include "backend.h"
+#include "config.h"
 #include "weights.h"
 
 /* More blocks than any SD-family UNet has (SD-1.x/2.x use 4). */
@@ -39,6 +40,9 @@ typedef struct pf_unet pf_unet;
 /* Reads a diffusers unet/config.json. Keys this family does not use must hold
  * their defaults; any other value is an error naming the key. */
 int pf_unet_config_read(pf_unet_config *cfg, const char *path, pf_error *err);
+/* The same from a loaded config; up_blocks 0 skips up_block_types (a
+ * ControlNetModel config, which has the down and mid half only). */
+int pf_unet_config_parse(pf_unet_config *cfg, const pf_config *c, int up_blocks, pf_error *err);
 
 /* Loads every weight (keys under `prefix`, "" for a diffusers unet/ file) from w,
  * checking each shape against cfg. On error returns -1 with *out NULL. */
@@ -56,8 +60,9 @@ const pf_unet_config *pf_unet_get_config(const pf_unet *m);
 int pf_unet_num_skips(const pf_unet *m);
 
 /* One UNet evaluation: out[B, Cout, H, W] = unet(x[B, Cin, H, W], timesteps, context).
- * timesteps: B host floats. context: [B, L, X] encoder_hidden_states. H and W must be multiples of 2^(num_blocks - 1)
- * (diffusers handles other sizes by forwarding explicit upsample sizes; we do not).
+ * timesteps: B host floats. context: [B, L, X] encoder_hidden_states. Any H, W >= 1:
+ * where a side is not a multiple of 2^(num_blocks - 1) the down path rounds odd
+ * sides up and each upsampler resizes to its skip's size, as diffusers does.
  * down_residuals (NULL or pf_unet_num_skips tensors shaped like the skips) and
  * mid_residual (NULL or the mid block's output shape) are ControlNet's
  * down_block_additional_residuals / mid_block_additional_residual, added to the
@@ -67,5 +72,22 @@ int pf_unet_num_skips(const pf_unet *m);
  * made by the caller. On error returns -1 and fills err; out is then undefined. */
 int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps, const pf_tensor *context,
                     const pf_tensor *const *down_residuals, const pf_tensor *mid_residual, pf_error *err);
+
+/* ---- the encoder half, which ControlNetModel copies (controlnet.c) ----
+ * A model loaded with pf_unet_load_encoder has only conv_in, the time embedding,
+ * the down blocks and the mid block; pf_unet_forward refuses it (invariant). */
+int pf_unet_load_encoder(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_weights *w,
+                         const char *prefix, pf_error *err);
+/* silu(time_embedding(time_proj(timesteps))): (B, T), what every resnet takes.
+ * timesteps: B host floats. Returns a new tensor (errors are the backend's sticky error). */
+pf_tensor *pf_unet_time_embed(const pf_unet *m, const float *timesteps, int64_t B);
+/* conv_in(x[B, Cin, H, W]): a new (B, C0, H, W) tensor. */
+pf_tensor *pf_unet_conv_in(const pf_unet *m, const pf_tensor *x);
+/* The down blocks and the mid block on h (B, C0, H, W), conv_in's output (plus,
+ * in a ControlNet, the conditioning embedding). h becomes skips[0]; skips
+ * (pf_unet_num_skips entries) receives every down_block_res_samples tensor,
+ * owned by the caller; returns the mid block's output (B, C[last], h', w'). */
+pf_tensor *pf_unet_down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *temb, const pf_tensor *context,
+                            pf_tensor **skips);
 
 #endif

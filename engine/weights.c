@@ -136,3 +136,15 @@ pf_tensor *pf_weights_loadf(pf_weights *w, pf_backend *be, pf_error *err, int nd
     va_end(ap);
     return pf_weights_load(w, be, name, ndim, shape, err);
 }
+
+pf_tensor *pf_loader_get(pf_loader *l, int ndim, const int64_t *shape, const char *fmt, ...) {
+    if (l->failed) return NULL;
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    pf_tensor *t = pf_weights_loadf(l->w, l->be, l->err, ndim, shape, "%s%s", l->prefix, name);
+    if (!t) l->failed = 1;
+    return t;
+}

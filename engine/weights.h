@@ -31,6 +31,23 @@ pf_tensor *pf_weights_loadf(pf_weights *w, pf_backend *be, pf_error *err, int nd
                             const int64_t *shape, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 int pf_weights_has(const pf_weights *w, const char *name);
+
+/* Loads with a sticky failure, so that a model's loader reads as a list of its
+ * weights: each tensor is prefix + the formatted name; after the first error
+ * (its message in err) every further load is skipped and returns NULL, and
+ * failed stays 1 for the loader to check once at the end. */
+typedef struct pf_loader {
+    pf_weights *w;
+    pf_backend *be;
+    const char *prefix;
+    pf_error *err;
+    int failed;
+} pf_loader;
+pf_tensor *pf_loader_get(pf_loader *l, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#define PF_LD1(l, a, ...) pf_loader_get(l, 1, (int64_t[]){a}, __VA_ARGS__)
+#define PF_LD2(l, a, b, ...) pf_loader_get(l, 2, (int64_t[]){a, b}, __VA_ARGS__)
+#define PF_LD4(l, a, b, c, d, ...) pf_loader_get(l, 4, (int64_t[]){a, b, c, d}, __VA_ARGS__)
 const pf_safetensors *pf_weights_file(const pf_weights *w);
 
 #endif

@@ -192,6 +192,18 @@ static void cuda_synchronize(pf_backend *be) {
     if (enter(be)) ok(be, cudaStreamSynchronize(st_of(be)->stream), "cudaStreamSynchronize");
 }
 
+// backend.h, pf_backend_mem_available: the driver's free bytes plus the
+// allocator's cached blocks (reserved, not in use), which pf_cuda_allocator_get
+// returns to the driver before it gives up on a cudaMalloc. A failed query
+// becomes the sticky error and reports 0: nothing fits on a broken device.
+static size_t cuda_mem_available(pf_backend *be) {
+    size_t free_bytes = 0, total = 0;
+    if (!enter(be) || !ok(be, cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo")) return 0;
+    pf_mem_stats s;
+    pf_cuda_allocator_stats(st_of(be)->alloc, &s);
+    return free_bytes + (s.reserved - s.in_use);
+}
+
 static void cuda_destroy(pf_backend *be) {
     cuda_state *st = st_of(be);
     cudaSetDevice(st->device);
@@ -385,12 +397,12 @@ static void cuda_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, in
        "concat");
 }
 
-static void cuda_upsample_nearest2x(pf_tensor *y, const pf_tensor *x) {
+static void cuda_upsample_nearest(pf_tensor *y, const pf_tensor *x) {
     if (!enter(y->be)) return;
     ok(y->be,
-       pf_cuda_upsample_nearest2x(H(y), H(x), st_of(y)->vec, x->shape[0] * x->shape[1] * x->shape[2], x->shape[3],
-                                  stream_of(y)),
-       "upsample_nearest2x");
+       pf_cuda_upsample_nearest(H(y), H(x), st_of(y)->vec, x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
+                                y->shape[2], y->shape[3], stream_of(y)),
+       "upsample_nearest");
 }
 
 static void cuda_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {
@@ -426,6 +438,7 @@ static pf_backend_ops cuda_ops_table() {
     o.download = cuda_download;
     o.synchronize = cuda_synchronize;
     o.destroy = cuda_destroy;
+    o.mem_available = cuda_mem_available;
     o.linear = cuda_linear;
     o.conv2d = cuda_conv2d;
     o.group_norm = cuda_group_norm;
@@ -438,7 +451,7 @@ static pf_backend_ops cuda_ops_table() {
     o.mul = cuda_mul;
     o.scale = cuda_scale;
     o.concat = cuda_concat;
-    o.upsample_nearest2x = cuda_upsample_nearest2x;
+    o.upsample_nearest = cuda_upsample_nearest;
     o.permute = cuda_permute;
     o.embedding = cuda_embedding;
     o.copy = cuda_copy;

@@ -1,13 +1,14 @@
-// upsample.cuh - nearest-neighbour 2x upsampling of x[N, C, H, W].
-// CPU twin: cpu_upsample_nearest2x in engine/backend_cpu.c.
+// upsample.cuh - nearest-neighbour upsampling of x[N, C, H, W] to y[N, C, Ho, Wo]
+// (F.interpolate(mode="nearest", size=(Ho, Wo))).
+// CPU twin: cpu_upsample_nearest in engine/backend_cpu.c.
 #ifndef PF_KERNELS_UPSAMPLE_CUH
 #define PF_KERNELS_UPSAMPLE_CUH
 
 #include "common.cuh"
 
-// rows = N * C * H input rows of w values: y[N, C, 2H, 2W], y[.., 2h + i, 2x + j] = x[.., h, x].
-// vec: 8 outputs (from 4 inputs) a thread where w % 4 == 0 and the pointers allow.
-cudaError_t pf_cuda_upsample_nearest2x(__half *y, const __half *x, int vec, int64_t rows, int64_t w,
-                                       cudaStream_t stream);
+// planes = N * C: y[p, i, j] = x[p, pf_nearest_index(i, h, ho), pf_nearest_index(j, w, wo)].
+// vec: for exact 2x with w % 4 == 0, 8 outputs (from 4 inputs) a thread where the pointers allow.
+cudaError_t pf_cuda_upsample_nearest(__half *y, const __half *x, int vec, int64_t planes, int64_t h, int64_t w,
+                                     int64_t ho, int64_t wo, cudaStream_t stream);
 
 #endif

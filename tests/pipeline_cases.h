@@ -71,6 +71,18 @@ static inline pf_pipeline *pf_case_load(pf_backend *be, json_t *c) {
     return p;
 }
 
+/* The 8-bit tolerance of every pipeline golden: equal except <= 1 level on
+ * <= 0.1 % of values; fails the test naming what and the first bad value. */
+static inline void pf_assert_u8_close(const char *what, const uint8_t *got, const uint8_t *want, size_t n) {
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = abs((int)got[i] - (int)want[i]);
+        if (d > 1) fail_msg("%s: value %zu differs by %d levels (got %d want %d)", what, i, d, got[i], want[i]);
+        off += d != 0;
+    }
+    if (off * 1000 > n) fail_msg("%s: %zu of %zu values differ by one level (> 0.1 %%)", what, off, n);
+}
+
 /* A progress callback (user: a pf_step_counter) that records what it was told. */
 typedef struct pf_step_counter {
     int calls, last, total;

@@ -41,6 +41,49 @@ expect 2 "unknown command" $P frobnicate
 expect 1 "vocab.json: cannot open" $P tokenize --tokenizer "$T/empty" "a cat"
 expect 1 "missing file" $P encode --model "$T/empty" --prompt cat --out "$T/e.safetensors"
 
+# The refiner: bad inputs each give one line and exit 1 (a value the parser cannot
+# read at all is a usage error, 2).
+CN=$ROOT/tests/data/models/tiny-sd15-controlnet
+IN=$ROOT/tests/data/goldens/tiny-sd15/refine-input-4step.png
+R="$P refine --model $M --delta $D --controlnet $CN --out $T/r.png --steps 2"
+printf 'not an image at all\n' > "$T/text.png"
+expect 1 "not a PNG or JPEG image" $R --image "$T/text.png"
+: > "$T/empty.png"
+expect 1 "empty file" $R --image "$T/empty.png"
+head -c 300 "$IN" > "$T/cut.png"
+expect 1 "cut.png" $R --image "$T/cut.png"
+expect 1 "cannot open" $R --image "$T/nope.png"
+expect 1 "rounds the 64 x 64 image to 0 x 0" $R --image "$IN" --size 16
+expect 1 "size must be in [0, 4096]" $R --image "$IN" --size 5000
+expect 1 "more than 4096 a side" $P refine --model "$M" --controlnet "$CN" --image "$ROOT/tests/data/goldens/tiny-sd15/refine-input-ddim-strength.png" --out "$T/r.png" --size 2600
+expect 1 "strength must be in (0, 1]" $R --image "$IN" --size 64 --strength 0
+expect 1 "strength must be in (0, 1]" $R --image "$IN" --size 64 --strength 1.5
+expect 1 "strength must be in (0, 1]" $R --image "$IN" --size 64 --strength -0.5
+expect 1 "leaves no step" $R --image "$IN" --size 64 --steps 4 --strength 0.2
+expect 2 "--strength must be a number" $R --image "$IN" --strength nan
+expect 2 "--size must be" $R --image "$IN" --size 1e3
+expect 1 "multiple of 8" $R --image "$ROOT/tests/data/images/png/grey8.png" --size 0
+expect 1 "does not fit the model" $P refine --model "$ROOT/tests/data/models/tiny-sd2" --controlnet "$CN" --image "$IN" --out "$T/r.png"
+expect 1 "loading controlnet" $R --image "$IN" --controlnet "$M/unet"
+expect 2 "--vae-tiling must be" $R --image "$IN" --vae-tiling sometimes
+expect 2 "usage" $P refine --model "$M" --image "$IN" --out "$T/r.png"
+expect 2 "--refine needs --controlnet" $G --model "$M" --refine
+expect 2 "--controlnet is used by --refine only" $G --model "$M" --controlnet "$CN"
+expect 1 "strength must be in (0, 1]" $G --model "$M" --refine --controlnet "$CN" --refine-strength 2
+
+# Grey, grey + alpha, palette and RGBA inputs are converted as Pillow's
+# convert("RGB") does (tests/test_image.c checks the pixels); here they run under ASan.
+for img in grey8.png greyalpha8.png palette8_trns.png rgba8.png; do
+    [ -e "$ROOT/tests/data/images/png/$img" ] || { echo "FAIL: no test image $img"; fails=$((fails + 1)); continue; }
+    "$P" refine --model "$M" --controlnet "$CN" --image "$ROOT/tests/data/images/png/$img" --size 64 --steps 1 \
+        --out "$T/conv.png" > /dev/null 2> "$T/err"
+    if [ $? -ne 0 ] || grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$T/err" || [ ! -s "$T/conv.png" ]; then
+        echo "FAIL: refine of $img under ASan"; cat "$T/err"; fails=$((fails + 1))
+    else
+        echo "ok: refine of $img under ASan"
+    fi
+done
+
 # The good path under the sanitizers too: a small image, and the tokenizer's
 # documented output for "a photo of a cat".
 "$P" generate --model "$M" --delta "$D" --prompt "a cat" --steps 4 --width 64 --height 64 --out "$T/ok.png" \

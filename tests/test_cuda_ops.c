@@ -629,8 +629,10 @@ static pf_tensor *concat_fn(pf_backend *be, const void *p) {
 static pf_tensor *upsample_fn(pf_backend *be, const void *p) {
     const move_ctx *c = p;
     const int64_t *s = c->ashape;
-    pf_tensor *x = up(be, 4, s, c->a), *y = out_nan(be, 4, SHAPE(s[0], s[1], 2 * s[2], 2 * s[3]));
-    pf_upsample_nearest2x(y, x);
+    /* bshape holds the output size; zeros: 2x */
+    const int64_t ho = c->bshape[2] ? c->bshape[2] : 2 * s[2], wo = c->bshape[3] ? c->bshape[3] : 2 * s[3];
+    pf_tensor *x = up(be, 4, s, c->a), *y = out_nan(be, 4, SHAPE(s[0], s[1], ho, wo));
+    pf_upsample_nearest(y, x);
     pf_free(x);
     return y;
 }
@@ -684,6 +686,13 @@ static void test_data_movement(void **state) {
     move_ctx u2 = {4, {1, 3, 5, 7}, {0}, 0, {0}, NULL, 0, hrand(105, 1, 0), NULL};
     check("upsample", "(1, 3, 5, 7)", upsample_fn, &u2, 0, 1);
     free(u2.a);
+    /* diffusers' forwarded upsample_size: a 45 x 80 latent's 23 x 40 -> 45 x 80, and any ratio */
+    move_ctx u3 = {4, {2, 320, 23, 40}, {0, 0, 45, 80}, 0, {0}, NULL, 0, hrand(2 * 320 * 23 * 40, 1, 0), NULL};
+    check("upsample", "(2, 320, 23, 40) -> (45, 80)", upsample_fn, &u3, 0, 1);
+    free(u3.a);
+    move_ctx u4 = {4, {1, 3, 5, 7}, {0, 0, 7, 9}, 0, {0}, NULL, 0, hrand(105, 1, 0), NULL};
+    check("upsample", "(1, 3, 5, 7) -> (7, 9)", upsample_fn, &u4, 0, 1);
+    free(u4.a);
 
     const struct {
         int ndim;

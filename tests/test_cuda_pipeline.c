@@ -10,12 +10,14 @@
  * invisible in an 8-bit image) and NMSE <= 1e-4; a wrong kernel gives
  * PSNR < 20 dB and NMSE > 1e-2. */
 #include "pipeline_cases.h"
+#include "refine_cases.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend.h"
 #include "clip.h"
+#include "controlnet.h"
 #include "image.h"
 #include "unet.h"
 #include "vae.h"
@@ -44,6 +46,22 @@ static double psnr_of(const float *got, const float *want, size_t n, double *max
     }
     mse /= (double)n;
     return mse > 0 ? 10.0 * log10(1.0 / mse) : INFINITY; /* images in [0, 1] */
+}
+
+/* PSNR of float images got against the golden images of file rel (key "images");
+ * prints it with label, fails the test below PSNR_MIN. */
+static void expect_psnr(const char *label, const float *got, size_t n, const char *rel) {
+    pf_safetensors *st = pf_golden_open(rel);
+    int64_t nw;
+    float *want = pf_golden_floats(st, "images", &nw);
+    assert_int_equal(nw, (int64_t)n);
+    double maxerr, psnr = psnr_of(got, want, n, &maxerr);
+    int pass = psnr >= PSNR_MIN; /* false for NaN */
+    printf("  %-40s PSNR %5.1f dB (>= %.0f) max|err| %.4f %s\n", label, psnr, PSNR_MIN, maxerr, pass ? "ok" : "FAIL");
+    fflush(stdout);
+    free(want);
+    pf_st_close(st);
+    if (!pass) fail_msg("%s: PSNR %.1f dB below %.0f", label, psnr, PSNR_MIN);
 }
 
 /* NMSE of a GPU tensor against a golden tensor; prints it, fails above NMSE_MAX. */
@@ -118,17 +136,79 @@ static void check_models(const char *model) {
     pf_tensor *lat = pf_golden_tensor(g_gpu, st, "decode_latents");
     const int f = pf_vae_scale_factor(v);
     pf_tensor *img = pf_new4(g_gpu, lat->shape[0], 3, lat->shape[2] * f, lat->shape[3] * f);
-    if (pf_vae_decode(v, img, lat, &err)) fail_msg("%s", err.msg);
+    if (pf_vae_decode(v, img, lat, PF_VAE_TILING_OFF, &err)) fail_msg("%s", err.msg);
     snprintf(what, sizeof what, "%s vae decode", model);
     expect_nmse(what, img, st, "decode_image");
     pf_tensor *image = pf_golden_tensor(g_gpu, st, "encode_image");
     pf_tensor *mom = pf_new4(g_gpu, image->shape[0], 2 * pf_vae_config_of(v)->latent_channels, image->shape[2] / f,
                              image->shape[3] / f);
-    if (pf_vae_encode(v, mom, image, &err)) fail_msg("%s", err.msg);
+    if (pf_vae_encode(v, mom, image, PF_VAE_TILING_OFF, &err)) fail_msg("%s", err.msg);
     snprintf(what, sizeof what, "%s vae encode", model);
     expect_nmse(what, mom, st, "encode_moments");
     pf_free(mom), pf_free(image), pf_free(img), pf_free(lat);
+    pf_st_close(st);
+
+    /* tiled VAE (diffusers' enable_tiling), decode and encode */
+    st = pf_golden_open(pf_pathf("tests/data/goldens/%s/vae_tiled.safetensors", model));
+    lat = pf_golden_tensor(g_gpu, st, "tiled_latents");
+    img = pf_new4(g_gpu, lat->shape[0], 3, lat->shape[2] * f, lat->shape[3] * f);
+    if (pf_vae_decode(v, img, lat, PF_VAE_TILING_ON, &err)) fail_msg("%s", err.msg);
+    snprintf(what, sizeof what, "%s vae decode tiled", model);
+    expect_nmse(what, img, st, "tiled_decode");
+    image = pf_golden_tensor(g_gpu, st, "tiled_image");
+    mom = pf_new4(g_gpu, image->shape[0], 2 * pf_vae_config_of(v)->latent_channels, image->shape[2] / f,
+                  image->shape[3] / f);
+    if (pf_vae_encode(v, mom, image, PF_VAE_TILING_ON, &err)) fail_msg("%s", err.msg);
+    snprintf(what, sizeof what, "%s vae encode tiled", model);
+    expect_nmse(what, mom, st, "tiled_moments");
+    pf_free(mom), pf_free(image), pf_free(img), pf_free(lat);
     pf_vae_free(v);
+    pf_st_close(st);
+
+    /* UNet at latent sizes that are not multiples of 2^(blocks-1) */
+    st = pf_golden_open(pf_pathf("tests/data/goldens/%s/unet_odd.safetensors", model));
+    if (pf_unet_load_dir(&u, g_gpu, model_path(model), NULL, &err)) fail_msg("%s", err.msg);
+    ctx = pf_golden_tensor(g_gpu, st, "encoder_hidden_states");
+    for (int k = 0; k < 2; k++) {
+        x = pf_golden_tensor(g_gpu, st, k ? "sample_b" : "sample");
+        t = pf_golden_floats(st, k ? "timesteps_b" : "timesteps", NULL);
+        out = pf_new_like(x);
+        if (pf_unet_forward(u, out, x, t, ctx, NULL, NULL, &err)) fail_msg("%s", err.msg);
+        char s1[48];
+        snprintf(what, sizeof what, "%s unet %s", model, pf_shape_str(x, s1, sizeof s1));
+        expect_nmse(what, out, st, k ? "out_b" : "out");
+        pf_free(out), pf_free(x);
+        free(t);
+    }
+    pf_free(ctx);
+    pf_unet_free(u);
+    pf_st_close(st);
+}
+
+/* The tiny ControlNet's residuals, every one of them, at conditioning scale 0.7. */
+static void check_controlnet(void) {
+    pf_error err;
+    pf_safetensors *st = pf_golden_open("tests/data/goldens/tiny-sd15/controlnet.safetensors");
+    pf_controlnet *m;
+    if (pf_controlnet_load_dir(&m, g_gpu, model_path("tiny-sd15-controlnet"), &err)) fail_msg("%s", err.msg);
+    pf_tensor *x = pf_golden_tensor(g_gpu, st, "sample"), *ctx = pf_golden_tensor(g_gpu, st, "encoder_hidden_states");
+    pf_tensor *cond = pf_golden_tensor(g_gpu, st, "cond");
+    float *t = pf_golden_floats(st, "timesteps", NULL);
+    const int n = pf_controlnet_num_residuals(m);
+    pf_tensor **down = calloc((size_t)n, sizeof *down), *mid;
+    if (pf_controlnet_forward(m, down, &mid, x, t, ctx, cond, 0.7f, &err)) fail_msg("%s", err.msg);
+    char what[64], name[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(what, sizeof what, "tiny-sd15 controlnet down %d", i);
+        snprintf(name, sizeof name, "down_%d", i);
+        expect_nmse(what, down[i], st, name);
+        pf_free(down[i]);
+    }
+    expect_nmse("tiny-sd15 controlnet mid", mid, st, "mid");
+    pf_free(mid), pf_free(x), pf_free(ctx), pf_free(cond);
+    free(down);
+    free(t);
+    pf_controlnet_free(m);
     pf_st_close(st);
 }
 
@@ -137,6 +217,7 @@ static void test_models(void **state) {
     NEED_GPU();
     check_models("tiny-sd15");
     check_models("tiny-sd2");
+    check_controlnet();
 }
 
 /* ---- pipelines ---- */
@@ -158,21 +239,34 @@ static void test_pipelines(void **state) {
         const size_t n = (size_t)p.num_images * p.height * p.width * 3;
         float *got = malloc(n * sizeof *got);
         if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s: %s", name, err.msg);
-        pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
-        int64_t nw;
-        float *want = pf_golden_floats(st, "images", &nw);
-        assert_int_equal(nw, (int64_t)n);
-        double maxerr, psnr = psnr_of(got, want, n, &maxerr);
-        int pass = psnr >= PSNR_MIN;
-        printf("  pipeline %-31s PSNR %5.1f dB (>= %.0f) max|err| %.4f %s\n", name, psnr, PSNR_MIN, maxerr,
-               pass ? "ok" : "FAIL");
-        fflush(stdout);
-        if (!pass) fail_msg("%s: PSNR %.1f dB below %.0f", name, psnr, PSNR_MIN);
-        free(want);
+        char label[96];
+        snprintf(label, sizeof label, "pipeline %s", name);
+        expect_psnr(label, got, n, pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
         free(got);
-        pf_st_close(st);
         pf_pipeline_free(pipe);
     }
+    json_decref(root);
+}
+
+/* The refiner and the chained text to image + refine (refine.json), float16 on
+ * the GPU against the float32 diffusers goldens. */
+static void test_refine(void **state) {
+    (void)state;
+    NEED_GPU();
+    json_t *root = pf_refine_cases(), *c;
+    size_t i;
+    pf_pipeline *p = pf_refine_case_pipeline(g_gpu);
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        const char *name = pf_case_str(c, "name"), *kind = pf_case_str(c, "kind");
+        const size_t n = pf_refine_case_values(c);
+        float *got = malloc(n * sizeof *got);
+        pf_refine_case_run(p, c, got, NULL);
+        char label[96];
+        snprintf(label, sizeof label, "%s %s", kind ? kind : "?", name ? name : "?");
+        expect_psnr(label, got, n, pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
+        free(got);
+    }
+    pf_pipeline_free(p);
     json_decref(root);
 }
 
@@ -277,6 +371,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_pipelines),
+        cmocka_unit_test(test_refine),
         cmocka_unit_test(test_cli),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -492,20 +492,48 @@ static void test_concat(void **state) {
     concat_case(SHAPE(2, 40, 20, 21), SHAPE(2, 30, 20, 21), 1); /* parallel */
 }
 
-static void test_upsample(void **state) {
-    (void)state;
-    const int64_t n = 2, c = 3, h = 5, w = 7;
+/* F.interpolate(mode="nearest") to any size. The reference index is computed
+ * in double precision ((i * in) / out, floored), which agrees with torch's
+ * float32 rule at these sizes; the tables below are torch's own output. */
+static void upsample_case(int64_t n, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wo) {
     float *x = randv(n * c * h * w, 1, 0);
-    double *ref = dalloc(n * c * 4 * h * w);
+    double *ref = dalloc(n * c * ho * wo);
     for (int64_t i = 0; i < n * c; i++)
-        for (int64_t y = 0; y < 2 * h; y++)
-            for (int64_t xx = 0; xx < 2 * w; xx++)
-                ref[(i * 2 * h + y) * 2 * w + xx] = x[(i * h + y / 2) * w + xx / 2];
-    pf_tensor *tx = up(g_be, 4, SHAPE(n, c, h, w), x), *ty = out_nan(g_be, 4, SHAPE(n, c, 2 * h, 2 * w));
-    pf_upsample_nearest2x(ty, tx);
-    expect("upsample_nearest2x", ty, ref, 0, 0);
+        for (int64_t y = 0; y < ho; y++)
+            for (int64_t xx = 0; xx < wo; xx++) {
+                int64_t sy = (int64_t)floor((double)y * h / ho), sx = (int64_t)floor((double)xx * w / wo);
+                ref[(i * ho + y) * wo + xx] = x[(i * h + (sy < h ? sy : h - 1)) * w + (sx < w ? sx : w - 1)];
+            }
+    pf_tensor *tx = up(g_be, 4, SHAPE(n, c, h, w), x), *ty = out_nan(g_be, 4, SHAPE(n, c, ho, wo));
+    pf_upsample_nearest(ty, tx);
+    expect("upsample_nearest", ty, ref, 0, 0);
     pf_free(tx), pf_free(ty);
     free(x), free(ref);
+}
+
+static void test_upsample(void **state) {
+    (void)state;
+    upsample_case(2, 3, 5, 7, 10, 14);   /* 2x, diffusers' Upsample2D */
+    upsample_case(2, 3, 23, 6, 45, 12);  /* a 45-row latent's skip, one side 2x */
+    upsample_case(1, 2, 5, 7, 7, 9);     /* any ratio */
+    upsample_case(1, 2, 4, 4, 4, 4);     /* identity */
+    upsample_case(1, 40, 30, 33, 59, 65); /* large enough for the parallel path */
+    /* torch.nn.functional.interpolate(arange(in), size=out, mode="nearest") */
+    static const struct {
+        int in, out;
+        int idx[45];
+    } torch_idx[] = {
+        {23, 45, {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11,
+                  11, 12, 12, 13, 13, 14, 14, 15, 15, 16, 16, 17, 17, 18, 18, 19, 19, 20, 20, 21, 21, 22}},
+        {5, 7, {0, 0, 1, 2, 2, 3, 4}},
+        {3, 10, {0, 0, 0, 0, 1, 1, 1, 2, 2, 2}},
+        {12, 23, {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11}},
+    };
+    for (size_t t = 0; t < sizeof torch_idx / sizeof *torch_idx; t++)
+        for (int i = 0; i < torch_idx[t].out; i++)
+            if (pf_nearest_index(i, torch_idx[t].in, torch_idx[t].out) != torch_idx[t].idx[i])
+                fail_msg("nearest index %d of %d -> %d: got %lld, torch %d", i, torch_idx[t].in, torch_idx[t].out,
+                         (long long)pf_nearest_index(i, torch_idx[t].in, torch_idx[t].out), torch_idx[t].idx[i]);
 }
 
 static void permute_case(int ndim, const int64_t *shape, const int *perm) {

@@ -17,17 +17,6 @@
 #include "image.h"
 #include "safetensors.h"
 
-/* Compares 8-bit images: equal except <= 1 level on <= 0.1 % of values. */
-static void assert_u8_close(const char *what, const uint8_t *got, const uint8_t *want, size_t n) {
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        int d = abs((int)got[i] - (int)want[i]);
-        if (d > 1) fail_msg("%s: value %zu differs by %d levels (got %d want %d)", what, i, d, got[i], want[i]);
-        off += d != 0;
-    }
-    if (off * 1000 > n) fail_msg("%s: %zu of %zu values differ by one level (> 0.1 %%)", what, off, n);
-}
-
 static void test_pipelines(void **state) {
     (void)state;
     json_t *root = pf_pipeline_cases();
@@ -81,7 +70,7 @@ static void test_pipelines(void **state) {
                 fail_msg("%s", err.msg);
             assert_int_equal(w, p.width);
             assert_int_equal(h, p.height);
-            assert_u8_close(png_rel, u8 + per * k, png, per);
+            pf_assert_u8_close(png_rel, u8 + per * k, png, per);
             free(png);
         }
         free(u8);
@@ -164,7 +153,7 @@ static void test_cli_png(void **state) {
             fail_msg("%s", err.msg);
         assert_int_equal(gw, ww);
         assert_int_equal(gh, wh);
-        assert_u8_close(got_path, got, want, (size_t)gw * gh * 3);
+        pf_assert_u8_close(got_path, got, want, (size_t)gw * gh * 3);
         free(got);
         free(want);
     }

@@ -56,23 +56,36 @@ static void check_forward(pf_unet *m, pf_backend *be, const pf_safetensors *st, 
     pf_free(x);
 }
 
-static void check_model(const char *model, int wide) {
-    pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s/unet.safetensors", model));
+/* Runs model's UNet on the golden file `golden` (under its goldens folder):
+ * kind 0 the plain, residual and (wide) non-square cases of unet.safetensors;
+ * kind 1 the two sizes of unet_odd.safetensors, latent sides that are not
+ * multiples of 2^(blocks-1) (odd sides rounded up on the way down, each
+ * upsampler resized to its skip's size on the way up, as diffusers forwards
+ * upsample_size). */
+static void check_model(const char *model, const char *golden, int kind, int wide) {
+    pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s/%s", model, golden));
     pf_error err;
     pf_backend *be = pf_backend_cpu_new(0);
     pf_unet *m;
     if (pf_unet_load_dir(&m, be, pf_test_path(pf_pathf("tests/data/models/%s", model)), NULL, &err))
         fail_msg("%s", err.msg);
     check_forward(m, be, st, "", "out", 0);
-    check_forward(m, be, st, "", "out_residuals", 1);
-    if (wide) check_forward(m, be, st, "_wide", "out_wide", 0);
+    if (kind == 0) check_forward(m, be, st, "", "out_residuals", 1);
+    if (kind == 0 && wide) check_forward(m, be, st, "_wide", "out_wide", 0);
+    if (kind == 1) check_forward(m, be, st, "_b", "out_b", 0);
     pf_unet_free(m);
     pf_backend_free(be);
     pf_st_close(st);
 }
 
-static void test_unet_sd15(void **state) { (void)state; check_model("tiny-sd15", 1); }
-static void test_unet_sd2(void **state) { (void)state; check_model("tiny-sd2", 0); }
+static void test_unet_odd(void **state) {
+    (void)state;
+    check_model("tiny-sd15", "unet_odd.safetensors", 1, 0);
+    check_model("tiny-sd2", "unet_odd.safetensors", 1, 0);
+}
+
+static void test_unet_sd15(void **state) { (void)state; check_model("tiny-sd15", "unet.safetensors", 0, 1); }
+static void test_unet_sd2(void **state) { (void)state; check_model("tiny-sd2", "unet.safetensors", 0, 0); }
 
 /* PeRFlow delta weights, given as the delta's unet/ folder and as the file itself. */
 static void test_unet_delta(void **state) {
@@ -179,10 +192,13 @@ static void test_shape_errors(void **state) {
     if (pf_unet_load(&m, be, &cfg, w, "", &err)) fail_msg("%s", err.msg);
     pf_tensor *x = pf_new4(be, 1, 4, 6, 8), *out = pf_new4(be, 1, 4, 6, 8), *ctx = pf_new3(be, 1, 77, 32);
     float t = 1000;
-    /* two blocks: sides must be even */
+    /* an odd side runs (its numbers: the odd-size goldens in test_unet_goldens), but
+     * residuals must then have the rounded-up skip shapes */
     pf_tensor *x5 = pf_new4(be, 1, 4, 5, 8), *out5 = pf_new4(be, 1, 4, 5, 8);
-    assert_int_equal(pf_unet_forward(m, out5, x5, &t, ctx, NULL, NULL, &err), -1);
-    assert_non_null(strstr(err.msg, "5x8 is not a multiple of 2"));
+    pf_tensor *mid5 = pf_new4(be, 1, 64, 2, 4); /* mid output is (1, 64, 3, 4) */
+    assert_int_equal(pf_unet_forward(m, out5, x5, &t, ctx, NULL, mid5, &err), -1);
+    assert_non_null(strstr(err.msg, "mid residual 0 has shape (1, 64, 2, 4), expected (1, 64, 3, 4)"));
+    pf_free(mid5);
     pf_tensor *bad_ctx = pf_new3(be, 1, 77, 24);
     assert_int_equal(pf_unet_forward(m, out, x, &t, bad_ctx, NULL, NULL, &err), -1);
     assert_non_null(strstr(err.msg, "context has shape (1, 77, 24)"));
@@ -222,7 +238,7 @@ static void test_bad_delta(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unet_sd15),     cmocka_unit_test(test_unet_sd2),     cmocka_unit_test(test_unet_delta),
-        cmocka_unit_test(test_config_errors), cmocka_unit_test(test_shape_errors), cmocka_unit_test(test_bad_delta),
+        cmocka_unit_test(test_unet_odd), cmocka_unit_test(test_config_errors), cmocka_unit_test(test_shape_errors), cmocka_unit_test(test_bad_delta),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /* bench_gpu.c - the CUDA backend on real-size SD-1.5 shapes (random weights, the
  * folder tests/device/bench_diffusers.py writes): one UNet CFG step at 64x64
- * latents (batch 2), a VAE decode to 512x512, and whole 4-step 512x512 CFG
- * images at batch 1 and 8. Usage: bench_gpu MODEL_DIR [REPEAT]
+ * latents (batch 2), a VAE decode to 512x512, whole 4-step 512x512 CFG
+ * images at batch 1 and 8, and the refiner (MODEL_DIR/controlnet) taking 512 px
+ * images to 1024 px in 4 CFG steps at batch 1 and 4. Usage: bench_gpu MODEL_DIR [REPEAT]
  *
  * Each benchmark runs on a fresh CUDA backend (so its peak memory holds only
  * its own weights and activations, as the diffusers side measures it), warms
@@ -100,7 +101,7 @@ static void bench_vae(const char *dir, int repeat, int first) {
     for (int r = -2; r < repeat; r++) {
         if (r == 0) pf_backend_cuda_mem_stats(be, &before);
         double s = pf_bench_now();
-        if (pf_vae_decode(m, img, lat, &err)) die("vae decode", &err);
+        if (pf_vae_decode(m, img, lat, PF_VAE_TILING_OFF, &err)) die("vae decode", &err);
         pf_synchronize(be);
         if (pf_backend_ok(be, &err)) die("vae decode", &err);
         if (r >= 0) runs[r] = pf_bench_now() - s;
@@ -160,6 +161,48 @@ static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
     pf_backend_free(be);
 }
 
+/* The refiner as the predictor runs it: batch random 512 px images (one job)
+ * handed over to 1024 px (Lanczos), 4 steps, guidance 7.5, strength 1. */
+static void bench_refine(const char *dir, int batch, int repeat, int first) {
+    pf_backend *be = fresh_backend();
+    pf_error err;
+    pf_pipeline *p;
+    char cn_dir[4096];
+    snprintf(cn_dir, sizeof cn_dir, "%s/controlnet", dir);
+    double t0 = pf_bench_now();
+    if (pf_pipeline_load(&p, be, dir, NULL, &err) || pf_pipeline_set_controlnet(p, cn_dir, &err))
+        die("loading the refiner", &err);
+    double load_s = pf_bench_now() - t0;
+    uint8_t *input = malloc((size_t)batch * 512 * 512 * 3);
+    for (size_t i = 0; i < (size_t)batch * 512 * 512 * 3; i++) input[i] = (uint8_t)(rand() & 255);
+    pf_refine_params prm;
+    pf_refine_defaults(&prm); /* 1024 px, 4 steps, guidance 7.5, strength 1 */
+    prm.images = input;
+    prm.image_width = prm.image_height = 512;
+    prm.num_images = batch;
+    step_probe probe = {be, 0, 0};
+    prm.progress = on_step;
+    prm.user = &probe;
+    float *images = malloc((size_t)batch * 1024 * 1024 * 3 * sizeof *images);
+    double runs[MAX_REPEAT];
+    pf_mem_stats before, after;
+    for (int r = -1; r < repeat; r++) {
+        if (r == 0) pf_backend_cuda_mem_stats(be, &before);
+        double s = pf_bench_now();
+        if (pf_pipeline_refine(p, &prm, images, &err)) die("refine", &err);
+        if (r >= 0) runs[r] = pf_bench_now() - s;
+    }
+    pf_backend_cuda_mem_stats(be, &after);
+    char name[64], extra[64];
+    snprintf(name, sizeof name, "refine_1024_4step_cfg_b%d", batch);
+    snprintf(extra, sizeof extra, ", \"batch\": %d", batch);
+    report(name, first, runs, repeat, load_s, &after, after.device_allocs - before.device_allocs, extra);
+    free(images);
+    free(input);
+    pf_pipeline_free(p);
+    pf_backend_free(be);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_gpu MODEL_DIR [REPEAT]\n");
@@ -173,6 +216,8 @@ int main(int argc, char **argv) {
     bench_vae(argv[1], repeat, 0);
     bench_txt2img(argv[1], 1, repeat > 3 ? 3 : repeat, 0);
     bench_txt2img(argv[1], 8, repeat > 2 ? 2 : repeat, 0);
+    bench_refine(argv[1], 1, repeat > 3 ? 3 : repeat, 0);
+    bench_refine(argv[1], 4, repeat > 2 ? 2 : repeat, 0);
     printf("\n}\n");
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "backend.h"
@@ -72,10 +73,17 @@ static inline int pf_bench_cmp_double(const void *a, const void *b) {
 /* One run of the code under test on ctx; returns 0, or -1 with err set. */
 typedef int (*pf_bench_fn)(void *ctx, pf_error *err);
 
+/* Peak resident set of this process so far, in MiB (getrusage; Linux reports KiB). */
+static inline double pf_bench_peak_rss_mb(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) ? 0.0 : (double)ru.ru_maxrss / 1024.0;
+}
+
 /* Times fn(ctx): one warm-up run, then `repeat` (1..PF_BENCH_MAX_REPEAT) timed
  * runs, each waited for with pf_synchronize(be). Prints {"what": what, "impl": "perflow <backend>",
- * "seconds": the median, "runs": [each run]} on one line and returns 0. When fn
- * fails, returns pf_bench_fail(what, its error). */
+ * "seconds": the median, "runs": [each run], "peak_rss_mb": the process's peak
+ * resident memory, weights included} on one line and returns 0. When fn fails,
+ * returns pf_bench_fail(what, its error). */
 static inline int pf_bench_time(const char *what, pf_backend *be, int repeat, pf_bench_fn fn, void *ctx) {
     PF_CHECK(repeat >= 1 && repeat <= PF_BENCH_MAX_REPEAT);
     double runs[PF_BENCH_MAX_REPEAT], sorted[PF_BENCH_MAX_REPEAT];
@@ -91,7 +99,7 @@ static inline int pf_bench_time(const char *what, pf_backend *be, int repeat, pf
     printf("{\"what\": \"%s\", \"impl\": \"perflow %s\", \"seconds\": %.6f, \"runs\": [", what, be->name,
            sorted[repeat / 2]);
     for (int r = 0; r < repeat; r++) printf(r ? ", %.6f" : "%.6f", runs[r]);
-    printf("]}\n");
+    printf("], \"peak_rss_mb\": %.1f}\n", pf_bench_peak_rss_mb());
     return 0;
 }
 

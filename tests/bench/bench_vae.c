@@ -11,7 +11,7 @@ typedef struct vae_run {
 
 static int forward(void *ctx, pf_error *err) {
     vae_run *r = ctx;
-    return pf_vae_decode(r->vae, r->image, r->latents, err);
+    return pf_vae_decode(r->vae, r->image, r->latents, PF_VAE_TILING_OFF, err);
 }
 
 int main(int argc, char **argv) {

@@ -2,7 +2,8 @@
 # run_bench.sh - `make bench`: each benchmark timed for PyTorch and for perflow in the
 # same run on the same machine, with the ratio (perflow / torch: < 1 is faster).
 # Models are real-size shapes with random weights, made once under build/bench/models.
-# Env: BENCH_REPEAT (default 5), BENCH_THREADS (default: all cores).
+# Env: BENCH_REPEAT (default 5), BENCH_REFINE_REPEAT (default 3), BENCH_THREADS (default: all cores).
+# RSS: each process's peak resident memory, weights included.
 set -e
 cd "$(dirname "$0")/../.."
 B=${B:-build}
@@ -11,17 +12,22 @@ THREADS=${BENCH_THREADS:-$(nproc)}
 MODELS=$B/bench/models
 mkdir -p "$MODELS"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); threads $THREADS; median of $REPEAT"
-printf "%-34s %12s %12s %8s\n" benchmark "torch (s)" "perflow (s)" ratio
-run() { # name, python what, C binary, model subdir
-    ref=$(.venv/bin/python tests/reference/bench_reference.py "$2" --models "$MODELS" --repeat "$REPEAT" --threads "$THREADS")
-    ours=$(OMP_NUM_THREADS=$THREADS "$B/bench/$3" "$MODELS/$4" "$REPEAT" "$THREADS")
+printf "%-44s %10s %12s %7s %11s %11s\n" benchmark "torch (s)" "perflow (s)" ratio "torch RSS" "ours RSS"
+run() { # name, python what, C binary, model subdir[, repeat]
+    rep=${5:-$REPEAT}
+    ref=$(.venv/bin/python tests/reference/bench_reference.py "$2" --models "$MODELS" --repeat "$rep" --threads "$THREADS")
+    ours=$(OMP_NUM_THREADS=$THREADS "$B/bench/$3" "$MODELS/$4" "$rep" "$THREADS")
     .venv/bin/python -c 'import json, sys
 r, o = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-print("%-34s %12.4f %12.4f %7.2fx" % (sys.argv[1], r["seconds"], o["seconds"], o["seconds"] / r["seconds"]))' "$1" "$ref" "$ours"
+print("%-44s %10.4f %12.4f %6.2fx %8.0f MiB %7.0f MiB" % (sys.argv[1], r["seconds"], o["seconds"], o["seconds"] / r["seconds"],
+      r["peak_rss_mb"], o["peak_rss_mb"]))' "$1" "$ref" "$ours"
 }
 run "CLIP ViT-L/14 text, B=2, L=77" clip bench_clip clip-vit-l14
 run "SD-1.5 VAE decode, 512x512, fp32" vae bench_vae sd15-vae
 run "SD-1.5 UNet, B=2, 64x64, fp32" unet bench_unet sd15-unet
+# The refiner's denoising step at 1024 px (ControlNet + UNet on the CFG pair): tens of
+# seconds a run on a small machine, so fewer runs (BENCH_REFINE_REPEAT, default 3).
+run "refine step 1024px: ControlNet+UNet, B=2, fp32" refine bench_refine sd15-refine "${BENCH_REFINE_REPEAT:-3}"
 # Storage: 2 GiB from a local nginx into the model cache vs curl, cache-hit open times.
 B=$B sh tests/bench/bench_storage.sh
 # The worker's own cost per job (no PyTorch side): real broker, Redis, nginx and S3

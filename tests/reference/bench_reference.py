@@ -10,6 +10,7 @@ Prints one JSON line: {"what": ..., "seconds": median, "runs": [...]}. The C sid
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -54,9 +55,8 @@ def vae_model(models):
     return lambda: vae.decode(latents / vae.config.scaling_factor).sample
 
 
-def unet_model(models):
-    """SD-1.5's UNet2DConditionModel (unet/config.json shapes), random weights; B=2 (the
-    classifier-free guidance pair), 4x64x64 latents (512x512 images), 77x768 context, t=500."""
+def sd15_unet(models):
+    """The real-size SD-1.5 UNet (random weights), made once under models/sd15-unet."""
     from diffusers import UNet2DConditionModel
     d = os.path.join(models, "sd15-unet")
     if not os.path.exists(os.path.join(d, "model_index.json")):
@@ -69,22 +69,62 @@ def unet_model(models):
         unet.save_pretrained(os.path.join(d, "unet"), safe_serialization=True)
         with open(os.path.join(d, "model_index.json"), "w") as f:
             json.dump({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}, f)
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(d, "unet"), torch_dtype=torch.float32).eval()
+    return UNet2DConditionModel.from_pretrained(os.path.join(d, "unet"), torch_dtype=torch.float32).eval()
+
+
+def unet_model(models):
+    """SD-1.5's UNet2DConditionModel (unet/config.json shapes), random weights; B=2 (the
+    classifier-free guidance pair), 4x64x64 latents (512x512 images), 77x768 context, t=500."""
+    unet = sd15_unet(models)
     g = torch.Generator().manual_seed(0)
     sample, ctx = torch.randn(2, 4, 64, 64, generator=g), torch.randn(2, 77, 768, generator=g)
     t = torch.tensor([500.0, 500.0])
     return lambda: unet(sample, t, encoder_hidden_states=ctx).sample
 
 
+def refine_model(models):
+    """One refiner step at 1024 x 1024: SD-1.5's ControlNet (ControlNetModel.from_unet of the
+    UNet above, the shapes of control_v11f1e_sd15_tile, random weights) then the UNet with its
+    residuals, on the CFG batch: B=2, 4x128x128 latents, 77x768 context, a 3x1024x1024
+    condition image, t=999. The folder holds the UNet's unet/ (linked) and controlnet/."""
+    from diffusers import ControlNetModel
+    unet = sd15_unet(models)
+    d = os.path.join(models, "sd15-refine")
+    if not os.path.exists(os.path.join(d, "controlnet", "config.json")):
+        torch.manual_seed(1)
+        cn = ControlNetModel.from_unet(unet, load_weights_from_unet=False).eval()
+        with torch.no_grad():  # zero convolutions would make the residuals free to compute
+            for p in cn.parameters():
+                p.normal_(0, 0.02)
+        cn.save_pretrained(os.path.join(d, "controlnet"), safe_serialization=True)
+        os.makedirs(d, exist_ok=True)
+        if not os.path.exists(os.path.join(d, "unet")):
+            os.symlink(os.path.abspath(os.path.join(models, "sd15-unet", "unet")), os.path.join(d, "unet"))
+        with open(os.path.join(d, "model_index.json"), "w") as f:
+            json.dump({"_class_name": "StableDiffusionControlNetImg2ImgPipeline"}, f)
+    cn = ControlNetModel.from_pretrained(os.path.join(d, "controlnet"), torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    sample, ctx = torch.randn(2, 4, 128, 128, generator=g), torch.randn(2, 77, 768, generator=g)
+    cond = torch.rand(2, 3, 1024, 1024, generator=g)
+    t = torch.tensor([999.0, 999.0])
+
+    def step():
+        down, mid = cn(sample, t, encoder_hidden_states=ctx, controlnet_cond=cond, conditioning_scale=1.0,
+                       return_dict=False)
+        return unet(sample, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid).sample
+    return step
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["clip", "vae", "unet"])
+    ap.add_argument("what", choices=["clip", "vae", "unet", "refine"])
     ap.add_argument("--models", default="build/bench/models")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    fn = {"clip": clip_model, "vae": vae_model, "unet": unet_model}[a.what](a.models)
+    fn = {"clip": clip_model, "vae": vae_model, "unet": unet_model, "refine": refine_model}[a.what](a.models)
     runs = []
     with torch.inference_mode():
         fn()  # warm-up
@@ -93,7 +133,9 @@ def main():
             fn()
             runs.append(time.perf_counter() - t)
     print(json.dumps({"what": a.what, "impl": f"torch {torch.__version__}", "threads": a.threads,
-                      "seconds": statistics.median(runs), "runs": runs}))
+                      "seconds": statistics.median(runs), "runs": runs,
+                      # peak resident memory of the process, weights included (Linux: KiB)
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 if __name__ == "__main__":

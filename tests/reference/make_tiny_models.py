@@ -11,6 +11,8 @@ Writes, in diffusers layout (model_index.json, <component>/config.json, weights)
                                  gelu, linear projections, per-block head counts,
                                  upcast_attention, pad token "!"
   tests/data/models/tiny-sd15-delta/unet/   PeRFlow-style delta weights for tiny-sd15's UNet
+  tests/data/models/tiny-sd15-controlnet/   a ControlNetModel matching tiny-sd15 (the shape of
+                                 control_v11f1e_sd15_tile, shrunk), zero convolutions perturbed
 Everything is seeded, so a re-run on the same library versions rewrites identical files.
 The shapes follow diffusers' own tiny test pipelines, shrunk to keep the repository small.
 """
@@ -20,7 +22,7 @@ import shutil
 import sys
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -149,7 +151,10 @@ def make_sd15(gen):
              for k, v in unet.state_dict().items()}
     save_file(delta, os.path.join(delta_dir, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(delta_dir, "config.json"), "w") as f:
-        json.dump(dict(unet.config), f, indent=2, sort_keys=True, default=list)
+        cfg = dict(unet.config)
+        # diffusers lists these from a set: sorted, so that a re-run writes the same file
+        cfg["_use_default_values"] = sorted(cfg.get("_use_default_values", []))
+        json.dump(cfg, f, indent=2, sort_keys=True, default=list)
         f.write("\n")
 
 
@@ -184,11 +189,34 @@ def make_sd2(gen):
     write_model_index(os.path.join(root, "model_index.json"))
 
 
+def make_controlnet():
+    """A ControlNet for tiny-sd15: its UNet's down and mid half (ControlNetModel.from_unet
+    copies the config), a 4-block condition embedder (8x downscale, as the VAE), and every
+    weight perturbed: the zero convolutions would otherwise give zero residuals and no test
+    could see a wrong ControlNet. Its own generator, so the other models stay as they were."""
+    gen = torch.Generator().manual_seed(1127)
+    root = os.path.join(OUT, "tiny-sd15-controlnet")
+    shutil.rmtree(root, ignore_errors=True)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(OUT, "tiny-sd15", "unet"))
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16),
+                                   load_weights_from_unet=True)
+    perturb_(cn, 0.02, gen)
+    with torch.no_grad():
+        # zero convolutions at the scale of a trained ControlNet's, and a condition
+        # embedder strong enough that the condition image visibly moves the residuals
+        for m in list(cn.controlnet_down_blocks) + [cn.controlnet_mid_block]:
+            m.weight.add_(torch.randn(m.weight.shape, generator=gen) * 0.2)
+        for p in cn.controlnet_cond_embedding.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.15)
+    save_component(cn, root, "diffusion_pytorch_model.safetensors")
+
+
 def main():
     torch.manual_seed(20261126)
     gen = torch.Generator().manual_seed(1126)
     make_sd15(gen)
     make_sd2(gen)
+    make_controlnet()
     total = 0
     for dirpath, _, files in os.walk(OUT):
         for f in files:

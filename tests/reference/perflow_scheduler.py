@@ -208,8 +208,11 @@ def check_against_shared_golden(path=None):
             err = ((x - want).abs() / want.abs().clamp(min=1.0)).max().item()
             worst = max(worst, err)
             # A few ulp: torch 2.x evaluates some 0-dim float32 expressions an ulp apart
-            # from the reference's torch 1.13 (the C sampler, tested separately, is exact).
-            assert err <= 2**-21, (case, i, err)
+            # from the reference's torch 1.13, and its vectorised kernels round differently
+            # from one CPU to another (4.9e-7 seen on an AVX-512 AMD EPYC, under 2^-21 on
+            # the Xeon the goldens were first made on). The C sampler, tested separately
+            # against the original's golden, is exact.
+            assert err <= 2**-20, (case, i, err)
     ac = PeRFlowScheduler().alphas_cumprod
     assert torch.allclose(ac, torch.tensor(g["alphas_cumprod_scaled_linear"], dtype=torch.float32), rtol=0, atol=0)
     return worst, len(g["cases"])

@@ -1,0 +1,149 @@
+/* cmd_refine.c - `perflow refine`: the PeRFlow refiner, a ControlNet-Tile img2img pass
+ * that takes an image (typically a 512 px first stage) to 1024 px. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cli_images.h"
+#include "commands.h"
+#include "image.h"
+#include "pipeline.h"
+
+static void refine_usage(FILE *f) {
+    fprintf(f,
+            "usage: perflow refine --model DIR [--delta PATH] --controlnet DIR --image IN.png --out OUT.png\n"
+            "                      [--prompt TEXT] [--negative-prompt TEXT] [--size 1024] [--steps 4]\n"
+            "                      [--guidance 7.5] [--strength 1.0] [--controlnet-scale 1.0] [--seed 0]\n"
+            "                      [--prediction-type diff_eps] [--windows 4] [--clip-skip 0]\n"
+            "                      [--vae-tiling auto|on|off] [--device auto|cpu|cuda|cuda:N] [--threads N]\n\n"
+            "Runs diffusers' StableDiffusionControlNetImg2ImgPipeline with the PeRFlow sampler, as the\n"
+            "original PeRFlow predictor's refiner: IN (PNG or JPEG, converted to RGB as Pillow's\n"
+            "convert(\"RGB\") does) is scaled so its short side is --size, each side rounded to a\n"
+            "multiple of 64 (Python's round), with Pillow's Lanczos; that image is both the img2img\n"
+            "input and the ControlNet condition. --size 0 keeps IN's own size (multiples of 8).\n"
+            "DIR is the SD-1.5 base model folder (--delta: PeRFlow delta weights for its UNet); the\n"
+            "--controlnet folder (diffusers layout, e.g. control_v11f1e_sd15_tile) is used as published.\n"
+            "--strength in (0, 1]: img2img keeps the last min(int(steps * strength), steps) timesteps\n"
+            "and noises the encoded image to the first of them. The seed seeds a fresh\n"
+            "torch.manual_seed(seed) generator, so the same seed gives diffusers' image.\n"
+            "Defaults are the predictor's: prompt \"" PF_REFINE_PROMPT "\", negative prompt\n"
+            "\"" PF_REFINE_NEGATIVE_PROMPT "\".\n"
+            "--vae-tiling: encode and decode in tiles as diffusers' enable_vae_tiling() (on), never\n"
+            "(off), or only where an untiled pass would not fit the device's memory (auto, the default).\n");
+}
+
+int cmd_refine(int argc, char **argv) {
+    enum { O_CONTROLNET = 256, O_IMAGE, O_SIZE, O_STRENGTH, O_CNSCALE, O_TILING };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},        {"delta", required_argument, 0, 'd'},
+        {"controlnet", required_argument, 0, O_CONTROLNET}, {"image", required_argument, 0, O_IMAGE},
+        {"out", required_argument, 0, 'o'},          {"prompt", required_argument, 0, 'p'},
+        {"negative-prompt", required_argument, 0, 'n'}, {"size", required_argument, 0, O_SIZE},
+        {"steps", required_argument, 0, 's'},        {"guidance", required_argument, 0, 'g'},
+        {"strength", required_argument, 0, O_STRENGTH}, {"controlnet-scale", required_argument, 0, O_CNSCALE},
+        {"seed", required_argument, 0, 'S'},         {"prediction-type", required_argument, 0, 'P'},
+        {"windows", required_argument, 0, 'K'},      {"clip-skip", required_argument, 0, 'c'},
+        {"vae-tiling", required_argument, 0, O_TILING}, {"device", required_argument, 0, 'v'},
+        {"threads", required_argument, 0, 't'},      {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    pf_refine_params prm;
+    pf_refine_defaults(&prm);
+    prm.prediction_type = "diff_eps";
+    prm.windows = 4;
+    const char *model = NULL, *delta = NULL, *controlnet = NULL, *image = NULL, *out = NULL, *device = NULL;
+    long v, threads = 0;
+    double d;
+    int c;
+    pf_error err = {{0}};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'd': delta = optarg; break;
+        case O_CONTROLNET: controlnet = optarg; break;
+        case O_IMAGE: image = optarg; break;
+        case 'o': out = optarg; break;
+        case 'p': prm.prompt = optarg; break;
+        case 'n': prm.negative_prompt = optarg; break;
+        case 'v': device = optarg; break;
+        case 'P': prm.prediction_type = optarg; break;
+        /* size and strength: any number here; their limits (a size that rounds to 0 or
+         * past the maximum, strength outside (0, 1]) are the library's, exit status 1 */
+        case O_SIZE: if (pf_cli_int(optarg, "--size", 0, 1L << 20, &v)) return 2; prm.size = (int)v; break;
+        case O_STRENGTH: if (pf_cli_number(optarg, "--strength", &d)) return 2; prm.strength = (float)d; break;
+        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) return 2; prm.controlnet_scale = (float)d; break;
+        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) return 2; prm.steps = (int)v; break;
+        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) return 2; prm.windows = (int)v; break;
+        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) return 2; prm.clip_skip = (int)v; break;
+        case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) return 2; break;
+        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) return 2; break;
+        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) return 2; prm.guidance = (float)d; break;
+        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) return 2; break;
+        case 'h': refine_usage(stdout); return 0;
+        default: refine_usage(stderr); return 2;
+        }
+    }
+    if (!model || !controlnet || !image || !out || optind != argc) {
+        if (optind != argc) fprintf(stderr, "perflow: unexpected argument '%s'\n", argv[optind]);
+        refine_usage(stderr);
+        return 2;
+    }
+    if (!pf_cli_is_png_path(out)) {
+        fprintf(stderr, "perflow: --out must name a .png file (got '%s')\n", out);
+        return 2;
+    }
+
+    pf_backend *be = NULL;
+    pf_pipeline *pipe = NULL;
+    float *images = NULL;
+    uint8_t *input = NULL, *rgb = NULL;
+    int rc = 1, W, H;
+    /* the input first: a bad image fails before any model is loaded */
+    if (pf_image_read(image, &input, &prm.image_width, &prm.image_height, &err)) goto done;
+    prm.images = input;
+    if (!(be = pf_backend_open(device, (int)threads, &err)) || pf_pipeline_load(&pipe, be, model, delta, &err) ||
+        pf_pipeline_set_controlnet(pipe, controlnet, &err) || pf_refine_check(pipe, &prm, NULL, &err))
+        goto done;
+    pf_refine_output_size(&prm, &W, &H);
+    const size_t px = (size_t)W * H * 3;
+    images = malloc(px * sizeof *images);
+    rgb = malloc(px);
+    if (!images || !rgb) {
+        pf_fail(&err, "out of memory for an image of %d x %d", W, H);
+        goto done;
+    }
+    pf_cli_progress ps;
+    pf_cli_progress_init(&ps, "refine");
+    prm.progress = pf_cli_on_progress;
+    prm.user = &ps;
+    if (pf_pipeline_refine(pipe, &prm, images, &err)) goto done;
+    pf_image_to_u8(rgb, images, (long)px);
+
+    char seed[32], steps[16], guidance[32], size[32], windows[16], strength[32], cnscale[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm.seed);
+    snprintf(steps, sizeof steps, "%d", prm.steps);
+    snprintf(guidance, sizeof guidance, "%g", (double)prm.guidance);
+    snprintf(size, sizeof size, "%dx%d", W, H);
+    snprintf(windows, sizeof windows, "%d", prm.windows);
+    snprintf(strength, sizeof strength, "%g", (double)prm.strength);
+    snprintf(cnscale, sizeof cnscale, "%g", (double)prm.controlnet_scale);
+    const char *text[] = {"Software", "perflow", "prompt", prm.prompt ? prm.prompt : PF_REFINE_PROMPT,
+                          "negative_prompt", prm.negative_prompt ? prm.negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
+                          "seed", seed, "steps", steps, "guidance", guidance, "strength", strength,
+                          "controlnet_scale", cnscale, "size", size, "prediction_type", prm.prediction_type,
+                          "windows", windows, "model", model, "delta", delta ? delta : "", "controlnet", controlnet,
+                          "input", image, "index", NULL, NULL};
+    if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, text, &err)) goto done;
+    rc = 0;
+done:
+    if (rc) fprintf(stderr, "perflow: %s\n", err.msg);
+    free(images);
+    free(input);
+    free(rgb);
+    pf_pipeline_free(pipe);
+    pf_backend_free(be);
+    return rc;
+}
