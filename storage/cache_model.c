@@ -1,7 +1,10 @@
 /* cache_model.c - diffusers models in the cache: model_index.json decides the
  * files (model_index.c), they are fetched in parallel as blobs, a manifest
  * records which blob each file is, and a folder of symlinks (the view) gives
- * the engine the diffusers layout it loads.
+ * the engine the diffusers layout it loads. A lone component folder (a
+ * ControlNetModel) goes the same way with a fixed plan instead of
+ * model_index.json: config.json and the weights, whose digest, when the source
+ * names one, is checked like a FILE source's.
  *
  * A second acquire of the same model reads its manifest and pins the blobs:
  * no network access at all. Models are keyed by base URL and variant, so a
@@ -141,10 +144,13 @@ typedef struct batch {
 static int fetch_one(batch *b, int i, pf_error *err) {
     const pf_model_file *f = &b->plan[i];
     const char *tries[2] = {f->path, f->fallback[0] ? f->fallback : NULL};
+    /* a component's digest is its weights file's (the one entry with a variant fallback) */
+    const char *expect = b->src->kind == PF_SOURCE_COMPONENT && b->src->sha256[0] && f->fallback[0] ? b->src->sha256
+                                                                                                     : NULL;
     for (int t = 0; t < 2 && tries[t]; t++) {
         char url[PF_URL_MAX];
         if (pf_model_source_file_url(url, sizeof url, b->src, tries[t], err)) return -1;
-        if (!pf_cache_acquire_url(b->c, url, NULL, &b->cancel, &b->got[i], err)) {
+        if (!pf_cache_acquire_url(b->c, url, expect, &b->cancel, &b->got[i], err)) {
             snprintf(b->files[i].path, sizeof b->files[i].path, "%s", tries[t]);
             memcpy(b->files[i].sha256, b->got[i].digest, PF_SHA256_HEX);
             b->files[i].size = b->got[i].size;
@@ -179,57 +185,74 @@ static void *fetch_worker(void *arg) {
     return NULL;
 }
 
-int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lease *l, pf_error *err) {
-    char skey[PF_SHA256_HEX], name[PF_URL_MAX + 16];
-    snprintf(name, sizeof name, "%s%s", src->prefer_fp16 ? "fp16:" : "", src->url);
-    pf_cache_key(skey, "model", name);
-    if (open_cached(c, src, skey, l)) return 0;
-
-    /* model_index.json decides the rest */
+/* The plan of a diffusers model: model_index.json, fetched here (and pinned
+ * in *idx), decides the rest. */
+static int plan_from_index(pf_cache *c, const pf_model_source *src, pf_model_file *plan, int *n, pf_cache_got *idx,
+                           pf_error *err) {
     char url[PF_URL_MAX];
-    pf_cache_got idx;
     if (pf_model_source_file_url(url, sizeof url, src, "model_index.json", err) ||
-        pf_cache_acquire_url(c, url, NULL, NULL, &idx, err))
+        pf_cache_acquire_url(c, url, NULL, NULL, idx, err))
         return -1;
     char *text;
     size_t len;
-    pf_model_file *plan = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *plan);
-    int n = 0;
-    if (pf_cache_read_fd(&text, &len, idx.fd, PF_MODEL_INDEX_MAX_BYTES, err)) {
+    if (pf_cache_read_fd(&text, &len, idx->fd, PF_MODEL_INDEX_MAX_BYTES, err)) {
         pf_error_prefix(err, "%s", url);
-        if (idx.size > PF_MODEL_INDEX_MAX_BYTES) pf_storage_set_failure(PF_STORAGE_PERMANENT);
-        close(idx.fd);
-        free(plan);
+        if (idx->size > PF_MODEL_INDEX_MAX_BYTES) pf_storage_set_failure(PF_STORAGE_PERMANENT);
+        close(idx->fd);
         return -1;
     }
-    int rc = pf_model_index_plan(plan, &n, PF_MODEL_MAX_FILES, text, len, src->prefer_fp16, err);
+    int rc = pf_model_index_plan(plan, n, PF_MODEL_MAX_FILES, text, len, src->prefer_fp16, err);
     free(text);
     if (rc) {
-        close(idx.fd);
-        free(plan);
+        close(idx->fd);
         pf_storage_set_failure(PF_STORAGE_PERMANENT); /* the server's model index is unusable */
         return pf_error_prefix(err, "model %s", src->url);
+    }
+    PF_CHECK(!strcmp(plan[0].path, "model_index.json"));
+    return 0;
+}
+
+int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lease *l, pf_error *err) {
+    const int component = src->kind == PF_SOURCE_COMPONENT;
+    char skey[PF_SHA256_HEX], name[PF_URL_MAX + 128];
+    /* A component is keyed apart from a model at the same URL (another plan),
+     * and by its digest, so that a pinned job never opens a manifest made
+     * without the check. Diffusers models keep their original keys. */
+    snprintf(name, sizeof name, "%s%s%s%s%s", component ? "component:" : "", src->prefer_fp16 ? "fp16:" : "", src->url,
+             src->sha256[0] ? "@" : "", src->sha256);
+    pf_cache_key(skey, "model", name);
+    if (open_cached(c, src, skey, l)) return 0;
+
+    pf_model_file *plan = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *plan);
+    int n = 0, first = 0; /* plan entries already fetched (model_index.json) */
+    pf_cache_got idx;
+    if (component ? pf_model_component_plan(plan, &n, PF_MODEL_MAX_FILES, src->prefer_fp16, err)
+                  : plan_from_index(c, src, plan, &n, &idx, err)) {
+        free(plan);
+        return -1;
     }
     batch b = {.c = c, .src = src, .plan = plan, .n = n};
     b.files = PF_CALLOC((size_t)n, sizeof *b.files);
     b.got = PF_CALLOC((size_t)n, sizeof *b.got);
     b.present = PF_CALLOC((size_t)n, sizeof *b.present);
     pthread_mutex_init(&b.lock, NULL);
-    PF_CHECK(!strcmp(plan[0].path, "model_index.json"));
-    b.got[0] = idx;
-    b.present[0] = 1;
-    snprintf(b.files[0].path, sizeof b.files[0].path, "model_index.json");
-    memcpy(b.files[0].sha256, idx.digest, PF_SHA256_HEX);
-    b.files[0].size = idx.size;
-    b.next = 1;
-    int nthreads = c->cfg.parallel < n - 1 ? c->cfg.parallel : n - 1;
+    if (!component) {
+        b.got[0] = idx;
+        b.present[0] = 1;
+        snprintf(b.files[0].path, sizeof b.files[0].path, "model_index.json");
+        memcpy(b.files[0].sha256, idx.digest, PF_SHA256_HEX);
+        b.files[0].size = idx.size;
+        first = 1;
+    }
+    b.next = first;
+    int nthreads = c->cfg.parallel < n - first ? c->cfg.parallel : n - first;
     pthread_t threads[16];
     int started = 0;
     for (int t = 0; t < nthreads; t++)
         if (!pthread_create(&threads[t], NULL, fetch_worker, &b)) started++;
     if (started == 0) fetch_worker(&b);
     for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
-    rc = b.failed ? -1 : 0;
+    int rc = b.failed ? -1 : 0;
     if (rc && err) *err = b.err;
     if (rc) pf_storage_set_failure(b.failure);
 
@@ -244,7 +267,8 @@ int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lea
         if (!rc) {
             lease_add(l, mg.digest, mg.fd);
             char ref_url[PF_URL_MAX + 16];
-            snprintf(ref_url, sizeof ref_url, "model%s:%s", src->prefer_fp16 ? "+fp16" : "", src->url);
+            snprintf(ref_url, sizeof ref_url, "%s%s:%s", component ? "component" : "model",
+                     src->prefer_fp16 ? "+fp16" : "", src->url);
             rc = pf_cache_ref_write(c, skey, mg.digest, mg.size, ref_url, err) ||
                  ensure_view(c, mg.digest, files, nf, l->path, sizeof l->path, err);
         }

@@ -1,5 +1,5 @@
-/* model_index.c - planning a diffusers model's files from model_index.json,
- * and the cache's per-model manifest, both through jansson. */
+/* model_index.c - planning a diffusers model's files from model_index.json (or
+ * a lone component folder's), and the cache's per-model manifest, both through jansson. */
 #include "model_index.h"
 
 #include <ctype.h>
@@ -59,7 +59,10 @@ static int add(plan *p, const char *component, const char *file, const char *fal
         snprintf(f->path, sizeof f->path, "%s/%s", component, file);
     else
         snprintf(f->path, sizeof f->path, "%s", file);
-    if (fallback) snprintf(f->fallback, sizeof f->fallback, "%s/%s", component, fallback);
+    if (fallback && component)
+        snprintf(f->fallback, sizeof f->fallback, "%s/%s", component, fallback);
+    else if (fallback)
+        snprintf(f->fallback, sizeof f->fallback, "%s", fallback);
     f->optional = optional;
     PF_CHECK(pf_relpath_valid(f->path) && (!fallback || pf_relpath_valid(f->fallback)));
     p->count++;
@@ -145,6 +148,14 @@ int pf_model_index_plan(pf_model_file *files, int *count, int max, const char *j
     json_decref(root);
     if (!rc && components == 0) rc = pf_fail(err, "model_index.json: no components");
     if (rc) return -1;
+    *count = p.count;
+    return 0;
+}
+
+int pf_model_component_plan(pf_model_file *files, int *count, int max, int prefer_fp16, pf_error *err) {
+    plan p = {files, 0, max};
+    *count = 0;
+    if (add_weights(&p, NULL, "diffusion_pytorch_model", prefer_fp16, err)) return -1;
     *count = p.count;
     return 0;
 }

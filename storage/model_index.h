@@ -38,6 +38,12 @@ typedef struct pf_model_file {
 int pf_model_index_plan(pf_model_file *files, int *count, int max, const char *json, size_t len, int prefer_fp16,
                         pf_error *err);
 
+/* Plans the files of a lone component folder (a PF_SOURCE_COMPONENT, such as a
+ * ControlNetModel repository): config.json, then diffusion_pytorch_model.safetensors
+ * with the .fp16 variant as fallback (or the other way round with prefer_fp16).
+ * Fails only when max is too small. */
+int pf_model_component_plan(pf_model_file *files, int *count, int max, int prefer_fp16, pf_error *err);
+
 /* 1 when p is a relative path of at most two segments of [A-Za-z0-9._-],
  * none empty, "." or "..", at most PF_RELPATH_MAX - 1 bytes; else 0. */
 int pf_relpath_valid(const char *p);

@@ -1,8 +1,11 @@
 /* model_source.h - what a job names as a model: one file by URL (a
  * .safetensors checkpoint, delta or LoRA) with an optional expected digest,
- * or the base URL of a diffusers-layout model whose files are found through
+ * the base URL of a diffusers-layout model whose files are found through
  * its model_index.json (model_index.h says which) at <base>/<relative path>,
- * the layout model hubs serve (https://host/org/repo/resolve/main/unet/config.json). */
+ * the layout model hubs serve (https://host/org/repo/resolve/main/unet/config.json),
+ * or the URL of one diffusers component folder served on its own (a
+ * ControlNetModel repository: <url>/config.json and
+ * <url>/diffusion_pytorch_model[.fp16].safetensors). */
 #ifndef PF_MODEL_SOURCE_H
 #define PF_MODEL_SOURCE_H
 
@@ -17,21 +20,24 @@ typedef enum {
                             query string is a file, anything else (.../resolve/main) a diffusers base */
     PF_SOURCE_FILE,      /* any single file */
     PF_SOURCE_DIFFUSERS, /* a diffusers model folder */
+    PF_SOURCE_COMPONENT, /* one diffusers component folder (config.json + diffusion_pytorch_model weights);
+                            never chosen by AUTO, which cannot tell it from a DIFFUSERS base URL */
 } pf_source_kind;
 
 typedef struct pf_model_source {
-    pf_source_kind kind;        /* FILE or DIFFUSERS once initialized */
-    char url[PF_URL_MAX];       /* canonical (pf_url_format); a base URL has no trailing '/' */
-    char sha256[PF_SHA256_HEX]; /* expected digest of a FILE source, "" when not given */
-    int prefer_fp16;            /* DIFFUSERS: fetch the .fp16 weights variant where the server has it */
+    pf_source_kind kind;        /* FILE, DIFFUSERS or COMPONENT once initialized */
+    char url[PF_URL_MAX];       /* canonical (pf_url_format); a base or folder URL has no trailing '/' */
+    char sha256[PF_SHA256_HEX]; /* expected digest of a FILE source, or of a COMPONENT's weights file
+                                   (whichever variant is fetched); "" when not given */
+    int prefer_fp16;            /* DIFFUSERS, COMPONENT: fetch the .fp16 weights variant where the server has it */
 } pf_model_source;
 
 /* Fills s from a URL as a job gives it. sha256 may be NULL or "" (unknown);
- * giving one for a DIFFUSERS source is an error, as is a base URL with a
- * query string. The URL policy is not applied here but at fetch time. */
+ * giving one for a DIFFUSERS source is an error, as is a base or folder URL
+ * with a query string. The URL policy is not applied here but at fetch time. */
 int pf_model_source_init(pf_model_source *s, pf_source_kind kind, const char *url, const char *sha256,
                          int prefer_fp16, pf_error *err);
-/* out = the URL of relpath (a pf_relpath_valid path) under a DIFFUSERS source. */
+/* out = the URL of relpath (a pf_relpath_valid path) under a DIFFUSERS or COMPONENT source. */
 int pf_model_source_file_url(char *out, size_t n, const pf_model_source *s, const char *relpath, pf_error *err);
 
 #endif

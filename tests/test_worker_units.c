@@ -1,7 +1,9 @@
 /* test_worker_units.c - the worker's pure parts: job parsing and validation
- * (schemas/job.v1.json), RFC 3339 deadlines, re-enqueue copies, batching
- * comparisons, status events, and the settings (file, environment, kafka.*).
- * The Kafka, Redis and S3 paths are tested end to end by tests/worker/. */
+ * (schemas/job.v1.json, the refine object included), output keys per stage,
+ * RFC 3339 deadlines, re-enqueue copies, batching comparisons, the mapping of
+ * the engine's refine errors to job fields (against the tiny model), status
+ * events, and the settings (file, environment, kafka.*). The Kafka, Redis and
+ * S3 paths are tested end to end by tests/worker/. */
 #include "test_util.h"
 
 #include <unistd.h>
@@ -9,6 +11,7 @@
 #include "worker_config.h"
 #include "credentials.h"
 #include "job.h"
+#include "pipeline.h"
 #include "status.h"
 
 #define NOOUT "{\"job_id\": \"j-1\", \"model\": {\"base\": {\"url\": \"https://hub/m\"}}, \"prompt\": \"a cat\""
@@ -129,7 +132,230 @@ static void test_unsupported_features(void **state) {
     assert_int_equal(parse(&job, MINIMAL ", \"refiner\": {\"model\": {\"url\": \"https://h/r\"}}}", field, &err), 0);
     assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), -1);
     assert_string_equal(field, "refiner");
+    assert_non_null(strstr(err.msg, "\"refine\"")); /* points to what replaces it */
     pf_job_free(&job);
+}
+
+#define CN "\"controlnet\": {\"url\": \"https://hub/cn\"}"
+#define REFINE(fields) MINIMAL ", \"refine\": {" CN fields "}}"
+
+static void test_refine_defaults_and_fields(void **state) {
+    (void)state;
+    pf_job job;
+    char field[PF_JOB_FIELD_MAX];
+    pf_error err;
+    /* no refine object: off, and old jobs parse as before */
+    assert_int_equal(parse(&job, MINIMAL "}", field, &err), 0);
+    assert_false(job.refine.on);
+    assert_null(job.refine.controlnet.url);
+    pf_job_free(&job);
+    /* the defaults: the predictor's */
+    assert_int_equal(parse(&job, REFINE(""), field, &err), 0);
+    const pf_job_refine *r = &job.refine;
+    assert_true(r->on);
+    assert_string_equal(r->controlnet.url, "https://hub/cn");
+    assert_null(r->controlnet.sha256);
+    assert_int_equal(r->size, 1024);
+    assert_int_equal(r->steps, 4);
+    assert_true(r->strength == 1.0f && r->guidance == 7.5f && r->controlnet_scale == 1.0f);
+    assert_string_equal(r->prompt, PF_REFINE_PROMPT);
+    assert_string_equal(r->negative_prompt, PF_REFINE_NEGATIVE_PROMPT);
+    assert_false(r->keep_base);
+    assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), 0);
+    pf_job_free(&job);
+    /* every field given */
+    const char *all = NOOUT ", \"num_images\": 2, \"refine\": {\"controlnet\": {\"url\": \"https://hub/cn/\", \"sha256\": "
+                      "\"" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" "\"}, \"size\": 0, "
+                      "\"steps\": 100, \"strength\": 0.25, \"guidance\": 0, \"prompt\": \"sharp\", "
+                      "\"negative_prompt\": \"\", \"controlnet_scale\": -10, \"keep_base\": true}, "
+                      "\"output\": {\"url\": \"s3://b/{job_id}/{stage}/{index}.png\"}}";
+    assert_int_equal(parse(&job, all, field, &err), 0);
+    assert_string_equal(r->controlnet.sha256, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+    assert_int_equal(r->size, 0);
+    assert_int_equal(r->steps, 100);
+    assert_true(r->strength == 0.25f && r->guidance == 0.0f && r->controlnet_scale == -10.0f);
+    assert_string_equal(r->prompt, "sharp");
+    assert_string_equal(r->negative_prompt, ""); /* "" is the empty prompt, not the default */
+    assert_true(r->keep_base);
+    /* each stage has its keys; the same job always the same ones */
+    char url[2048];
+    assert_int_equal(pf_job_output_url(url, sizeof url, &job, PF_STAGE_REFINED, 1, &err), 0);
+    assert_string_equal(url, "s3://b/j-1/refined/1.png");
+    assert_int_equal(pf_job_output_url(url, sizeof url, &job, PF_STAGE_BASE, 0, &err), 0);
+    assert_string_equal(url, "s3://b/j-1/base/0.png");
+    pf_job_free(&job);
+    /* the documented example */
+    FILE *f = fopen(pf_test_path("schemas/examples/job-refine.json"), "rb");
+    assert_non_null(f);
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    assert_int_equal(pf_job_parse(&job, buf, n, field, sizeof field, &err), 0);
+    assert_true(r->on && r->keep_base && r->size == 1024);
+    assert_int_equal(pf_job_output_url(url, sizeof url, &job, PF_STAGE_BASE, 0, &err), 0);
+    assert_string_equal(url, "s3://renders/order-1842-r/base-0.png");
+    pf_job_free(&job);
+    /* strength 1 and size 4096 are in range; {stage} is allowed without keep_base */
+    assert_int_equal(parse(&job, NOOUT ", \"refine\": {" CN ", \"strength\": 1, \"size\": 4096}, \"output\": "
+                                 "{\"url\": \"s3://b/{job_id}-{stage}.png\"}}", field, &err), 0);
+    assert_int_equal(pf_job_output_url(url, sizeof url, &job, PF_STAGE_REFINED, 0, &err), 0);
+    assert_string_equal(url, "s3://b/j-1-refined.png");
+    pf_job_free(&job);
+    /* a job that does not refine: {stage} is "base" */
+    assert_int_equal(parse(&job, NOOUT ", \"output\": {\"url\": \"s3://b/{stage}/{job_id}.png\"}}", field, &err), 0);
+    assert_int_equal(pf_job_output_url(url, sizeof url, &job, PF_STAGE_BASE, 0, &err), 0);
+    assert_string_equal(url, "s3://b/base/j-1.png");
+    pf_job_free(&job);
+}
+
+/* Hostile refine objects: each rejected by the parser naming its field. */
+static void test_refine_invalid(void **state) {
+    (void)state;
+    static const struct { const char *json, *field; } cases[] = {
+        {MINIMAL ", \"refine\": {}}", "refine.controlnet"},
+        {MINIMAL ", \"refine\": true}", "refine"},
+        {MINIMAL ", \"refine\": null}", "refine"},
+        {MINIMAL ", \"refine\": {\"controlnet\": \"https://hub/cn\"}}", "refine.controlnet"},
+        {MINIMAL ", \"refine\": {\"controlnet\": {}}}", "refine.controlnet.url"},
+        {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"ftp://hub/cn\"}}}", "refine.controlnet.url"},
+        {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://hub/cn.safetensors\"}}}", "refine.controlnet.url"},
+        {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://hub/cn?rev=1\"}}}", "refine.controlnet.url"},
+        {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://user:pw@hub/cn\"}}}", "refine.controlnet.url"},
+        {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://hub/cn\", \"sha256\": \"ABC\"}}}",
+         "refine.controlnet.sha256"},
+        {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://hub/cn\", \"scale\": 1}}}", "refine.controlnet.scale"},
+        {REFINE(", \"sizes\": 512"), "refine.sizes"},
+        {REFINE(", \"model\": {}"), "refine.model"},
+        {REFINE(", \"size\": -1"), "refine.size"},
+        {REFINE(", \"size\": 5000"), "refine.size"},
+        {REFINE(", \"size\": 4097"), "refine.size"},
+        {REFINE(", \"size\": 99999999999999999999"), ""}, /* not JSON jansson takes (integer overflow) */
+        {REFINE(", \"size\": 9223372036854775807"), "refine.size"},
+        {REFINE(", \"size\": 512.0"), "refine.size"},
+        {REFINE(", \"size\": \"512\""), "refine.size"},
+        {REFINE(", \"steps\": 0"), "refine.steps"},
+        {REFINE(", \"steps\": 101"), "refine.steps"},
+        {REFINE(", \"steps\": null"), "refine.steps"},
+        {REFINE(", \"strength\": 0"), "refine.strength"},
+        {REFINE(", \"strength\": 0.0"), "refine.strength"},
+        {REFINE(", \"strength\": -0.5"), "refine.strength"},
+        {REFINE(", \"strength\": 1.5"), "refine.strength"},
+        {REFINE(", \"strength\": 1.0000001"), "refine.strength"},
+        {REFINE(", \"strength\": 1e-300"), "refine.strength"}, /* > 0 as a double, 0 as the engine's float */
+        {REFINE(", \"strength\": \"NaN\""), "refine.strength"},
+        {REFINE(", \"strength\": \"1\""), "refine.strength"},
+        {REFINE(", \"strength\": 1e999"), ""}, /* not JSON jansson takes (real overflow) */
+        {REFINE(", \"guidance\": -0.1"), "refine.guidance"},
+        {REFINE(", \"guidance\": 30.5"), "refine.guidance"},
+        {REFINE(", \"guidance\": \"Infinity\""), "refine.guidance"},
+        {REFINE(", \"controlnet_scale\": 10.5"), "refine.controlnet_scale"},
+        {REFINE(", \"controlnet_scale\": [1]"), "refine.controlnet_scale"},
+        {REFINE(", \"prompt\": 7"), "refine.prompt"},
+        {REFINE(", \"prompt\": \"a\\u0007b\""), "refine.prompt"},
+        {REFINE(", \"negative_prompt\": null"), "refine.negative_prompt"},
+        {REFINE(", \"negative_prompt\": \"x\\u001b[31m\""), "refine.negative_prompt"},
+        {REFINE(", \"keep_base\": 1"), "refine.keep_base"},
+        {REFINE(", \"keep_base\": \"true\""), "refine.keep_base"},
+        /* keep_base: the two stages need {stage} to get keys of their own */
+        {REFINE(", \"keep_base\": true"), "output.url"},
+        {NOOUT ", \"refine\": {" CN "}, \"output\": {\"url\": \"s3://b/{job_id}/{stages}.png\"}}", "output.url"},
+        {NOOUT ", \"output\": {\"url\": \"s3://b/{stage\"}}", "output.url"},
+        {REFINE(", \"refine\": {}"), "refine.refine"},
+        {MINIMAL ", \"refine\": {" CN "}, \"refine\": {" CN "}}", ""}, /* duplicate keys: not accepted as JSON */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        pf_job job;
+        char field[PF_JOB_FIELD_MAX];
+        pf_error err = {""};
+        int rc = parse(&job, cases[i].json, field, &err);
+        if (rc != -1 || strcmp(field, cases[i].field))
+            fail_msg("case %zu %s: rc %d, field '%s' (want '%s'): %s", i, cases[i].json, rc, field, cases[i].field,
+                     err.msg);
+        assert_true(strlen(err.msg) > 0);
+        if (cases[i].field[0]) assert_string_equal(job.job_id, "j-1"); /* the rejection can be addressed */
+    }
+}
+
+static void test_refine_batching(void **state) {
+    (void)state;
+    pf_job a, b;
+    char field[PF_JOB_FIELD_MAX];
+    pf_error err;
+    assert_int_equal(parse(&a, REFINE(", \"size\": 128"), field, &err), 0);
+    assert_int_equal(parse(&b, MINIMAL ", \"seed\": 9, \"refine\": {" CN ", \"size\": 128}}", field, &err), 0);
+    assert_true(pf_job_same_model(&a, &b));   /* one batch, one ControlNet */
+    assert_false(pf_job_same_images(&a, &b)); /* another seed: another item */
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, REFINE(", \"size\": 128, \"keep_base\": false"), field, &err), 0);
+    assert_true(pf_job_same_images(&a, &b)); /* keep_base changes the uploads, not the images */
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, REFINE(", \"size\": 256"), field, &err), 0);
+    assert_true(pf_job_same_model(&a, &b));   /* the same batch ... */
+    assert_false(pf_job_same_images(&a, &b)); /* ... but other images (and another refine call) */
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, REFINE(", \"size\": 128, \"prompt\": \"other\""), field, &err), 0);
+    assert_false(pf_job_same_images(&a, &b));
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://hub/cn2\"}, \"size\": 128}}",
+                           field, &err), 0);
+    assert_false(pf_job_same_model(&a, &b)); /* another ControlNet: another batch */
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, MINIMAL "}", field, &err), 0);
+    assert_false(pf_job_same_model(&a, &b)); /* refine and plain jobs never share a batch */
+    assert_false(pf_job_same_model(&b, &a));
+    pf_job_free(&b);
+    pf_job_free(&a);
+}
+
+/* pf_refine_check's refusals, from the tiny model, name the job fields they
+ * are about (the worker's rejections rely on it); no ControlNet is needed to
+ * check, one is needed to run. */
+static void test_refine_engine_fields(void **state) {
+    (void)state;
+    pf_backend *be = pf_backend_cpu_new(1);
+    pf_pipeline *p = NULL;
+    pf_error err;
+    if (pf_pipeline_load(&p, be, pf_test_path("tests/data/models/tiny-sd15"),
+                         pf_test_path("tests/data/models/tiny-sd15-delta/unet"), &err))
+        fail_msg("%s", err.msg);
+    pf_refine_params prm;
+    pf_refine_defaults(&prm);
+    prm.image_width = prm.image_height = 64;
+    assert_int_equal(pf_refine_check(p, &prm, NULL, &err), 0);
+    uint8_t img[64 * 64 * 3] = {0};
+    float out[4];
+    prm.images = img;
+    assert_int_equal(pf_pipeline_refine(p, &prm, out, &err), -1);
+    assert_non_null(strstr(err.msg, "ControlNet"));
+    static const struct { int w, h, size, steps; float strength, guidance, scale; const char *field; } cases[] = {
+        {64, 64, 128, 4, 1.0f, 7.5f, 1.0f, NULL},
+        {64, 64, 0, 4, 1.0f, 7.5f, 1.0f, NULL},
+        {64, 64, 16, 4, 1.0f, 7.5f, 1.0f, "refine.size"},     /* rounds to 0 x 0 */
+        {64, 128, 4096, 4, 1.0f, 7.5f, 1.0f, "refine.size"},  /* 4096 x 8192 */
+        {64, 64, 5000, 4, 1.0f, 7.5f, 1.0f, "refine.size"},
+        {64, 64, 128, 4, 0.0f, 7.5f, 1.0f, "refine.strength"},
+        {64, 64, 128, 4, 1.5f, 7.5f, 1.0f, "refine.strength"},
+        {64, 64, 128, 4, 0.2f, 7.5f, 1.0f, "refine.strength"}, /* int(4 * 0.2) = 0 steps left */
+        {64, 64, 128, 0, 1.0f, 7.5f, 1.0f, "refine.steps"},
+        {64, 64, 128, 4, 1.0f, -1.0f, 1.0f, "refine.guidance"},
+        {64, 64, 128, 4, 1.0f, 7.5f, 11.0f, "refine.controlnet_scale"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        prm.image_width = cases[i].w;
+        prm.image_height = cases[i].h;
+        prm.size = cases[i].size;
+        prm.steps = cases[i].steps;
+        prm.strength = cases[i].strength;
+        prm.guidance = cases[i].guidance;
+        prm.controlnet_scale = cases[i].scale;
+        const char *param = NULL;
+        int rc = pf_refine_check(p, &prm, &param, &err);
+        if (!cases[i].field ? rc != 0 : rc != -1 || strcmp(pf_job_refine_field(param), cases[i].field))
+            fail_msg("case %zu: rc %d, field '%s' (want '%s'): %s", i, rc, rc ? pf_job_refine_field(param) : "",
+                     cases[i].field ? cases[i].field : "(none)", rc ? err.msg : "");
+    }
+    pf_pipeline_free(p);
+    pf_backend_free(be);
 }
 
 static void test_rfc3339(void **state) {
@@ -247,7 +473,9 @@ static void test_settings(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_and_defaults), cmocka_unit_test(test_invalid_fields),
-        cmocka_unit_test(test_unsupported_features), cmocka_unit_test(test_rfc3339),
+        cmocka_unit_test(test_unsupported_features), cmocka_unit_test(test_refine_defaults_and_fields),
+        cmocka_unit_test(test_refine_invalid), cmocka_unit_test(test_refine_batching),
+        cmocka_unit_test(test_refine_engine_fields), cmocka_unit_test(test_rfc3339),
         cmocka_unit_test(test_requeue_and_batching), cmocka_unit_test(test_status_events),
         cmocka_unit_test(test_settings),
     };

@@ -1,6 +1,7 @@
-/* execute.c - model, engine, PNG files and uploads for a batch of jobs (execute.h). */
+/* execute.c - model, ControlNet, engine stages, PNG files and uploads for a batch of jobs (execute.h). */
 #include "execute.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,8 @@ typedef struct group_ctx {
     pf_exec_job **jobs;
     int n;
     long long last_post;
+    const char *stage;  /* of "running" events: "generate", "refine" */
+    int said_download;  /* "downloading" was posted for this group */
 } group_ctx;
 
 static void on_step(void *user, int step, int total) {
@@ -79,7 +82,8 @@ static void on_step(void *user, int step, int total) {
     g->last_post = now;
     for (int i = 0; i < g->n; i++)
         if (g->jobs[i]->outcome == PF_OUT_NONE)
-            pf_exec_post(g->x, &g->jobs[i]->job, PF_ST_RUNNING, json_pack("{s:i, s:i}", "step", step, "steps", total));
+            pf_exec_post(g->x, &g->jobs[i]->job, PF_ST_RUNNING,
+                         json_pack("{s:s, s:i, s:i}", "stage", g->stage, "step", step, "steps", total));
 }
 
 /* Stop the engine when nobody in the group still wants its images. */
@@ -91,8 +95,11 @@ static int on_cancel_check(void *user) {
     return 1;
 }
 
+/* "downloading", once per batch however many sources it fetches. */
 static void on_fetch(void *ctx) {
     group_ctx *g = ctx;
+    if (g->said_download) return;
+    g->said_download = 1;
     for (int i = 0; i < g->n; i++) pf_exec_post(g->x, &g->jobs[i]->job, PF_ST_DOWNLOADING, NULL);
 }
 
@@ -109,66 +116,120 @@ static int dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error 
     return 0;
 }
 
-/* Writes the job's images and uploads them; fills outputs or the failure. */
-static void store_outputs(pf_exec *x, pf_exec_job *j, const uint8_t *rgb) {
+/* One stage's images of a job, as store_outputs uploads them. */
+typedef struct image_set {
+    const char *stage;  /* PF_STAGE_BASE, PF_STAGE_REFINED */
+    const uint8_t *rgb; /* job->num_images images of w x h, 8-bit RGB */
+    int w, h;
+} image_set;
+
+/* The PNG's text: only what the job asked for, so that a job run twice (a
+ * redelivery after a crash) writes identical bytes. Images of jobs that do not
+ * refine carry exactly the keys they had before the refiner came (no stage),
+ * so that their bytes did not change with it; refine jobs' images say their
+ * stage and, when refined, the refine settings (cli/cmd_generate.c's keys). */
+typedef struct png_text {
+    char seed[32], steps[16], guidance[32], size[32], index[16];
+    char rsize[32], rsteps[16], rguidance[32], rstrength[32], cnscale[32];
+    const char *kv[48];
+} png_text;
+
+static void png_text_fill(png_text *t, const pf_job *job, const image_set *set, int index) {
+    const pf_job_refine *r = &job->refine;
+    snprintf(t->seed, sizeof t->seed, "%llu", (unsigned long long)job->seed);
+    snprintf(t->steps, sizeof t->steps, "%d", job->steps);
+    snprintf(t->guidance, sizeof t->guidance, "%g", (double)job->guidance);
+    snprintf(t->size, sizeof t->size, "%dx%d", job->width, job->height);
+    snprintf(t->index, sizeof t->index, "%d", index);
+    const char *head[] = {"Software", "perflow", "job_id", job->job_id, "prompt", job->prompt,
+                          "negative_prompt", job->negative_prompt, "seed", t->seed, "steps", t->steps,
+                          "guidance", t->guidance, "size", t->size};
+    int n = 0;
+    for (size_t i = 0; i < sizeof head / sizeof *head; i++) t->kv[n++] = head[i];
+    if (r->on) {
+        t->kv[n++] = "stage";
+        t->kv[n++] = set->stage;
+    }
+    if (r->on && !strcmp(set->stage, PF_STAGE_REFINED)) {
+        snprintf(t->rsize, sizeof t->rsize, "%dx%d", set->w, set->h);
+        snprintf(t->rsteps, sizeof t->rsteps, "%d", r->steps);
+        snprintf(t->rguidance, sizeof t->rguidance, "%g", (double)r->guidance);
+        snprintf(t->rstrength, sizeof t->rstrength, "%g", (double)r->strength);
+        snprintf(t->cnscale, sizeof t->cnscale, "%g", (double)r->controlnet_scale);
+        const char *more[] = {"refine_controlnet", r->controlnet.url, "refine_size", t->rsize,
+                              "refine_steps", t->rsteps, "refine_prompt", r->prompt,
+                              "refine_negative_prompt", r->negative_prompt, "refine_guidance", t->rguidance,
+                              "refine_strength", t->rstrength, "controlnet_scale", t->cnscale};
+        for (size_t i = 0; i < sizeof more / sizeof *more; i++) t->kv[n++] = more[i];
+    }
+    t->kv[n++] = "index";
+    t->kv[n++] = t->index;
+    t->kv[n] = NULL;
+    PF_CHECK(n < (int)(sizeof t->kv / sizeof *t->kv));
+}
+
+/* Writes one image and uploads it to dest with retries; appends its output or
+ * sets the failure. Returns 0 when it was stored. */
+static int store_one(pf_exec *x, pf_exec_job *j, const image_set *set, int i, const char *dest) {
     const pf_job *job = &j->job;
     const pf_worker_config *cfg = x->cfg;
+    char path[4096];
+    pf_error e;
+    snprintf(path, sizeof path, "%s/perflow-%d-%s-%s-%d.png", cfg->work_dir, (int)getpid(), job->job_id, set->stage,
+             i);
+    png_text text;
+    png_text_fill(&text, job, set, i);
+    if (pf_png_write(path, set->rgb + (size_t)set->w * set->h * 3 * i, set->w, set->h, text.kv, &e)) {
+        fail(j, PF_ERR_INTERNAL, 1, 0, "writing the image: %s", e.msg);
+        return -1;
+    }
+    pf_s3_result res;
+    int ok = 0;
+    for (int t = 1; t <= cfg->retries && !ended(x, j); t++) {
+        if (!pf_s3_put_file(&res, x->s3, x->cred, dest, path, &e)) {
+            ok = 1;
+            break;
+        }
+        pf_wlog(PF_LOG_WARN, "job.upload_failed", job->job_id, json_pack("{s:i, s:i}", "try", t, "of", cfg->retries),
+                "%s", e.msg);
+        if (t < cfg->retries) {
+            j->retries++;
+            backoff_sleep(x, pf_backoff_ms(t, cfg->retry_base_ms, cfg->retry_max_ms));
+        }
+    }
+    unlink(path);
+    if (!ok) {
+        if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon))
+            fail(j, PF_ERR_UPLOAD, 1, 0, "uploading %s: %s", dest, e.msg);
+        return -1;
+    }
+    json_array_append_new(j->outputs, json_pack("{s:s, s:s, s:I, s:i, s:I, s:s}", "url", dest, "sha256", res.sha256,
+                                                "size", (json_int_t)res.size, "index", i, "seed",
+                                                (json_int_t)job->seed, "stage", set->stage));
+    return 0;
+}
+
+/* Writes the job's images of each set in turn and uploads them; fills
+ * outputs or the failure. */
+static void store_outputs(pf_exec *x, pf_exec_job *j, const image_set *sets, int nsets) {
+    const pf_job *job = &j->job;
     pf_exec_post(x, job, PF_ST_UPLOADING, NULL);
     long long t0 = pf_now_ms();
     j->outputs = json_array();
-    const size_t px = (size_t)job->width * job->height * 3;
-    for (int i = 0; i < job->num_images && !ended(x, j); i++) {
-        char dest[2048], path[4096];
-        pf_error e;
-        if (pf_output_key(dest, sizeof dest, job->output_url, job->job_id, i, job->seed, &e) ||
-            dest_allowed(cfg, dest, &e)) {
-            j->outcome = PF_OUT_REJECTED;
-            j->dead_letter = 1;
-            snprintf(j->code, sizeof j->code, PF_ERR_INVALID);
-            snprintf(j->field, sizeof j->field, "output.url");
-            snprintf(j->err.msg, sizeof j->err.msg, "output.url: %s", e.msg);
-            break;
-        }
-        snprintf(path, sizeof path, "%s/perflow-%d-%s-%d.png", cfg->work_dir, (int)getpid(), job->job_id, i);
-        /* The PNG holds only what the job asked for, so that a job run twice
-         * (a redelivery after a crash) writes identical bytes. */
-        char seed[32], steps[16], guidance[32], size[32], index[16];
-        snprintf(seed, sizeof seed, "%llu", (unsigned long long)job->seed);
-        snprintf(steps, sizeof steps, "%d", job->steps);
-        snprintf(guidance, sizeof guidance, "%g", (double)job->guidance);
-        snprintf(size, sizeof size, "%dx%d", job->width, job->height);
-        snprintf(index, sizeof index, "%d", i);
-        const char *text[] = {"Software", "perflow", "job_id", job->job_id, "prompt", job->prompt,
-                              "negative_prompt", job->negative_prompt, "seed", seed, "steps", steps,
-                              "guidance", guidance, "size", size, "index", index, NULL};
-        if (pf_png_write(path, rgb + px * i, job->width, job->height, text, &e)) {
-            fail(j, PF_ERR_INTERNAL, 1, 0, "writing the image: %s", e.msg);
-            break;
-        }
-        pf_s3_result res;
-        int ok = 0;
-        for (int t = 1; t <= cfg->retries && !ended(x, j); t++) {
-            if (!pf_s3_put_file(&res, x->s3, x->cred, dest, path, &e)) {
-                ok = 1;
+    for (int s = 0; s < nsets && j->outcome == PF_OUT_NONE; s++)
+        for (int i = 0; i < job->num_images && !ended(x, j); i++) {
+            char dest[2048];
+            pf_error e;
+            if (pf_job_output_url(dest, sizeof dest, job, sets[s].stage, i, &e) || dest_allowed(x->cfg, dest, &e)) {
+                j->outcome = PF_OUT_REJECTED;
+                j->dead_letter = 1;
+                snprintf(j->code, sizeof j->code, PF_ERR_INVALID);
+                snprintf(j->field, sizeof j->field, "output.url");
+                snprintf(j->err.msg, sizeof j->err.msg, "output.url: %s", e.msg);
                 break;
             }
-            pf_wlog(PF_LOG_WARN, "job.upload_failed", job->job_id, json_pack("{s:i, s:i}", "try", t, "of", cfg->retries),
-                    "%s", e.msg);
-            if (t < cfg->retries) {
-                j->retries++;
-                backoff_sleep(x, pf_backoff_ms(t, cfg->retry_base_ms, cfg->retry_max_ms));
-            }
+            if (store_one(x, j, &sets[s], i, dest)) break;
         }
-        unlink(path);
-        if (!ok) {
-            if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon))
-                fail(j, PF_ERR_UPLOAD, 1, 0, "uploading %s: %s", dest, e.msg);
-            break;
-        }
-        json_array_append_new(j->outputs, json_pack("{s:s, s:s, s:I, s:i, s:I}", "url", dest, "sha256", res.sha256,
-                                                    "size", (json_int_t)res.size, "index", i, "seed",
-                                                    (json_int_t)job->seed));
-    }
     j->upload_ms = pf_now_ms() - t0;
     if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon)) j->outcome = PF_OUT_SUCCEEDED;
 }
@@ -189,30 +250,93 @@ static void job_params(pf_txt2img_params *prm, const pf_job *job) {
     prm->clip_skip = job->clip_skip;
 }
 
-/* One engine call for jobs[0..n), which pf_txt2img_batchable admits together.
- * Jobs that ask for the same images (pf_job_same_images) are one item of the
- * engine's batch and get the same pixels; the others are an item each. */
-static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
-    pf_txt2img_params *prm = PF_CALLOC((size_t)n, sizeof *prm);
-    const pf_txt2img_params **items = PF_CALLOC((size_t)n, sizeof *items);
-    size_t *at = PF_CALLOC((size_t)n, sizeof *at); /* job i's first value in images */
-    const size_t px = (size_t)jobs[0]->job.width * jobs[0]->job.height * 3;
-    size_t count = 0;
-    int nitems = 0, nimages = 0;
+/* The refine stage's parameters for job, as `perflow generate --refine` sets
+ * them (the job's seed, sampler settings and clip_skip; tiling as text-to-image's
+ * default); images may be NULL for pf_refine_check. The strings point into job. */
+static void refine_params(pf_refine_params *prm, const pf_job *job, const uint8_t *images) {
+    const pf_job_refine *r = &job->refine;
+    pf_txt2img_params t;
+    pf_txt2img_defaults(&t);
+    pf_refine_defaults(prm);
+    prm->images = images;
+    prm->image_width = job->width;
+    prm->image_height = job->height;
+    prm->num_images = job->num_images;
+    prm->prompt = r->prompt;
+    prm->negative_prompt = r->negative_prompt;
+    prm->size = r->size;
+    prm->steps = r->steps;
+    prm->guidance = r->guidance;
+    prm->strength = r->strength;
+    prm->controlnet_scale = r->controlnet_scale;
+    prm->seed = job->seed;
+    prm->prediction_type = job->prediction_type;
+    prm->windows = job->windows;
+    prm->clip_skip = job->clip_skip;
+    prm->vae_tiling = t.vae_tiling;
+}
+
+/* Items of an engine call over jobs[0..n): jobs that ask for the same images
+ * (pf_job_same_images) are one item; at[i] is job i's first value in the
+ * call's output, for images of px values each. Returns the item count;
+ * *count and *nimages are the values and images of the call. */
+static int plan_items(pf_exec_job **jobs, int n, size_t px, int *item_of, size_t *at, size_t *count, int *nimages) {
+    int nitems = 0;
+    *count = 0;
+    *nimages = 0;
     for (int i = 0; i < n; i++) {
         int same = 0;
         while (same < i && !pf_job_same_images(&jobs[same]->job, &jobs[i]->job)) same++;
         if (same < i) {
+            item_of[i] = -1;
             at[i] = at[same];
             continue;
         }
-        job_params(&prm[i], &jobs[i]->job);
-        items[nitems++] = &prm[i];
-        at[i] = count;
-        count += px * (size_t)jobs[i]->job.num_images;
-        nimages += jobs[i]->job.num_images;
+        item_of[i] = nitems++;
+        at[i] = *count;
+        *count += px * (size_t)jobs[i]->job.num_images;
+        *nimages += jobs[i]->job.num_images;
     }
-    group_ctx g = {x, jobs, n, 0};
+    return nitems;
+}
+
+/* The end of an engine call: timings, and the failure of every job when it failed. */
+static void call_ended(pf_exec_job **jobs, int n, int refine, long long t0, long long t1, int rc, const pf_error *e) {
+    for (int i = 0; i < n; i++) {
+        jobs[i]->t_engine_end = t1;
+        if (refine) {
+            jobs[i]->refine_ms = t1 - t0;
+            jobs[i]->refine_batch_jobs = n;
+        } else {
+            jobs[i]->t_engine_start = t0;
+            jobs[i]->engine_ms = t1 - t0;
+            jobs[i]->batch_jobs = n;
+        }
+        if (rc == -1)
+            fail(jobs[i], PF_ERR_ENGINE, 1, 0, "engine%s: %s", refine ? " (refine)" : "", e->msg);
+    }
+}
+
+/* One text-to-image call for jobs[0..n), which pf_txt2img_batchable admits
+ * together. Jobs that ask for the same images (pf_job_same_images) are one
+ * item of the engine's batch and get the same pixels; the others are an item
+ * each. Jobs that do not refine are stored at once; refine jobs keep their
+ * 8-bit images in base_rgb for the refine stage. */
+static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
+    pf_txt2img_params *prm = PF_CALLOC((size_t)n, sizeof *prm);
+    const pf_txt2img_params **items = PF_CALLOC((size_t)n, sizeof *items);
+    size_t *at = PF_CALLOC((size_t)n, sizeof *at); /* job i's first value in images */
+    int *item_of = PF_CALLOC((size_t)n, sizeof *item_of);
+    const size_t px = (size_t)jobs[0]->job.width * jobs[0]->job.height * 3;
+    size_t count;
+    int nimages;
+    int nitems = plan_items(jobs, n, px, item_of, at, &count, &nimages);
+    for (int i = 0; i < n; i++)
+        if (item_of[i] >= 0) {
+            job_params(&prm[i], &jobs[i]->job);
+            items[item_of[i]] = &prm[i];
+        }
+    group_ctx g = {x, jobs, n, 0, "generate", 1};
     prm[0].progress = on_step; /* items[0] is jobs[0]'s, whose callbacks serve the batch */
     prm[0].cancelled = on_cancel_check;
     prm[0].user = &g;
@@ -223,109 +347,273 @@ static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
         goto done;
     }
     long long t0 = pf_now_ms();
-    for (int i = 0; i < n; i++) jobs[i]->t_engine_start = t0;
     pf_wlog(PF_LOG_INFO, "engine.start", jobs[0]->job.job_id,
-            json_pack("{s:i, s:i, s:i}", "jobs", n, "items", nitems, "images", nimages), NULL);
+            json_pack("{s:s, s:i, s:i, s:i}", "stage", "generate", "jobs", n, "items", nitems, "images", nimages),
+            NULL);
     pf_error e;
     int rc = pf_pipeline_txt2img_batch(model->pipe, items, nitems, images, &e);
     long long t1 = pf_now_ms();
     pf_wlog(PF_LOG_INFO, "engine.end", jobs[0]->job.job_id,
-            json_pack("{s:i, s:I, s:i}", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc), NULL);
+            json_pack("{s:s, s:i, s:I, s:i}", "stage", "generate", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc),
+            NULL);
+    call_ended(jobs, n, 0, t0, t1, rc, &e);
+    if (rc == -1) goto done;
+    pf_image_to_u8(rgb, images, (long)count);
     for (int i = 0; i < n; i++) {
-        jobs[i]->t_engine_end = t1;
-        jobs[i]->engine_ms = t1 - t0;
-        jobs[i]->batch_jobs = n;
-    }
-    if (rc == -1) {
-        for (int i = 0; i < n; i++) fail(jobs[i], PF_ERR_ENGINE, 1, 0, "engine: %s", e.msg);
-    } else {
-        pf_image_to_u8(rgb, images, (long)count);
-        for (int i = 0; i < n; i++)
-            if (!ended(x, jobs[i])) store_outputs(x, jobs[i], rgb + at[i]);
+        pf_exec_job *j = jobs[i];
+        if (ended(x, j)) continue;
+        const size_t bytes = px * (size_t)j->job.num_images;
+        if (!j->job.refine.on) {
+            image_set set = {PF_STAGE_BASE, rgb + at[i], j->job.width, j->job.height};
+            store_outputs(x, j, &set, 1);
+        } else if (!(j->base_rgb = malloc(bytes))) {
+            fail(j, PF_ERR_INTERNAL, 1, 0, "out of memory for the images");
+        } else {
+            memcpy(j->base_rgb, rgb + at[i], bytes);
+        }
     }
 done:
     free(images);
     free(rgb);
+    free(item_of);
     free(at);
     free(items);
     free(prm);
 }
 
-void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
+/* One refine call for jobs[0..n) (all with base_rgb), which
+ * pf_refine_batchable admits together; items as in run_call. Stores each
+ * job's refined images, and its base images too with keep_base. */
+static void run_refine_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
+    pf_refine_params *prm = PF_CALLOC((size_t)n, sizeof *prm);
+    const pf_refine_params **items = PF_CALLOC((size_t)n, sizeof *items);
+    size_t *at = PF_CALLOC((size_t)n, sizeof *at);
+    int *item_of = PF_CALLOC((size_t)n, sizeof *item_of);
+    int W, H;
+    refine_params(&prm[0], &jobs[0]->job, jobs[0]->base_rgb);
+    pf_refine_output_size(&prm[0], &W, &H); /* the same for all (pf_refine_batchable) */
+    const size_t px = (size_t)W * H * 3;
+    size_t count;
+    int nimages;
+    int nitems = plan_items(jobs, n, px, item_of, at, &count, &nimages);
+    for (int i = 0; i < n; i++)
+        if (item_of[i] >= 0) {
+            refine_params(&prm[i], &jobs[i]->job, jobs[i]->base_rgb);
+            items[item_of[i]] = &prm[i];
+        }
+    group_ctx g = {x, jobs, n, 0, "refine", 1};
+    prm[0].progress = on_step;
+    prm[0].cancelled = on_cancel_check;
+    prm[0].user = &g;
+    float *images = malloc(count * sizeof *images);
+    uint8_t *rgb = malloc(count);
+    if (!images || !rgb) {
+        for (int i = 0; i < n; i++) fail(jobs[i], PF_ERR_INTERNAL, 1, 0, "out of memory for the refined images");
+        goto done;
+    }
+    long long t0 = pf_now_ms();
+    pf_wlog(PF_LOG_INFO, "engine.start", jobs[0]->job.job_id,
+            json_pack("{s:s, s:i, s:i, s:i, s:i, s:i}", "stage", "refine", "jobs", n, "items", nitems, "images",
+                      nimages, "width", W, "height", H),
+            NULL);
+    pf_error e;
+    int rc = pf_pipeline_refine_batch(model->pipe, items, nitems, images, &e);
+    long long t1 = pf_now_ms();
+    pf_wlog(PF_LOG_INFO, "engine.end", jobs[0]->job.job_id,
+            json_pack("{s:s, s:i, s:I, s:i}", "stage", "refine", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc),
+            NULL);
+    call_ended(jobs, n, 1, t0, t1, rc, &e);
+    if (rc == -1) goto done;
+    pf_image_to_u8(rgb, images, (long)count);
+    for (int i = 0; i < n; i++) {
+        pf_exec_job *j = jobs[i];
+        if (ended(x, j)) continue;
+        image_set sets[2] = {{PF_STAGE_REFINED, rgb + at[i], W, H},
+                             {PF_STAGE_BASE, j->base_rgb, j->job.width, j->job.height}};
+        store_outputs(x, j, sets, j->job.refine.keep_base ? 2 : 1);
+    }
+done:
+    free(images);
+    free(rgb);
+    free(item_of);
+    free(at);
+    free(items);
+    free(prm);
+}
+
+/* Gets something for the batch with cfg->retries tries while the failure is
+ * transient, backing off between them: get(arg, &failure, err) is
+ * pf_models_get or pf_models_controlnet. Returns 0, or -1 with *failure and
+ * err (PF_MODEL_OK when everyone in the batch left meanwhile). */
+static int get_retrying(pf_exec *x, group_ctx *all, const char *what,
+                        int (*get)(void *arg, pf_model_failure *failure, pf_error *err), void *arg,
+                        pf_model_failure *failure, pf_error *err) {
     const pf_worker_config *cfg = x->cfg;
+    *failure = PF_MODEL_OK;
+    for (int tr = 1; tr <= cfg->retries; tr++) {
+        if (on_cancel_check(all)) break;
+        if (!get(arg, failure, err)) return 0;
+        pf_wlog(PF_LOG_WARN, "job.download_failed", all->jobs[0]->job.job_id,
+                json_pack("{s:s, s:i, s:i, s:b}", "what", what, "try", tr, "of", cfg->retries, "transient",
+                          *failure == PF_MODEL_TRANSIENT),
+                "%s", err->msg);
+        if (*failure != PF_MODEL_TRANSIENT) break;
+        if (tr < cfg->retries) {
+            for (int i = 0; i < all->n; i++) all->jobs[i]->retries++;
+            backoff_sleep(x, pf_backoff_ms(tr, cfg->retry_base_ms, cfg->retry_max_ms));
+        }
+    }
+    return -1;
+}
+
+/* Fails every job still running after get_retrying failed; load_marker in the
+ * message tells a model that does not load (permanent, code model) from a
+ * download failure. */
+static void fail_fetch(pf_exec *x, pf_exec_job *jobs, int n, pf_model_failure failure, const pf_error *e,
+                       const char *load_marker) {
+    for (int i = 0; i < n; i++) {
+        if (ended(x, &jobs[i]) || failure == PF_MODEL_OK) continue;
+        int permanent = failure == PF_MODEL_PERMANENT;
+        fail(&jobs[i], strstr(e->msg, load_marker) ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent, "%s",
+             e->msg);
+    }
+}
+
+typedef struct get_args {
+    pf_exec *x;
+    const pf_job *job;
+    group_ctx *all;
+    pf_model *model;
+    pf_model_timing t;
+} get_args;
+
+static int get_model(void *arg, pf_model_failure *failure, pf_error *err) {
+    get_args *a = arg;
+    return pf_models_get(a->x->models, a->job, &a->model, &a->t, failure, on_fetch, a->all, err);
+}
+
+static int get_controlnet(void *arg, pf_model_failure *failure, pf_error *err) {
+    get_args *a = arg;
+    return pf_models_controlnet(a->x->models, a->model, a->job, &a->t, failure, on_fetch, a->all, err);
+}
+
+static void reject(pf_exec_job *j, const char *field, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void reject(pf_exec_job *j, const char *field, const char *fmt, ...) {
+    j->outcome = PF_OUT_REJECTED;
+    j->dead_letter = 1;
+    snprintf(j->code, sizeof j->code, PF_ERR_INVALID);
+    snprintf(j->field, sizeof j->field, "%s", field ? field : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->err.msg, sizeof j->err.msg, fmt, ap);
+    va_end(ap);
+}
+
+/* Forms engine calls in arrival order: each takes the first job not yet run
+ * (and wanted by want) and every later one that batchable admits with it, up
+ * to max_batch distinct images (a job that alone asks for more runs alone),
+ * and hands them to call. */
+static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf_exec_job **group,
+                       int (*want)(const pf_exec_job *), int (*batchable)(const pf_pipeline *, const pf_job *,
+                                                                          const pf_job *),
+                       void (*call)(pf_exec *, pf_model *, pf_exec_job **, int)) {
+    int *done = PF_CALLOC((size_t)n, sizeof *done);
+    for (int i = 0; i < n && !atomic_load(x->abandon); i++) {
+        if (done[i] || ended(x, &jobs[i]) || !want(&jobs[i])) continue;
+        group[0] = &jobs[i];
+        int k = 1, images = jobs[i].job.num_images;
+        for (int j = i + 1; j < n; j++) {
+            if (done[j] || ended(x, &jobs[j]) || !want(&jobs[j]) ||
+                !batchable(model->pipe, &jobs[i].job, &jobs[j].job))
+                continue;
+            int m = 0;
+            while (m < k && !pf_job_same_images(&group[m]->job, &jobs[j].job)) m++;
+            int more = m < k ? 0 : jobs[j].job.num_images; /* the same images cost nothing more */
+            if (images + more > x->cfg->max_batch) continue;
+            done[j] = 1;
+            group[k++] = &jobs[j];
+            images += more;
+        }
+        call(x, model, group, k);
+    }
+    free(done);
+}
+
+static int want_generate(const pf_exec_job *j) { return 1; }
+static int want_refine(const pf_exec_job *j) { return j->base_rgb != NULL; }
+
+static int txt2img_batchable(const pf_pipeline *p, const pf_job *a, const pf_job *b) {
+    pf_txt2img_params pa, pb;
+    job_params(&pa, a);
+    job_params(&pb, b);
+    return pf_txt2img_batchable(p, &pa, &pb);
+}
+
+static int refine_batchable(const pf_pipeline *p, const pf_job *a, const pf_job *b) {
+    pf_refine_params pa, pb;
+    refine_params(&pa, a, NULL);
+    refine_params(&pb, b, NULL);
+    return pf_refine_batchable(p, &pa, &pb);
+}
+
+void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
     pf_exec_job **group = PF_CALLOC((size_t)n, sizeof *group);
     for (int i = 0; i < n; i++) {
         ended(x, &jobs[i]);
         group[i] = &jobs[i];
     }
-    group_ctx all = {x, group, n, 0};
-    pf_model *model = NULL;
-    pf_model_timing t;
-    pf_model_failure failure = PF_MODEL_OK;
+    group_ctx all = {x, group, n, 0, NULL, 0};
+    get_args a = {x, &jobs[0].job, &all, NULL, {0}};
+    pf_model_failure failure;
     pf_error e;
-    for (int tr = 1; tr <= cfg->retries; tr++) {
-        if (on_cancel_check(&all)) break;
-        if (!pf_models_get(x->models, &jobs[0].job, &model, &t, &failure, on_fetch, &all, &e)) break;
-        pf_wlog(PF_LOG_WARN, "job.download_failed", jobs[0].job.job_id,
-                json_pack("{s:i, s:i, s:b}", "try", tr, "of", cfg->retries, "transient",
-                          failure == PF_MODEL_TRANSIENT),
-                "%s", e.msg);
-        if (failure != PF_MODEL_TRANSIENT) break;
-        if (tr < cfg->retries) {
-            for (int i = 0; i < n; i++) jobs[i].retries++;
-            backoff_sleep(x, pf_backoff_ms(tr, cfg->retry_base_ms, cfg->retry_max_ms));
-        }
-    }
-    if (!model) {
-        for (int i = 0; i < n; i++) {
-            if (ended(x, &jobs[i]) || failure == PF_MODEL_OK) continue;
-            int permanent = failure == PF_MODEL_PERMANENT;
-            fail(&jobs[i], strstr(e.msg, "loading the model") ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent,
-                 "%s", e.msg);
-        }
+    if (get_retrying(x, &all, "model", get_model, &a, &failure, &e)) {
+        fail_fetch(x, jobs, n, failure, &e, "loading the model");
         free(group);
         return;
     }
+    pf_model *model = a.model;
     for (int i = 0; i < n; i++) {
-        jobs[i].download_ms = t.download_ms;
-        jobs[i].load_ms = t.load_ms;
-        jobs[i].model_warm = t.warm;
+        jobs[i].download_ms = a.t.download_ms;
+        jobs[i].load_ms = a.t.load_ms;
+        jobs[i].model_warm = a.t.warm;
     }
-    /* Jobs the engine would refuse are rejected one by one, before any batching. */
+    /* A batch refines all its jobs with one ControlNet or none (pf_job_same_model). */
+    const int refine = jobs[0].job.refine.on;
+    if (refine) {
+        if (get_retrying(x, &all, "refine.controlnet", get_controlnet, &a, &failure, &e)) {
+            fail_fetch(x, jobs, n, failure, &e, "loading the ControlNet");
+            goto done;
+        }
+        for (int i = 0; i < n; i++) {
+            jobs[i].download_ms += a.t.download_ms;
+            jobs[i].load_ms += a.t.load_ms;
+        }
+    }
+    /* Jobs the engine would refuse, in either stage, are rejected one by one
+     * before anything runs. */
     for (int i = 0; i < n; i++) {
         pf_txt2img_params prm;
+        pf_refine_params ref;
         job_params(&prm, &jobs[i].job);
-        if (ended(x, &jobs[i]) || !pf_txt2img_check(model->pipe, &prm, &e)) continue;
-        jobs[i].outcome = PF_OUT_REJECTED;
-        jobs[i].dead_letter = 1;
-        snprintf(jobs[i].code, sizeof jobs[i].code, PF_ERR_INVALID);
-        snprintf(jobs[i].err.msg, sizeof jobs[i].err.msg, "%s", e.msg);
-    }
-    /* Calls in arrival order: each takes the first job not yet run and every
-     * later one the engine can batch with it (same steps, guidance, sampler
-     * settings; model and size are the batch's), up to max_batch distinct
-     * images; a job that alone asks for more runs alone. */
-    int *done = PF_CALLOC((size_t)n, sizeof *done);
-    for (int i = 0; i < n && !atomic_load(x->abandon); i++) {
-        if (done[i] || ended(x, &jobs[i])) continue;
-        pf_txt2img_params head, prm;
-        job_params(&head, &jobs[i].job);
-        group[0] = &jobs[i];
-        int k = 1, images = jobs[i].job.num_images;
-        for (int j = i + 1; j < n; j++) {
-            job_params(&prm, &jobs[j].job);
-            if (done[j] || ended(x, &jobs[j]) || !pf_txt2img_batchable(model->pipe, &head, &prm)) continue;
-            int m = 0;
-            while (m < k && !pf_job_same_images(&group[m]->job, &jobs[j].job)) m++;
-            int more = m < k ? 0 : jobs[j].job.num_images; /* the same images cost nothing more */
-            if (images + more > cfg->max_batch) continue;
-            done[j] = 1;
-            group[k++] = &jobs[j];
-            images += more;
+        if (ended(x, &jobs[i])) continue;
+        if (pf_txt2img_check(model->pipe, &prm, &e)) {
+            reject(&jobs[i], NULL, "%s", e.msg);
+            continue;
         }
-        run_call(x, model, group, k);
+        refine_params(&ref, &jobs[i].job, NULL);
+        const char *param;
+        if (refine && pf_refine_check(model->pipe, &ref, &param, &e)) {
+            const char *field = pf_job_refine_field(param);
+            reject(&jobs[i], field, "%s: %s", field, e.msg);
+        }
     }
-    free(done);
+    form_calls(x, model, jobs, n, group, want_generate, txt2img_batchable, run_call);
+    if (refine) form_calls(x, model, jobs, n, group, want_refine, refine_batchable, run_refine_call);
+done:
+    for (int i = 0; i < n; i++) {
+        free(jobs[i].base_rgb);
+        jobs[i].base_rgb = NULL;
+    }
     free(group);
     pf_models_put(x->models, model);
 }

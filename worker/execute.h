@@ -1,9 +1,10 @@
 /* execute.h - running a batch of jobs on the job thread: the model from the
  * warm set (fetched through the cache when needed), the engine, the PNG files
  * and their upload, with the non-terminal status events on the way
- * (downloading, running step i of n, uploading).
+ * (downloading, running step i of n of a stage, uploading).
  *
- * A batch is consecutive jobs of one model and image size (pf_job_same_model).
+ * A batch is consecutive jobs of one model and image size, and either none
+ * refines or all refine with one ControlNet source (pf_job_same_model).
  * Jobs that also share steps, guidance and sampler settings
  * (pf_txt2img_batchable) share one engine call (pf_pipeline_txt2img_batch), up
  * to max_batch images, whatever their prompts, negative prompts, seeds and
@@ -13,6 +14,22 @@
  * exactly the same images (pf_job_same_images) are one item of that call and
  * cost nothing more. Jobs that differ in those settings run in calls of their
  * own, in arrival order.
+ *
+ * Refine jobs then go on as `perflow generate --refine` does: their images
+ * are quantised to 8 bits (pf_image_to_u8, the predictor's PIL hand-over) and
+ * refined (pf_pipeline_refine_batch) with the batch's ControlNet attached to
+ * the model (pf_models_controlnet). Refine calls are formed like the
+ * text-to-image ones, over the refine settings (pf_refine_batchable: output
+ * size, steps, strength, guidance, ControlNet scale, sampler settings; prompts
+ * and seeds may differ), so two refine jobs share a refine call whether or not
+ * they shared the text-to-image call. Every refine setting is checked
+ * (pf_refine_check) before anything runs; a job the engine refuses is
+ * rejected naming the field (pf_job_refine_field). "running" events say the
+ * stage ("generate", "refine") and its step; cancellation and deadlines are
+ * seen before every step of either stage. The refined images are the job's
+ * outputs (stage "refined"); with keep_base the text-to-image ones are
+ * uploaded too (stage "base", after the refined ones, under the {stage}
+ * expansion of the template).
  *
  * Transient steps (download, upload) are tried cfg->retries times with
  * backoff; what happens after that (re-enqueue, dead letter) is the main
@@ -46,12 +63,18 @@ typedef struct pf_exec_job {
     char code[32];                  /* FAILED, REJECTED: status.h error code */
     char field[PF_JOB_FIELD_MAX];   /* REJECTED: the field at fault, or "" */
     pf_error err;
-    json_t *outputs;                /* SUCCEEDED: [{"url", "sha256", "size", "index", "seed"}] */
-    long long download_ms, load_ms, engine_ms, upload_ms;
-    long long t_engine_start, t_engine_end; /* monotonic ms; 0 if the engine did not run */
+    json_t *outputs;                /* SUCCEEDED: [{"url", "sha256", "size", "index", "seed", "stage"}] */
+    long long download_ms, load_ms; /* the model's and the ControlNet's, together */
+    long long engine_ms;            /* the text-to-image engine call */
+    long long refine_ms;            /* the refine engine call (refine jobs) */
+    long long upload_ms;
+    long long t_engine_start, t_engine_end; /* monotonic ms, first engine call to last; 0 if the engine did not run */
     int retries;                    /* transient steps tried again */
-    int batch_jobs;                 /* jobs that shared this job's engine call (itself included) */
+    int batch_jobs;                 /* jobs that shared this job's text-to-image call (itself included) */
+    int refine_batch_jobs;          /* jobs that shared this job's refine call (0: it does not refine) */
     int model_warm;
+    /* private to execute.c: a refine job's 8-bit text-to-image images between the stages */
+    uint8_t *base_rgb;
 } pf_exec_job;
 
 typedef struct pf_exec {

@@ -11,6 +11,7 @@
 
 #include "model_source.h"
 #include "output_key.h"
+#include "pipeline.h"
 #include "url_policy.h"
 
 #define PF_JOB_MESSAGE_MAX (64 * 1024)
@@ -106,10 +107,13 @@ static int get_obj(ctx *c, json_t *obj, const char *prefix, const char *key, int
     return 0;
 }
 
-typedef enum { SRC_BASE, SRC_FILE, SRC_SCALED } src_kind;
+/* SRC_BASE: a diffusers base URL (no digest); SRC_FILE: one file (+ digest);
+ * SRC_SCALED: a file with a scale; SRC_FOLDER: one component folder (+ its
+ * weights' digest), fetched with the weights variant of fp16. */
+typedef enum { SRC_BASE, SRC_FILE, SRC_SCALED, SRC_FOLDER } src_kind;
 
 /* One model source object: {"url", "sha256", "scale"} as kind allows. */
-static int get_source(ctx *c, json_t *o, const char *f, src_kind kind, pf_job_source *s) {
+static int get_source(ctx *c, json_t *o, const char *f, src_kind kind, int fp16, pf_job_source *s) {
     static const char *const plain[] = {"url", "sha256", NULL};
     static const char *const scaled[] = {"url", "sha256", "scale", NULL};
     if (only_keys(c, o, f, kind == SRC_SCALED ? scaled : plain)) return -1;
@@ -138,6 +142,13 @@ static int get_source(ctx *c, json_t *o, const char *f, src_kind kind, pf_job_so
         if (src.kind != PF_SOURCE_DIFFUSERS)
             return bad(c, uf, "must be the base URL of a diffusers-layout model (single-file checkpoints are "
                               "not supported)");
+    } else if (kind == SRC_FOLDER) {
+        if (pf_model_source_init(&src, PF_SOURCE_AUTO, s->url, NULL, 0, &e)) return bad(c, uf, "%s", e.msg);
+        if (src.kind != PF_SOURCE_DIFFUSERS)
+            return bad(c, uf, "must be the URL of a diffusers ControlNetModel folder (holding config.json and "
+                              "diffusion_pytorch_model.safetensors), not of a file");
+        if (pf_model_source_init(&src, PF_SOURCE_COMPONENT, s->url, s->sha256, fp16, &e))
+            return bad(c, uf, "%s", e.msg);
     } else if (pf_model_source_init(&src, PF_SOURCE_FILE, s->url, s->sha256, 0, &e)) {
         return bad(c, uf, "%s", e.msg);
     }
@@ -148,8 +159,8 @@ static int parse_model(ctx *c, pf_job *job, json_t *m) {
     static const char *const keys[] = {"base", "delta", "loras", "controlnet", "fp16", NULL};
     if (only_keys(c, m, "model", keys)) return -1;
     json_t *o;
-    if (get_obj(c, m, "model", "base", 1, &o) || get_source(c, o, "model.base", SRC_BASE, &job->base)) return -1;
-    if (get_obj(c, m, "model", "delta", 0, &o) || (o && get_source(c, o, "model.delta", SRC_FILE, &job->delta)))
+    if (get_obj(c, m, "model", "base", 1, &o) || get_source(c, o, "model.base", SRC_BASE, 0, &job->base)) return -1;
+    if (get_obj(c, m, "model", "delta", 0, &o) || (o && get_source(c, o, "model.delta", SRC_FILE, 0, &job->delta)))
         return -1;
     if (job->delta.url) {
         pf_url u;
@@ -170,7 +181,7 @@ static int parse_model(ctx *c, pf_job *job, json_t *m) {
             char f[PF_JOB_FIELD_MAX];
             snprintf(f, sizeof f, "model.loras[%zu]", i);
             if (!json_is_object(l)) return bad(c, f, "must be an object");
-            if (get_source(c, l, f, SRC_SCALED, &job->loras[i])) return -1;
+            if (get_source(c, l, f, SRC_SCALED, 0, &job->loras[i])) return -1;
         }
         job->n_loras = (int)json_array_size(loras);
     }
@@ -180,7 +191,7 @@ static int parse_model(ctx *c, pf_job *job, json_t *m) {
         if (only_keys(c, o, "model.controlnet", ckeys)) return -1;
         json_t *copy = json_deep_copy(o); /* get_source allows no image_url */
         json_object_del(copy, "image_url");
-        int rc = get_source(c, copy, "model.controlnet", SRC_SCALED, &job->controlnet);
+        int rc = get_source(c, copy, "model.controlnet", SRC_SCALED, 0, &job->controlnet);
         /* the strings must outlive the copy: point them into o instead */
         if (!rc) {
             job->controlnet.url = json_string_value(json_object_get(o, "url"));
@@ -206,6 +217,31 @@ static int check_text(ctx *c, const char *f, const char *s) {
     return 0;
 }
 
+#define STAGE_TAG "{stage}"
+
+int pf_job_output_url(char *out, size_t n, const pf_job *job, const char *stage, int index, pf_error *err) {
+    char tmpl[2048];
+    size_t o = 0, sl = strlen(stage), tl = strlen(STAGE_TAG);
+    for (const char *p = job->output_url; *p;) {
+        const char *add = p;
+        size_t al = 1;
+        if (!strncmp(p, STAGE_TAG, tl)) {
+            add = stage;
+            al = sl;
+            p += tl;
+        } else {
+            p++;
+        }
+        if (o + al >= sizeof tmpl) return pf_fail(err, "output template longer than %zu bytes", sizeof tmpl - 1);
+        memcpy(tmpl + o, add, al);
+        o += al;
+    }
+    tmpl[o] = '\0';
+    return pf_output_key(out, n, tmpl, job->job_id, index, job->seed, err);
+}
+
+/* Called after the refine object is parsed: the stages a job uploads decide
+ * which expansions of the template must be valid keys. */
 static int parse_output(ctx *c, pf_job *job, json_t *o) {
     static const char *const keys[] = {"url", "format", NULL};
     if (only_keys(c, o, "output", keys) || get_str(c, o, "output", "url", 1, 1024, &job->output_url) ||
@@ -215,17 +251,65 @@ static int parse_output(ctx *c, pf_job *job, json_t *o) {
     if (strcmp(job->output_format, "png")) return bad(c, "output.format", "must be \"png\"");
     if (strncmp(job->output_url, "s3://", 5) && strncmp(job->output_url, "file:///", 8))
         return bad(c, "output.url", "must be an s3://BUCKET/KEY or file:///PATH template");
-    char key[2048];
-    pf_error e;
-    if (pf_output_key(key, sizeof key, job->output_url, job->job_id, 0, job->seed, &e))
-        return bad(c, "output.url", "%s", e.msg);
     if (job->num_images > 1 && !strstr(job->output_url, "{index}"))
         return bad(c, "output.url", "must contain {index} when num_images > 1 (the images would overwrite each other)");
-    const char *rest = strstr(key, "://") + 3; /* the template starts with s3:// or file:// */
-    size_t kl = strlen(key);
-    if (strstr(rest, "//") || strstr(rest, "/../") || strstr(rest, "/./") || (kl >= 3 && !strcmp(key + kl - 3, "/..")) ||
-        (kl >= 2 && !strcmp(key + kl - 2, "/.")))
-        return bad(c, "output.url", "must not contain empty, '.' or '..' path segments");
+    if (job->refine.keep_base && !strstr(job->output_url, STAGE_TAG))
+        return bad(c, "output.url", "must contain {stage} when refine.keep_base is true (the base and refined images "
+                                    "would overwrite each other)");
+    const char *stages[2] = {job->refine.on ? PF_STAGE_REFINED : PF_STAGE_BASE,
+                             job->refine.keep_base ? PF_STAGE_BASE : NULL};
+    for (int i = 0; i < 2 && stages[i]; i++) {
+        char key[2048];
+        pf_error e;
+        if (pf_job_output_url(key, sizeof key, job, stages[i], 0, &e)) return bad(c, "output.url", "%s", e.msg);
+        const char *rest = strstr(key, "://") + 3; /* the template starts with s3:// or file:// */
+        size_t kl = strlen(key);
+        if (strstr(rest, "//") || strstr(rest, "/../") || strstr(rest, "/./") ||
+            (kl >= 3 && !strcmp(key + kl - 3, "/..")) || (kl >= 2 && !strcmp(key + kl - 2, "/.")))
+            return bad(c, "output.url", "must not contain empty, '.' or '..' path segments");
+    }
+    return 0;
+}
+
+/* The "refine" object (pf_job_refine). What depends on the base image and the
+ * model (the refined size against PF_REFINE_MAX_SIZE and the VAE factor, a
+ * strength that leaves no step) is pf_refine_check's, once the model is loaded. */
+static int parse_refine(ctx *c, pf_job *job, json_t *o) {
+    static const char *const keys[] = {"controlnet", "size", "steps", "strength", "guidance", "prompt",
+                                       "negative_prompt", "controlnet_scale", "keep_base", NULL};
+    pf_job_refine *r = &job->refine;
+    json_t *cn;
+    long long v;
+    double d;
+    if (only_keys(c, o, "refine", keys) || get_obj(c, o, "refine", "controlnet", 1, &cn) ||
+        get_source(c, cn, "refine.controlnet", SRC_FOLDER, job->fp16, &r->controlnet))
+        return -1;
+    if (get_int(c, o, "refine", "size", 0, PF_REFINE_MAX_SIZE, 1024, &v)) return -1;
+    r->size = (int)v;
+    if (get_int(c, o, "refine", "steps", 1, PF_JOB_MAX_STEPS, 4, &v)) return -1;
+    r->steps = (int)v;
+    /* (0, 1]: get_num's closed range cannot say it, and a positive double may
+     * still be 0 as the engine's float */
+    json_t *sv = json_object_get(o, "strength");
+    d = sv && json_is_number(sv) ? json_number_value(sv) : 1;
+    if (sv && (!json_is_number(sv) || !(d > 0 && d <= 1) || !((float)d > 0)))
+        return bad(c, "refine.strength", "must be a number more than 0 and at most 1");
+    r->strength = (float)d;
+    if (get_num(c, o, "refine", "guidance", 0, 30, 7.5, &d)) return -1;
+    r->guidance = (float)d;
+    if (get_num(c, o, "refine", "controlnet_scale", -10, 10, 1, &d)) return -1;
+    r->controlnet_scale = (float)d;
+    if (get_str(c, o, "refine", "prompt", 0, PF_JOB_PROMPT_MAX, &r->prompt) ||
+        (r->prompt && check_text(c, "refine.prompt", r->prompt)) ||
+        get_str(c, o, "refine", "negative_prompt", 0, PF_JOB_PROMPT_MAX, &r->negative_prompt) ||
+        (r->negative_prompt && check_text(c, "refine.negative_prompt", r->negative_prompt)))
+        return -1;
+    if (!r->prompt) r->prompt = PF_REFINE_PROMPT;
+    if (!r->negative_prompt) r->negative_prompt = PF_REFINE_NEGATIVE_PROMPT;
+    json_t *kb = json_object_get(o, "keep_base");
+    if (kb && !json_is_boolean(kb)) return bad(c, "refine.keep_base", "must be true or false");
+    r->keep_base = json_is_true(kb);
+    r->on = 1;
     return 0;
 }
 
@@ -303,7 +387,7 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
 
     static const char *const keys[] = {"schema", "job_id", "attempt", "model", "prompt", "negative_prompt", "width",
                                        "height", "steps", "guidance", "seed", "num_images", "sampler", "clip_skip",
-                                       "refiner", "output", "deadline", "priority", NULL};
+                                       "refiner", "refine", "output", "deadline", "priority", NULL};
     if (only_keys(&c, root, "", keys)) goto fail;
     const char *schema;
     if (get_str(&c, root, "", "schema", 0, 64, &schema)) goto fail;
@@ -363,12 +447,13 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
         pf_job_source rs = {0};
         double strength;
         if (only_keys(&c, o, "refiner", rkeys) || get_obj(&c, o, "refiner", "model", 1, &rm) ||
-            get_source(&c, rm, "refiner.model", SRC_BASE, &rs) ||
+            get_source(&c, rm, "refiner.model", SRC_BASE, 0, &rs) ||
             get_int(&c, o, "refiner", "steps", 1, PF_JOB_MAX_STEPS, 4, &v) ||
             get_num(&c, o, "refiner", "strength", 0, 1, 0.3, &strength))
             goto fail;
         job->has_refiner = 1;
     }
+    if (get_obj(&c, root, "", "refine", 0, &o) || (o && parse_refine(&c, job, o))) goto fail;
     if (get_obj(&c, root, "", "output", 1, &o) || parse_output(&c, job, o)) goto fail;
     const char *deadline;
     if (get_str(&c, root, "", "deadline", 0, 40, &deadline)) goto fail;
@@ -398,8 +483,23 @@ int pf_job_supported(const pf_job *job, char *field, size_t n, pf_error *err) {
     ctx c = {field, n, err};
     if (job->n_loras) return bad(&c, "model.loras", "LoRAs are not supported by this worker yet");
     if (job->controlnet.url) return bad(&c, "model.controlnet", "ControlNet is not supported by this worker yet");
-    if (job->has_refiner) return bad(&c, "refiner", "the refiner is not supported by this worker yet");
+    if (job->has_refiner)
+        return bad(&c, "refiner", "the \"refiner\" object is not supported: use \"refine\" (the ControlNet-Tile "
+                                  "refiner after text-to-image, schemas/job.v1.json)");
     return 0;
+}
+
+const char *pf_job_refine_field(const char *param) {
+    static const struct { const char *param, *field; } map[] = {
+        {"size", "refine.size"},         {"images", "refine.size"},
+        {"steps", "refine.steps"},       {"strength", "refine.strength"},
+        {"guidance", "refine.guidance"}, {"controlnet_scale", "refine.controlnet_scale"},
+        {"windows", "sampler.windows"},  {"prediction_type", "sampler.prediction_type"},
+        {"clip_skip", "clip_skip"},      {"num_images", "num_images"},
+    };
+    for (size_t i = 0; param && i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(param, map[i].param)) return map[i].field;
+    return "refine";
 }
 
 char *pf_job_with_attempt(const char *data, size_t len, int attempt) {
@@ -420,12 +520,18 @@ static int str_eq(const char *a, const char *b) {
 int pf_job_same_model(const pf_job *a, const pf_job *b) {
     return str_eq(a->base.url, b->base.url) && str_eq(a->delta.url, b->delta.url) &&
            str_eq(a->delta.sha256, b->delta.sha256) && a->fp16 == b->fp16 && a->width == b->width &&
-           a->height == b->height;
+           a->height == b->height && a->refine.on == b->refine.on &&
+           str_eq(a->refine.controlnet.url, b->refine.controlnet.url) &&
+           str_eq(a->refine.controlnet.sha256, b->refine.controlnet.sha256);
 }
 
 int pf_job_same_images(const pf_job *a, const pf_job *b) {
+    const pf_job_refine *p = &a->refine, *q = &b->refine;
     return pf_job_same_model(a, b) && !strcmp(a->prompt, b->prompt) &&
            !strcmp(a->negative_prompt, b->negative_prompt) && a->steps == b->steps && a->guidance == b->guidance &&
            a->seed == b->seed && a->num_images == b->num_images && a->clip_skip == b->clip_skip &&
-           str_eq(a->prediction_type, b->prediction_type) && a->windows == b->windows;
+           str_eq(a->prediction_type, b->prediction_type) && a->windows == b->windows &&
+           (!p->on || (p->size == q->size && p->steps == q->steps && p->strength == q->strength &&
+                       p->guidance == q->guidance && p->controlnet_scale == q->controlnet_scale &&
+                       !strcmp(p->prompt, q->prompt) && !strcmp(p->negative_prompt, q->negative_prompt)));
 }

@@ -10,8 +10,12 @@
  *
  * Validation here is about the job alone. What depends on the model (sizes the
  * UNet can take, the prompt's token count) is checked by pf_txt2img_check
- * once the model is loaded, and what this worker cannot run yet (LoRAs,
- * ControlNet, the refiner) by pf_job_supported. */
+ * once the model is loaded, what depends on the base image's size and the
+ * VAE (a refine size that rounds to 0 or past PF_REFINE_MAX_SIZE) by
+ * pf_refine_check once the model is loaded (the worker names the field with
+ * pf_job_refine_field), and what this worker cannot run yet
+ * (LoRAs, a text-to-image ControlNet, the old "refiner" object) by
+ * pf_job_supported. */
 #ifndef PF_JOB_H
 #define PF_JOB_H
 
@@ -36,6 +40,27 @@ typedef struct pf_job_source {
     float scale;        /* LoRA and ControlNet strength (default 1) */
 } pf_job_source;
 
+/* The refiner after text-to-image (the job's "refine" object), as `perflow
+ * generate --refine` runs it: the base images quantised to 8 bits, then
+ * ControlNet-Tile img2img with the job's seed, prediction type, windows and
+ * clip_skip. */
+typedef struct pf_job_refine {
+    int on;                      /* the job has a "refine" object */
+    pf_job_source controlnet;    /* a diffusers ControlNetModel folder; sha256: its weights file's (scale unused) */
+    int size;                    /* short side of the refined image (1024); 0: the base image's own size */
+    int steps;                   /* 1..100 (4) */
+    float strength;              /* (0, 1] (1) */
+    float guidance;              /* 0..30 (7.5) */
+    float controlnet_scale;      /* -10..10 (1) */
+    const char *prompt;          /* never NULL once parsed: PF_REFINE_PROMPT when absent */
+    const char *negative_prompt; /* never NULL: PF_REFINE_NEGATIVE_PROMPT when absent, "" when given as "" */
+    int keep_base;               /* also upload the text-to-image images (stage "base") */
+} pf_job_refine;
+
+/* The {stage} values of output templates and the "stage" of outputs. */
+#define PF_STAGE_BASE "base"       /* text-to-image images (every job that does not refine) */
+#define PF_STAGE_REFINED "refined" /* the refiner's images */
+
 typedef struct pf_job {
     char job_id[PF_JOB_ID_MAX + 1];
     int attempt;                      /* 1 for the first delivery; re-enqueues count up */
@@ -53,7 +78,8 @@ typedef struct pf_job {
     uint64_t seed;
     const char *prediction_type;      /* NULL: the model's own */
     int windows;                      /* 0: the model's own */
-    int has_refiner;
+    int has_refiner;                  /* the old "refiner" object: rejected as unsupported (use refine) */
+    pf_job_refine refine;
     const char *output_url;           /* destination template, s3://... or file:///... */
     const char *output_format;        /* "png" */
     long long deadline_ms;            /* ms since the epoch; 0 when none */
@@ -71,19 +97,33 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
 void pf_job_free(pf_job *job);
 
 /* Checks that this worker can run the job: error naming the field for the
- * features the engine does not have yet (LoRAs, ControlNet, the refiner). */
+ * features the worker does not run (LoRAs, a text-to-image ControlNet, the
+ * old "refiner" object). */
 int pf_job_supported(const pf_job *job, char *field, size_t n, pf_error *err);
+
+/* The destination of image index of stage (PF_STAGE_BASE or PF_STAGE_REFINED):
+ * the output template with {stage} replaced, then {job_id}, {index} and
+ * {seed} (pf_output_key). On error returns -1 with err set and out unspecified. */
+int pf_job_output_url(char *out, size_t n, const pf_job *job, const char *stage, int index, pf_error *err);
+
+/* The job field of a pf_refine_params field that pf_refine_check refused (its
+ * *param): "size" -> "refine.size", "windows" -> "sampler.windows", ...;
+ * "refine" for NULL or a name it does not know. */
+const char *pf_job_refine_field(const char *param);
 
 /* The message to re-enqueue: the original job with "attempt" set to attempt,
  * as compact JSON in a malloc'd string (caller frees). data must parse. */
 char *pf_job_with_attempt(const char *data, size_t len, int attempt);
 
 /* 1 when both jobs can share one model load and one batch: same sources,
- * weights variant and image size. */
+ * weights variant and image size, and either neither refines or both refine
+ * with the same ControlNet source (so a batch attaches one ControlNet, and
+ * jobs that refine and jobs that do not never share an engine call). */
 int pf_job_same_model(const pf_job *a, const pf_job *b);
 /* 1 when both jobs ask for exactly the same images (everything the engine
- * reads is equal), so that one item of an engine call serves both (jobs that
- * differ in prompt or seed still share the call, as items of their own). */
+ * reads in both stages is equal), so that one item of an engine call serves
+ * both (jobs that differ in prompt or seed still share the call, as items of
+ * their own). keep_base and the output template do not count. */
 int pf_job_same_images(const pf_job *a, const pf_job *b);
 
 /* Parses an RFC 3339 timestamp ("2025-11-26T03:04:05Z", fraction and offset

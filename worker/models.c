@@ -34,6 +34,7 @@ static void unload(pf_model *x) {
     pf_pipeline_free(x->pipe);
     pf_cache_release(x->base);
     pf_cache_release(x->delta);
+    pf_cache_release(x->controlnet);
     free(x);
 }
 
@@ -150,6 +151,49 @@ fail_fetch:
     *failure = classify();
     unload(x);
     return -1;
+}
+
+int pf_models_controlnet(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
+                         pf_model_failure *failure, void (*on_fetch)(void *), void *ctx, pf_error *err) {
+    const pf_job_source *cn = &job->refine.controlnet;
+    PF_CHECK(model->in_use && job->refine.on && cn->url);
+    *failure = PF_MODEL_OK;
+    memset(t, 0, sizeof *t);
+    char key[sizeof model->cn_key];
+    snprintf(key, sizeof key, "%s|fp16=%d|%s", cn->url, job->fp16, cn->sha256 ? cn->sha256 : "");
+    if (model->controlnet && !strcmp(model->cn_key, key)) {
+        t->warm = 1;
+        return 0;
+    }
+    if (on_fetch) on_fetch(ctx);
+    long long t0 = pf_now_ms();
+    pf_model_source src;
+    pf_cache_lease *lease = NULL;
+    if (pf_model_source_init(&src, PF_SOURCE_COMPONENT, cn->url, cn->sha256, job->fp16, err) ||
+        pf_cache_acquire(&lease, m->cache, &src, err)) {
+        *failure = classify();
+        return pf_error_prefix(err, "refine.controlnet");
+    }
+    t->download_ms = pf_now_ms() - t0;
+    uint64_t bytes = tree_bytes(pf_cache_lease_path(lease), 0);
+    make_room(m, bytes); /* model is in use: only other models go */
+    t0 = pf_now_ms();
+    if (pf_pipeline_set_controlnet(model->pipe, pf_cache_lease_path(lease), err)) {
+        pf_cache_release(lease);
+        *failure = PF_MODEL_PERMANENT;
+        return pf_error_prefix(err, "refine.controlnet: loading the ControlNet");
+    }
+    t->load_ms = pf_now_ms() - t0;
+    pf_cache_release(model->controlnet); /* the pipeline let go of the old one's weights */
+    model->bytes = model->bytes - model->cn_bytes + bytes;
+    model->controlnet = lease;
+    model->cn_bytes = bytes;
+    snprintf(model->cn_key, sizeof model->cn_key, "%s", key);
+    pf_wlog(PF_LOG_INFO, "model.controlnet_loaded", NULL,
+            json_pack("{s:I, s:I, s:I}", "bytes", (json_int_t)bytes, "download_ms", (json_int_t)t->download_ms,
+                      "load_ms", (json_int_t)t->load_ms),
+            "%.300s", key);
+    return 0;
 }
 
 void pf_models_put(pf_models *m, pf_model *model) {

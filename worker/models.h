@@ -11,6 +11,11 @@
  * upper bound on a GPU in float16. One model is always allowed, even over
  * budget.
  *
+ * A model may also hold the refiner's ControlNet of the last refine job that
+ * used it (pf_models_controlnet): jobs with the same ControlNet source reuse
+ * it, another one replaces it. Its files are pinned while it is attached and
+ * its size counts in the model's.
+ *
  * Used by the job thread only. */
 #ifndef PF_MODELS_H
 #define PF_MODELS_H
@@ -30,6 +35,9 @@ typedef struct pf_model {
     /* private */
     char key[2 * PF_URL_MAX + 160];
     pf_cache_lease *base, *delta;
+    char cn_key[PF_URL_MAX + 160];   /* the attached ControlNet's source, "" when none */
+    pf_cache_lease *controlnet;
+    uint64_t cn_bytes;
     long long last_use;
     int in_use;
 } pf_model;
@@ -57,6 +65,16 @@ void pf_models_close(pf_models *m);
  * line, and nothing is held. Release with pf_models_put. */
 int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timing *t, pf_model_failure *failure,
                   void (*on_fetch)(void *), void *ctx, pf_error *err);
+/* Attaches the job's refine ControlNet (job->refine.controlnet, weights variant
+ * of job->fp16) to model's pipeline, which pf_models_get gave and which is in
+ * use: nothing to do when the model holds that source already (t->warm),
+ * else fetched through the cache (on_fetch first, as for pf_models_get),
+ * loaded and attached in place of the one it had. On error *failure says
+ * whether to retry, err has one line ("refine.controlnet: ..."; "loading the
+ * ControlNet" when the files were fetched but do not load or do not fit the
+ * model), and the model keeps the ControlNet it had. */
+int pf_models_controlnet(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
+                         pf_model_failure *failure, void (*on_fetch)(void *), void *ctx, pf_error *err);
 /* Marks the model idle (it stays loaded until evicted). */
 void pf_models_put(pf_models *m, pf_model *model);
 /* Number of models loaded and their total estimated bytes. */

@@ -2,7 +2,8 @@
  * client about a job, one JSON message per event on the status topic, keyed
  * by job_id so that one job's events stay in order on one partition.
  *
- * States: accepted, downloading, running (step i of n), uploading, and the
+ * States: accepted, downloading, running (step i of n of a stage: "generate",
+ * then "refine" for refine jobs), uploading, and the
  * terminal ones: succeeded, failed, rejected, cancelled. A "failed" event with
  * "retryable": true is not terminal: the job was re-enqueued and another
  * attempt follows; every other failed event is final. Every event carries the

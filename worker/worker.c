@@ -439,10 +439,13 @@ static void supervise(pf_worker *w) {
     }
 }
 
+/* engine_ms is the text-to-image call; refine jobs add refine_ms, the refine call. */
 static json_t *timings(const pf_exec_job *j, long long total) {
-    return json_pack("{s:I, s:I, s:I, s:I, s:I}", "download_ms", (json_int_t)j->download_ms, "load_ms",
-                     (json_int_t)j->load_ms, "engine_ms", (json_int_t)j->engine_ms, "upload_ms",
-                     (json_int_t)j->upload_ms, "total_ms", (json_int_t)total);
+    json_t *t = json_pack("{s:I, s:I, s:I, s:I, s:I}", "download_ms", (json_int_t)j->download_ms, "load_ms",
+                          (json_int_t)j->load_ms, "engine_ms", (json_int_t)j->engine_ms, "upload_ms",
+                          (json_int_t)j->upload_ms, "total_ms", (json_int_t)total);
+    if (j->job.refine.on) json_object_set_new(t, "refine_ms", json_integer(j->refine_ms));
+    return t;
 }
 
 /* Ends one job of a finished batch: status, record, re-enqueue or dead
@@ -459,6 +462,7 @@ static int finish(pf_worker *w, rd_kafka_message_t *m, pf_exec_job *j) {
         json_object_set(st, "outputs", j->outputs);
         json_object_set_new(st, "timings", timings(j, since(j->t_accepted)));
         json_object_set_new(st, "batch_jobs", json_integer(j->batch_jobs));
+        if (j->job.refine.on) json_object_set_new(st, "refine_batch_jobs", json_integer(j->refine_batch_jobs));
         json_object_set_new(st, "retries", json_integer(j->retries));
         break;
     case PF_OUT_CANCELLED:
@@ -516,7 +520,8 @@ static int finish(pf_worker *w, rd_kafka_message_t *m, pf_exec_job *j) {
                               (json_int_t)(j->t_engine_start - j->t_received), "before_engine_ms",
                               (json_int_t)(j->t_engine_start - j->t_accepted), "after_engine_ms",
                               (json_int_t)(pf_now_ms() - j->t_engine_end), "status_ack_ms",
-                              (json_int_t)(pf_now_ms() - t_end), "engine_ms", (json_int_t)j->engine_ms),
+                              (json_int_t)(pf_now_ms() - t_end), "engine_ms",
+                              (json_int_t)(j->engine_ms + j->refine_ms)),
                     NULL);
     }
     free(requeue);

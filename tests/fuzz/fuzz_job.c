@@ -1,7 +1,8 @@
 /* fuzz_job.c - libFuzzer target: arbitrary bytes as a Kafka job message through
  * pf_job_parse (JSON, every field's validation, URL and output-template checks),
  * then, for the jobs it accepts, the calls the worker makes on them: the support
- * check, the re-enqueue copy and the batching comparisons. A job that parses must
+ * check, the output keys of each stage it uploads, the re-enqueue copy and the
+ * batching comparisons. A job that parses must
  * satisfy the invariants the worker relies on; anything else must be an error
  * naming a field, never a crash, leak or undefined behaviour. */
 #include <stdint.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "job.h"
+#include "pipeline.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     pf_job job;
@@ -21,6 +23,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (!job.job_id[0] || !job.base.url || !job.prompt || !job.negative_prompt || !job.output_url) abort();
     if (job.width % 8 || job.height % 8 || job.steps < 1 || job.num_images < 1 || job.attempt < 1) abort();
+    const pf_job_refine *r = &job.refine;
+    if (r->on && (!r->controlnet.url || !r->prompt || !r->negative_prompt || r->size < 0 ||
+                  r->size > PF_REFINE_MAX_SIZE || r->steps < 1 || r->steps > PF_JOB_MAX_STEPS ||
+                  !(r->strength > 0.0f && r->strength <= 1.0f) || !(r->guidance >= 0.0f && r->guidance <= 30.0f) ||
+                  !(r->controlnet_scale >= -10.0f && r->controlnet_scale <= 10.0f)))
+        abort();
+    if (!r->on && (r->keep_base || r->controlnet.url)) abort();
+    /* every key the job will upload expands (the worker relies on it) */
+    char url[2048];
+    for (int i = 0; i < job.num_images; i++)
+        if (pf_job_output_url(url, sizeof url, &job, r->on ? PF_STAGE_REFINED : PF_STAGE_BASE, i, &err) ||
+            (r->keep_base && pf_job_output_url(url, sizeof url, &job, PF_STAGE_BASE, i, &err)))
+            abort();
     pf_job_supported(&job, field, sizeof field, &err);
     if (!pf_job_same_images(&job, &job) || !pf_job_same_model(&job, &job)) abort();
     /* The re-enqueued copy parses to the same job with the next attempt. */

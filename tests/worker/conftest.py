@@ -1,5 +1,6 @@
 """conftest.py - fixtures of the worker tests: real processes on 127.0.0.1 (redis-server,
-the dev broker, nginx serving the tiny model, moto's S3 behind the fault proxy), the
+the dev broker, nginx serving the tiny model, its delta and its ControlNet, moto's S3
+behind the fault proxy), the
 worker started as bin/perflow-worker, and independent clients: confluent-kafka to
 produce jobs and read statuses and dead letters, boto3 to read outputs, redis-cli.
 
@@ -51,12 +52,12 @@ def redis_cli(redis, *args):
 
 
 def start_model_server(work):
-    """nginx serving the tiny model and its delta (tests/data/models) over http."""
+    """nginx serving the tiny model, its delta and its ControlNet (tests/data/models) over http."""
     www = os.path.join(work, "www")
     os.makedirs(www)
     models = os.path.join(ROOT, "tests", "data", "models")
-    os.symlink(os.path.join(models, "tiny-sd15"), os.path.join(www, "tiny-sd15"))
-    os.symlink(os.path.join(models, "tiny-sd15-delta"), os.path.join(www, "tiny-sd15-delta"))
+    for name in ("tiny-sd15", "tiny-sd15-delta", "tiny-sd15-controlnet"):
+        os.symlink(os.path.join(models, name), os.path.join(www, name))
     return servers.start_nginx(work, www)
 
 
@@ -240,6 +241,7 @@ class Rig:
         self.workers = []
         self.model = "http://127.0.0.1:%d/tiny-sd15" % nginx.port
         self.delta = "http://127.0.0.1:%d/tiny-sd15-delta/unet/diffusion_pytorch_model.safetensors" % nginx.port
+        self.controlnet = "http://127.0.0.1:%d/tiny-sd15-controlnet" % nginx.port
 
     def env(self, **extra):
         e = servers.clean_env()
@@ -283,6 +285,12 @@ class Rig:
              "output": {"url": "s3://%s/{job_id}/{index}-{seed}.png" % BUCKET}}
         j.update(over)
         return j
+
+    def refine_job(self, job_id, refine=None, **over):
+        """A job refined with the tiny ControlNet: 64 px base images refined at 128 px."""
+        r = {"controlnet": {"url": self.controlnet}, "size": 128}
+        r.update(refine or {})
+        return self.job(job_id, refine=r, **over)
 
     def produce(self, value, key=None, topic=None):
         if isinstance(value, dict):

@@ -1,17 +1,21 @@
 """test_worker.py - bin/perflow-worker end to end: jobs produced with confluent-kafka,
 statuses and dead letters read back with it, outputs read with boto3 from moto's S3,
-leases and cancel flags in a real Redis, the model fetched from nginx through the cache."""
+leases and cancel flags in a real Redis, the model (and the refiner's ControlNet)
+fetched from nginx through the cache. Refined images are compared with what
+`perflow generate --refine` writes for the same settings."""
 import json
 import os
 import signal
 import struct
+import subprocess
 import threading
 import time
+import zlib
 
 import jsonschema
 import pytest
 
-from conftest import BUCKET, ROOT, fail_puts, redis_cli, sha256
+from conftest import BIN, BUCKET, ROOT, fail_puts, redis_cli, sha256
 
 SCHEMAS = os.path.join(ROOT, "schemas")
 STATUS_SCHEMA = json.load(open(os.path.join(SCHEMAS, "status.v1.json")))
@@ -33,6 +37,77 @@ def png_pixels(data):
             out += data[i + 8:i + 8 + n]
         i += 12 + n
     return out
+
+
+def png_chunks(data):
+    png_size(data)
+    i = 8
+    while i < len(data):
+        n, kind = struct.unpack(">I4s", data[i:i + 8])
+        yield kind, data[i + 8:i + 8 + n]
+        i += 12 + n
+
+
+def png_text(data):
+    """The tEXt chunks as a dict."""
+    return dict(c.decode("latin-1").split("\0", 1) for k, c in png_chunks(data) if k == b"tEXt")
+
+
+def png_rgb(data):
+    """The pixels of an 8-bit RGB non-interlaced PNG (what pf_png_write writes), unfiltered:
+    (width, height, bytes). Plain Python: the test venv has no image library."""
+    w, h = png_size(data)
+    assert data[24:29] == b"\x08\x02\x00\x00\x00", "not 8-bit RGB, non-interlaced"
+    raw = zlib.decompress(b"".join(c for k, c in png_chunks(data) if k == b"IDAT"))
+    stride, bpp, out, prev = w * 3, 3, bytearray(), bytearray(w * 3)
+    for y in range(h):
+        f, row = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for x in range(stride):
+            a = row[x - bpp] if x >= bpp else 0
+            b, c = prev[x], prev[x - bpp] if x >= bpp else 0
+            if f == 1:
+                row[x] = (row[x] + a) & 255
+            elif f == 2:
+                row[x] = (row[x] + b) & 255
+            elif f == 3:
+                row[x] = (row[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                row[x] = (row[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+            else:
+                assert f == 0, "bad PNG filter %d" % f
+        out += row
+        prev = row
+    return w, h, bytes(out)
+
+
+def assert_u8_close(what, got, want):
+    """Equal 8-bit images but for at most 1 level on at most 0.1 % of values (tests/test_refine.c)."""
+    assert got[:2] == want[:2], "%s: %s != %s" % (what, got[:2], want[:2])
+    diff = [abs(a - b) for a, b in zip(got[2], want[2]) if a != b]
+    assert not diff or (max(diff) <= 1 and len(diff) <= len(want[2]) / 1000), \
+        "%s: %d values differ, by up to %d" % (what, len(diff), max(diff))
+
+
+def cli_images(r, seed, num_images=1, refine=True, prompt="a photo of a cat", refine_size=128, refine_prompt=None):
+    """What `perflow generate [--refine]` writes for Rig.job / Rig.refine_job's settings: each image's pixels."""
+    models = os.path.join(ROOT, "tests", "data", "models")
+    out = os.path.join(r.dir, "cli-%s.png" % sha256(repr((seed, num_images, refine, prompt, refine_size,
+                                                           refine_prompt)).encode())[:12])
+    argv = [os.path.join(BIN, "perflow"), "generate", "--model", os.path.join(models, "tiny-sd15"),
+            "--delta", os.path.join(models, "tiny-sd15-delta", "unet", "diffusion_pytorch_model.safetensors"),
+            "--prompt", prompt, "--seed", str(seed), "--width", "64", "--height", "64", "--steps", "4",
+            "--guidance", "4.5", "--num-images", str(num_images), "--device", "cpu", "--threads", "1", "--out", out]
+    if refine:
+        argv += ["--refine", "--controlnet", os.path.join(models, "tiny-sd15-controlnet"),
+                 "--refine-size", str(refine_size)]
+        if refine_prompt is not None:
+            argv += ["--refine-prompt", refine_prompt]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # as the worker runs
+    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=120)
+    paths = [out] if num_images == 1 else [out[:-4] + "-%d.png" % i for i in range(num_images)]
+    return [png_rgb(open(p, "rb").read()) for p in paths]
 
 
 def check_statuses(events):
@@ -58,12 +133,14 @@ def test_happy_path_events_and_outputs(rig):
     assert states[-1] == "succeeded" and states.count("succeeded") == 1, states
     running = r.events.of("happy-1", "running")
     assert running[-1]["step"] == running[-1]["steps"] == 4
+    assert {e["stage"] for e in running} == {"generate"}
     done = r.events.of("happy-1", "succeeded")[0]
     assert done["attempt"] == 1 and done["worker_id"] == w.events("worker.started")[0]["worker_id"]
     assert set(done["timings"]) >= {"download_ms", "load_ms", "engine_ms", "upload_ms", "total_ms"}
     assert [o["index"] for o in done["outputs"]] == [0, 1]
     for o in done["outputs"]:
         assert o["url"] == "s3://%s/happy-1/%d-11.png" % (BUCKET, o["index"]) and o["seed"] == 11
+        assert o["stage"] == "base"
         data = r.object("happy-1/%d-11.png" % o["index"])
         assert sha256(data) == o["sha256"] and len(data) == o["size"]
         assert png_size(data) == (64, 64)
@@ -404,3 +481,143 @@ def test_once_config_file_and_sd_notify(rig, tmp_path):
     assert w.events("kafka.log")  # log_level = debug from the file
     text = "\n".join(got)
     assert "READY=1" in text and "STATUS=" in text and "WATCHDOG=1" in text and "STOPPING=1" in text, got
+
+
+# ---- the refiner -------------------------------------------------------------
+
+
+def test_refine_job_end_to_end(rig):
+    r = rig()
+    job = r.refine_job("refine-1", num_images=2, seed=5)
+    jsonschema.validate(job, JOB_SCHEMA)
+    r.produce(job)
+    r.start_worker()
+    r.events.wait_terminal(["refine-1"], timeout=60)
+    states = [e["state"] for e in r.events.of("refine-1")]
+    assert states[-1] == "succeeded", r.events.of("refine-1")
+    # the text-to-image stage's steps, then the refiner's, each to its last step
+    running = r.events.of("refine-1", "running")
+    stages = [e["stage"] for e in running]
+    assert stages == sorted(stages, key=["generate", "refine"].index) and set(stages) == {"generate", "refine"}
+    for stage in ("generate", "refine"):
+        last = [e for e in running if e["stage"] == stage][-1]
+        assert last["step"] == last["steps"] == 4, running
+    assert states.index("running") < states.index("uploading")
+    done = r.events.of("refine-1", "succeeded")[0]
+    assert set(done["timings"]) >= {"download_ms", "load_ms", "engine_ms", "refine_ms", "upload_ms", "total_ms"}
+    assert done["batch_jobs"] == 1 and done["refine_batch_jobs"] == 1
+    assert [(o["index"], o["stage"]) for o in done["outputs"]] == [(0, "refined"), (1, "refined")]
+    want = cli_images(r, 5, num_images=2)
+    for o in done["outputs"]:
+        key = "refine-1/%d-5.png" % o["index"]
+        assert o["url"] == "s3://%s/%s" % (BUCKET, key) and o["seed"] == 5
+        data = r.object(key)
+        assert sha256(data) == o["sha256"] and len(data) == o["size"]
+        assert png_size(data) == (128, 128)
+        text = png_text(data)
+        assert text["stage"] == "refined" and text["refine_size"] == "128x128" and text["size"] == "64x64"
+        assert text["refine_controlnet"] == r.controlnet and text["refine_prompt"] == "best quality"
+        assert_u8_close(key, png_rgb(data), want[o["index"]])
+    check_statuses(r.events)
+
+
+def test_refine_keep_base_uploads_both_stages_idempotently(rig):
+    r = rig()
+    job = r.refine_job("keep-1", refine={"keep_base": True}, seed=8,
+                       output={"url": "s3://%s/{job_id}/{stage}-{index}.png" % BUCKET})
+    jsonschema.validate(job, JOB_SCHEMA)
+    r.produce(job)
+    r.start_worker()
+    r.events.wait_terminal(["keep-1"], timeout=60)
+    done = r.events.of("keep-1", "succeeded")[0]
+    assert [(o["url"], o["stage"]) for o in done["outputs"]] == [
+        ("s3://%s/keep-1/refined-0.png" % BUCKET, "refined"), ("s3://%s/keep-1/base-0.png" % BUCKET, "base")]
+    refined, base = r.object("keep-1/refined-0.png"), r.object("keep-1/base-0.png")
+    assert png_size(refined) == (128, 128) and png_size(base) == (64, 64)
+    assert png_text(base)["stage"] == "base" and "refine_size" not in png_text(base)
+    assert_u8_close("refined", png_rgb(refined), cli_images(r, 8)[0])
+    assert_u8_close("base", png_rgb(base), cli_images(r, 8, refine=False)[0])
+    # Run again (the result record gone, as after a crash before it was written): the same keys and bytes.
+    redis_cli(r.redis, "DEL", "pf:job:keep-1:result")
+    r.produce(job)
+    r.events.wait(lambda: len(r.events.of("keep-1", "succeeded")) == 2, 60, "the second run")
+    again = r.events.of("keep-1", "succeeded")[1]
+    assert "replayed" not in again
+    assert [(o["url"], o["sha256"]) for o in again["outputs"]] == [(o["url"], o["sha256"]) for o in done["outputs"]]
+    check_statuses(r.events)
+
+
+def test_refine_controlnet_digest_pinned(rig):
+    r = rig(partitions=1)
+    weights = os.path.join(ROOT, "tests", "data", "models", "tiny-sd15-controlnet", "diffusion_pytorch_model.safetensors")
+    digest = sha256(open(weights, "rb").read())
+    r.produce(r.refine_job("pinned-ok", refine={"controlnet": {"url": r.controlnet, "sha256": digest}}))
+    r.produce(r.refine_job("pinned-bad", refine={"controlnet": {"url": r.controlnet, "sha256": "0" * 64}}))
+    r.start_worker()
+    r.events.wait_terminal(["pinned-ok", "pinned-bad"], timeout=60)
+    assert r.events.terminal("pinned-ok")[0]["state"] == "succeeded"
+    (bad,) = r.events.terminal("pinned-bad")
+    assert bad["state"] == "failed" and bad["error"]["code"] == "download" and not bad["error"]["retryable"], bad
+    assert "refine.controlnet" in bad["error"]["message"] and "digest mismatch" in bad["error"]["message"]
+    r.events.wait(lambda: len(r.events.dead) == 1, 15, "the dead letter")
+    assert r.events.dead[0][1]["perflow-error-code"] == "download"
+    check_statuses(r.events)
+
+
+REFINE_INVALID = [  # (job id, refine settings, field): the parser's, then the engine's once the model is loaded
+    ("rbad-size-max", {"size": 5000}, "refine.size"),
+    ("rbad-strength-0", {"strength": 0}, "refine.strength"),
+    ("rbad-strength-big", {"strength": 1.5}, "refine.strength"),
+    ("rbad-cn", {"controlnet": {"url": "http://127.0.0.1/cn.safetensors"}}, "refine.controlnet.url"),
+    ("rbad-size-zero", {"size": 16}, "refine.size"),          # 64 px scaled to 16: rounds to 0
+    ("rbad-no-step", {"strength": 0.1}, "refine.strength"),   # int(4 * 0.1) = 0 steps left
+]
+
+
+def test_refine_invalid_settings_rejected(rig):
+    r = rig(partitions=1)
+    for job_id, refine, _ in REFINE_INVALID:
+        r.produce(r.refine_job(job_id, refine=refine))
+    old = r.job("rbad-refiner", refiner={"model": {"url": r.model}})
+    r.produce(old)
+    r.produce(r.refine_job("rgood-after"))
+    w = r.start_worker()
+    ids = [i for i, _, _ in REFINE_INVALID] + ["rbad-refiner", "rgood-after"]
+    r.events.wait_terminal(ids, timeout=60)
+    for job_id, _, field in REFINE_INVALID:
+        (ev,) = r.events.terminal(job_id)
+        assert ev["state"] == "rejected" and ev["error"]["code"] == "invalid_job", ev
+        assert ev["error"]["field"] == field and ev["error"]["message"].startswith(field), ev
+        assert not r.events.of(job_id, "uploading")
+    (ev,) = r.events.terminal("rbad-refiner")
+    assert ev["state"] == "rejected" and ev["error"]["code"] == "unsupported" and ev["error"]["field"] == "refiner"
+    assert '"refine"' in ev["error"]["message"]
+    assert r.events.terminal("rgood-after")[0]["state"] == "succeeded"
+    n = len(REFINE_INVALID) + 1
+    r.events.wait(lambda: len(r.events.dead) == n, 15, "%d dead letters" % n)
+    fields = sorted(h.get("perflow-error-field") for _, h in r.events.dead)
+    assert fields == sorted([f for _, _, f in REFINE_INVALID] + ["refiner"])
+    check_statuses(r.events)
+    assert w.proc.poll() is None
+
+
+def test_refine_jobs_batched_into_one_call(rig):
+    r = rig(partitions=1)
+    ids = ["rbatch-0", "rbatch-1"]
+    r.produce(r.refine_job(ids[0], seed=21))
+    r.produce(r.refine_job(ids[1], seed=22, prompt="a red car", refine={"prompt": "sharp, detailed"}))
+    w = r.start_worker(PERFLOW_MAX_BATCH=4, PERFLOW_BATCH_WAIT_MS=300)
+    r.events.wait_terminal(ids, timeout=60)
+    starts = w.events("engine.start")
+    assert [(s["stage"], s["jobs"], s["items"]) for s in starts] == [("generate", 2, 2), ("refine", 2, 2)], starts
+    assert (starts[1]["width"], starts[1]["height"]) == (128, 128)
+    # each job gets the images it gets alone (its own seed, prompts and generator)
+    for job_id, seed, prompt, rprompt in ((ids[0], 21, "a photo of a cat", None),
+                                          (ids[1], 22, "a red car", "sharp, detailed")):
+        done = r.events.of(job_id, "succeeded")[0]
+        assert done["batch_jobs"] == 2 and done["refine_batch_jobs"] == 2, done
+        data = r.object("%s/0-%d.png" % (job_id, seed))
+        assert sha256(data) == done["outputs"][0]["sha256"]
+        assert png_text(data)["refine_prompt"] == (rprompt or "best quality")
+        assert_u8_close(job_id, png_rgb(data), cli_images(r, seed, prompt=prompt, refine_prompt=rprompt)[0])
+    check_statuses(r.events)
