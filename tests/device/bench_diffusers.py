@@ -10,6 +10,11 @@ in fp16 with SDPA attention:
   txt2img_512_4step_cfg_b8  postprocessing to host floats: what StableDiffusionPipeline does per
                             image batch (PeRFlow's scheduler is not in diffusers; its step is a few
                             elementwise operations, here a plain Euler update)
+  refine_1024_4step_cfg_b1  the refiner: diffusers' StableDiffusionControlNetImg2ImgPipeline with
+  refine_1024_4step_cfg_b4  the PeRFlow sampler (tests/reference/perflow_scheduler.py) and a random
+                            SD-1.5 ControlNet (ControlNetModel.from_unet, the tile model's shapes),
+                            512 px images handed over as the predictor does (Pillow Lanczos to
+                            1024 px), 4 steps, guidance 7.5, strength 1, output_type "np"
 
     python3 tests/device/bench_diffusers.py --models /tmp/pf-models --out diffusers.json
 
@@ -59,8 +64,9 @@ def save_weights(module, path, prefix=""):
 
 
 def make_models(folder):
-    """Random SD-1.5 modules in fp16 on the GPU; writes the folder unless it is complete."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """Random SD-1.5 modules in fp16 on the GPU; writes the folder (with a controlnet/ of
+    the refiner's shapes) unless it is complete."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(0)
     t = time.perf_counter()
@@ -68,14 +74,20 @@ def make_models(folder):
         unet = UNet2DConditionModel(**UNET)
         vae = AutoencoderKL(**VAE)
         te = CLIPTextModel(CLIPTextConfig(**CLIP_L14))
-    unet, vae, te = (m.to(torch.float16).eval() for m in (unet, vae, te))
+        cn = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        with torch.no_grad():  # random, not zero, convolutions: the residuals cost what a real model's do
+            for p in cn.parameters():
+                p.normal_(0, 0.02)
+    unet, vae, te, cn = (m.to(torch.float16).eval() for m in (unet, vae, te, cn))
     log("models made in %.1fs" % (time.perf_counter() - t))
     if not os.path.exists(os.path.join(folder, "model_index.json")):
         t = time.perf_counter()
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        for sub in ("unet", "vae", "text_encoder"):
+        for sub in ("unet", "vae", "text_encoder", "controlnet"):
             os.makedirs(os.path.join(tmp, sub))
+        cn.save_config(os.path.join(tmp, "controlnet"))
+        save_weights(cn, os.path.join(tmp, "controlnet", "diffusion_pytorch_model.safetensors"))
         unet.save_config(os.path.join(tmp, "unet"))
         save_weights(unet, os.path.join(tmp, "unet", "diffusion_pytorch_model.safetensors"))
         vae.save_config(os.path.join(tmp, "vae"))
@@ -91,7 +103,7 @@ def make_models(folder):
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(tmp, folder)
         log("folder %s written in %.1fs" % (folder, time.perf_counter() - t))
-    return unet, vae, te
+    return unet, vae, te, cn
 
 
 def use_sdpa(unet, vae):
@@ -138,9 +150,11 @@ def main():
     import transformers
     folder = os.path.join(a.models, "sd15-random")
     os.makedirs(a.models, exist_ok=True)
-    unet, vae, te = make_models(folder)
+    unet, vae, te, cn = make_models(folder)
     use_sdpa(unet, vae)
-    every = (unet, vae, te)
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    cn.set_attn_processor(AttnProcessor2_0())
+    every = (unet, vae, te, cn)
     res = {"impl": "diffusers %s, transformers %s, torch %s, fp16, SDPA" % (
                diffusers.__version__, transformers.__version__, torch.__version__),
            "device": torch.cuda.get_device_name(0), "model_dir": folder, "repeat": a.repeat,
@@ -187,8 +201,43 @@ def main():
             res[key]["batch"] = batch
             log("%s %.1f ms" % (key, 1e3 * res[key]["seconds"]))
 
+        refine(res, folder, unet, vae, te, cn, every, a.repeat)
+
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
+
+
+def refine(res, folder, unet, vae, te, cn, every, repeat):
+    """The refiner at 1024 px, batch 1 and 4, through diffusers' own pipeline class."""
+    import numpy as np
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+    from PIL import Image
+    from transformers import CLIPTokenizer
+    sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+    from perflow_scheduler import PeRFlowScheduler
+    sched = json.load(open(os.path.join(TINY, "scheduler", "scheduler_config.json")))
+    pipe = StableDiffusionControlNetImg2ImgPipeline(
+        vae=vae, text_encoder=te, tokenizer=CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer")),
+        unet=unet, controlnet=cn, scheduler=PeRFlowScheduler(**{k: v for k, v in sched.items() if k[0] != "_"}),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8), "RGB")
+
+    def run(batch):
+        imgs = [base.resize((1024, 1024), Image.LANCZOS) for _ in range(batch)]  # the predictor's hand-over
+        return pipe(["best quality"] * batch, image=imgs, control_image=imgs, height=1024, width=1024,
+                    strength=1.0, num_inference_steps=4, guidance_scale=7.5,
+                    negative_prompt=["blur, lowres, bad anatomy, bad hands, cropped, worst quality"] * batch,
+                    generator=torch.manual_seed(0), output_type="np").images
+
+    on_gpu([unet, vae, te, cn], every)
+    for batch, rep in ((1, min(repeat, 3)), (4, min(repeat, 2))):
+        torch.cuda.reset_peak_memory_stats()
+        key = "refine_1024_4step_cfg_b%d" % batch
+        res[key] = timed(lambda: run(batch), 1, rep)
+        res[key]["batch"] = batch
+        log("%s %.1f ms" % (key, 1e3 * res[key]["seconds"]))
 
 
 if __name__ == "__main__":

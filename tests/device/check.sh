@@ -12,7 +12,7 @@
 # device_report.json (environment, each step's result, every test line, both
 # sides' timings and memory, and their ratios; made by tests/device/report.py).
 # Intermediate files stay in /tmp/pf-check. Each step has its own time limit,
-# cut to what is left of a 400-second budget, so the whole stays under 7 minutes
+# cut to what is left of a 480-second budget, so the whole stays under 8.5 minutes
 # (normally about 3); a failed step is recorded and the later ones still run.
 # Exit status: the number of failed steps.
 #
@@ -29,7 +29,7 @@ B=build-device
 R=/tmp/debroot
 MODELS=/tmp/pf-models
 T0=$(date +%s)
-DEADLINE=$((T0 + 400))
+DEADLINE=$((T0 + 480))
 : > "$W/steps.txt"
 failed=0
 
@@ -120,12 +120,12 @@ else
 fi
 
 step "diffusers: random SD-1.5 folder and timings (fp16, SDPA)"
-PYTHONUNBUFFERED=1 timeout "$(limit 200)" python3 tests/device/bench_diffusers.py --models $MODELS --out "$W/diffusers.json"
+PYTHONUNBUFFERED=1 timeout "$(limit 260)" python3 tests/device/bench_diffusers.py --models $MODELS --out "$W/diffusers.json"
 record bench_diffusers $?
 
 step "perflow: the same shapes on the CUDA backend"
 if [ -f $MODELS/sd15-random/model_index.json ]; then
-    LD_LIBRARY_PATH=$RUN_LD timeout "$(limit 150)" $B/bench/bench_gpu $MODELS/sd15-random 10 > "$W/perflow.json"
+    LD_LIBRARY_PATH=$RUN_LD timeout "$(limit 200)" $B/bench/bench_gpu $MODELS/sd15-random 10 > "$W/perflow.json"
     record bench_gpu $?
 else
     echo "no model folder: bench_diffusers.py failed before writing it"

@@ -16,7 +16,8 @@ import json
 import os
 import sys
 
-BENCHES = ["unet_cfg_step_64x64_b2", "vae_decode_512_b1", "txt2img_512_4step_cfg_b1", "txt2img_512_4step_cfg_b8"]
+BENCHES = ["unet_cfg_step_64x64_b2", "vae_decode_512_b1", "txt2img_512_4step_cfg_b1", "txt2img_512_4step_cfg_b8",
+           "refine_1024_4step_cfg_b1", "refine_1024_4step_cfg_b4"]
 MIB = 1048576.0
 
 
