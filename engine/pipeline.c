@@ -5,9 +5,9 @@
 
 #include <string.h>
 
+#include "checkpoint.h"
 #include "clip.h"
 #include "controlnet.h"
-#include "model_dir.h"
 #include "resize.h"
 #include "rng.h"
 #include "tokenizer.h"
@@ -45,40 +45,24 @@ void pf_pipeline_free(pf_pipeline *p) {
     free(p);
 }
 
-int pf_pipeline_load(pf_pipeline **out, pf_backend *be, const char *model_dir, const char *delta, pf_error *err) {
+int pf_pipeline_load_model(pf_pipeline **out, pf_backend *be, const pf_model_spec *spec, pf_error *err) {
     *out = NULL;
+    pf_model_parts parts;
+    if (pf_model_load(&parts, be, spec, err)) return -1;
     pf_pipeline *p = PF_CALLOC(1, sizeof *p);
     p->be = be;
-    char path[4096];
-    if (pf_model_dir_check(model_dir, err)) goto fail;
-    /* The scheduler config is optional: a base model folder carries its original
-     * scheduler's config, whose beta keys PeRFlow shares; PeRFlow keys take defaults. */
-    pf_perflow_config_default(&p->sched);
-    p->sched.prediction_type = PF_PRED_DIFF_EPS; /* the released SD-1.5 PeRFlow models */
-    if (pf_model_file(path, sizeof path, model_dir, "scheduler", "scheduler_config.json", NULL) == 0 &&
-        pf_perflow_config_load(&p->sched, path, err))
-        goto fail;
-    snprintf(path, sizeof path, "%s/tokenizer", model_dir);
-    if (pf_tokenizer_load(&p->tok, path, err) || pf_clip_text_model_load_dir(&p->text_encoder, be, model_dir, err) ||
-        pf_unet_load_dir(&p->unet, be, model_dir, delta, err) || pf_vae_load_dir(&p->vae, be, model_dir, err))
-        goto fail;
-    const pf_unet_config *uc = pf_unet_get_config(p->unet);
-    int D = pf_clip_text_model_config(p->text_encoder)->hidden_size;
-    if (uc->cross_attention_dim != D) {
-        pf_fail(err, "%s: the UNet's cross_attention_dim %d differs from the text encoder's hidden_size %d",
-                model_dir, uc->cross_attention_dim, D);
-        goto fail;
-    }
-    if (uc->in_channels != pf_vae_config_of(p->vae)->latent_channels) {
-        pf_fail(err, "%s: the UNet's in_channels %d differ from the VAE's latent_channels %d", model_dir,
-                uc->in_channels, pf_vae_config_of(p->vae)->latent_channels);
-        goto fail;
-    }
+    p->tok = parts.tok;
+    p->text_encoder = parts.text_encoder;
+    p->unet = parts.unet;
+    p->vae = parts.vae;
+    p->sched = parts.sched;
     *out = p;
     return 0;
-fail:
-    pf_pipeline_free(p);
-    return -1;
+}
+
+int pf_pipeline_load(pf_pipeline **out, pf_backend *be, const char *model_dir, const char *delta, pf_error *err) {
+    pf_model_spec spec = {model_dir, NULL, delta, NULL, 0};
+    return pf_pipeline_load_model(out, be, &spec, err);
 }
 
 /* The sampler configuration one run uses: the model's, with the job's overrides. */

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "checkpoint.h"
 #include "perflow_sampler.h"
 #include "vae.h"
 
@@ -42,8 +43,11 @@ void pf_txt2img_defaults(pf_txt2img_params *p);
 
 typedef struct pf_pipeline pf_pipeline;
 
-/* Loads a diffusers-layout model folder onto be; delta (NULL for none) is a
- * .safetensors file or a UNet folder of PeRFlow delta weights merged as W + dW. */
+/* Loads the model spec names (checkpoint.h: a diffusers folder or a single
+ * file, delta weights, LoRAs) onto be. On error returns -1 with err set. */
+int pf_pipeline_load_model(pf_pipeline **out, pf_backend *be, const pf_model_spec *spec, pf_error *err);
+/* pf_pipeline_load_model of a diffusers-layout folder; delta (NULL for none) is
+ * a .safetensors file or a UNet folder of PeRFlow delta weights merged as W + dW. */
 int pf_pipeline_load(pf_pipeline **out, pf_backend *be, const char *model_dir, const char *delta, pf_error *err);
 void pf_pipeline_free(pf_pipeline *p);
 
