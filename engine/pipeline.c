@@ -22,7 +22,8 @@ struct pf_pipeline {
     pf_clip_text_model *text_encoder;
     pf_unet *unet;
     pf_vae *vae;
-    pf_controlnet *controlnet; /* the refiner's, or NULL (pf_pipeline_set_controlnet) */
+    pf_controlnet *nets[PF_MAX_CONTROLS]; /* attached ControlNets (pf_pipeline_set_controlnets) */
+    int n_nets;
     pf_perflow_config sched;   /* from scheduler/scheduler_config.json */
 };
 
@@ -41,7 +42,7 @@ void pf_pipeline_free(pf_pipeline *p) {
     pf_clip_text_model_free(p->text_encoder);
     pf_unet_free(p->unet);
     pf_vae_free(p->vae);
-    pf_controlnet_free(p->controlnet);
+    for (int i = 0; i < p->n_nets; i++) pf_controlnet_free(p->nets[i]);
     free(p);
 }
 
@@ -74,6 +75,34 @@ static int run_config(const pf_pipeline *p, const pf_txt2img_params *prm, pf_per
     return pf_perflow_config_check(cfg, err);
 }
 
+/* The controls shared by every job of a batch agree in net and scale (the
+ * residuals are scaled per net); their images may differ. */
+static int controls_agree(const pf_control *a, int na, const pf_control *b, int nb) {
+    if (na != nb) return 0;
+    for (int c = 0; c < na; c++)
+        if (a[c].net != b[c].net || a[c].scale != b[c].scale || !a[c].image != !b[c].image) return 0;
+    return 1;
+}
+
+/* Checks a run's controls: nets within the attached ones (when attached_ok),
+ * images present (unless may_be_null) and of a sane size, scales in [-10, 10]. */
+static int controls_check(const pf_pipeline *p, const pf_control *ctl, int n, int may_be_null, int attached,
+                          pf_error *err) {
+    if (n < 0 || n > PF_MAX_CONTROLS) return pf_fail(err, "%d ControlNets (at most %d)", n, PF_MAX_CONTROLS);
+    for (int c = 0; c < n; c++) {
+        if (ctl[c].net < 0 || ctl[c].net >= PF_MAX_CONTROLS || (attached && ctl[c].net >= p->n_nets))
+            return pf_fail(err, "control %d names ControlNet %d, but %d are attached", c, ctl[c].net, p->n_nets);
+        if (!ctl[c].image && !may_be_null) return pf_fail(err, "control %d has no condition image", c);
+        if (ctl[c].image && (ctl[c].image_width < 1 || ctl[c].image_height < 1 || ctl[c].image_width > 16384 ||
+                             ctl[c].image_height > 16384))
+            return pf_fail(err, "control %d: condition image of %d x %d pixels", c, ctl[c].image_width,
+                           ctl[c].image_height);
+        if (!(ctl[c].scale >= -10.0f && ctl[c].scale <= 10.0f))
+            return pf_fail(err, "control %d: controlnet scale must be in [-10, 10] (got %g)", c, (double)ctl[c].scale);
+    }
+    return 0;
+}
+
 int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_error *err) {
     int f = pf_vae_scale_factor(p->vae);
     if (!prm->prompt) return pf_fail(err, "prompt is missing");
@@ -92,6 +121,7 @@ int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_erro
     if (prm->windows < 0 || prm->windows > 1000) return pf_fail(err, "windows must be in [1, 1000]");
     if (prm->clip_skip < 0 || prm->clip_skip >= pf_clip_text_model_config(p->text_encoder)->num_hidden_layers)
         return pf_fail(err, "clip_skip must be in [0, %d)", pf_clip_text_model_config(p->text_encoder)->num_hidden_layers);
+    if (controls_check(p, prm->controls, prm->n_controls, 0, 1, err)) return -1;
     pf_perflow_config cfg;
     return run_config(p, prm, &cfg, err);
 }
@@ -119,7 +149,8 @@ int pf_txt2img_batchable(const pf_pipeline *p, const pf_txt2img_params *a, const
     if (run_config(p, a, &ca, &e) || run_config(p, b, &cb, &e)) return 0;
     return a->width == b->width && a->height == b->height && a->steps == b->steps && a->guidance == b->guidance &&
            a->clip_skip == b->clip_skip && ca.prediction_type == cb.prediction_type &&
-           ca.num_time_windows == cb.num_time_windows;
+           ca.num_time_windows == cb.num_time_windows && a->vae_tiling == b->vae_tiling &&
+           controls_agree(a->controls, a->n_controls, b->controls, b->n_controls);
 }
 
 int pf_pipeline_txt2img(pf_pipeline *p, const pf_txt2img_params *prm, float *images, pf_error *err) {
@@ -132,8 +163,10 @@ int pf_pipeline_txt2img(pf_pipeline *p, const pf_txt2img_params *prm, float *ima
  * images each with guidance on (BB = 2B rows), else the B cond rows. */
 typedef struct denoise_run {
     pf_tensor *ctx;                  /* (BB, 77, D) prompt_embeds, uncond rows first */
-    pf_tensor *cond;                 /* (BB, 3, H, W) ControlNet condition in [0, 1], or NULL */
-    float cn_scale;                  /* controlnet_conditioning_scale */
+    int n_ctrl;                      /* ControlNets (MultiControlNetModel: residuals summed) */
+    pf_controlnet *nets[PF_MAX_CONTROLS];
+    pf_tensor *conds[PF_MAX_CONTROLS]; /* (BB, 3, H, W) each net's condition in [0, 1] */
+    float scales[PF_MAX_CONTROLS];   /* controlnet_conditioning_scale of each */
     float *latents;                  /* (B, C, h, w) host, updated in place */
     int B, C, h, w;
     int cfg_on;
@@ -145,14 +178,57 @@ typedef struct denoise_run {
     void *user;
 } denoise_run;
 
-/* The loop of both pipelines: per timestep the UNet (with the ControlNet's
- * residuals when r->cond), the guidance combine in float32 and the sampler step.
- * Returns 0, -1 with err set, or PF_CANCELLED. */
+/* The fields of a run besides its ControlNets. */
+static void fill_run(denoise_run *r, pf_tensor *ctx, float *latents, int B, int C, int h, int w, int cfg_on,
+                     float guidance, const pf_perflow_sampler *sampler, int first,
+                     void (*progress)(void *, int, int), int (*cancelled)(void *), void *user) {
+    r->ctx = ctx;
+    r->latents = latents;
+    r->B = B, r->C = C, r->h = h, r->w = w;
+    r->cfg_on = cfg_on;
+    r->guidance = guidance;
+    r->sampler = sampler;
+    r->first = first;
+    r->progress = progress;
+    r->cancelled = cancelled;
+    r->user = user;
+}
+
+/* MultiControlNetModel.forward: each net's residuals on its condition at its
+ * scale, summed in net order (previous + current, as diffusers adds them) into
+ * down[nres] and *mid (new tensors the caller frees). Returns 0 or -1 with err
+ * set and nothing allocated. */
+static int control_residuals(const denoise_run *r, pf_tensor **down, pf_tensor **mid, const pf_tensor *x,
+                             const float *times, pf_error *err) {
+    const int nres = pf_controlnet_num_residuals(r->nets[0]);
+    pf_tensor *d[64], *m;
+    PF_CHECK(nres <= 64);
+    for (int c = 0; c < r->n_ctrl; c++) {
+        if (pf_controlnet_forward(r->nets[c], c ? d : down, c ? &m : mid, x, times, r->ctx, r->conds[c],
+                                  r->scales[c], err)) {
+            for (int k = 0; c && k < nres; k++) pf_free(down[k]);
+            if (c) pf_free(*mid);
+            return -1;
+        }
+        if (!c) continue;
+        for (int k = 0; k < nres; k++) {
+            pf_add(down[k], down[k], d[k]);
+            pf_free(d[k]);
+        }
+        pf_add(*mid, *mid, m);
+        pf_free(m);
+    }
+    return 0;
+}
+
+/* The loop of both pipelines: per timestep the UNet (with the ControlNets'
+ * residuals when there are any), the guidance combine in float32 and the
+ * sampler step. Returns 0, -1 with err set, or PF_CANCELLED. */
 static int denoise(pf_pipeline *p, const denoise_run *r, pf_error *err) {
     pf_backend *be = p->be;
     const int B = r->B, BB = r->cfg_on ? 2 * B : B, total = r->sampler->num_steps - r->first;
     const size_t n = (size_t)B * r->C * r->h * r->w; /* latent elements of the batch */
-    const int nres = r->cond ? pf_controlnet_num_residuals(p->controlnet) : 0;
+    const int nres = r->n_ctrl ? pf_controlnet_num_residuals(r->nets[0]) : 0;
     float *eps = PF_MALLOC((size_t)(r->cfg_on ? 2 : 1) * n * sizeof *eps);
     float *times = PF_MALLOC((size_t)BB * sizeof *times);
     pf_tensor **down = nres ? PF_CALLOC((size_t)nres, sizeof *down) : NULL, *mid = NULL;
@@ -175,11 +251,12 @@ static int denoise(pf_pipeline *p, const denoise_run *r, pf_error *err) {
             pf_upload(xs, r->latents);
             pf_free(xs);
         }
-        if (r->cond && pf_controlnet_forward(p->controlnet, down, &mid, x, times, r->ctx, r->cond, r->cn_scale, err)) {
+        if (r->n_ctrl && control_residuals(r, down, &mid, x, times, err)) {
             rc = -1;
             break;
         }
-        rc = pf_unet_forward(p->unet, noise, x, times, r->ctx, (const pf_tensor *const *)down, mid, err);
+        rc = pf_unet_forward(p->unet, noise, x, times, r->ctx, (const pf_tensor *const *)(nres ? down : NULL), mid,
+                             err);
         for (int k = 0; k < nres; k++) {
             pf_free(down[k]);
             down[k] = NULL;
@@ -202,6 +279,40 @@ static int denoise(pf_pipeline *p, const denoise_run *r, pf_error *err) {
     pf_free(noise);
     return rc;
 }
+
+/* A condition image as diffusers' control image processor prepares it: resized
+ * to W x H with Pillow's Lanczos (a copy when it has that size), v / 255 in
+ * float32, planar; written n times into dst (n, 3, H, W). */
+static int condition_image(float *dst, const uint8_t *rgb, int iw, int ih, int W, int H, int n, pf_error *err) {
+    const size_t px = (size_t)W * H;
+    uint8_t *sized = NULL;
+    if (iw != W || ih != H) {
+        sized = PF_MALLOC(px * 3);
+        if (pf_resize_lanczos(sized, W, H, rgb, iw, ih, err)) {
+            free(sized);
+            return -1;
+        }
+        rgb = sized;
+    }
+    for (size_t k = 0; k < px; k++)
+        for (int c = 0; c < 3; c++) dst[(size_t)c * px + k] = (float)rgb[k * 3 + c] / 255.0f;
+    for (int i = 1; i < n; i++) memcpy(dst + (size_t)i * 3 * px, dst, 3 * px * sizeof *dst);
+    free(sized);
+    return 0;
+}
+
+/* Uploads host conditions (B, 3, H, W) into a new (BB, 3, H, W) tensor: the
+ * rows twice when guidance is on (torch.cat([image] * 2)). */
+static pf_tensor *condition_tensor(pf_backend *be, const float *host, int B, int cfg_on, int H, int W) {
+    pf_tensor *t = pf_new4(be, cfg_on ? 2 * B : B, 3, H, W);          /* (BB, 3, H, W) */
+    for (int half = 0; half < (cfg_on ? 2 : 1); half++) {
+        pf_tensor *rows = pf_slice0(t, half * B, B);
+        pf_upload(rows, host);
+        pf_free(rows);
+    }
+    return t;
+}
+
 
 /* vae.decode(latents / scaling_factor) (pf_vae_decode divides), then
  * image_processor.postprocess: (image / 2 + 0.5).clamp(0, 1), NCHW -> NHWC into
@@ -267,6 +378,8 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
     pf_perflow_config scfg;
     pf_perflow_sampler sampler;
     memset(&sampler, 0, sizeof sampler);
+    denoise_run r; /* filled once the inputs are ready; conds freed at the end */
+    memset(&r, 0, sizeof r);
     float *latents = NULL;
     pf_tensor *ctx = NULL;
     if (run_config(p, prm, &scfg, err) || pf_perflow_init(&sampler, &scfg, err) ||
@@ -289,12 +402,33 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
         pf_rng_randn(&rng, latents + (size_t)row * per, (size_t)q->num_images * per);
     }
 
+    /* prepare_image per ControlNet: each job's condition for each of its images */
+    fill_run(&r, ctx, latents, B, C, h, w, cfg_on, prm->guidance, &sampler, 0, prm->progress, prm->cancelled, prm->user);
+    r.n_ctrl = prm->n_controls;
+    if (prm->n_controls) {
+        const size_t px = (size_t)prm->width * prm->height;
+        float *host = PF_MALLOC((size_t)B * 3 * px * sizeof *host);
+        for (int c = 0; c < prm->n_controls; c++) {
+            r.nets[c] = p->nets[prm->controls[c].net];
+            r.scales[c] = prm->controls[c].scale;
+            for (int j = 0, row = 0; j < njobs; row += jobs[j]->num_images, j++) {
+                const pf_control *q = &jobs[j]->controls[c];
+                if (condition_image(host + (size_t)row * 3 * px, q->image, q->image_width, q->image_height,
+                                    prm->width, prm->height, jobs[j]->num_images, err)) {
+                    free(host);
+                    goto done;
+                }
+            }
+            r.conds[c] = condition_tensor(be, host, B, cfg_on, prm->height, prm->width);
+        }
+        free(host);
+    }
+
     /* 7. denoising loop; 8. decode */
-    denoise_run r = {ctx, NULL, 0.0f, latents, B, C, h, w, cfg_on, prm->guidance, &sampler, 0,
-                     prm->progress, prm->cancelled, prm->user};
     rc = denoise(p, &r, err);
     if (rc == 0) rc = decode_images(p, images, latents, B, C, h, w, prm->vae_tiling, err);
 done:
+    for (int c = 0; c < PF_MAX_CONTROLS; c++) pf_free(r.conds[c]);
     pf_perflow_free(&sampler);
     free(latents);
     pf_free(ctx);
@@ -313,27 +447,48 @@ void pf_refine_defaults(pf_refine_params *p) {
     p->controlnet_scale = 1.0f;
 }
 
-int pf_pipeline_set_controlnet(pf_pipeline *p, const char *controlnet_dir, pf_error *err) {
-    pf_controlnet *cn = NULL;
-    if (controlnet_dir) {
-        if (pf_controlnet_load_dir(&cn, p->be, controlnet_dir, err)) return -1;
-        if (pf_controlnet_check_unet(cn, p->unet, pf_vae_scale_factor(p->vae), err)) {
-            pf_controlnet_free(cn);
-            return pf_error_prefix(err, "%s does not fit the model", controlnet_dir);
+int pf_pipeline_set_controlnets(pf_pipeline *p, const char *const *dirs, int n, pf_error *err) {
+    if (n < 0 || n > PF_MAX_CONTROLS) return pf_fail(err, "%d ControlNets (at most %d)", n, PF_MAX_CONTROLS);
+    pf_controlnet *nets[PF_MAX_CONTROLS] = {0};
+    for (int i = 0; i < n; i++) {
+        if (pf_controlnet_load_dir(&nets[i], p->be, dirs[i], err) ||
+            (pf_controlnet_check_unet(nets[i], p->unet, pf_vae_scale_factor(p->vae), err) &&
+             pf_error_prefix(err, "%s does not fit the model", dirs[i]))) {
+            for (int k = 0; k <= i; k++) pf_controlnet_free(nets[k]);
+            return -1;
         }
     }
-    pf_controlnet_free(p->controlnet);
-    p->controlnet = cn;
+    for (int i = 0; i < p->n_nets; i++) pf_controlnet_free(p->nets[i]);
+    memcpy(p->nets, nets, sizeof nets);
+    p->n_nets = n;
     return 0;
 }
 
-int pf_pipeline_has_controlnet(const pf_pipeline *p) { return p->controlnet != NULL; }
+int pf_pipeline_set_controlnet(pf_pipeline *p, const char *controlnet_dir, pf_error *err) {
+    return pf_pipeline_set_controlnets(p, &controlnet_dir, controlnet_dir ? 1 : 0, err);
+}
+
+int pf_pipeline_num_controlnets(const pf_pipeline *p) { return p->n_nets; }
+
+int pf_pipeline_has_controlnet(const pf_pipeline *p) { return p->n_nets > 0; }
 
 void pf_refine_output_size(const pf_refine_params *prm, int *out_w, int *out_h) {
     if (prm->size > 0)
         pf_refine_size(out_w, out_h, prm->image_width, prm->image_height, prm->size);
     else
         *out_w = prm->image_width, *out_h = prm->image_height;
+}
+
+/* A refine run's controls: its own, or the refiner's one (net 0 on the refined
+ * image at controlnet_scale). *one is the storage for the latter. */
+static const pf_control *refine_controls(const pf_refine_params *prm, pf_control *one, int *n) {
+    if (prm->n_controls) {
+        *n = prm->n_controls;
+        return prm->controls;
+    }
+    *one = (pf_control){0, NULL, 0, 0, prm->controlnet_scale};
+    *n = 1;
+    return one;
 }
 
 /* The sampler configuration of a refine run. */
@@ -381,6 +536,7 @@ int pf_refine_check(const pf_pipeline *p, const pf_refine_params *prm, const cha
         return BAD("controlnet_scale", "controlnet scale must be in [-10, 10] (got %g)", (double)prm->controlnet_scale);
     if (prm->windows < 0 || prm->windows > 1000) return BAD("windows", "windows must be in [1, 1000]");
     if (prm->clip_skip < 0 || prm->clip_skip >= layers) return BAD("clip_skip", "clip_skip must be in [0, %d)", layers);
+    if (prm->n_controls && controls_check(p, prm->controls, prm->n_controls, 1, 0, err)) return (*param = "controls", -1);
     pf_perflow_config cfg;
     pf_perflow_sampler s;
     int first;
@@ -412,7 +568,8 @@ int pf_refine_batchable(const pf_pipeline *p, const pf_refine_params *a, const p
     return aw == bw && ah == bh && a->steps == b->steps && a->guidance == b->guidance &&
            a->strength == b->strength && a->controlnet_scale == b->controlnet_scale && a->clip_skip == b->clip_skip &&
            a->vae_tiling == b->vae_tiling && ca.prediction_type == cb.prediction_type &&
-           ca.num_time_windows == cb.num_time_windows;
+           ca.num_time_windows == cb.num_time_windows &&
+           controls_agree(a->controls, a->n_controls, b->controls, b->n_controls);
 }
 
 int pf_pipeline_refine(pf_pipeline *p, const pf_refine_params *prm, float *images_out, pf_error *err) {
@@ -451,7 +608,11 @@ int pf_pipeline_refine_batch(pf_pipeline *p, const pf_refine_params *const *jobs
                              pf_error *err) {
     PF_CHECK(njobs >= 1);
     const pf_refine_params *prm = jobs[0];
-    if (!p->controlnet) return pf_fail(err, "refine needs a ControlNet (none is loaded: pf_pipeline_set_controlnet)");
+    pf_control one;
+    int nctl;
+    const pf_control *ctl = refine_controls(prm, &one, &nctl);
+    if (!p->n_nets) return pf_fail(err, "refine needs a ControlNet (none is loaded: pf_pipeline_set_controlnet)");
+    if (controls_check(p, ctl, nctl, 1, 1, err)) return -1;
     int B = 0;
     for (int j = 0; j < njobs; j++) {
         if (pf_refine_check(p, jobs[j], NULL, err)) return njobs > 1 ? pf_error_prefix(err, "batch job %d", j) : -1;
@@ -475,8 +636,10 @@ int pf_pipeline_refine_batch(pf_pipeline *p, const pf_refine_params *const *jobs
     pf_perflow_config scfg;
     pf_perflow_sampler sampler;
     memset(&sampler, 0, sizeof sampler);
+    denoise_run r; /* filled once the inputs are ready; conds freed at the end */
+    memset(&r, 0, sizeof r);
     float *latents = NULL, *init = NULL, *cond = NULL, *moments = NULL, *noise = NULL;
-    pf_tensor *ctx = NULL, *img = NULL, *mom = NULL, *ct = NULL;
+    pf_tensor *ctx = NULL, *img = NULL, *mom = NULL;
     if (refine_run_config(p, prm, &scfg, err) || pf_perflow_init(&sampler, &scfg, err) ||
         pf_perflow_set_timesteps(&sampler, prm->steps, err) ||
         pf_perflow_img2img_first(&sampler, &first, prm->steps, prm->strength, err))
@@ -495,16 +658,31 @@ int pf_pipeline_refine_batch(pf_pipeline *p, const pf_refine_params *const *jobs
             prepare_images(q, W, H, init + (size_t)row * 3 * px, cond + (size_t)row * 3 * px, err))
             goto done;
     }
-    ct = pf_new4(be, BB, 3, H, W);                                     /* (BB, 3, H, W) control image */
-    {
-        pf_tensor *half = pf_slice0(ct, 0, B);                         /* torch.cat([image] * 2) */
-        pf_upload(half, cond);
-        pf_free(half);
-        if (cfg_on) {
-            half = pf_slice0(ct, B, B);
-            pf_upload(half, cond);
-            pf_free(half);
+    /* prepare_control_image per ControlNet: the refined image itself (the tile
+     * hand-over), or the job's own condition image */
+    fill_run(&r, ctx, NULL, B, C, h, w, cfg_on, prm->guidance, &sampler, first, prm->progress, prm->cancelled,
+             prm->user);
+    r.n_ctrl = nctl;
+    for (int c = 0; c < nctl; c++) {
+        r.nets[c] = p->nets[ctl[c].net];
+        r.scales[c] = ctl[c].scale;
+        if (!ctl[c].image) { /* every job's hand-over images (controls_agree: NULL for all of them) */
+            r.conds[c] = condition_tensor(be, cond, B, cfg_on, H, W);
+            continue;
         }
+        float *host = PF_MALLOC((size_t)B * 3 * px * sizeof *host);
+        for (int j = 0, row = 0; j < njobs; row += jobs[j]->num_images, j++) {
+            pf_control one_j;
+            int n_j;
+            const pf_control *q = &refine_controls(jobs[j], &one_j, &n_j)[c];
+            if (condition_image(host + (size_t)row * 3 * px, q->image, q->image_width, q->image_height, W, H,
+                                jobs[j]->num_images, err)) {
+                free(host);
+                goto done;
+            }
+        }
+        r.conds[c] = condition_tensor(be, host, B, cfg_on, H, W);
+        free(host);
     }
     free(cond);
     cond = NULL;
@@ -535,8 +713,7 @@ int pf_pipeline_refine_batch(pf_pipeline *p, const pf_refine_params *const *jobs
         pf_perflow_add_noise(&sampler, lat, lat, nz, sampler.timesteps[first], (size_t)n * per);
     }
 
-    denoise_run r = {ctx, ct, prm->controlnet_scale, latents, B, C, h, w, cfg_on, prm->guidance, &sampler, first,
-                     prm->progress, prm->cancelled, prm->user};
+    r.latents = latents;
     rc = denoise(p, &r, err);
     if (rc == 0) rc = decode_images(p, images_out, latents, B, C, h, w, prm->vae_tiling, err);
 done:
@@ -549,6 +726,6 @@ done:
     pf_free(ctx);
     pf_free(img);
     pf_free(mom);
-    pf_free(ct);
+    for (int c = 0; c < PF_MAX_CONTROLS; c++) pf_free(r.conds[c]);
     return rc;
 }

@@ -18,6 +18,21 @@
 /* Returned by pf_pipeline_txt2img(_batch) when the cancel callback asked to stop. */
 #define PF_CANCELLED (-2)
 
+/* One ControlNet's part in a run (diffusers' MultiControlNetModel when there are
+ * several: their residuals are summed). net indexes the pipeline's attached
+ * ControlNets (pf_pipeline_set_controlnets). The condition image is 8-bit RGB,
+ * resized to the run's size with Pillow's Lanczos as diffusers' control image
+ * processor does; in a refine run image NULL means the refined image itself
+ * (the ControlNet-Tile hand-over). */
+typedef struct pf_control {
+    int net;
+    const uint8_t *image;        /* image_width x image_height x 3, or NULL (refine only) */
+    int image_width, image_height;
+    float scale;                 /* controlnet_conditioning_scale of this net */
+} pf_control;
+
+#define PF_MAX_CONTROLS 8
+
 typedef struct pf_txt2img_params {
     const char *prompt;          /* UTF-8 */
     const char *negative_prompt; /* NULL or "": the empty prompt, still encoded (as diffusers) */
@@ -30,6 +45,10 @@ typedef struct pf_txt2img_params {
     int windows;                 /* 0: the model's scheduler config; else num_time_windows K */
     int clip_skip;               /* 0: last hidden state */
     pf_vae_tiling vae_tiling;    /* decode tiling (default AUTO: untiled unless it would not fit) */
+    /* diffusers' StableDiffusionControlNetPipeline when n_controls > 0 (guess mode off):
+     * every image of the run takes the same condition images. */
+    const pf_control *controls;
+    int n_controls;              /* 0..PF_MAX_CONTROLS */
     /* Called after each step (may be NULL). */
     void (*progress)(void *user, int step, int total);
     /* Called before each step (may be NULL); non-zero stops the run with PF_CANCELLED. */
@@ -112,6 +131,10 @@ typedef struct pf_refine_params {
     int windows;                 /* 0: the model's */
     int clip_skip;
     pf_vae_tiling vae_tiling;    /* encode and decode (AUTO) */
+    /* The ControlNets of the run; n_controls 0 means one: net 0 on the refined
+     * image at controlnet_scale (the PeRFlow refiner). */
+    const pf_control *controls;
+    int n_controls;              /* 0..PF_MAX_CONTROLS */
     void (*progress)(void *user, int step, int total);
     int (*cancelled)(void *user);
     void *user;
@@ -121,11 +144,15 @@ typedef struct pf_refine_params {
  * size 1024, 4 steps, guidance 7.5, strength 1, controlnet scale 1, seed 0). */
 void pf_refine_defaults(pf_refine_params *p);
 
-/* Loads a ControlNetModel folder onto the pipeline's backend and attaches it,
- * replacing any earlier one; checks it fits the UNet (channels, block layout,
- * condition scale). dir NULL detaches. On error the pipeline keeps what it had. */
+/* Loads ControlNetModel folders onto the pipeline's backend and attaches them
+ * as nets 0..n-1, replacing any earlier ones; checks each fits the UNet
+ * (channels, block layout, condition scale). n 0 detaches all. On error the
+ * pipeline keeps what it had and err names the folder. */
+int pf_pipeline_set_controlnets(pf_pipeline *p, const char *const *dirs, int n, pf_error *err);
+/* pf_pipeline_set_controlnets with one folder (NULL: none). */
 int pf_pipeline_set_controlnet(pf_pipeline *p, const char *controlnet_dir, pf_error *err);
-/* 1 when a ControlNet is attached. */
+/* Number of attached ControlNets; pf_pipeline_has_controlnet: it is not 0. */
+int pf_pipeline_num_controlnets(const pf_pipeline *p);
 int pf_pipeline_has_controlnet(const pf_pipeline *p);
 
 /* The refined image's size for a w x h input: pf_refine_size(w, h, size) when

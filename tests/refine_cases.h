@@ -51,6 +51,39 @@ static inline void pf_refine_case_params(json_t *r, pf_refine_params *q) {
     if (pf_vae_tiling_parse(&q->vae_tiling, pf_case_str(r, "vae_tiling"), &err)) fail_msg("%s", err.msg);
 }
 
+/* A case's ControlNets ("controls": [{controlnet, image or null, scale}]): attaches
+ * them to p in order (replacing what was attached) and fills ctl[] with their
+ * condition images read from the goldens (image NULL for null: the refined
+ * image). Returns the count (0 when the case has none: p is left alone). The
+ * images are freed with pf_refine_case_controls_free. */
+static inline int pf_refine_case_controls(pf_pipeline *p, json_t *c, pf_control *ctl) {
+    json_t *list = json_object_get(c, "controls"), *it;
+    size_t i;
+    if (!json_is_array(list) || !json_array_size(list)) return 0;
+    const char *dirs[PF_MAX_CONTROLS];
+    char paths[PF_MAX_CONTROLS][4096];
+    pf_error err;
+    assert_true(json_array_size(list) <= PF_MAX_CONTROLS);
+    json_array_foreach(list, i, it) {
+        snprintf(paths[i], sizeof paths[i], "%s",
+                 pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(it, "controlnet"))));
+        dirs[i] = paths[i];
+        uint8_t *img = NULL;
+        ctl[i] = (pf_control){(int)i, NULL, 0, 0, (float)json_number_value(json_object_get(it, "scale"))};
+        const char *rel = pf_case_str(it, "image");
+        if (rel && pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &img, &ctl[i].image_width,
+                                 &ctl[i].image_height, &err))
+            fail_msg("%s", err.msg);
+        ctl[i].image = img;
+    }
+    if (pf_pipeline_set_controlnets(p, dirs, (int)i, &err)) fail_msg("%s", err.msg);
+    return (int)i;
+}
+
+static inline void pf_refine_case_controls_free(pf_control *ctl, int n) {
+    for (int i = 0; i < n; i++) free((void *)ctl[i].image);
+}
+
 /* Float values of a case's result: num_images * height * width * 3. */
 static inline size_t pf_refine_case_values(json_t *c) {
     return (size_t)pf_case_int(c, "num_images") * pf_case_int(c, "height") * pf_case_int(c, "width") * 3;
@@ -65,6 +98,8 @@ static inline int pf_refine_case_run(pf_pipeline *p, json_t *c, float *got, pf_s
     const size_t n = pf_refine_case_values(c);
     pf_error err;
     pf_refine_params q;
+    pf_control ctl[PF_MAX_CONTROLS];
+    const int nctl = pf_refine_case_controls(p, c, ctl);
     uint8_t *input = NULL;
     if (!strcmp(kind, "refine")) {
         pf_refine_case_params(json_object_get(c, "refine"), &q);
@@ -77,11 +112,18 @@ static inline int pf_refine_case_run(pf_pipeline *p, json_t *c, float *got, pf_s
         pf_case_params(json_object_get(c, "generate"), &t);
         const size_t n1 = (size_t)t.num_images * t.width * t.height * 3;
         float *first = malloc(n1 * sizeof *first);
+        if (!strcmp(kind, "generate")) { /* text to image alone, with the case's ControlNets if any */
+            t.controls = ctl;
+            t.n_controls = nctl;
+        }
         if (pf_pipeline_txt2img(p, &t, first, &err)) fail_msg("%s: %s", name, err.msg);
         if (!strcmp(kind, "generate")) {
             assert_int_equal(n1, n);
             memcpy(got, first, n1 * sizeof *got);
             free(first);
+            pf_refine_case_controls_free(ctl, nctl);
+            if (nctl && pf_pipeline_set_controlnet(p, pf_test_path(PF_REFINE_CONTROLNET), &err))
+                fail_msg("%s", err.msg);
             return 0;
         }
         input = malloc(n1);
@@ -93,6 +135,8 @@ static inline int pf_refine_case_run(pf_pipeline *p, json_t *c, float *got, pf_s
         q.num_images = t.num_images;
     }
     q.images = input;
+    q.controls = ctl;
+    q.n_controls = nctl;
     if (cnt) {
         q.progress = pf_count_step;
         q.user = cnt;
@@ -104,6 +148,9 @@ static inline int pf_refine_case_run(pf_pipeline *p, json_t *c, float *got, pf_s
     assert_int_equal(q.num_images, pf_case_int(c, "num_images"));
     if (pf_pipeline_refine(p, &q, got, &err)) fail_msg("%s: %s", name, err.msg);
     free(input);
+    pf_refine_case_controls_free(ctl, nctl);
+    /* back to the refiner's one ControlNet for the next case */
+    if (nctl && pf_pipeline_set_controlnet(p, pf_test_path(PF_REFINE_CONTROLNET), &err)) fail_msg("%s", err.msg);
     return 1;
 }
 

@@ -185,6 +185,29 @@ static void test_refine_batch(void **state) {
     assert_false(pf_refine_batchable(p, &q1, &q2));
     assert_int_equal(pf_pipeline_refine_batch(p, jobs, 2, both, &err), -1);
     assert_non_null(strstr(err.msg, "batch job 1"));
+    free(solo1), free(solo2), free(both);
+
+    /* text to image with a ControlNet: two jobs with other condition images batch
+     * into one call and each gets its solo images; other scales do not batch */
+    pf_control c1 = {0, a, w, h, 0.8f}, c2 = {0, b, w2, h2, 0.8f};
+    pf_txt2img_params t1, t2;
+    pf_txt2img_defaults(&t1);
+    t1.prompt = "a house", t1.width = t1.height = 64, t1.seed = 3, t1.controls = &c1, t1.n_controls = 1;
+    t2 = t1;
+    t2.prompt = "a boat", t2.seed = 4, t2.controls = &c2;
+    const size_t m = (size_t)64 * 64 * 3;
+    solo1 = malloc(m * sizeof(float)), solo2 = malloc(m * sizeof(float)), both = malloc(2 * m * sizeof(float));
+    const pf_txt2img_params *tj[] = {&t1, &t2};
+    if (pf_pipeline_txt2img(p, &t1, solo1, &err) || pf_pipeline_txt2img(p, &t2, solo2, &err) ||
+        pf_pipeline_txt2img_batch(p, tj, 2, both, &err))
+        fail_msg("%s", err.msg);
+    pf_assert_close("control batch job 0", both, solo1, m, 1e-5, 0);
+    pf_assert_close("control batch job 1", both + m, solo2, m, 1e-5, 0);
+    c2.scale = 0.5f;
+    assert_false(pf_txt2img_batchable(p, &t1, &t2));
+    c2.scale = 0.8f, c2.net = 3; /* not attached */
+    assert_int_equal(pf_txt2img_check(p, &t2, &err), -1);
+    assert_non_null(strstr(err.msg, "names ControlNet 3"));
     free(solo1), free(solo2), free(both), free(a), free(b);
     pf_pipeline_free(p);
     pf_backend_free(be);
@@ -230,7 +253,8 @@ static void test_cli(void **state) {
     char *dir = pf_temp_dir();
     json_array_foreach(json_object_get(root, "cases"), i, c) {
         const char *kind = pf_case_str(c, "kind");
-        if (!strcmp(kind, "generate")) continue;
+        /* text to image alone is test_pipeline's; cases with several ControlNets: test_cli_controls */
+        if (!strcmp(kind, "generate") || json_array_size(json_object_get(c, "controls"))) continue;
         json_t *r = json_object_get(c, "refine");
         char out[4096], size[16], steps[16], guidance[32], strength[32], scale[32], seed[32], windows[16];
         snprintf(out, sizeof out, "%s/%s.png", dir, pf_case_str(c, "name"));

@@ -1,7 +1,10 @@
 """goldens_refine.py - the refiner (diffusers' StableDiffusionControlNetImg2ImgPipeline with
 the PeRFlow sampler), the chained text-to-image + refine of the original PeRFlow predictor,
-and text-to-image at sizes whose latents are not multiples of 2^(blocks-1), for
-make_goldens.py.
+text-to-image at sizes whose latents are not multiples of 2^(blocks-1), and text-to-image
+with one and two ControlNets (StableDiffusionControlNetPipeline, MultiControlNetModel) and a
+refine with a second ControlNet beside the tile, for make_goldens.py. A case's "controls"
+lists its ControlNets in order: {controlnet (a folder under tests/data/models), image (a
+condition PNG, or null for the refined image itself), scale}.
 
 Writes tests/data/goldens/refine.json (the cases) and per case tiny-sd15/refine-<name>.safetensors
 (float images, output_type="np", (N, H, W, 3)) plus tiny-sd15/refine-<name>-<i>.png (the 8-bit
@@ -19,7 +22,8 @@ import os
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
+from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetImg2ImgPipeline,
+                       StableDiffusionControlNetPipeline)
 from PIL import Image
 
 from goldens_pipeline import load_pipeline, run as run_txt2img
@@ -55,9 +59,15 @@ def input_image(w, h, seed):
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
 
 
-def refine_pipeline(models_dir, prediction, windows, tiling):
+def controlnet(models_dir, name):
+    return ControlNetModel.from_pretrained(os.path.join(models_dir, name), torch_dtype=torch.float32)
+
+
+def refine_pipeline(models_dir, prediction, windows, tiling, nets=("tiny-sd15-controlnet",)):
+    """The refiner's pipeline; several nets make diffusers' MultiControlNetModel."""
     base = load_pipeline(models_dir, "tiny-sd15", True, prediction, windows)
-    cn = ControlNetModel.from_pretrained(os.path.join(models_dir, "tiny-sd15-controlnet"), torch_dtype=torch.float32)
+    cns = [controlnet(models_dir, n) for n in nets]
+    cn = cns[0] if len(cns) == 1 else cns
     vae = AutoencoderKL.from_pretrained(os.path.join(models_dir, "tiny-sd15", "vae"))
     if tiling:
         vae.enable_tiling()
@@ -68,15 +78,21 @@ def refine_pipeline(models_dir, prediction, windows, tiling):
     return pipe.to("cpu", torch.float32)
 
 
-def refine(pipe, images, r, output_type="np"):
+def refine(pipe, images, r, output_type="np", extra=()):
     """One refine call over a list of PIL images (one generator for all, as one diffusers
-    call with a batch of images); r holds the refine settings."""
+    call with a batch of images); r holds the refine settings; extra: (PIL image, scale)
+    of further ControlNets after the tile (the pipeline then has a MultiControlNetModel)."""
     conds = [hand_over(im, r["size"]) for im in images]
     n = len(conds)
+    control, scale = conds, r["controlnet_scale"]
+    if extra:  # diffusers takes one image per net with several nets (so one refined image here)
+        assert n == 1
+        control = [conds[0]] + [im for im, _ in extra]
+        scale = [scale] + [sc for _, sc in extra]
     return pipe(
-        [r["prompt"]] * n, image=conds, control_image=conds, height=conds[0].height, width=conds[0].width,
+        [r["prompt"]] * n, image=conds, control_image=control, height=conds[0].height, width=conds[0].width,
         strength=r["strength"], num_inference_steps=r["steps"], guidance_scale=r["guidance"],
-        negative_prompt=[r["negative_prompt"]] * n, controlnet_conditioning_scale=r["controlnet_scale"],
+        negative_prompt=[r["negative_prompt"]] * n, controlnet_conditioning_scale=scale,
         generator=torch.manual_seed(r["seed"]), output_type=output_type).images
 
 
@@ -110,6 +126,34 @@ CHAINED_CASES = [
     ("odd-latents", dict(prompt="a wide landscape at dusk", negative="", steps=4, guidance=4.5,
                          prediction="diff_eps", windows=4, seed=9, n=1, h=72, w=136), None),
 ]
+
+
+# Text to image with ControlNets (StableDiffusionControlNetPipeline; two nets: MultiControlNetModel):
+# name, txt2img settings, [(controlnet, (w, h, image seed), scale)]
+CONTROL_CASES = [
+    ("control-1", dict(prompt="a house by a lake", negative=None, steps=4, guidance=4.5, prediction="diff_eps",
+                       windows=4, seed=12, n=1, h=64, w=64),
+     [("tiny-sd15-controlnet", (64, 64, 7), 0.8)]),
+    # two nets, condition images of other sizes (resized with Lanczos), odd latents 9 x 7
+    ("control-2", dict(prompt="a red bicycle", negative="blurry", steps=4, guidance=7.5, prediction="diff_eps",
+                       windows=4, seed=13, n=2, h=56, w=72),
+     [("tiny-sd15-controlnet", (80, 48, 8), 1.0), ("tiny-sd15-controlnet-b", (40, 40, 9), 0.5)]),
+]
+
+# A refine with the tile and a second ControlNet with its own condition image.
+REFINE_MULTI = ("refine-multi", (64, 64, 10), refine_settings(size=128, seed=14), ("tiny-sd15-controlnet-b",
+                                                                                    (50, 70, 11), 0.6))
+
+
+def control_pipeline(models_dir, nets, prediction, windows):
+    base = load_pipeline(models_dir, "tiny-sd15", True, prediction, windows)
+    cns = [controlnet(models_dir, n) for n in nets]
+    pipe = StableDiffusionControlNetPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+        controlnet=cns[0] if len(cns) == 1 else cns, scheduler=base.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cpu", torch.float32)
 
 
 def check_can_fail(name, img, other):
@@ -179,6 +223,55 @@ def make_all(models_dir, save, out_dir):
                                    images=f"tiny-sd15/refine-{name}.safetensors", pngs=pngs, pixels_inside=inside,
                                    seed_plus_one_mean_abs_diff=diff))
         print(f"{'generate+refine' if r else 'generate'} {name}: {img.shape}, {inside:.3f} inside, diff {diff:.3f}")
+
+    for name, g, ctl in CONTROL_CASES:
+        pipe = control_pipeline(models_dir, [c for c, _, _ in ctl], g["prediction"], g["windows"])
+        controls, images = [], []
+        for k, (net, (w, h, iseed), scale) in enumerate(ctl):
+            rel = f"tiny-sd15/refine-{name}-control-{k}.png"
+            input_image(w, h, iseed).save(os.path.join(out_dir, rel))
+            images.append(Image.open(os.path.join(out_dir, rel)))
+            controls.append(dict(controlnet=net, image=rel, scale=scale))
+        scales = [c["scale"] for c in controls]
+
+        def run(seed, output_type="np"):
+            return pipe([g["prompt"]] * g["n"], image=images if len(images) > 1 else images[0],
+                        negative_prompt=None if g["negative"] is None else [g["negative"]] * g["n"],
+                        num_inference_steps=g["steps"], guidance_scale=g["guidance"], height=g["h"], width=g["w"],
+                        controlnet_conditioning_scale=scales if len(scales) > 1 else scales[0],
+                        generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type).images
+        with torch.no_grad():
+            img, pils, other = run(g["seed"]), run(g["seed"], "pil"), run(g["seed"] + 1)
+        inside, diff = check_can_fail(name, img, other)
+        pngs = save_images(out_dir, save, name, img, pils)
+        generate = dict(prompt=g["prompt"], negative_prompt=g["negative"], steps=g["steps"], guidance=g["guidance"],
+                        prediction_type=g["prediction"], windows=g["windows"], seed=g["seed"], num_images=g["n"],
+                        height=g["h"], width=g["w"])
+        index["cases"].append(dict(name=name, kind="generate", generate=generate, refine=None, controls=controls,
+                                   num_images=g["n"], height=int(img.shape[1]), width=int(img.shape[2]),
+                                   images=f"tiny-sd15/refine-{name}.safetensors", pngs=pngs, pixels_inside=inside,
+                                   seed_plus_one_mean_abs_diff=diff))
+        print(f"generate with {len(ctl)} ControlNet(s) {name}: {img.shape}, {inside:.3f} inside, diff {diff:.3f}")
+
+    name, (w, h, iseed), r, (net_b, (bw, bh, bseed), bscale) = REFINE_MULTI
+    src_rel, b_rel = f"tiny-sd15/refine-input-{name}.png", f"tiny-sd15/refine-{name}-control-1.png"
+    input_image(w, h, iseed).save(os.path.join(out_dir, src_rel))
+    input_image(bw, bh, bseed).save(os.path.join(out_dir, b_rel))
+    src, bimg = Image.open(os.path.join(out_dir, src_rel)), Image.open(os.path.join(out_dir, b_rel))
+    pipe = refine_pipeline(models_dir, r["prediction_type"], r["windows"], False, ("tiny-sd15-controlnet", net_b))
+    with torch.no_grad():
+        img = refine(pipe, [src], r, extra=[(bimg, bscale)])
+        pils = refine(pipe, [src], r, output_type="pil", extra=[(bimg, bscale)])
+        other = refine(pipe, [src], dict(r, seed=r["seed"] + 1), extra=[(bimg, bscale)])
+    inside, diff = check_can_fail(name, img, other)
+    pngs = save_images(out_dir, save, name, img, pils)
+    controls = [dict(controlnet="tiny-sd15-controlnet", image=None, scale=r["controlnet_scale"]),
+                dict(controlnet=net_b, image=b_rel, scale=bscale)]
+    index["cases"].append(dict(name=name, kind="refine", input=src_rel, refine=r, controls=controls, num_images=1,
+                               height=int(img.shape[1]), width=int(img.shape[2]),
+                               images=f"tiny-sd15/refine-{name}.safetensors", pngs=pngs, pixels_inside=inside,
+                               seed_plus_one_mean_abs_diff=diff))
+    print(f"refine with two ControlNets {name}: {img.shape}, {inside:.3f} inside, diff {diff:.3f}")
 
     # The predictor's size rule at its edges, for the C function that computes it.
     sizes = []

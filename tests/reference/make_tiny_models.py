@@ -13,6 +13,8 @@ Writes, in diffusers layout (model_index.json, <component>/config.json, weights)
   tests/data/models/tiny-sd15-delta/unet/   PeRFlow-style delta weights for tiny-sd15's UNet
   tests/data/models/tiny-sd15-controlnet/   a ControlNetModel matching tiny-sd15 (the shape of
                                  control_v11f1e_sd15_tile, shrunk), zero convolutions perturbed
+  tests/data/models/tiny-sd15-controlnet-b/ a second one (other embedder widths, "bgr" order) for
+                                 text-to-image with several ControlNets
 Everything is seeded, so a re-run on the same library versions rewrites identical files.
 The shapes follow diffusers' own tiny test pipelines, shrunk to keep the repository small.
 """
@@ -189,17 +191,17 @@ def make_sd2(gen):
     write_model_index(os.path.join(root, "model_index.json"))
 
 
-def make_controlnet():
+def make_controlnet(name, seed, cond_channels, order="rgb"):
     """A ControlNet for tiny-sd15: its UNet's down and mid half (ControlNetModel.from_unet
     copies the config), a 4-block condition embedder (8x downscale, as the VAE), and every
     weight perturbed: the zero convolutions would otherwise give zero residuals and no test
     could see a wrong ControlNet. Its own generator, so the other models stay as they were."""
-    gen = torch.Generator().manual_seed(1127)
-    root = os.path.join(OUT, "tiny-sd15-controlnet")
+    gen = torch.Generator().manual_seed(seed)
+    root = os.path.join(OUT, name)
     shutil.rmtree(root, ignore_errors=True)
     unet = UNet2DConditionModel.from_pretrained(os.path.join(OUT, "tiny-sd15", "unet"))
-    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16),
-                                   load_weights_from_unet=True)
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=cond_channels,
+                                   controlnet_conditioning_channel_order=order, load_weights_from_unet=True)
     perturb_(cn, 0.02, gen)
     with torch.no_grad():
         # zero convolutions at the scale of a trained ControlNet's, and a condition
@@ -216,7 +218,8 @@ def main():
     gen = torch.Generator().manual_seed(1126)
     make_sd15(gen)
     make_sd2(gen)
-    make_controlnet()
+    make_controlnet("tiny-sd15-controlnet", 1127, (8, 8, 16, 16))  # the refiner's tile
+    make_controlnet("tiny-sd15-controlnet-b", 1128, (8, 16, 16, 32), "bgr")  # a second, for MultiControlNet
     total = 0
     for dirpath, _, files in os.walk(OUT):
         for f in files:
