@@ -33,11 +33,14 @@ typedef struct pf_model_spec {
 
 /* The loaded modules; pf_model_parts_free releases whatever is set. */
 typedef struct pf_model_parts {
-    pf_tokenizer *tok;
-    pf_clip_text_model *text_encoder;
+    int sdxl;                 /* StableDiffusionXLPipeline: two text encoders, a text_time UNet */
+    int force_zeros;          /* SDXL's force_zeros_for_empty_prompt (model_index.json, default true) */
+    pf_tokenizer *tok, *tok2; /* tok2, text_encoder2: SDXL's tokenizer_2 / text_encoder_2, else NULL */
+    pf_clip_text_model *text_encoder, *text_encoder2;
     pf_unet *unet;
     pf_vae *vae;
-    pf_perflow_config sched; /* the scheduler config's beta keys, PeRFlow defaults (diff_eps) for the rest */
+    pf_perflow_config sched; /* the scheduler config's beta keys; the prediction type a PeRFlowScheduler
+                                config gives, else the family's PeRFlow default (SD: diff_eps, SDXL: ddim_eps) */
 } pf_model_parts;
 
 /* Loads every module of spec onto be and checks that they fit together (text

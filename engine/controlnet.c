@@ -38,6 +38,10 @@ int pf_controlnet_config_read(pf_controlnet_config *cfg, const char *path, pf_er
     long v[PF_CONTROLNET_MAX_COND_BLOCKS], cc;
     char order[16];
     if (pf_unet_config_parse(&cfg->unet, c, 0, err)) goto done;
+    if (cfg->unet.text_time) {
+        pf_fail(err, "%s: SDXL ControlNets (addition_embed_type \"text_time\") are not supported yet", path);
+        goto done;
+    }
     /* ControlNetModel ignores time_embedding_dim: its embedding is 4 C0 wide. */
     cfg->unet.time_embed_dim = 4 * cfg->unet.block_out_channels[0];
     if (pf_config_bool(c, "global_pool_conditions", 0, &global_pool, err) ||
@@ -279,7 +283,7 @@ int pf_controlnet_forward(pf_controlnet *m, pf_tensor **down_out, pf_tensor **mi
                        pf_shape_str(cond, s1, sizeof s1), (long long)B, m->cfg.conditioning_channels,
                        (long long)(H * f), (long long)(W * f), pf_shape_str(x, s2, sizeof s2));
 
-    pf_tensor *temb = pf_unet_time_embed(m->enc, timesteps, B);    /* (B, T) */
+    pf_tensor *temb = pf_unet_time_embed(m->enc, timesteps, B, NULL); /* (B, T) */
     pf_tensor *h = pf_unet_conv_in(m->enc, x);                     /* (B, C0, H, W) */
     pf_tensor *flipped = m->cfg.bgr ? flip_channels(be, cond) : NULL;
     pf_tensor *e = cond_embed(m, flipped ? flipped : cond);        /* (B, C0, H, W) */

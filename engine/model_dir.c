@@ -32,7 +32,8 @@ int pf_model_file(char *out, size_t n, const char *root, const char *component, 
 
 int pf_model_weights(char *out, size_t n, const char *root, const char *component, int prefer_fp16,
                      pf_error *err) {
-    const char *stem = component && !strcmp(component, "text_encoder") ? "model" : "diffusion_pytorch_model";
+    /* transformers components (text_encoder, SDXL's text_encoder_2) name their weights model.* */
+    const char *stem = component && !strncmp(component, "text_encoder", 12) ? "model" : "diffusion_pytorch_model";
     char full[256], half[256];
     snprintf(full, sizeof full, "%s.safetensors", stem);
     snprintf(half, sizeof half, "%s.fp16.safetensors", stem);

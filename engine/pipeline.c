@@ -18,8 +18,10 @@
 
 struct pf_pipeline {
     pf_backend *be;
-    pf_tokenizer *tok;
-    pf_clip_text_model *text_encoder;
+    pf_family family;
+    int force_zeros;                 /* SDXL's force_zeros_for_empty_prompt (model_index.json) */
+    pf_tokenizer *tok, *tok2;        /* tok2, text_encoder2: SDXL's second (OpenCLIP bigG) */
+    pf_clip_text_model *text_encoder, *text_encoder2;
     pf_unet *unet;
     pf_vae *vae;
     pf_controlnet *nets[PF_MAX_CONTROLS]; /* attached ControlNets (pf_pipeline_set_controlnets) */
@@ -39,7 +41,9 @@ void pf_txt2img_defaults(pf_txt2img_params *p) {
 void pf_pipeline_free(pf_pipeline *p) {
     if (!p) return;
     pf_tokenizer_free(p->tok);
+    pf_tokenizer_free(p->tok2);
     pf_clip_text_model_free(p->text_encoder);
+    pf_clip_text_model_free(p->text_encoder2);
     pf_unet_free(p->unet);
     pf_vae_free(p->vae);
     for (int i = 0; i < p->n_nets; i++) pf_controlnet_free(p->nets[i]);
@@ -52,8 +56,12 @@ int pf_pipeline_load_model(pf_pipeline **out, pf_backend *be, const pf_model_spe
     if (pf_model_load(&parts, be, spec, err)) return -1;
     pf_pipeline *p = PF_CALLOC(1, sizeof *p);
     p->be = be;
+    p->family = parts.sdxl ? PF_FAMILY_SDXL : PF_FAMILY_SD;
+    p->force_zeros = parts.force_zeros;
     p->tok = parts.tok;
+    p->tok2 = parts.tok2;
     p->text_encoder = parts.text_encoder;
+    p->text_encoder2 = parts.text_encoder2;
     p->unet = parts.unet;
     p->vae = parts.vae;
     p->sched = parts.sched;
@@ -65,6 +73,10 @@ int pf_pipeline_load(pf_pipeline **out, pf_backend *be, const char *model_dir, c
     pf_model_spec spec = {model_dir, NULL, delta, NULL, 0};
     return pf_pipeline_load_model(out, be, &spec, err);
 }
+
+pf_family pf_pipeline_family(const pf_pipeline *p) { return p->family; }
+
+const char *pf_family_name(pf_family f) { return f == PF_FAMILY_SDXL ? "sdxl" : "sd"; }
 
 /* The sampler configuration one run uses: the model's, with the job's overrides. */
 static int run_config(const pf_pipeline *p, const pf_txt2img_params *prm, pf_perflow_config *cfg, pf_error *err) {
@@ -122,6 +134,17 @@ int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_erro
     if (prm->clip_skip < 0 || prm->clip_skip >= pf_clip_text_model_config(p->text_encoder)->num_hidden_layers)
         return pf_fail(err, "clip_skip must be in [0, %d)", pf_clip_text_model_config(p->text_encoder)->num_hidden_layers);
     if (controls_check(p, prm->controls, prm->n_controls, 0, 1, err)) return -1;
+    for (int k = 0; k < 2; k++) /* SDXL's time ids: sizes positive when given, crops not negative */
+        if (prm->original_size[k] < 0 || prm->original_size[k] > 16384 || prm->target_size[k] < 0 ||
+            prm->target_size[k] > 16384 || prm->crop_coords[k] < 0 || prm->crop_coords[k] > 16384)
+            return pf_fail(err, "original size, target size and crop coordinates must be in [0, 16384] (0 for a "
+                                "size: the image's)");
+    if (p->family != PF_FAMILY_SDXL && (prm->prompt_2 || prm->negative_prompt_2 || prm->original_size[0] ||
+                                        prm->original_size[1] || prm->crop_coords[0] || prm->crop_coords[1] ||
+                                        prm->target_size[0] || prm->target_size[1]))
+        return pf_fail(err, "prompt_2, negative_prompt_2 and the size conditions are for SDXL models only");
+    if (p->family == PF_FAMILY_SDXL && prm->n_controls)
+        return pf_fail(err, "ControlNets with SDXL models are not supported yet");
     pf_perflow_config cfg;
     return run_config(p, prm, &cfg, err);
 }
@@ -141,6 +164,77 @@ static int encode_into(pf_pipeline *p, pf_tensor *ctx, int row, int n, const cha
     }
     pf_free(first);
     return rc;
+}
+
+/* Uploads zeros into t (force_zeros_for_empty_prompt's embeddings). */
+static void zero_fill(pf_tensor *t) {
+    float *z = PF_CALLOC((size_t)pf_numel(t), sizeof *z);
+    pf_upload(t, z);
+    free(z);
+}
+
+/* Copies rows [row, row + 1) of t into the n - 1 rows after it. */
+static void repeat_row(pf_tensor *t, int row, int n) {
+    pf_tensor *first = pf_slice0(t, row, 1);
+    for (int i = 1; i < n; i++) {
+        pf_tensor *dst = pf_slice0(t, row + i, 1);
+        pf_copy(dst, first);
+        pf_free(dst);
+    }
+    pf_free(first);
+}
+
+/* SDXL's encode_prompt for one prompt pair (text for the first tokenizer and
+ * encoder, text2 for the second): cat(hidden_states[-(2 + skip)] of both),
+ * (1, 77, D1 + D2), and the second encoder's projected pooled output (1, P),
+ * each repeated n times into rows [row, row + n) of ctx and pooled. zeros:
+ * force_zeros_for_empty_prompt's zero rows instead. */
+static int encode_sdxl_into(pf_pipeline *p, pf_tensor *ctx, pf_tensor *pooled, int row, int n, const char *text,
+                            const char *text2, int skip, int zeros, pf_error *err) {
+    const int D1 = pf_clip_text_model_config(p->text_encoder)->hidden_size;
+    const int D2 = pf_clip_text_model_config(p->text_encoder2)->hidden_size;
+    pf_tensor *c0 = pf_slice0(ctx, row, 1), *p0 = pf_slice0(pooled, row, 1); /* (1, 77, D1 + D2), (1, P) */
+    int rc = 0;
+    if (zeros) {
+        zero_fill(c0);
+        zero_fill(p0);
+    } else {
+        int32_t ids1[TOKENS], ids2[TOKENS];
+        pf_tensor *h1 = pf_new3(p->be, 1, TOKENS, D1), *h2 = pf_new3(p->be, 1, TOKENS, D2);
+        rc = pf_tokenizer_encode(p->tok, text, ids1, TOKENS, err) ||
+             pf_tokenizer_encode(p->tok2, text2, ids2, TOKENS, err) ||
+             pf_clip_text_model_encode(p->text_encoder, ids1, 1, TOKENS,
+                                       pf_clip_text_model_config(p->text_encoder)->num_hidden_layers - 1 - skip, 0,
+                                       h1, NULL, err) ||
+             pf_clip_text_model_encode(p->text_encoder2, ids2, 1, TOKENS,
+                                       pf_clip_text_model_config(p->text_encoder2)->num_hidden_layers - 1 - skip, 0,
+                                       h2, p0, err)
+                 ? -1
+                 : 0;
+        if (rc == 0) pf_concat(c0, h1, h2, 2);
+        pf_free(h1);
+        pf_free(h2);
+    }
+    pf_free(c0);
+    pf_free(p0);
+    if (rc == 0) {
+        repeat_row(ctx, row, n);
+        repeat_row(pooled, row, n);
+    }
+    return rc;
+}
+
+/* The prompts of a text, SDXL's `prompt_2 or prompt`. */
+static const char *or_else(const char *a, const char *b) { return a && *a ? a : b; }
+
+/* SDXL's time ids of a job: original size, crop top-left, target size, (h, w) each. */
+static void time_ids_of(const pf_txt2img_params *q, float ids[6]) {
+    ids[0] = (float)(q->original_size[0] ? q->original_size[0] : q->height);
+    ids[1] = (float)(q->original_size[1] ? q->original_size[1] : q->width);
+    ids[2] = (float)q->crop_coords[0];
+    ids[3] = (float)q->crop_coords[1];
+    ids[4] = (float)(q->target_size[0] ? q->target_size[0] : q->height);
+    ids[5] = (float)(q->target_size[1] ? q->target_size[1] : q->width);
 }
 
 int pf_txt2img_batchable(const pf_pipeline *p, const pf_txt2img_params *a, const pf_txt2img_params *b) {
@@ -167,6 +261,8 @@ typedef struct denoise_run {
     pf_controlnet *nets[PF_MAX_CONTROLS];
     pf_tensor *conds[PF_MAX_CONTROLS]; /* (BB, 3, H, W) each net's condition in [0, 1] */
     float scales[PF_MAX_CONTROLS];   /* controlnet_conditioning_scale of each */
+    pf_tensor *pooled;               /* SDXL: (BB, P) add_text_embeds, or NULL */
+    float *time_ids;                 /* SDXL: BB x 6 add_time_ids (host) */
     float *latents;                  /* (B, C, h, w) host, updated in place */
     int B, C, h, w;
     int cfg_on;
@@ -255,8 +351,9 @@ static int denoise(pf_pipeline *p, const denoise_run *r, pf_error *err) {
             rc = -1;
             break;
         }
-        rc = pf_unet_forward(p->unet, noise, x, times, r->ctx, (const pf_tensor *const *)(nres ? down : NULL), mid,
-                             err);
+        pf_unet_added added = {r->pooled, r->time_ids};
+        rc = pf_unet_forward_added(p->unet, noise, x, times, r->ctx, r->pooled ? &added : NULL,
+                                   (const pf_tensor *const *)(nres ? down : NULL), mid, err);
         for (int k = 0; k < nres; k++) {
             pf_free(down[k]);
             down[k] = NULL;
@@ -369,7 +466,9 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
     const pf_unet_config *uc = pf_unet_get_config(p->unet);
     const int f = pf_vae_scale_factor(p->vae);
     const int C = uc->in_channels, h = prm->height / f, w = prm->width / f;
-    const int D = pf_clip_text_model_config(p->text_encoder)->hidden_size;
+    const int sdxl = p->family == PF_FAMILY_SDXL;
+    const int D = pf_clip_text_model_config(p->text_encoder)->hidden_size +
+                  (sdxl ? pf_clip_text_model_config(p->text_encoder2)->hidden_size : 0);
     const int cfg_on = prm->guidance > 1.0f; /* do_classifier_free_guidance */
     const int BB = cfg_on ? 2 * B : B;       /* UNet batch: [uncond, cond] stacked */
     const size_t per = (size_t)C * h * w;    /* latent elements of one image */
@@ -386,15 +485,38 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
         pf_perflow_set_timesteps(&sampler, prm->steps, err))
         goto done;
 
-    /* 3. encode_prompt per job: negative (uncond) rows first, then the prompts'. */
+    /* 3. encode_prompt per job: negative (uncond) rows first, then the prompts'.
+     * SDXL also: pooled embeddings and the time ids (_get_add_time_ids), one row each. */
     ctx = pf_new3(be, BB, TOKENS, D);                                  /* (BB, 77, D) */
+    if (sdxl) {
+        r.pooled = pf_new2(be, BB, pf_clip_text_model_config(p->text_encoder2)->projection_dim); /* (BB, P) */
+        r.time_ids = PF_MALLOC((size_t)BB * 6 * sizeof *r.time_ids);
+    }
     latents = PF_MALLOC((size_t)B * per * sizeof *latents);
     for (int j = 0, row = 0; j < njobs; row += jobs[j]->num_images, j++) {
         const pf_txt2img_params *q = jobs[j];
-        if (cfg_on && encode_into(p, ctx, row, q->num_images, q->negative_prompt ? q->negative_prompt : "",
-                                  q->clip_skip, err))
-            goto done;
-        if (encode_into(p, ctx, (cfg_on ? B : 0) + row, q->num_images, q->prompt, q->clip_skip, err)) goto done;
+        const int cond_row = (cfg_on ? B : 0) + row;
+        if (sdxl) {
+            const char *neg = q->negative_prompt ? q->negative_prompt : "";
+            /* diffusers encodes the negative prompts at hidden_states[-2] whatever clip_skip says */
+            if ((cfg_on && encode_sdxl_into(p, ctx, r.pooled, row, q->num_images, neg,
+                                            or_else(q->negative_prompt_2, neg), 0,
+                                            !q->negative_prompt && p->force_zeros, err)) ||
+                encode_sdxl_into(p, ctx, r.pooled, cond_row, q->num_images, q->prompt, or_else(q->prompt_2, q->prompt),
+                                 q->clip_skip, 0, err))
+                goto done;
+            float ids[6];
+            time_ids_of(q, ids);
+            for (int i = 0; i < q->num_images; i++) {
+                memcpy(r.time_ids + (size_t)(cond_row + i) * 6, ids, sizeof ids);
+                if (cfg_on) memcpy(r.time_ids + (size_t)(row + i) * 6, ids, sizeof ids);
+            }
+        } else {
+            if (cfg_on && encode_into(p, ctx, row, q->num_images, q->negative_prompt ? q->negative_prompt : "",
+                                      q->clip_skip, err))
+                goto done;
+            if (encode_into(p, ctx, cond_row, q->num_images, q->prompt, q->clip_skip, err)) goto done;
+        }
         /* 5. prepare_latents: randn((num_images, C, h, w), generator) * init_noise_sigma
          * (1.0), one generator per job as diffusers takes a list of generators. */
         pf_rng rng;
@@ -429,6 +551,8 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
     if (rc == 0) rc = decode_images(p, images, latents, B, C, h, w, prm->vae_tiling, err);
 done:
     for (int c = 0; c < PF_MAX_CONTROLS; c++) pf_free(r.conds[c]);
+    pf_free(r.pooled);
+    free(r.time_ids);
     pf_perflow_free(&sampler);
     free(latents);
     pf_free(ctx);
@@ -508,6 +632,7 @@ int pf_refine_check(const pf_pipeline *p, const pf_refine_params *prm, const cha
     const char *unused;
     if (!param) param = &unused;
     *param = NULL;
+    if (p->family != PF_FAMILY_SD) return BAD("model", "the refiner runs SD-1.x/2.x models (this one is %s)", pf_family_name(p->family));
     const int f = pf_vae_scale_factor(p->vae);
     const int layers = pf_clip_text_model_config(p->text_encoder)->num_hidden_layers;
     if (prm->num_images < 1 || prm->num_images > 64)

@@ -44,6 +44,15 @@ typedef struct pf_txt2img_params {
     const char *prediction_type; /* NULL: the model's scheduler_config.json; else ddim_eps|diff_eps|velocity */
     int windows;                 /* 0: the model's scheduler config; else num_time_windows K */
     int clip_skip;               /* 0: last hidden state */
+    /* SDXL (StableDiffusionXLPipeline). There a NULL negative_prompt means none
+     * at all: with the model's force_zeros_for_empty_prompt the unconditional
+     * embeddings are zeros, while "" is encoded like any prompt (SD-1.x/2.x
+     * encode "" for NULL). NULL or "" prompt_2 / negative_prompt_2 take the
+     * prompt / negative prompt (diffusers' `prompt_2 or prompt`). */
+    const char *prompt_2, *negative_prompt_2;
+    int original_size[2];        /* time ids (height, width); 0, 0: (height, width) of the run */
+    int crop_coords[2];          /* (top, left), default 0, 0 */
+    int target_size[2];          /* (height, width); 0, 0: (height, width) of the run */
     pf_vae_tiling vae_tiling;    /* decode tiling (default AUTO: untiled unless it would not fit) */
     /* diffusers' StableDiffusionControlNetPipeline when n_controls > 0 (guess mode off):
      * every image of the run takes the same condition images. */
@@ -72,6 +81,11 @@ void pf_pipeline_free(pf_pipeline *p);
 
 /* Checks the parameters without running anything (the worker rejects bad jobs early). */
 int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_error *err);
+
+typedef enum pf_family { PF_FAMILY_SD = 0, PF_FAMILY_SDXL = 1 } pf_family;
+/* The model family: SD-1.x/2.x (one text encoder) or SDXL (two, text_time UNet). */
+pf_family pf_pipeline_family(const pf_pipeline *p);
+const char *pf_family_name(pf_family f);
 
 /* Generates prm->num_images images into images: num_images * height * width * 3
  * floats in [0, 1], image-major, rows top to bottom, RGB interleaved (diffusers'

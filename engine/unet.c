@@ -77,6 +77,8 @@ struct pf_unet {                     /* diffusers UNet2DConditionModel */
     pf_tensor *conv_in_w, *conv_in_b;    /* (C0, Cin, 3, 3), (C0) */
     pf_tensor *time_1_w, *time_1_b;      /* time_embedding.linear_1 (T, C0), (T) - TimestepEmbedding */
     pf_tensor *time_2_w, *time_2_b;      /* time_embedding.linear_2 (T, T), (T) */
+    pf_tensor *add_1_w, *add_1_b;        /* add_embedding.linear_1 (T, P + 6A), (T): text_time only */
+    pf_tensor *add_2_w, *add_2_b;        /* add_embedding.linear_2 (T, T), (T) */
     unet_block down[PF_UNET_MAX_BLOCKS];
     resnet mid_res[2];                   /* UNetMidBlock2DCrossAttn: resnet, attn, resnet */
     transformer mid_attn;
@@ -154,7 +156,7 @@ int pf_unet_config_parse(pf_unet_config *cfg, const pf_config *c, int up_blocks,
      * one of these needs code we do not have, so it is refused by name. */
     if (require_null(c, "num_attention_heads", err) || /* diffusers itself refuses it */
         require_null(c, "class_embed_type", err) || require_null(c, "num_class_embeds", err) ||
-        require_null(c, "addition_embed_type", err) || require_null(c, "time_cond_proj_dim", err) ||
+        require_str(c, "addition_embed_type", "", "|text_time", err) || require_null(c, "time_cond_proj_dim", err) ||
         require_null(c, "encoder_hid_dim", err) || require_null(c, "encoder_hid_dim_type", err) ||
         require_null(c, "time_embedding_act_fn", err) || require_null(c, "timestep_post_act", err) ||
         require_null(c, "cross_attention_norm", err) || require_null(c, "reverse_transformer_layers_per_block", err) ||
@@ -199,6 +201,21 @@ int pf_unet_config_parse(pf_unet_config *cfg, const pf_config *c, int up_blocks,
         pf_config_int(c, "time_embedding_dim", 4L * cfg->block_out_channels[0], 1, 1 << 18, &temb, err) ||
         pf_config_bool(c, "use_linear_projection", 0, &cfg->use_linear_projection, err))
         return -1;
+    char add_type[32];
+    if (pf_config_str(c, "addition_embed_type", "", add_type, sizeof add_type, err)) return -1;
+    cfg->text_time = !strcmp(add_type, "text_time");
+    if (cfg->text_time) {
+        long a, in;
+        if (pf_config_int(c, "addition_time_embed_dim", 256, 2, 1 << 16, &a, err) ||
+            pf_config_int(c, "projection_class_embeddings_input_dim", 2816, 1, 1 << 20, &in, err))
+            return -1;
+        if (a % 2) return pf_fail(err, "%s: \"addition_time_embed_dim\" %ld must be even", path, a);
+        if (in <= 6 * a)
+            return pf_fail(err, "%s: \"projection_class_embeddings_input_dim\" %ld leaves no room for the pooled text "
+                                "embedding beside 6 time ids of %ld", path, in, a);
+        cfg->addition_time_embed_dim = (int)a;
+        cfg->add_embed_in = (int)in;
+    }
     cfg->in_channels = (int)cin;
     cfg->out_channels = (int)cout;
     cfg->cross_attention_dim = (int)x;
@@ -371,8 +388,9 @@ void pf_unet_free(pf_unet *m) {
     free_resnet(&m->mid_res[0]);
     free_resnet(&m->mid_res[1]);
     free_transformer(&m->mid_attn);
-    pf_tensor *ts[] = {m->conv_in_w, m->conv_in_b, m->time_1_w, m->time_1_b, m->time_2_w,
-                       m->time_2_b, m->norm_out_w, m->norm_out_b, m->conv_out_w, m->conv_out_b};
+    pf_tensor *ts[] = {m->conv_in_w, m->conv_in_b, m->time_1_w, m->time_1_b, m->time_2_w, m->time_2_b,
+                       m->add_1_w,   m->add_1_b,   m->add_2_w,  m->add_2_b,  m->norm_out_w, m->norm_out_b,
+                       m->conv_out_w, m->conv_out_b};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) pf_free(ts[i]);
     free(m);
 }
@@ -405,6 +423,12 @@ static int unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, p
     m->time_1_b = LD1(l, T, "time_embedding.linear_1.bias");
     m->time_2_w = LD2(l, T, T, "time_embedding.linear_2.weight");
     m->time_2_b = LD1(l, T, "time_embedding.linear_2.bias");
+    if (cfg->text_time) { /* TimestepEmbedding(projection_class_embeddings_input_dim, T) */
+        m->add_1_w = LD2(l, T, cfg->add_embed_in, "add_embedding.linear_1.weight");
+        m->add_1_b = LD1(l, T, "add_embedding.linear_1.bias");
+        m->add_2_w = LD2(l, T, T, "add_embedding.linear_2.weight");
+        m->add_2_b = LD1(l, T, "add_embedding.linear_2.bias");
+    }
 
     m->num_skips = 1;
     for (int i = 0; i < nb; i++) { /* CrossAttnDownBlock2D / DownBlock2D */
@@ -513,13 +537,14 @@ int pf_unet_load_dir(pf_unet **out, pf_backend *be, const char *model_dir, const
 /* ---- forward ---- */
 
 /* Timesteps (embeddings.py get_timestep_embedding) on the host, in float32 with
- * torch's order of operations: e[B, C0] = cat(sin(t f), cos(t f)) (cos first when
- * flip_sin_to_cos), f_i = exp(-ln(10000) i / (C0/2 - freq_shift)). The
+ * torch's order of operations: e[B, dim] = cat(sin(t f), cos(t f)) (cos first when
+ * flip_sin_to_cos), f_i = exp(-ln(10000) i / (dim/2 - freq_shift)); dim is C0 for
+ * the timestep, addition_time_embed_dim for SDXL's time ids. The
  * arguments reach ~1000 rad, so an ulp of difference between torch's and libm's
  * expf moves single entries by up to ~6e-5; the network damps that far below
  * the tests' tolerance. */
-static void timestep_proj(float *e, const pf_unet_config *c, const float *ts, int64_t B) {
-    const int dim = c->block_out_channels[0], half = dim / 2;
+static void timestep_proj(float *e, const pf_unet_config *c, int dim, const float *ts, int64_t B) {
+    const int half = dim / 2;
     const float neg_log = (float)-log(10000.0), div = (float)(half - (double)c->freq_shift);
     for (int64_t b = 0; b < B; b++) {
         float *row = e + b * dim;
@@ -530,6 +555,19 @@ static void timestep_proj(float *e, const pf_unet_config *c, const float *ts, in
         }
         if (dim % 2) row[dim - 1] = 0.0f; /* diffusers zero-pads odd sizes */
     }
+}
+
+/* TimestepEmbedding: linear_2(silu(linear_1(x))), x (B, K) -> a new (B, T). */
+static pf_tensor *timestep_embedding(const pf_unet *m, const pf_tensor *x, const pf_tensor *w1, const pf_tensor *b1,
+                                     const pf_tensor *w2, const pf_tensor *b2) {
+    const int64_t B = x->shape[0], T = m->cfg.time_embed_dim;
+    pf_tensor *t1 = pf_new2(m->be, B, T);                              /* (B, T) */
+    pf_linear(t1, x, w1, b1);
+    pf_activation(t1, t1, PF_ACT_SILU);
+    pf_tensor *y = pf_new2(m->be, B, T);                               /* (B, T) */
+    pf_linear(y, t1, w2, b2);
+    pf_free(t1);
+    return y;
 }
 
 /* ResnetBlock2D.forward (default time_embedding_norm, output_scale_factor 1):
@@ -647,22 +685,32 @@ static int check_shape(const pf_tensor *t, const int64_t *want, const char *what
                    pf_shape_str_raw(4, want, exp, sizeof exp));
 }
 
-pf_tensor *pf_unet_time_embed(const pf_unet *m, const float *timesteps, int64_t B) {
+pf_tensor *pf_unet_time_embed(const pf_unet *m, const float *timesteps, int64_t B, const pf_unet_added *added) {
     const pf_unet_config *c = &m->cfg;
     const int C0 = c->block_out_channels[0];
     float *tp = PF_MALLOC((size_t)(B * C0) * sizeof *tp);
-    timestep_proj(tp, c, timesteps, B);
-    pf_tensor *t0 = pf_from_host(m->be, 2, (int64_t[]){B, C0}, tp); /* (B, C0) */
+    timestep_proj(tp, c, C0, timesteps, B);
+    pf_tensor *t0 = pf_from_host(m->be, 2, (int64_t[]){B, C0}, tp);   /* (B, C0) */
     free(tp);
-    pf_tensor *t1 = pf_new2(m->be, B, c->time_embed_dim);             /* (B, T) */
-    pf_linear(t1, t0, m->time_1_w, m->time_1_b);
-    pf_activation(t1, t1, PF_ACT_SILU);
-    pf_tensor *temb = pf_new2(m->be, B, c->time_embed_dim);           /* (B, T) */
-    pf_linear(temb, t1, m->time_2_w, m->time_2_b);
-    pf_activation(temb, temb, PF_ACT_SILU); /* every resnet takes silu(emb): do it once */
+    pf_tensor *emb = timestep_embedding(m, t0, m->time_1_w, m->time_1_b, m->time_2_w, m->time_2_b); /* (B, T) */
     pf_free(t0);
-    pf_free(t1);
-    return temb;
+    if (c->text_time) { /* emb + add_embedding(cat(text_embeds, add_time_proj(time_ids).reshape(B, 6A))) */
+        PF_CHECK(added && added->text_embeds && added->time_ids);
+        const int A = c->addition_time_embed_dim, P = c->add_embed_in - 6 * A;
+        float *ids = PF_MALLOC((size_t)B * 6 * A * sizeof *ids);
+        timestep_proj(ids, c, A, added->time_ids, 6 * B);              /* each id on its own: (6B, A) */
+        pf_tensor *te = pf_from_host(m->be, 2, (int64_t[]){B, 6 * A}, ids); /* (B, 6A) */
+        free(ids);
+        pf_tensor *cat = pf_new2(m->be, B, P + 6 * A);                 /* (B, P + 6A) */
+        pf_concat(cat, added->text_embeds, te, 1);
+        pf_tensor *aug = timestep_embedding(m, cat, m->add_1_w, m->add_1_b, m->add_2_w, m->add_2_b); /* (B, T) */
+        pf_add(emb, emb, aug);
+        pf_free(aug);
+        pf_free(cat);
+        pf_free(te);
+    }
+    pf_activation(emb, emb, PF_ACT_SILU); /* every resnet takes silu(emb): do it once */
+    return emb;
 }
 
 pf_tensor *pf_unet_conv_in(const pf_unet *m, const pf_tensor *x) {
@@ -701,9 +749,15 @@ pf_tensor *pf_unet_down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *tem
     return mid;
 }
 
-/* UNet2DConditionModel.forward for SD-1.x/2.x checkpoints. */
 int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps, const pf_tensor *context,
                     const pf_tensor *const *down_residuals, const pf_tensor *mid_residual, pf_error *err) {
+    return pf_unet_forward_added(m, out, x, timesteps, context, NULL, down_residuals, mid_residual, err);
+}
+
+/* UNet2DConditionModel.forward for SD-1.x/2.x and SDXL checkpoints. */
+int pf_unet_forward_added(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps,
+                          const pf_tensor *context, const pf_unet_added *added, const pf_tensor *const *down_residuals,
+                          const pf_tensor *mid_residual, pf_error *err) {
     const pf_unet_config *c = &m->cfg;
     pf_backend *be = m->be;
     const int nb = c->num_blocks;
@@ -720,6 +774,14 @@ int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float 
                        (long long)B, c->cross_attention_dim);
     PF_CHECK(out->ndim == 4 && out->shape[0] == B && out->shape[1] == c->out_channels && out->shape[2] == H &&
              out->shape[3] == W);
+    if (c->text_time) {
+        const int P = c->add_embed_in - 6 * c->addition_time_embed_dim;
+        if (!added || !added->text_embeds || !added->time_ids)
+            return pf_fail(err, "unet: this UNet (addition_embed_type \"text_time\") needs text_embeds and time_ids");
+        if (added->text_embeds->ndim != 2 || added->text_embeds->shape[0] != B || added->text_embeds->shape[1] != P)
+            return pf_fail(err, "unet: text_embeds has shape %s, expected (%lld, %d)",
+                           pf_shape_str(added->text_embeds, s1, sizeof s1), (long long)B, P);
+    }
     int64_t want[4];
     for (int s = 0; down_residuals && s < m->num_skips; s++) {
         skip_shape(m, s, B, H, W, want);
@@ -732,7 +794,7 @@ int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float 
 
     /* 1. time; 2. conv_in; 3. down; 4. mid. The skips stay owned by skips[]
      * until their up block pops them. */
-    pf_tensor *temb = pf_unet_time_embed(m, timesteps, B);         /* (B, T) */
+    pf_tensor *temb = pf_unet_time_embed(m, timesteps, B, c->text_time ? added : NULL); /* (B, T) */
     pf_tensor **skips = PF_CALLOC((size_t)m->num_skips, sizeof *skips);
     int ns = m->num_skips;
     pf_tensor *h = pf_unet_down_mid(m, pf_unet_conv_in(m, x), temb, context, skips); /* (B, Cm, h, w) */

@@ -33,7 +33,18 @@ typedef struct pf_unet_config {
     int flip_sin_to_cos;
     float freq_shift;
     int time_embed_dim;                         /* T, 4 C[0] unless time_embedding_dim says */
+    /* SDXL: addition_embed_type "text_time", the pooled text embedding and the
+     * time ids (sinusoids of addition_time_embed_dim each) through add_embedding */
+    int text_time;
+    int addition_time_embed_dim;                /* A */
+    int add_embed_in;                           /* projection_class_embeddings_input_dim = P + 6 A */
 } pf_unet_config;
+
+/* SDXL's added_cond_kwargs (addition_embed_type "text_time"). */
+typedef struct pf_unet_added {
+    const pf_tensor *text_embeds;               /* (B, P) pooled text embedding */
+    const float *time_ids;                      /* B x 6 host floats: original (h, w), crop (top, left), target (h, w) */
+} pf_unet_added;
 
 typedef struct pf_unet pf_unet;
 
@@ -72,15 +83,22 @@ int pf_unet_num_skips(const pf_unet *m);
  * made by the caller. On error returns -1 and fills err; out is then undefined. */
 int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps, const pf_tensor *context,
                     const pf_tensor *const *down_residuals, const pf_tensor *mid_residual, pf_error *err);
+/* pf_unet_forward with added conditions: a "text_time" UNet (SDXL) needs them
+ * (else -1 with err), any other ignores them (NULL). */
+int pf_unet_forward_added(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps,
+                          const pf_tensor *context, const pf_unet_added *added, const pf_tensor *const *down_residuals,
+                          const pf_tensor *mid_residual, pf_error *err);
 
 /* ---- the encoder half, which ControlNetModel copies (controlnet.c) ----
  * A model loaded with pf_unet_load_encoder has only conv_in, the time embedding,
  * the down blocks and the mid block; pf_unet_forward refuses it (invariant). */
 int pf_unet_load_encoder(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_weights *w,
                          const char *prefix, pf_error *err);
-/* silu(time_embedding(time_proj(timesteps))): (B, T), what every resnet takes.
- * timesteps: B host floats. Returns a new tensor (errors are the backend's sticky error). */
-pf_tensor *pf_unet_time_embed(const pf_unet *m, const float *timesteps, int64_t B);
+/* silu(time_embedding(time_proj(timesteps)) [+ add_embedding(cat(text_embeds,
+ * add_time_proj(time_ids)))]): (B, T), what every resnet takes. timesteps: B host
+ * floats; added: NULL, or SDXL's conditions (required by a text_time UNet: the
+ * caller checks). Returns a new tensor (errors are the backend's sticky error). */
+pf_tensor *pf_unet_time_embed(const pf_unet *m, const float *timesteps, int64_t B, const pf_unet_added *added);
 /* conv_in(x[B, Cin, H, W]): a new (B, C0, H, W) tensor. */
 pf_tensor *pf_unet_conv_in(const pf_unet *m, const pf_tensor *x);
 /* The down blocks and the mid block on h (B, C0, H, W), conv_in's output (plus,

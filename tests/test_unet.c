@@ -140,7 +140,7 @@ static void test_config_errors(void **state) {
         {"\"UNetMidBlock2DCrossAttn\"", "\"UNetMidBlock2DSimpleCrossAttn\"", "\"mid_block_type\""},
         {"\"num_attention_heads\": null", "\"num_attention_heads\": 8", "\"num_attention_heads\""},
         {"\"class_embed_type\": null", "\"class_embed_type\": \"timestep\"", "\"class_embed_type\""},
-        {"\"addition_embed_type\": null", "\"addition_embed_type\": \"text_time\"", "\"addition_embed_type\""},
+        {"\"addition_embed_type\": null", "\"addition_embed_type\": \"text\"", "\"addition_embed_type\""},
         {"\"time_cond_proj_dim\": null", "\"time_cond_proj_dim\": 256", "\"time_cond_proj_dim\""},
         {"\"only_cross_attention\": false", "\"only_cross_attention\": true", "\"only_cross_attention\""},
         {"\"dual_cross_attention\": false", "\"dual_cross_attention\": true", "\"dual_cross_attention\""},

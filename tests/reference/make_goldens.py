@@ -3,7 +3,7 @@
 
 Run from the repository root with the reference venv, after make_tiny_models.py:
     .venv/bin/python tests/reference/make_goldens.py [GROUP ...]
-(groups: text_encoder unet vae pipelines controlnet refine; all by default)
+(groups: text_encoder unet vae pipelines controlnet refine sdxl; all by default)
 
 Writes tests/data/goldens/<model>/<component>.safetensors. Every file carries
 __metadata__ {"format": "perflow-golden", "version": GOLDEN_VERSION, "generator": this
@@ -61,7 +61,7 @@ def text_encoder_goldens(name):
     save(os.path.join(OUT, name, "text_encoder.safetensors"), out)
 
 
-GROUPS = ("text_encoder", "unet", "vae", "pipelines", "controlnet", "refine")
+GROUPS = ("text_encoder", "unet", "vae", "pipelines", "controlnet", "refine", "sdxl")
 
 
 def main(argv):
@@ -94,6 +94,9 @@ def main(argv):
     if "refine" in groups:
         import goldens_refine
         goldens_refine.make_all(MODELS, save_model, OUT)
+    if "sdxl" in groups:
+        import goldens_sdxl
+        goldens_sdxl.make_all(MODELS, save_model, OUT)
     print("wrote", OUT, "groups:", " ".join(groups))
 
 

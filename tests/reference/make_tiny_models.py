@@ -15,6 +15,10 @@ Writes, in diffusers layout (model_index.json, <component>/config.json, weights)
                                  control_v11f1e_sd15_tile, shrunk), zero convolutions perturbed
   tests/data/models/tiny-sd15-controlnet-b/ a second one (other embedder widths, "bgr" order) for
                                  text-to-image with several ControlNets
+  tests/data/models/tiny-sdxl/   SDXL-like (the shapes of diffusers' own tiny SDXL test pipeline):
+                                 two text encoders (the second with projection, gelu), tokenizer_2
+                                 padding with "!", a UNet with text_time embedding and per-block
+                                 transformer depths, force_zeros_for_empty_prompt
 Everything is seeded, so a re-run on the same library versions rewrites identical files.
 The shapes follow diffusers' own tiny test pipelines, shrunk to keep the repository small.
 """
@@ -26,7 +30,7 @@ import sys
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clip_vocab import write_clip_tokenizer  # noqa: E402
@@ -213,6 +217,72 @@ def make_controlnet(name, seed, cond_channels, order="rgb"):
     save_component(cn, root, "diffusion_pytorch_model.safetensors")
 
 
+def make_sdxl():
+    """Its own generator, so the other models stay as they were."""
+    gen = torch.Generator().manual_seed(1129)
+    root = os.path.join(OUT, "tiny-sdxl")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    real = os.path.join(OUT, "tiny-sd15", "tokenizer")
+    # CLIP ViT-L's tokenizer pads with its end token, OpenCLIP bigG's with "!" (id 0 here)
+    small_vocab_tokenizer(real, os.path.join(root, "tokenizer"), 1000 - 512 - 2, pad_token="<|endoftext|>")
+    small_vocab_tokenizer(real, os.path.join(root, "tokenizer_2"), 1000 - 512 - 2, pad_token="!")
+    # SDXL's text_encoder_2 config says eos_token_id 2, so transformers pools at the
+    # largest id (the end token) rather than searching for the end token's id: kept.
+    te_cfg = dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=5,
+                  num_attention_heads=4, max_position_embeddings=77, layer_norm_eps=1e-5, bos_token_id=0,
+                  eos_token_id=2, pad_token_id=1, projection_dim=32)
+    te = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu", **te_cfg))
+    perturb_(te, 0.02, gen)
+    save_component(te, os.path.join(root, "text_encoder"), "model.safetensors")
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_act="gelu", **dict(te_cfg, hidden_size=40,
+                                                                                 num_attention_heads=5)))
+    perturb_(te2, 0.02, gen)
+    save_component(te2, os.path.join(root, "text_encoder_2"), "model.safetensors")
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=32 + 40, norm_num_groups=8)
+    perturb_(unet, 0.02, gen)
+    # the fp16 variant only (as SDXL checkpoints are published; half the size): the
+    # reference loads it with variant="fp16" and upcasts the same values
+    unet = unet.half().float()
+    save_component(unet, os.path.join(root, "unet"), "diffusion_pytorch_model.fp16.safetensors", torch.float16)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[16, 16, 32, 32],
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.13025, force_upcast=True)
+    perturb_(vae, 0.02, gen)
+    save_component(vae, os.path.join(root, "vae"), "diffusion_pytorch_model.safetensors")
+    write_scheduler(os.path.join(root, "scheduler"))
+    with open(os.path.join(root, "scheduler", "scheduler_config.json")) as f:
+        sched = json.load(f)
+    sched["prediction_type"] = "ddim_eps"  # PeRFlow's SDXL models
+    with open(os.path.join(root, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(sched, f, indent=2)
+        f.write("\n")
+    index = {
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": "0.35.2",
+        "feature_extractor": [None, None],
+        "force_zeros_for_empty_prompt": True,
+        "image_encoder": [None, None],
+        "scheduler": ["diffusers", "PeRFlowScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    with open(os.path.join(root, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def main():
     torch.manual_seed(20261126)
     gen = torch.Generator().manual_seed(1126)
@@ -220,6 +290,7 @@ def main():
     make_sd2(gen)
     make_controlnet("tiny-sd15-controlnet", 1127, (8, 8, 16, 16))  # the refiner's tile
     make_controlnet("tiny-sd15-controlnet-b", 1128, (8, 16, 16, 32), "bgr")  # a second, for MultiControlNet
+    make_sdxl()
     total = 0
     for dirpath, _, files in os.walk(OUT):
         for f in files:

@@ -1,0 +1,224 @@
+/* test_sdxl.c - the SDXL family against diffusers and transformers (goldens from
+ * tests/reference/goldens_sdxl.py via make_goldens.py sdxl): both text encoders
+ * (the penultimate hidden states SDXL takes, and the second encoder's projected
+ * pooled output), the UNet with its text_time embedding (also at an odd latent
+ * size), and whole StableDiffusionXLPipeline runs with the PeRFlow sampler.
+ *
+ * Tolerances as for SD-1.5: models max abs err 1e-4, pipelines 2e-3 (float) and
+ * the 8-bit rule of test_pipeline. */
+#include "pipeline_cases.h"
+
+#include "clip.h"
+#include "image.h"
+#include "pipeline.h"
+#include "unet.h"
+
+#define TOL 1e-4
+#define MODEL "tests/data/models/tiny-sdxl"
+
+static void test_text_encoders(void **state) {
+    (void)state;
+    pf_safetensors *st = pf_golden_open("tests/data/goldens/tiny-sdxl/text_encoders.safetensors");
+    pf_backend *be = pf_backend_cpu_new(0);
+    pf_error err;
+    for (int e = 0; e < 2; e++) {
+        pf_clip_text_model *m;
+        if (pf_clip_text_model_load_component(&m, be, pf_test_path(MODEL), e ? "text_encoder_2" : "text_encoder",
+                                              &err))
+            fail_msg("%s", err.msg);
+        assert_int_equal(pf_clip_text_model_has_projection(m), e);
+        const pf_clip_text_config *c = pf_clip_text_model_config(m);
+        int64_t n;
+        float *idf = pf_golden_floats(st, e ? "input_ids_2" : "input_ids", &n);
+        const int L = 77, B = (int)(n / L);
+        int32_t *ids = malloc((size_t)n * sizeof *ids);
+        for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)idf[i];
+        pf_tensor *hidden = pf_new3(be, B, L, c->hidden_size);
+        pf_tensor *pooled = e ? pf_new2(be, B, c->projection_dim) : NULL;
+        /* hidden_states[-2]: every layer but the last, no final layer norm */
+        if (pf_clip_text_model_encode(m, ids, B, L, c->num_hidden_layers - 1, 0, hidden, pooled, &err))
+            fail_msg("%s", err.msg);
+        pf_tensor *want = pf_golden_tensor(be, st, e ? "hidden_2" : "hidden_1");
+        pf_assert_tensor_close(e ? "hidden_2" : "hidden_1", hidden, want, TOL, 0);
+        pf_free(want);
+        if (e) {
+            want = pf_golden_tensor(be, st, "text_embeds_2");
+            pf_assert_tensor_close("text_embeds_2", pooled, want, TOL, 0);
+            pf_free(want);
+            /* the last hidden state through the final norm, as before */
+            pf_tensor *last = pf_new3(be, B, L, c->hidden_size);
+            if (pf_clip_text_model_forward(m, last, ids, B, L, 0, &err)) fail_msg("%s", err.msg);
+            want = pf_golden_tensor(be, st, "last_hidden_state_2");
+            pf_assert_tensor_close("last_hidden_state_2", last, want, TOL, 0);
+            pf_free(want);
+            pf_free(last);
+        } else { /* no projection: a pooled embedding is an error */
+            pf_tensor *p = pf_new2(be, B, c->projection_dim);
+            assert_int_equal(pf_clip_text_model_encode(m, ids, B, L, 1, 0, NULL, p, &err), -1);
+            assert_non_null(strstr(err.msg, "text_projection"));
+            pf_free(p);
+        }
+        pf_free(hidden);
+        pf_free(pooled);
+        free(ids);
+        free(idf);
+        pf_clip_text_model_free(m);
+    }
+    pf_backend_free(be);
+    pf_st_close(st);
+}
+
+static void test_unet(void **state) {
+    (void)state;
+    pf_safetensors *st = pf_golden_open("tests/data/goldens/tiny-sdxl/unet.safetensors");
+    pf_backend *be = pf_backend_cpu_new(0);
+    pf_error err;
+    pf_unet *m;
+    if (pf_unet_load_dir(&m, be, pf_test_path(MODEL), NULL, &err)) fail_msg("%s", err.msg); /* the fp16 variant */
+    const pf_unet_config *c = pf_unet_get_config(m);
+    assert_true(c->text_time);
+    assert_int_equal(c->transformer_layers[1], 2);
+    pf_tensor *ctx = pf_golden_tensor(be, st, "encoder_hidden_states"), *emb = pf_golden_tensor(be, st, "text_embeds");
+    float *t = pf_golden_floats(st, "timesteps", NULL), *ids = pf_golden_floats(st, "time_ids", NULL);
+    for (int odd = 0; odd < 2; odd++) {
+        pf_tensor *x = pf_golden_tensor(be, st, odd ? "sample_odd" : "sample");
+        const int64_t B = x->shape[0];
+        pf_tensor *cb = pf_slice0(ctx, 0, B), *eb = pf_slice0(emb, 0, B), *out = pf_new_like(x);
+        pf_unet_added added = {eb, ids};
+        if (pf_unet_forward_added(m, out, x, t, cb, &added, NULL, NULL, &err)) fail_msg("%s", err.msg);
+        pf_tensor *want = pf_golden_tensor(be, st, odd ? "out_odd" : "out");
+        pf_assert_tensor_close(odd ? "out_odd" : "out", out, want, TOL, 0);
+        /* without its added conditions the UNet refuses to run */
+        assert_int_equal(pf_unet_forward(m, out, x, t, cb, NULL, NULL, &err), -1);
+        assert_non_null(strstr(err.msg, "text_embeds and time_ids"));
+        pf_tensor *dead[] = {x, cb, eb, out, want};
+        for (size_t i = 0; i < sizeof dead / sizeof *dead; i++) pf_free(dead[i]);
+    }
+    free(t);
+    free(ids);
+    pf_free(ctx);
+    pf_free(emb);
+    pf_unet_free(m);
+    pf_backend_free(be);
+    pf_st_close(st);
+}
+
+/* Each case's int pair field (original_size, crop_coords, target_size) into out;
+ * absent or null leaves 0, 0 (the pipeline's defaults). */
+static void pair_of(json_t *c, const char *k, int out[2]) {
+    json_t *v = json_object_get(c, k);
+    if (json_is_array(v))
+        for (int i = 0; i < 2; i++) out[i] = (int)json_integer_value(json_array_get(v, (size_t)i));
+}
+
+/* Whole StableDiffusionXLPipeline runs (sdxl.json): no negative prompt (the
+ * zeros of force_zeros_for_empty_prompt), an empty one, a real one, prompt_2
+ * and negative_prompt_2 with two images, a non-square size with explicit time ids. */
+static void test_pipelines(void **state) {
+    (void)state;
+    json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/sdxl.json"), PF_GOLDEN_VERSION,
+                                  "re-run tests/reference/make_goldens.py sdxl"), *c;
+    size_t i;
+    pf_backend *be = pf_backend_cpu_new(0);
+    pf_pipeline *p;
+    pf_error err;
+    if (pf_pipeline_load(&p, be, pf_test_path(MODEL), NULL, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(pf_pipeline_family(p), PF_FAMILY_SDXL);
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        pf_txt2img_params q;
+        pf_case_params(c, &q);
+        q.prompt_2 = pf_case_str(c, "prompt_2");
+        q.negative_prompt_2 = pf_case_str(c, "negative_prompt_2");
+        pair_of(c, "original_size", q.original_size);
+        pair_of(c, "crop_coords", q.crop_coords);
+        pair_of(c, "target_size", q.target_size);
+        const char *name = pf_case_str(c, "name");
+        const size_t n = (size_t)q.num_images * q.height * q.width * 3;
+        float *got = malloc(n * sizeof *got);
+        if (pf_pipeline_txt2img(p, &q, got, &err)) fail_msg("%s: %s", name, err.msg);
+        pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
+        int64_t nw;
+        float *want = pf_golden_floats(st, "images", &nw);
+        pf_st_close(st);
+        assert_int_equal(nw, (int64_t)n);
+        pf_assert_close(name, got, want, n, 2e-3, 0);
+        uint8_t *u8 = malloc(n);
+        pf_image_to_u8(u8, got, (long)n);
+        const size_t per = n / q.num_images;
+        for (int k = 0; k < q.num_images; k++) {
+            uint8_t *png;
+            int w, h;
+            const char *rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k));
+            if (pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &png, &w, &h, &err))
+                fail_msg("%s", err.msg);
+            pf_assert_u8_close(rel, u8 + per * k, png, per);
+            free(png);
+        }
+        free(u8), free(want), free(got);
+    }
+    /* what SDXL refuses: the refiner (an SD-1.5 stage), bad time ids */
+    pf_refine_params r;
+    pf_refine_defaults(&r);
+    r.image_width = r.image_height = 64;
+    assert_int_equal(pf_refine_check(p, &r, NULL, &err), -1);
+    assert_non_null(strstr(err.msg, "SD-1.x/2.x"));
+    pf_txt2img_params q;
+    pf_txt2img_defaults(&q);
+    q.prompt = "x", q.width = q.height = 64, q.original_size[0] = -5;
+    assert_int_equal(pf_txt2img_check(p, &q, &err), -1);
+    assert_non_null(strstr(err.msg, "original size"));
+    pf_pipeline_free(p);
+
+    /* SD-1.x models refuse SDXL's settings */
+    if (pf_pipeline_load(&p, be, pf_test_path("tests/data/models/tiny-sd15"), NULL, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(pf_pipeline_family(p), PF_FAMILY_SD);
+    pf_txt2img_defaults(&q);
+    q.prompt = "x", q.width = q.height = 64, q.prompt_2 = "y";
+    assert_int_equal(pf_txt2img_check(p, &q, &err), -1);
+    assert_non_null(strstr(err.msg, "SDXL models only"));
+    pf_pipeline_free(p);
+    pf_backend_free(be);
+    json_decref(root);
+}
+
+/* Copies the tiny SDXL model into dir (a shallow copy of its files). */
+static void copy_model(const char *dir) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "cp -r '%s/.' '%s'", pf_test_path(MODEL), dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_bad_models(void **state) {
+    (void)state;
+    pf_backend *be = pf_backend_cpu_new(1);
+    pf_pipeline *p = NULL;
+    pf_error err;
+    static const struct { const char *remove, *needle; } cases[] = {
+        {"text_encoder_2", "without text_encoder_2"},
+        {"tokenizer_2", "without tokenizer_2"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *dir = pf_temp_dir(), cmd[8192];
+        copy_model(dir);
+        snprintf(cmd, sizeof cmd, "rm -r '%s/%s'", dir, cases[i].remove);
+        assert_int_equal(system(cmd), 0);
+        assert_int_equal(pf_pipeline_load(&p, be, dir, NULL, &err), -1);
+        if (!strstr(err.msg, cases[i].needle)) fail_msg("\"%s\" lacks \"%s\"", err.msg, cases[i].needle);
+        pf_temp_dir_remove(dir);
+    }
+    /* an SD-1.5 delta on the SDXL UNet: the error names a tensor */
+    assert_int_equal(pf_pipeline_load(&p, be, pf_test_path(MODEL),
+                                      pf_test_path("tests/data/models/tiny-sd15-delta/unet"), &err), -1);
+    assert_non_null(strstr(err.msg, "delta"));
+    pf_backend_free(be);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_text_encoders),
+        cmocka_unit_test(test_unet),
+        cmocka_unit_test(test_pipelines),
+        cmocka_unit_test(test_bad_models),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
