@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,8 +38,22 @@
  * uses blocks of 256 query rows instead of a 64 MiB score matrix per head. */
 #define SCORE_BUDGET (1 << 20)
 
+/* Freed blocks of at least this many bytes are kept for reuse (see cpu_alloc). */
+#define CACHE_MIN_BYTES (64 << 10)
+#define CACHE_SLOTS 256
+
+typedef struct cpu_block {
+    void *p;
+    size_t n; /* bytes usable, as asked */
+} cpu_block;
+
 typedef struct cpu_state {
-    int threads; /* OpenMP team size for every op */
+    int threads;          /* OpenMP team size for every op */
+    pthread_mutex_t mu;   /* guards the block cache: tensors may be freed on any thread */
+    cpu_block cache[CACHE_SLOTS];
+    int ncache;
+    size_t cached;        /* bytes in the cache */
+    size_t in_use, peak;  /* bytes handed out (large blocks only) and their peak */
 } cpu_state;
 
 static int team(const pf_tensor *t) { return ((const cpu_state *)t->be->impl)->threads; }
@@ -48,19 +63,74 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* ---- memory ---- */
 
-static void *cpu_alloc(pf_backend *be, size_t nbytes) {
-    (void)be;
+/* Large blocks are cached: a forward pass allocates the same sizes step after
+ * step, and each fresh large block from malloc is a new mapping whose pages the
+ * kernel must fault in and zero (a tenth of a UNet step's time, measured with
+ * perf). Blocks carry their size in a 64-byte header. A freed large block is
+ * kept while the cache and the blocks in use together stay within the peak of
+ * blocks in use, so the process holds no more than its working set needed; an
+ * allocation the cache cannot serve first frees cached blocks down to that bound. */
+static void *block_new(size_t n) {
     void *p = NULL;
-    /* 64-byte alignment for vector loads; never 0 bytes so that an empty
-     * tensor is not mistaken for a failed allocation. */
-    if (posix_memalign(&p, 64, nbytes ? nbytes : 1) != 0) return NULL;
+    if (posix_memalign(&p, 64, n + 64) != 0) return NULL;
+    *(size_t *)p = n;
+    return (char *)p + 64;
+}
+
+static void block_free(void *p) { free((char *)p - 64); }
+
+static size_t block_size(const void *p) { return *(const size_t *)((const char *)p - 64); }
+
+/* 64-byte aligned memory of n bytes (never 0, so that an empty tensor is not
+ * mistaken for a failed allocation), from the cache when it holds that size. */
+static void *cache_alloc(cpu_state *st, size_t n) {
+    if (n == 0) n = 1;
+    if (n < CACHE_MIN_BYTES) return block_new(n);
+    pthread_mutex_lock(&st->mu);
+    void *p = NULL;
+    for (int i = st->ncache - 1; i >= 0 && !p; i--) /* newest first: warm in the caches */
+        if (st->cache[i].n == n) {
+            p = st->cache[i].p;
+            st->cache[i] = st->cache[--st->ncache];
+            st->cached -= n;
+        }
+    /* a miss: make room so that what is held stays within the peak */
+    while (!p && st->ncache && st->in_use + st->cached + n > (st->peak > st->in_use + n ? st->peak : st->in_use + n)) {
+        cpu_block b = st->cache[0];
+        st->cache[0] = st->cache[--st->ncache];
+        st->cached -= b.n;
+        block_free(b.p);
+    }
+    if (!p) p = block_new(n);
+    if (p) {
+        st->in_use += n;
+        if (st->in_use > st->peak) st->peak = st->in_use;
+    }
+    pthread_mutex_unlock(&st->mu);
     return p;
 }
 
-static void cpu_release(pf_backend *be, void *p) {
-    (void)be;
-    free(p);
+static void cache_release(cpu_state *st, void *p) {
+    if (!p) return;
+    size_t n = block_size(p);
+    if (n < CACHE_MIN_BYTES) {
+        block_free(p);
+        return;
+    }
+    pthread_mutex_lock(&st->mu);
+    st->in_use -= n;
+    if (st->ncache < CACHE_SLOTS && st->in_use + st->cached + n <= st->peak) {
+        st->cache[st->ncache++] = (cpu_block){p, n};
+        st->cached += n;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (p) block_free(p);
 }
+
+static void *cpu_alloc(pf_backend *be, size_t nbytes) { return cache_alloc(be->impl, nbytes); }
+
+static void cpu_release(pf_backend *be, void *p) { cache_release(be->impl, p); }
 
 static void cpu_upload(pf_backend *be, pf_tensor *dst, const float *src) {
     (void)be;
@@ -93,7 +163,10 @@ static size_t cpu_mem_available(pf_backend *be) {
 }
 
 static void cpu_destroy(pf_backend *be) {
-    free(be->impl);
+    cpu_state *st = be->impl;
+    for (int i = 0; i < st->ncache; i++) block_free(st->cache[i].p);
+    pthread_mutex_destroy(&st->mu);
+    free(st);
     free(be);
 }
 
@@ -193,7 +266,7 @@ static void cpu_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, con
     int64_t tile = ho;
     if (!direct) {
         tile = min64(ho, max64(1, COL_BUDGET / max64(1, kk * wo)));
-        col = malloc((size_t)(kk * tile * wo) * sizeof(float) + 1);
+        col = cache_alloc(y->be->impl, (size_t)(kk * tile * wo) * sizeof(float));
         if (!col) {
             pf_backend_set_error(y->be, "cpu backend: out of memory for conv2d scratch (%lld floats)",
                                  (long long)(kk * tile * wo));
@@ -217,7 +290,7 @@ static void cpu_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, con
             gemm(nt, 0, 0, co, cols, kk, 1.0f, wp, kk, col, cols, beta, yn + oh0 * wo, plane);
         }
     }
-    free(col);
+    cache_release(y->be->impl, col);
 }
 
 static float silu(float v) { return v / (1.0f + expf(-v)); }
@@ -279,16 +352,54 @@ static void cpu_layer_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *ga
     }
 }
 
-/* In-place softmax of row[0, n); the max is subtracted so exp never overflows. */
-static void softmax_row(float *row, const float *in, int64_t n) {
+/* exp(x) for x <= 0 in float32 to about 1 ulp, written so that the compiler
+ * vectorises the loops that call it (libm's expf is a call per element: the
+ * attention's softmax spent more time in it than in its matrix products).
+ * Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, then Cephes' degree-5
+ * polynomial for e^r - 1 - r, scaled by 2^k through the exponent bits.
+ * Below -87.3 (where expf leaves the normal range) it returns 0. */
+static inline float exp_neg(float x) {
+    const float lo = -87.33654f;
+    float xc = x < lo ? lo : x;
+    /* k = rint(xc / ln2): adding and removing 1.5 * 2^23 rounds to the nearest
+     * integer (ties to even) in any vector width, where roundf is a call */
+    float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - k * 0.693359375f; /* ln2 split in two for an exact k * ln2_hi */
+    r = r - k * -2.12194440e-4f;
+    float r2 = r * r;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r2 + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)k + 127) << 23};
+    return x < lo ? 0.0f : p * scale.f;
+}
+
+/* In-place softmax of row[0, n); the max is subtracted so exp never overflows.
+ * Built for AVX-512, AVX2 and plain x86-64, chosen at load by the CPU (GCC's
+ * target_clones): the sums run in float lanes, which changes the last bits
+ * against a sequential double sum (~1e-7 relative), far below what the
+ * reference comparisons allow. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax_row(float *row, const float *in,
+                                                                                       int64_t n) {
     float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
     for (int64_t j = 0; j < n; j++) mx = in[j] > mx ? in[j] : mx;
-    double sum = 0;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; j++) {
-        row[j] = expf(in[j] - mx);
-        sum += row[j];
+        float e = exp_neg(in[j] - mx);
+        row[j] = e;
+        sum += e;
     }
-    float inv = (float)(1.0 / sum);
+    const float inv = 1.0f / sum;
+#pragma omp simd
     for (int64_t j = 0; j < n; j++) row[j] *= inv;
 }
 
@@ -317,7 +428,7 @@ static void cpu_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k
     int64_t qb = min64(lq, max64(1, SCORE_BUDGET / lk));
     int64_t nblk = (lq + qb - 1) / qb, tasks = bsz * heads * nblk;
     int parts = (int)min64(nt, tasks);
-    float *scores = malloc((size_t)(parts * qb * lk) * sizeof(float));
+    float *scores = cache_alloc(out->be->impl, (size_t)(parts * qb * lk) * sizeof(float));
     if (!scores) {
         pf_backend_set_error(out->be, "cpu backend: out of memory for attention scores (%lld floats)",
                              (long long)(parts * qb * lk));
@@ -353,7 +464,7 @@ static void cpu_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k
                         (int)lk, vp, (int)c, 0.0f, op, (int)c);
         }
     }
-    free(scores);
+    cache_release(out->be->impl, scores);
 }
 
 /* gelu(x) exact, as torch.nn.functional.gelu(approximate="none"). */
@@ -583,6 +694,7 @@ pf_backend *pf_backend_cpu_new(int threads) {
     pf_backend *be = PF_CALLOC(1, sizeof *be);
     cpu_state *st = PF_CALLOC(1, sizeof *st);
     st->threads = threads > 0 ? threads : omp_get_max_threads();
+    pthread_mutex_init(&st->mu, NULL);
     openblas_set_num_threads(1); /* see the title comment: OpenMP is the only level */
     be->name = "cpu";
     be->ops = &cpu_ops;
