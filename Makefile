@@ -19,6 +19,9 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -Wno-unused-parameter \
            -fopenmp -Iengine -MMD -MP $(EXTRA_CFLAGS)
+# Where the configs the project ships for single-file checkpoints live (engine/checkpoint.c;
+# $PERFLOW_CONFIGS overrides it at run time).
+CFLAGS  += -DPF_CONFIGS_DIR='"$(CURDIR)/configs"'
 # EXTRA_CFLAGS / EXTRA_LDFLAGS: include and library dirs of libraries outside the
 # system paths (tests/device/check.sh builds against unpacked Debian packages).
 LDLIBS_ENGINE = $(EXTRA_LDFLAGS) -lopenblas -ljansson -lutf8proc -lpng -ljpeg -lm -fopenmp -lpthread

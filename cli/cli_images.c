@@ -59,6 +59,136 @@ int pf_cli_seed(const char *s, const char *name, uint64_t *out) {
     return 0;
 }
 
+void pf_cli_split_scale(const char *arg, char **path, double *scale, int *has_scale) {
+    const char *colon = strrchr(arg, ':');
+    char *end;
+    *has_scale = 0;
+    *scale = 1.0;
+    if (colon && colon > arg && colon[1]) {
+        errno = 0;
+        double v = strtod(colon + 1, &end);
+        if (!errno && !*end && isfinite(v)) {
+            *scale = v;
+            *has_scale = 1;
+            *path = strndup(arg, (size_t)(colon - arg));
+            PF_CHECK(*path != NULL);
+            return;
+        }
+    }
+    *path = PF_STRDUP(arg);
+}
+
+void pf_cli_model_init(pf_cli_model *m) {
+    memset(m, 0, sizeof *m);
+    m->spec.loras = m->loras;
+    m->spec.lora_reports = m->reports;
+}
+
+int pf_cli_model_add_lora(pf_cli_model *m, const char *arg) {
+    if (m->spec.n_loras == PF_MAX_LORAS) {
+        fprintf(stderr, "perflow: at most %d --lora options\n", PF_MAX_LORAS);
+        return -1;
+    }
+    int i = m->spec.n_loras++, has;
+    double scale;
+    pf_cli_split_scale(arg, &m->paths[i], &scale, &has);
+    m->loras[i] = (pf_lora_spec){m->paths[i], (float)scale};
+    return 0;
+}
+
+void pf_cli_model_report(const pf_cli_model *m) {
+    for (int i = 0; i < m->spec.n_loras; i++) {
+        const pf_lora_report *r = &m->reports[i];
+        fprintf(stderr, "perflow: lora %s (%s, scale %g): %d of %d tensors matched\n", m->paths[i],
+                pf_lora_format_name(r->format), (double)m->loras[i].scale, r->matched, r->total);
+        if (r->unmatched)
+            fprintf(stderr, "perflow: warning: lora %s: %d tensors matched no weight of the model: %s\n", m->paths[i],
+                    r->unmatched, r->unmatched_keys);
+    }
+}
+
+void pf_cli_model_describe(const pf_cli_model *m, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < m->spec.n_loras && used < n; i++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%s:%g", i ? ", " : "", m->paths[i], (double)m->loras[i].scale);
+}
+
+void pf_cli_model_free(pf_cli_model *m) {
+    for (int i = 0; i < m->spec.n_loras; i++) free(m->paths[i]);
+    memset(m, 0, sizeof *m);
+}
+
+int pf_cli_controls_add_net(pf_cli_controls *c, const char *arg) {
+    if (c->n == PF_MAX_CONTROLS) {
+        fprintf(stderr, "perflow: at most %d --controlnet options\n", PF_MAX_CONTROLS);
+        return -1;
+    }
+    pf_cli_split_scale(arg, &c->net[c->n].dir, &c->net[c->n].scale, &c->net[c->n].has_scale);
+    c->n++;
+    return 0;
+}
+
+int pf_cli_controls_add_image(pf_cli_controls *c, const char *path) {
+    for (int i = c->n - 1; i >= 0; i--) {
+        if (c->net[i].image) break; /* the latest net without an image, after every net that has one */
+        if (i == 0 || c->net[i - 1].image) {
+            c->net[i].image = path;
+            return 0;
+        }
+    }
+    fprintf(stderr, "perflow: --control-image '%s' has no --controlnet DIR before it to belong to\n", path);
+    return -1;
+}
+
+int pf_cli_controls_tiles(const pf_cli_controls *c) {
+    int n = 0;
+    for (int i = 0; i < c->n; i++) n += !c->net[i].image;
+    return n;
+}
+
+int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_scale, pf_control *controls, int *n,
+                           pf_error *err) {
+    const char *dirs[PF_MAX_CONTROLS];
+    int order[PF_MAX_CONTROLS], k = 0;
+    for (int pass = 0; pass < 2; pass++) /* the tile first: net 0 is the refiner's */
+        for (int i = 0; i < c->n; i++)
+            if (!c->net[i].image == !pass) order[k++] = i;
+    *n = 0;
+    for (int j = 0; j < c->n; j++) {
+        int i = order[j];
+        dirs[j] = c->net[i].dir;
+        if (!c->net[i].has_scale) c->net[i].scale = default_scale;
+        if (!c->net[i].image) continue;
+        if (!c->net[i].rgb && pf_image_read(c->net[i].image, &c->net[i].rgb, &c->net[i].w, &c->net[i].h, err))
+            return -1;
+        controls[(*n)++] = (pf_control){j, c->net[i].rgb, c->net[i].w, c->net[i].h, (float)c->net[i].scale};
+    }
+    return c->n ? pf_pipeline_set_controlnets(p, dirs, c->n, err) : 0;
+}
+
+void pf_cli_controls_describe(const pf_cli_controls *c, char *buf, size_t n, const char **tile) {
+    size_t used = 0;
+    buf[0] = '\0';
+    *tile = NULL;
+    for (int i = 0; i < c->n; i++) {
+        if (!c->net[i].image) {
+            *tile = c->net[i].dir;
+        } else if (used < n) {
+            used += (size_t)snprintf(buf + used, n - used, "%s%s:%g=%s", used ? ", " : "", c->net[i].dir,
+                                     c->net[i].scale, c->net[i].image);
+        }
+    }
+}
+
+void pf_cli_controls_free(pf_cli_controls *c) {
+    for (int i = 0; i < c->n; i++) {
+        free(c->net[i].dir);
+        free(c->net[i].rgb);
+    }
+    memset(c, 0, sizeof *c);
+}
+
 int pf_cli_vae_tiling(const char *s, pf_vae_tiling *out) {
     pf_error err;
     if (pf_vae_tiling_parse(out, s, &err) == 0) return 0;

@@ -1,11 +1,15 @@
 /* cli_images.h - what the image-making subcommands (generate, refine) share:
- * numeric options, the progress line of each stage, and writing the PNGs. */
+ * numeric options, the model options (--model, --model-config, --lora), the
+ * ControlNet options (--controlnet, --control-image), the progress line of
+ * each stage, and writing the PNGs. */
 #ifndef PF_CLI_IMAGES_H
 #define PF_CLI_IMAGES_H
 
 #include <stdint.h>
 
+#include "checkpoint.h"
 #include "error.h"
+#include "pipeline.h"
 #include "vae.h"
 
 /* Option values. Each prints "perflow: NAME must be ... (got 'S')" on stderr and
@@ -19,6 +23,63 @@ int pf_cli_number_in(const char *s, const char *name, double lo, double hi, doub
 int pf_cli_seed(const char *s, const char *name, uint64_t *out);
 /* --vae-tiling: auto, on or off. */
 int pf_cli_vae_tiling(const char *s, pf_vae_tiling *out);
+
+/* PATH[:SCALE]: the scale is what follows the last ':' when that parses as a
+ * finite number, so that a path holding ':' still works ("a:b.safetensors" is
+ * a path, "a:b.safetensors:0.5" that path at 0.5). *path is a new string (free
+ * it); *has_scale says whether a scale was given. */
+void pf_cli_split_scale(const char *arg, char **path, double *scale, int *has_scale);
+
+/* The model options of generate and refine: --model, --model-config, --delta
+ * and the repeatable --lora PATH[:SCALE] (scale 1.0 unless given). */
+typedef struct pf_cli_model {
+    pf_model_spec spec;
+    pf_lora_spec loras[PF_MAX_LORAS];
+    pf_lora_report reports[PF_MAX_LORAS];
+    char *paths[PF_MAX_LORAS];
+} pf_cli_model;
+void pf_cli_model_init(pf_cli_model *m);
+/* --lora ARG. Prints the usage error and returns -1 past PF_MAX_LORAS. */
+int pf_cli_model_add_lora(pf_cli_model *m, const char *arg);
+/* After loading: one line per LoRA on stderr, "perflow: lora PATH (FORMAT): M of
+ * N tensors matched", and a warning listing the keys that matched nothing. */
+void pf_cli_model_report(const pf_cli_model *m);
+/* The LoRAs as "PATH:SCALE, ..." for the PNG text ("" when none). */
+void pf_cli_model_describe(const pf_cli_model *m, char *buf, size_t n);
+void pf_cli_model_free(pf_cli_model *m);
+
+/* The ControlNet options: --controlnet DIR[:SCALE] and --control-image FILE,
+ * repeatable. A --control-image belongs to the latest --controlnet that has
+ * none yet; a --controlnet left without one is the refiner's tile ControlNet
+ * (it takes the refined image). A net without a scale takes --controlnet-scale. */
+typedef struct pf_cli_controls {
+    int n;
+    struct {
+        char *dir;
+        const char *image;  /* NULL: the tile */
+        double scale;
+        int has_scale;
+        uint8_t *rgb;       /* the image read (pf_cli_controls_read) */
+        int w, h;
+    } net[PF_MAX_CONTROLS];
+} pf_cli_controls;
+/* --controlnet ARG / --control-image PATH; each prints a usage error and
+ * returns -1 on a misuse (too many nets, an image before any net or after
+ * every net has one). */
+int pf_cli_controls_add_net(pf_cli_controls *c, const char *arg);
+int pf_cli_controls_add_image(pf_cli_controls *c, const char *path);
+/* The number of nets without an image (tiles). */
+int pf_cli_controls_tiles(const pf_cli_controls *c);
+/* Reads every control image (PNG or JPEG), gives each net without a scale
+ * default_scale, attaches the nets to p (the tile, if any, first: net 0) and
+ * fills controls[] with the nets that have an image (their pf_control, for a
+ * txt2img or refine run); *n their count. Returns 0, or -1 with err set. */
+int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_scale, pf_control *controls, int *n,
+                           pf_error *err);
+/* The nets with an image as "DIR:SCALE=IMAGE, ..." for the PNG text, and *tile
+ * the tile's folder (NULL when none). */
+void pf_cli_controls_describe(const pf_cli_controls *c, char *buf, size_t n, const char **tile);
+void pf_cli_controls_free(pf_cli_controls *c);
 
 /* Progress of one stage: a bar redrawn in place on a terminal, one line per
  * step otherwise (logs). Pass as the pipeline's progress callback with a

@@ -13,20 +13,32 @@
 
 static void generate_usage(FILE *f) {
     fprintf(f,
-            "usage: perflow generate --model DIR [--delta PATH] --prompt TEXT --out FILE.png\n"
+            "usage: perflow generate --model DIR|FILE.safetensors [--model-config DIR] [--delta PATH]\n"
+            "                        [--lora PATH[:SCALE]]... --prompt TEXT --out FILE.png\n"
             "                        [--negative-prompt TEXT] [--steps 4] [--guidance 4.5] [--seed 0]\n"
             "                        [--width 512] [--height 512] [--num-images 1] [--grid]\n"
             "                        [--prediction-type diff_eps] [--windows 4] [--clip-skip 0] [--threads N]\n"
             "                        [--vae-tiling auto|on|off] [--device auto|cpu|cuda|cuda:N]\n"
-            "                        [--refine --controlnet DIR [--refine-size 1024] [--refine-steps 4]\n"
+            "                        [--controlnet DIR[:SCALE] --control-image FILE]... [--controlnet-scale 1.0]\n"
+            "                        [--refine --controlnet DIR[:SCALE] [--refine-size 1024] [--refine-steps 4]\n"
             "                         [--refine-prompt TEXT] [--refine-negative-prompt TEXT] [--refine-guidance 7.5]\n"
-            "                         [--refine-strength 1.0] [--controlnet-scale 1.0]]\n\n"
+            "                         [--refine-strength 1.0]]\n\n"
             "Runs diffusers' StableDiffusionPipeline with the PeRFlow sampler on the CPU (float32)\n"
             "or a CUDA GPU (float16). --device auto (the default) takes $PERFLOW_DEVICE when set,\n"
             "else the first GPU when this build has CUDA and a GPU is present, else the CPU;\n"
             "--threads applies to the CPU.\n"
-            "DIR is a diffusers-layout model folder; --delta adds PeRFlow delta weights to its\n"
-            "UNet (a .safetensors file or a folder holding diffusion_pytorch_model.safetensors).\n"
+            "--model is a diffusers-layout folder (any component's weights may be sharded) or a\n"
+            "single-file checkpoint in the original LDM layout (.safetensors; .ckpt pickles are\n"
+            "refused). A single file's architecture is recognised from its tensors (SD-1.x or\n"
+            "SD-2.x, whose configs the project ships in configs/); --model-config DIR takes the\n"
+            "configs, tokenizer and scheduler of a diffusers folder instead (diffusers'\n"
+            "from_single_file(config=DIR)). --delta adds PeRFlow delta weights to the UNet (a\n"
+            ".safetensors file, an index, or a folder holding diffusion_pytorch_model.safetensors).\n"
+            "--lora fuses a LoRA (kohya/A1111, diffusers or PEFT keys) into the UNet and text encoder\n"
+            "weights at SCALE (1.0): W += SCALE * alpha / rank * up @ down, after the delta, in the\n"
+            "order given; SCALE is what follows the last ':' when it is a number, so paths with ':'\n"
+            "work. Each LoRA's matched tensors are reported on stderr; keys that match nothing are a\n"
+            "warning, a LoRA that matches nothing an error.\n"
             "Width and height: multiples of 8. With several images, FILE-0.png, FILE-1.png, ...;\n"
             "--grid writes one contact sheet FILE.png instead. Guidance <= 1 disables\n"
             "classifier-free guidance. The same seed gives the same image as diffusers with\n"
@@ -34,16 +46,21 @@ static void generate_usage(FILE *f) {
             "Prediction types: diff_eps (released SD-1.5 PeRFlow models), ddim_eps, velocity.\n"
             "--vae-tiling: decode in tiles as diffusers' enable_vae_tiling() (on), never (off), or\n"
             "only where an untiled decode would not fit the device's memory (auto, the default).\n\n"
+            "ControlNets: each --controlnet DIR followed by a --control-image FILE (PNG or JPEG) is a\n"
+            "text-to-image ControlNet (diffusers' StableDiffusionControlNetPipeline; several are summed\n"
+            "as MultiControlNetModel); a --control-image belongs to the latest --controlnet without one.\n"
+            "A --controlnet without a --control-image is the refiner's ControlNet-Tile (--refine only).\n"
+            "Each net's conditioning scale is its :SCALE, else --controlnet-scale (1.0).\n\n"
             "--refine: then refine each image as `perflow refine` does (the ControlNet-Tile img2img\n"
-            "refiner; see perflow refine --help) with the same model, delta, seed, prediction type,\n"
-            "windows and tiling: the images are quantised to 8 bits first, as the PIL hand-over of\n"
-            "the original predictor, so the result is exactly `perflow refine` of the first PNGs\n"
+            "refiner; see perflow refine --help) with the same model, delta, LoRAs, seed, prediction\n"
+            "type, windows and tiling: the images are quantised to 8 bits first, as the PIL hand-over\n"
+            "of the original predictor, so the result is exactly `perflow refine` of the first PNGs\n"
             "(one refine call for all of them, one generator seeded with --seed).\n");
 }
 
 int cmd_generate(int argc, char **argv) {
     enum { O_REFINE = 256, O_CONTROLNET, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH, O_CNSCALE,
-           O_TILING };
+           O_TILING, O_MODEL_CONFIG, O_LORA, O_CONTROL_IMAGE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"delta", required_argument, 0, 'd'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
@@ -60,6 +77,8 @@ int cmd_generate(int argc, char **argv) {
         {"refine-guidance", required_argument, 0, O_RGUIDANCE},
         {"refine-strength", required_argument, 0, O_RSTRENGTH},
         {"controlnet-scale", required_argument, 0, O_CNSCALE}, {"vae-tiling", required_argument, 0, O_TILING},
+        {"model-config", required_argument, 0, O_MODEL_CONFIG}, {"lora", required_argument, 0, O_LORA},
+        {"control-image", required_argument, 0, O_CONTROL_IMAGE},
         {0, 0, 0, 0},
     };
     pf_txt2img_params prm;
@@ -69,75 +88,90 @@ int cmd_generate(int argc, char **argv) {
     prm.windows = 4;
     pf_refine_params ref;
     pf_refine_defaults(&ref);
-    const char *model = NULL, *delta = NULL, *out = NULL, *device = NULL, *controlnet = NULL;
+    const char *out = NULL, *device = NULL;
     long v, threads = 0;
     double d;
-    int grid = 0, refine = 0, c;
+    int grid = 0, refine = 0, c, rc = 2;
     pf_error err = {{0}};
+    pf_cli_model m;
+    pf_cli_model_init(&m);
+    pf_cli_controls nets = {0};
+    pf_backend *be = NULL;
+    pf_pipeline *pipe = NULL;
+    float *images = NULL;
+    uint8_t *rgb = NULL;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': delta = optarg; break;
+        case 'm': m.spec.model = optarg; break;
+        case 'd': m.spec.delta = optarg; break;
+        case O_MODEL_CONFIG: m.spec.model_config = optarg; break;
+        case O_LORA: if (pf_cli_model_add_lora(&m, optarg)) goto done; break;
+        case O_CONTROL_IMAGE: if (pf_cli_controls_add_image(&nets, optarg)) goto done; break;
         case 'p': prm.prompt = optarg; break;
         case 'n': prm.negative_prompt = optarg; break;
         case 'o': out = optarg; break;
         case 'v': device = optarg; break;
         case 'P': prm.prediction_type = optarg; break;
         case 'G': grid = 1; break;
-        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) return 2; prm.steps = (int)v; break;
-        case 'W': if (pf_cli_int(optarg, "--width", 8, 4096, &v)) return 2; prm.width = (int)v; break;
-        case 'H': if (pf_cli_int(optarg, "--height", 8, 4096, &v)) return 2; prm.height = (int)v; break;
-        case 'N': if (pf_cli_int(optarg, "--num-images", 1, 64, &v)) return 2; prm.num_images = (int)v; break;
-        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) return 2; prm.windows = (int)v; break;
-        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) return 2; prm.clip_skip = (int)v; break;
-        case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) return 2; break;
-        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) return 2; break;
-        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) return 2; prm.guidance = (float)d; break;
+        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) goto done; prm.steps = (int)v; break;
+        case 'W': if (pf_cli_int(optarg, "--width", 8, 4096, &v)) goto done; prm.width = (int)v; break;
+        case 'H': if (pf_cli_int(optarg, "--height", 8, 4096, &v)) goto done; prm.height = (int)v; break;
+        case 'N': if (pf_cli_int(optarg, "--num-images", 1, 64, &v)) goto done; prm.num_images = (int)v; break;
+        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) goto done; prm.windows = (int)v; break;
+        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) goto done; prm.clip_skip = (int)v; break;
+        case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) goto done; break;
+        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) goto done; break;
+        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) goto done; prm.guidance = (float)d; break;
         case O_REFINE: refine = 1; break;
-        case O_CONTROLNET: controlnet = optarg; break;
-        case O_RSIZE: if (pf_cli_int(optarg, "--refine-size", 0, 1L << 20, &v)) return 2; ref.size = (int)v; break;
-        case O_RSTEPS: if (pf_cli_int(optarg, "--refine-steps", 1, 1000, &v)) return 2; ref.steps = (int)v; break;
+        case O_CONTROLNET: if (pf_cli_controls_add_net(&nets, optarg)) goto done; break;
+        case O_RSIZE: if (pf_cli_int(optarg, "--refine-size", 0, 1L << 20, &v)) goto done; ref.size = (int)v; break;
+        case O_RSTEPS: if (pf_cli_int(optarg, "--refine-steps", 1, 1000, &v)) goto done; ref.steps = (int)v; break;
         case O_RPROMPT: ref.prompt = optarg; break;
         case O_RNEG: ref.negative_prompt = optarg; break;
         case O_RGUIDANCE:
-            if (pf_cli_number_in(optarg, "--refine-guidance", 0, 100, &d)) return 2;
+            if (pf_cli_number_in(optarg, "--refine-guidance", 0, 100, &d)) goto done;
             ref.guidance = (float)d;
             break;
-        case O_RSTRENGTH: if (pf_cli_number(optarg, "--refine-strength", &d)) return 2; ref.strength = (float)d; break;
-        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) return 2; ref.controlnet_scale = (float)d; break;
-        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) return 2; break;
-        case 'h': generate_usage(stdout); return 0;
-        default: generate_usage(stderr); return 2;
+        case O_RSTRENGTH: if (pf_cli_number(optarg, "--refine-strength", &d)) goto done; ref.strength = (float)d; break;
+        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) goto done; ref.controlnet_scale = (float)d; break;
+        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) goto done; break;
+        case 'h': generate_usage(stdout); rc = 0; goto done;
+        default: generate_usage(stderr); goto done;
         }
     }
-    if (!model || !prm.prompt || !out || optind != argc) {
+    if (!m.spec.model || !prm.prompt || !out || optind != argc) {
         if (optind != argc) fprintf(stderr, "perflow: unexpected argument '%s'\n", argv[optind]);
         generate_usage(stderr);
-        return 2;
+        goto done;
     }
     if (!pf_cli_is_png_path(out)) {
         fprintf(stderr, "perflow: --out must name a .png file (got '%s')\n", out);
-        return 2;
+        goto done;
     }
-    if (refine && !controlnet) {
-        fprintf(stderr, "perflow: --refine needs --controlnet DIR (the refiner's ControlNet-Tile)\n");
-        return 2;
+    int tiles = pf_cli_controls_tiles(&nets);
+    if (refine && tiles != 1) {
+        fprintf(stderr, "perflow: --refine needs --controlnet DIR (%s the refiner's ControlNet-Tile, given without a "
+                        "--control-image)\n", tiles ? "exactly one:" : "");
+        goto done;
     }
-    if (controlnet && !refine) {
-        fprintf(stderr, "perflow: --controlnet is used by --refine only (a ControlNet with a control image in "
-                        "text-to-image is not supported yet)\n");
-        return 2;
+    if (tiles && !refine) {
+        fprintf(stderr, "perflow: --controlnet is used by --refine only unless a --control-image FILE follows it "
+                        "(a ControlNet in text-to-image needs its condition image)\n");
+        goto done;
     }
 
-    pf_backend *be = pf_backend_open(device, (int)threads, &err);
-    pf_pipeline *pipe = NULL;
-    float *images = NULL;
-    uint8_t *rgb = NULL;
-    int rc = 1;
-    if (!be || pf_pipeline_load(&pipe, be, model, delta, &err) || pf_txt2img_check(pipe, &prm, &err)) goto done;
+    rc = 1;
+    pf_control controls[PF_MAX_CONTROLS];
+    be = pf_backend_open(device, (int)threads, &err);
+    if (!be || pf_pipeline_load_model(&pipe, be, &m.spec, &err)) goto done;
+    pf_cli_model_report(&m);
+    if (pf_cli_controls_attach(&nets, pipe, ref.controlnet_scale, controls, &prm.n_controls, &err)) goto done;
+    prm.controls = controls;
+    if (pf_txt2img_check(pipe, &prm, &err)) goto done;
     if (refine) {
-        /* everything the second stage needs is checked before the first runs */
+        /* everything the second stage needs is checked before the first runs; the
+         * tile is net 0, which a refine run without controls of its own takes */
         ref.image_width = prm.width;
         ref.image_height = prm.height;
         ref.num_images = prm.num_images;
@@ -146,7 +180,9 @@ int cmd_generate(int argc, char **argv) {
         ref.windows = prm.windows;
         ref.clip_skip = prm.clip_skip;
         ref.vae_tiling = prm.vae_tiling;
-        if (pf_pipeline_set_controlnet(pipe, controlnet, &err) || pf_refine_check(pipe, &ref, NULL, &err)) goto done;
+        for (int i = 0; i < nets.n; i++)
+            if (!nets.net[i].image) ref.controlnet_scale = (float)nets.net[i].scale;
+        if (pf_refine_check(pipe, &ref, NULL, &err)) goto done;
     }
     size_t px = (size_t)prm.width * prm.height * 3;
     int W = prm.width, H = prm.height;
@@ -180,7 +216,10 @@ int cmd_generate(int argc, char **argv) {
     }
 
     char seed[32], steps[16], guidance[32], size[32], windows[16], skip[16], rsize[32], rsteps[16], rguid[32],
-        rstrength[32], cnscale[32];
+        rstrength[32], cnscale[32], loras[4096], controls_text[4096];
+    const char *tile = NULL;
+    pf_cli_model_describe(&m, loras, sizeof loras);
+    pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm.seed);
     snprintf(steps, sizeof steps, "%d", prm.steps);
     snprintf(guidance, sizeof guidance, "%g", (double)prm.guidance);
@@ -196,11 +235,12 @@ int cmd_generate(int argc, char **argv) {
                             "negative_prompt", prm.negative_prompt ? prm.negative_prompt : "",
                             "seed", seed, "steps", steps, "guidance", guidance, "size", size,
                             "prediction_type", prm.prediction_type, "windows", windows, "clip_skip", skip,
-                            "model", model, "delta", delta ? delta : ""};
+                            "model", m.spec.model, "model_config", m.spec.model_config ? m.spec.model_config : "",
+                            "delta", m.spec.delta ? m.spec.delta : "", "loras", loras, "controlnets", controls_text};
     int nt = 0;
     while (text[nt]) nt++;
     if (refine) {
-        const char *more[] = {"refine_controlnet", controlnet, "refine_size", rsize, "refine_steps", rsteps,
+        const char *more[] = {"refine_controlnet", tile, "refine_size", rsize, "refine_steps", rsteps,
                               "refine_prompt", ref.prompt ? ref.prompt : PF_REFINE_PROMPT,
                               "refine_negative_prompt",
                               ref.negative_prompt ? ref.negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
@@ -213,10 +253,12 @@ int cmd_generate(int argc, char **argv) {
     if (pf_cli_write_pngs(out, rgb, prm.num_images, W, H, grid, text, &err)) goto done;
     rc = 0;
 done:
-    if (rc) fprintf(stderr, "perflow: %s\n", err.msg);
+    if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);
     free(images);
     free(rgb);
     pf_pipeline_free(pipe);
     pf_backend_free(be);
+    pf_cli_controls_free(&nets);
+    pf_cli_model_free(&m);
     return rc;
 }

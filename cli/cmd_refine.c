@@ -13,7 +13,9 @@
 
 static void refine_usage(FILE *f) {
     fprintf(f,
-            "usage: perflow refine --model DIR [--delta PATH] --controlnet DIR --image IN.png --out OUT.png\n"
+            "usage: perflow refine --model DIR|FILE.safetensors [--model-config DIR] [--delta PATH]\n"
+            "                      [--lora PATH[:SCALE]]... --controlnet DIR[:SCALE] --image IN.png --out OUT.png\n"
+            "                      [--controlnet DIR[:SCALE] --control-image FILE]...\n"
             "                      [--prompt TEXT] [--negative-prompt TEXT] [--size 1024] [--steps 4]\n"
             "                      [--guidance 7.5] [--strength 1.0] [--controlnet-scale 1.0] [--seed 0]\n"
             "                      [--prediction-type diff_eps] [--windows 4] [--clip-skip 0]\n"
@@ -23,8 +25,13 @@ static void refine_usage(FILE *f) {
             "convert(\"RGB\") does) is scaled so its short side is --size, each side rounded to a\n"
             "multiple of 64 (Python's round), with Pillow's Lanczos; that image is both the img2img\n"
             "input and the ControlNet condition. --size 0 keeps IN's own size (multiples of 8).\n"
-            "DIR is the SD-1.5 base model folder (--delta: PeRFlow delta weights for its UNet); the\n"
-            "--controlnet folder (diffusers layout, e.g. control_v11f1e_sd15_tile) is used as published.\n"
+            "--model, --model-config, --delta and --lora as for perflow generate (see its --help): an\n"
+            "SD-1.5 base as a folder or a single file, PeRFlow delta weights for its UNet, LoRAs fused\n"
+            "at load. The --controlnet without a --control-image is the ControlNet-Tile (diffusers\n"
+            "layout, e.g. control_v11f1e_sd15_tile, used as published), conditioned on the refined\n"
+            "image; each further --controlnet DIR followed by --control-image FILE adds a ControlNet\n"
+            "with its own condition image (their residuals are summed, as MultiControlNetModel). A\n"
+            "net's conditioning scale is its :SCALE, else --controlnet-scale.\n"
             "--strength in (0, 1]: img2img keeps the last min(int(steps * strength), steps) timesteps\n"
             "and noises the encoded image to the first of them. The seed seeds a fresh\n"
             "torch.manual_seed(seed) generator, so the same seed gives diffusers' image.\n"
@@ -35,7 +42,8 @@ static void refine_usage(FILE *f) {
 }
 
 int cmd_refine(int argc, char **argv) {
-    enum { O_CONTROLNET = 256, O_IMAGE, O_SIZE, O_STRENGTH, O_CNSCALE, O_TILING };
+    enum { O_CONTROLNET = 256, O_IMAGE, O_SIZE, O_STRENGTH, O_CNSCALE, O_TILING, O_MODEL_CONFIG, O_LORA,
+           O_CONTROL_IMAGE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},        {"delta", required_argument, 0, 'd'},
         {"controlnet", required_argument, 0, O_CONTROLNET}, {"image", required_argument, 0, O_IMAGE},
@@ -47,23 +55,35 @@ int cmd_refine(int argc, char **argv) {
         {"windows", required_argument, 0, 'K'},      {"clip-skip", required_argument, 0, 'c'},
         {"vae-tiling", required_argument, 0, O_TILING}, {"device", required_argument, 0, 'v'},
         {"threads", required_argument, 0, 't'},      {"help", no_argument, 0, 'h'},
+        {"model-config", required_argument, 0, O_MODEL_CONFIG}, {"lora", required_argument, 0, O_LORA},
+        {"control-image", required_argument, 0, O_CONTROL_IMAGE},
         {0, 0, 0, 0},
     };
     pf_refine_params prm;
     pf_refine_defaults(&prm);
     prm.prediction_type = "diff_eps";
     prm.windows = 4;
-    const char *model = NULL, *delta = NULL, *controlnet = NULL, *image = NULL, *out = NULL, *device = NULL;
+    const char *image = NULL, *out = NULL, *device = NULL;
     long v, threads = 0;
     double d;
-    int c;
+    int c, rc = 2;
     pf_error err = {{0}};
+    pf_cli_model m;
+    pf_cli_model_init(&m);
+    pf_cli_controls nets = {0};
+    pf_backend *be = NULL;
+    pf_pipeline *pipe = NULL;
+    float *images = NULL;
+    uint8_t *input = NULL, *rgb = NULL;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': delta = optarg; break;
-        case O_CONTROLNET: controlnet = optarg; break;
+        case 'm': m.spec.model = optarg; break;
+        case 'd': m.spec.delta = optarg; break;
+        case O_MODEL_CONFIG: m.spec.model_config = optarg; break;
+        case O_LORA: if (pf_cli_model_add_lora(&m, optarg)) goto done; break;
+        case O_CONTROLNET: if (pf_cli_controls_add_net(&nets, optarg)) goto done; break;
+        case O_CONTROL_IMAGE: if (pf_cli_controls_add_image(&nets, optarg)) goto done; break;
         case O_IMAGE: image = optarg; break;
         case 'o': out = optarg; break;
         case 'p': prm.prompt = optarg; break;
@@ -72,41 +92,54 @@ int cmd_refine(int argc, char **argv) {
         case 'P': prm.prediction_type = optarg; break;
         /* size and strength: any number here; their limits (a size that rounds to 0 or
          * past the maximum, strength outside (0, 1]) are the library's, exit status 1 */
-        case O_SIZE: if (pf_cli_int(optarg, "--size", 0, 1L << 20, &v)) return 2; prm.size = (int)v; break;
-        case O_STRENGTH: if (pf_cli_number(optarg, "--strength", &d)) return 2; prm.strength = (float)d; break;
-        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) return 2; prm.controlnet_scale = (float)d; break;
-        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) return 2; prm.steps = (int)v; break;
-        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) return 2; prm.windows = (int)v; break;
-        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) return 2; prm.clip_skip = (int)v; break;
-        case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) return 2; break;
-        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) return 2; break;
-        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) return 2; prm.guidance = (float)d; break;
-        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) return 2; break;
-        case 'h': refine_usage(stdout); return 0;
-        default: refine_usage(stderr); return 2;
+        case O_SIZE: if (pf_cli_int(optarg, "--size", 0, 1L << 20, &v)) goto done; prm.size = (int)v; break;
+        case O_STRENGTH: if (pf_cli_number(optarg, "--strength", &d)) goto done; prm.strength = (float)d; break;
+        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) goto done; prm.controlnet_scale = (float)d; break;
+        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) goto done; prm.steps = (int)v; break;
+        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) goto done; prm.windows = (int)v; break;
+        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) goto done; prm.clip_skip = (int)v; break;
+        case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) goto done; break;
+        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) goto done; break;
+        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) goto done; prm.guidance = (float)d; break;
+        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) goto done; break;
+        case 'h': refine_usage(stdout); rc = 0; goto done;
+        default: refine_usage(stderr); goto done;
         }
     }
-    if (!model || !controlnet || !image || !out || optind != argc) {
+    if (!m.spec.model || !nets.n || !image || !out || optind != argc) {
         if (optind != argc) fprintf(stderr, "perflow: unexpected argument '%s'\n", argv[optind]);
         refine_usage(stderr);
-        return 2;
+        goto done;
     }
     if (!pf_cli_is_png_path(out)) {
         fprintf(stderr, "perflow: --out must name a .png file (got '%s')\n", out);
-        return 2;
+        goto done;
+    }
+    if (pf_cli_controls_tiles(&nets) != 1) {
+        fprintf(stderr, "perflow: refine needs exactly one --controlnet DIR without a --control-image (the "
+                        "ControlNet-Tile), got %d\n", pf_cli_controls_tiles(&nets));
+        goto done;
     }
 
-    pf_backend *be = NULL;
-    pf_pipeline *pipe = NULL;
-    float *images = NULL;
-    uint8_t *input = NULL, *rgb = NULL;
-    int rc = 1, W, H;
+    rc = 1;
+    int W, H;
+    pf_control controls[PF_MAX_CONTROLS];
     /* the input first: a bad image fails before any model is loaded */
     if (pf_image_read(image, &input, &prm.image_width, &prm.image_height, &err)) goto done;
     prm.images = input;
-    if (!(be = pf_backend_open(device, (int)threads, &err)) || pf_pipeline_load(&pipe, be, model, delta, &err) ||
-        pf_pipeline_set_controlnet(pipe, controlnet, &err) || pf_refine_check(pipe, &prm, NULL, &err))
+    if (!(be = pf_backend_open(device, (int)threads, &err)) || pf_pipeline_load_model(&pipe, be, &m.spec, &err))
         goto done;
+    pf_cli_model_report(&m);
+    /* the tile is net 0, conditioned on the refined image (image NULL); the pairs follow */
+    if (pf_cli_controls_attach(&nets, pipe, prm.controlnet_scale, controls + 1, &prm.n_controls, &err)) goto done;
+    for (int i = 0; i < nets.n; i++)
+        if (!nets.net[i].image) controls[0] = (pf_control){0, NULL, 0, 0, (float)nets.net[i].scale};
+    prm.controlnet_scale = controls[0].scale;
+    if (prm.n_controls) {
+        prm.n_controls++;
+        prm.controls = controls;
+    }
+    if (pf_refine_check(pipe, &prm, NULL, &err)) goto done;
     pf_refine_output_size(&prm, &W, &H);
     const size_t px = (size_t)W * H * 3;
     images = malloc(px * sizeof *images);
@@ -122,7 +155,11 @@ int cmd_refine(int argc, char **argv) {
     if (pf_pipeline_refine(pipe, &prm, images, &err)) goto done;
     pf_image_to_u8(rgb, images, (long)px);
 
-    char seed[32], steps[16], guidance[32], size[32], windows[16], strength[32], cnscale[32];
+    char seed[32], steps[16], guidance[32], size[32], windows[16], strength[32], cnscale[32], loras[4096],
+        controls_text[4096];
+    const char *tile = NULL;
+    pf_cli_model_describe(&m, loras, sizeof loras);
+    pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm.seed);
     snprintf(steps, sizeof steps, "%d", prm.steps);
     snprintf(guidance, sizeof guidance, "%g", (double)prm.guidance);
@@ -134,16 +171,20 @@ int cmd_refine(int argc, char **argv) {
                           "negative_prompt", prm.negative_prompt ? prm.negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
                           "seed", seed, "steps", steps, "guidance", guidance, "strength", strength,
                           "controlnet_scale", cnscale, "size", size, "prediction_type", prm.prediction_type,
-                          "windows", windows, "model", model, "delta", delta ? delta : "", "controlnet", controlnet,
-                          "input", image, "index", NULL, NULL};
+                          "windows", windows, "model", m.spec.model,
+                          "model_config", m.spec.model_config ? m.spec.model_config : "",
+                          "delta", m.spec.delta ? m.spec.delta : "", "loras", loras, "controlnet", tile,
+                          "controlnets", controls_text, "input", image, "index", NULL, NULL};
     if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, text, &err)) goto done;
     rc = 0;
 done:
-    if (rc) fprintf(stderr, "perflow: %s\n", err.msg);
+    if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);
     free(images);
     free(input);
     free(rgb);
     pf_pipeline_free(pipe);
     pf_backend_free(be);
+    pf_cli_controls_free(&nets);
+    pf_cli_model_free(&m);
     return rc;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "convert.h"
 #include "model_dir.h"
 
 typedef struct clip_layer {          /* CLIPEncoderLayer */
@@ -162,11 +163,7 @@ int pf_clip_text_model_load_component(pf_clip_text_model **out, pf_backend *be, 
         pf_weights_open(&w, weights_path, err))
         return -1;
     /* transformers 4.x saves CLIPTextModel under "text_model."; 5.x drops the prefix. */
-    const char *prefix = pf_weights_has(w, "text_model.embeddings.token_embedding.weight") ||
-                                 !pf_weights_has(w, "embeddings.token_embedding.weight")
-                             ? "text_model."
-                             : "";
-    int rc = pf_clip_text_model_load(out, be, &cfg, w, prefix, err);
+    int rc = pf_clip_text_model_load(out, be, &cfg, w, pf_text_encoder_prefix(w), err);
     pf_weights_close(w);
     return rc;
 }

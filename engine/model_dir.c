@@ -34,12 +34,14 @@ int pf_model_weights(char *out, size_t n, const char *root, const char *componen
                      pf_error *err) {
     /* transformers components (text_encoder, SDXL's text_encoder_2) name their weights model.* */
     const char *stem = component && !strncmp(component, "text_encoder", 12) ? "model" : "diffusion_pytorch_model";
-    char full[256], half[256];
-    snprintf(full, sizeof full, "%s.safetensors", stem);
-    snprintf(half, sizeof half, "%s.fp16.safetensors", stem);
-    const char *order[2] = {prefer_fp16 ? half : full, prefer_fp16 ? full : half};
-    for (int i = 0; i < 2; i++)
-        if (pf_model_file(out, n, root, component, order[i], NULL) == 0) return 0;
-    return pf_fail(err, "%s%s%s: no weights (looked for %s and %s)", root, component ? "/" : "",
-                   component ? component : "", full, half);
+    char names[4][256];
+    snprintf(names[0], sizeof names[0], "%s.safetensors", stem);
+    snprintf(names[1], sizeof names[1], "%s.safetensors.index.json", stem);
+    snprintf(names[2], sizeof names[2], "%s.fp16.safetensors", stem);
+    snprintf(names[3], sizeof names[3], "%s.safetensors.index.fp16.json", stem);
+    static const int order[2][4] = {{0, 1, 2, 3}, {2, 3, 0, 1}};
+    for (int i = 0; i < 4; i++)
+        if (pf_model_file(out, n, root, component, names[order[prefer_fp16 ? 1 : 0][i]], NULL) == 0) return 0;
+    return pf_fail(err, "%s%s%s: no weights (looked for %s, %s and their fp16 variants)", root, component ? "/" : "",
+                   component ? component : "", names[0], names[1]);
 }

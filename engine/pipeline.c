@@ -70,7 +70,7 @@ int pf_pipeline_load_model(pf_pipeline **out, pf_backend *be, const pf_model_spe
 }
 
 int pf_pipeline_load(pf_pipeline **out, pf_backend *be, const char *model_dir, const char *delta, pf_error *err) {
-    pf_model_spec spec = {model_dir, NULL, delta, NULL, 0};
+    pf_model_spec spec = {.model = model_dir, .delta = delta};
     return pf_pipeline_load_model(out, be, &spec, err);
 }
 

@@ -23,6 +23,10 @@
 
 #include "fileio.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 static const struct {
     const char *name;
     size_t size;
@@ -86,6 +90,8 @@ static const char *quote(const char *s) {
     static _Thread_local int which;
     return quote_bytes(bufs[which++ & 3], sizeof bufs[0], s, KEEP_UTF8 | QUOTED);
 }
+
+const char *pf_st_quote(const char *s) { return quote(s); }
 
 /* --------------------------------------------------------------- parsing */
 
@@ -353,16 +359,51 @@ const char *pf_st_meta(const pf_safetensors *st, const char *key) {
     return NULL;
 }
 
-int pf_st_read_f32(const pf_safetensors *st, const pf_st_tensor *t, float *dst, pf_error *err) {
+#if defined(__x86_64__) && defined(__GNUC__)
+/* float16 to float32 with the F16C instruction, 8 values at a time, the chunks
+ * spread over the OpenMP threads: a checkpoint's worth of float16 weights
+ * (a billion values for SD-1.5) is the bulk of a single-file load. Exact, as
+ * every float16 is a float32; src may have any alignment (loadu). */
+__attribute__((target("f16c,avx"))) static void f16c_run(float *dst, const uint8_t *src, size_t i, size_t end) {
+    for (; i + 8 <= end; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+    for (; i < end; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        pf_convert_to_f32(dst + i, &h, PF_F16, 1);
+    }
+}
+
+/* The OpenMP region stays outside the target("f16c") function: an outlined
+ * parallel body would not inherit the attribute. */
+static void f16_to_f32_f16c(float *dst, const uint8_t *src, size_t n) {
+    const size_t chunk = 1 << 16;
+#pragma omp parallel for schedule(static) if (n > 4 * chunk)
+    for (size_t c = 0; c < (n + chunk - 1) / chunk; c++)
+        f16c_run(dst, src, c * chunk, c * chunk + chunk < n ? c * chunk + chunk : n);
+}
+#endif
+
+int pf_st_read_f32_range(const pf_safetensors *st, const pf_st_tensor *t, int64_t first, int64_t count, float *dst,
+                         pf_error *err) {
     PF_CHECK(t >= st->tensors && t < st->tensors + st->count);
-    size_t n = (size_t)pf_st_numel(t);
-    const uint8_t *src = st->data + t->begin;
+    PF_CHECK(first >= 0 && count >= 0 && first + count <= pf_st_numel(t));
+    size_t n = (size_t)count;
     switch (t->dtype) {
-    case PF_ST_F32: memcpy(dst, src, n * 4); return 0;
+    case PF_ST_F32: memcpy(dst, st->data + t->begin + 4 * (size_t)first, n * 4); return 0;
     case PF_ST_F16:
+#if defined(__x86_64__) && defined(__GNUC__)
+        /* every x86 CPU with AVX2 has F16C (clang's builtin knows no "f16c") */
+        if (__builtin_cpu_supports("avx2")) {
+            f16_to_f32_f16c(dst, st->data + t->begin + 2 * (size_t)first, n);
+            return 0;
+        }
+#endif
+        /* fall through */
     case PF_ST_BF16: {
         /* The span may start at any byte (the header length is the file's
          * choice), so 16-bit values go through an aligned bounce buffer. */
+        const uint8_t *src = st->data + t->begin + 2 * (size_t)first;
         pf_dtype dt = t->dtype == PF_ST_F16 ? PF_F16 : PF_BF16;
         uint16_t tmp[2048];
         for (size_t i = 0; i < n; i += 2048) {
@@ -376,6 +417,10 @@ int pf_st_read_f32(const pf_safetensors *st, const pf_st_tensor *t, float *dst, 
         return pf_fail(err, "%s: tensor \"%s\" has dtype %s, which cannot be read as float32 (only F32, F16, BF16)",
                        st->path, quote(t->name), dtypes[t->dtype].name);
     }
+}
+
+int pf_st_read_f32(const pf_safetensors *st, const pf_st_tensor *t, float *dst, pf_error *err) {
+    return pf_st_read_f32_range(st, t, 0, pf_st_numel(t), dst, err);
 }
 
 /* --------------------------------------------------------------- writing */

@@ -57,11 +57,22 @@ const pf_st_tensor *pf_st_find(const pf_safetensors *st, const char *name);
 /* Value of a __metadata__ key, or NULL. */
 const char *pf_st_meta(const pf_safetensors *st, const char *key);
 const char *pf_st_dtype_name(pf_st_dtype dt);
+/* s as a one-line printable string for an error message (control bytes as
+ * \xNN, quotes escaped, cut with "..." past ~150 bytes), in one of a few
+ * rotating thread-local buffers: a message may quote up to four names. Names
+ * come from untrusted files; everything taken from one goes through this. */
+const char *pf_st_quote(const char *s);
 int64_t pf_st_numel(const pf_st_tensor *t);
 
 /* Converts tensor t to float32 into dst (pf_st_numel(t) floats). Fails with a
  * clear error for dtypes other than F32/F16/BF16. */
 int pf_st_read_f32(const pf_safetensors *st, const pf_st_tensor *t, float *dst, pf_error *err);
+/* Converts elements [first, first + n) of t (in row-major order) to float32
+ * into dst: a slice of a fused tensor without reading the rest. The range must
+ * lie inside t (an invariant: callers compute it from t's shape). Fails as
+ * pf_st_read_f32 does. */
+int pf_st_read_f32_range(const pf_safetensors *st, const pf_st_tensor *t, int64_t first, int64_t n, float *dst,
+                         pf_error *err);
 
 /* One tensor to write: float32 data converted to dtype on write. */
 typedef struct pf_st_entry {

@@ -64,7 +64,7 @@ expect 2 "--strength must be a number" $R --image "$IN" --strength nan
 expect 2 "--size must be" $R --image "$IN" --size 1e3
 expect 1 "multiple of 8" $R --image "$ROOT/tests/data/images/png/grey8.png" --size 0
 expect 1 "does not fit the model" $P refine --model "$ROOT/tests/data/models/tiny-sd2" --controlnet "$CN" --image "$IN" --out "$T/r.png"
-expect 1 "loading controlnet" $R --image "$IN" --controlnet "$M/unet"
+expect 1 "loading controlnet" $P refine --model "$M" --controlnet "$M/unet" --image "$IN" --out "$T/r.png"
 expect 2 "--vae-tiling must be" $R --image "$IN" --vae-tiling sometimes
 expect 2 "usage" $P refine --model "$M" --image "$IN" --out "$T/r.png"
 expect 2 "--refine needs --controlnet" $G --model "$M" --refine
@@ -100,5 +100,53 @@ case "$ids" in
 esac
 n=$(echo "$ids" | tr ',' '\n' | wc -l)
 [ "$n" -eq 77 ] || { echo "FAIL: tokenize printed $n ids, want 77"; fails=$((fails + 1)); }
+
+# Issue 14: single-file checkpoints, LoRAs, sharded weights, ControlNet pairs. Each bad
+# input is one line naming the file and what is wrong; the good paths run under ASan too.
+SF=$ROOT/tests/data/models/single-file/tiny-sd15.safetensors
+L=$ROOT/tests/data/models/loras
+expect 1 "unknown architecture (UNet: cross-attention width 32, 4 input channels" $G --model "$SF"
+python3 "$ROOT/tests/st_drop.py" "$SF" "$T/novae.safetensors" first_stage_model.
+expect 1 "has no VAE (first_stage_model.*)" $G --model "$T/novae.safetensors" --model-config "$M"
+python3 "$ROOT/tests/st_drop.py" "$SF" "$T/note.safetensors" cond_stage_model.
+expect 1 "has no text encoder (cond_stage_model.*)" $G --model "$T/note.safetensors" --model-config "$M"
+printf 'PK\003\004pickled' > "$T/model.ckpt"
+expect 1 "perflow reads safetensors only" $G --model "$T/model.ckpt"
+expect 1 "a model folder has its own configs" $G --model "$M" --model-config "$M"
+expect 1 "--model-config: " $G --model "$SF" --model-config "$T/nope"
+expect 1 "none of its 4 tensors matches a weight" $G --model "$M" --lora "$L/bad-foreign.safetensors"
+expect 1 "rank mismatch: up has rank 4, down has rank 2" $G --model "$M" --lora "$L/bad-rank.safetensors:0.5"
+expect 1 "does not fit the model's" $G --model "$M" --lora "$L/kohya-sd2.safetensors"
+expect 1 "nope.safetensors: cannot open" $G --model "$M" --lora "$T/nope.safetensors:0.7"
+expect 2 "has no --controlnet DIR before it" $G --model "$M" --control-image "$IN"
+expect 2 "at most 16 --lora" $G --model "$M" $(for i in $(seq 17); do printf -- '--lora x%s ' "$i"; done)
+cp -rL "$ROOT/tests/data/models/tiny-sd2-sharded" "$T/sharded"
+VS=$T/sharded/vae/diffusion_pytorch_model-00002-of-00004.safetensors
+head -c 5000 "$VS" > "$T/shard" && mv "$T/shard" "$VS"
+expect 1 "diffusion_pytorch_model-00002-of-00004.safetensors" $G --model "$T/sharded"
+rm "$VS"
+expect 1 "diffusion_pytorch_model-00002-of-00004.safetensors: cannot open" $G --model "$T/sharded"
+"$P" generate --model "$SF" --model-config "$M" --delta "$D" --lora "$L/kohya-sd15.safetensors:0.8" \
+    --lora "$L/peft.safetensors:-0.5" --prompt "a cat" --steps 2 --width 64 --height 64 --out "$T/lora.png" \
+    > /dev/null 2> "$T/err"
+if [ $? -ne 0 ] || grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$T/err" || [ ! -s "$T/lora.png" ] ||
+    ! grep -q "lora $L/kohya-sd15.safetensors (kohya, scale 0.8): 45 of 46 tensors matched" "$T/err" ||
+    ! grep -q "warning: lora .*dora_scale" "$T/err"; then
+    echo "FAIL: generate from a single file with two LoRAs under ASan"; cat "$T/err"; fails=$((fails + 1))
+else
+    echo "ok: generate from a single file with two LoRAs under ASan"
+fi
+"$P" refine --model "$M" --controlnet "$CN" --controlnet "$ROOT/tests/data/models/tiny-sd15-controlnet-b:0.5" \
+    --control-image "$IN" --image "$IN" --size 64 --steps 1 --out "$T/pair.png" > /dev/null 2> "$T/err"
+if [ $? -ne 0 ] || grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$T/err" || [ ! -s "$T/pair.png" ]; then
+    echo "FAIL: refine with a tile and a ControlNet pair under ASan"; cat "$T/err"; fails=$((fails + 1))
+else
+    echo "ok: refine with a tile and a ControlNet pair under ASan"
+fi
+out=$("$P" inspect --summary --model "$M" "$L/peft.safetensors" 2> "$T/err")
+case "$out" in
+*"LoRA, PEFT format"*"104 of 104 tensors match"*) echo "ok: inspect of a LoRA against a model" ;;
+*) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
+esac
 
 [ $fails -eq 0 ] || { echo "$fails failures"; exit 1; }

@@ -10,12 +10,16 @@ Prints one JSON line: {"what": ..., "seconds": median, "runs": [...]}. The C sid
 import argparse
 import json
 import os
+import re
+import sys
 import resource
 import statistics
 import time
 
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # CLIP ViT-L/14 text tower, as in SD-1.5's text_encoder/config.json.
 CLIP_L14 = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -116,15 +120,84 @@ def refine_model(models):
     return step
 
 
+def single_file_model(models):
+    """Real-size SD-1.5 as one LDM file (float16, the random weights of the models above)
+    and two LoRAs: kohya keys of rank 32 on every attention, feed-forward and projection
+    layer of the UNet and text encoder, and PEFT keys of rank 16 on the UNet's attention.
+    Made once under models/sd15-single (tests/reference/goldens_weights.py's LDM writer)."""
+    d = os.path.join(models, "sd15-single")
+    ckpt, loras = os.path.join(d, "sd15.safetensors"), [os.path.join(d, f) for f in ("kohya.safetensors",
+                                                                                      "peft.safetensors")]
+    if not os.path.exists(loras[1]):
+        from diffusers import AutoencoderKL
+        from safetensors.torch import save_file
+        from goldens_weights import clip_to_ldm, unet_to_ldm, vae_to_ldm
+        os.makedirs(d, exist_ok=True)
+        unet = sd15_unet(models)
+        vae_model(models)
+        vae = AutoencoderKL.from_pretrained(os.path.join(models, "sd15-vae", "vae"))
+        clip_model(models)
+        te = CLIPTextModel.from_pretrained(os.path.join(models, "clip-vit-l14", "text_encoder"))
+        usd, vsd, tsd = unet.state_dict(), vae.state_dict(), te.state_dict()
+        sd = {}
+        sd.update(unet_to_ldm(usd, unet.config))
+        sd.update(vae_to_ldm(vsd, vae.config))
+        sd.update(clip_to_ldm(tsd))
+        save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}, ckpt)
+        g = torch.Generator().manual_seed(0)
+        kohya, peft = {}, {}
+        for comp, src, pat in (("unet", usd, r"(attn[12]\.to_(q|k|v|out\.0)|ff\.net\.(0\.proj|2)|proj_(in|out))\.weight$"),
+                               ("te", tsd, r"(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.weight$")):
+            for k, w in src.items():
+                if not re.search(pat, k):
+                    continue
+                name = f"lora_{comp}_" + k[:-7].replace(".", "_")
+                kohya[name + ".lora_down.weight"] = (torch.randn([32] + list(w.shape[1:]), generator=g) * 0.01).half()
+                kohya[name + ".lora_up.weight"] = (torch.randn([w.shape[0], 32] + [1] * (w.ndim - 2), generator=g)
+                                                   * 0.01).half()
+                kohya[name + ".alpha"] = torch.tensor(16.0).half()
+                if comp == "unet" and "attn" in k:
+                    peft[f"unet.{k[:-7]}.lora_A.weight"] = (torch.randn(16, w.shape[1], generator=g) * 0.01).half()
+                    peft[f"unet.{k[:-7]}.lora_B.weight"] = (torch.randn(w.shape[0], 16, generator=g) * 0.01).half()
+        save_file(kohya, loras[0])
+        save_file(peft, loras[1])
+    return ckpt, loras
+
+
+def load_model(models):
+    """Loading SD-1.5 from a single file with two LoRAs fused, as diffusers does it:
+    from_single_file(config=configs/sd15), load_lora_weights for each, set_adapters with the
+    scales, fuse_lora, unload_lora_weights (float32 weights on the CPU)."""
+    from diffusers import StableDiffusionPipeline
+    from perflow_scheduler import PeRFlowScheduler
+    ckpt, loras = single_file_model(models)
+    cfg = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "sd15")
+    sched = json.load(open(os.path.join(cfg, "scheduler", "scheduler_config.json")))
+
+    def load():
+        pipe = StableDiffusionPipeline.from_single_file(
+            ckpt, config=cfg, scheduler=PeRFlowScheduler(**{k: v for k, v in sched.items() if k[0] != "_"}),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False, torch_dtype=torch.float32,
+            local_files_only=True)
+        pipe.load_lora_weights(loras[0], adapter_name="a")
+        pipe.load_lora_weights(loras[1], adapter_name="b")
+        pipe.set_adapters(["a", "b"], adapter_weights=[0.8, 0.5])
+        pipe.fuse_lora(adapter_names=["a", "b"])
+        pipe.unload_lora_weights()
+        return pipe
+    return load
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["clip", "vae", "unet", "refine"])
+    ap.add_argument("what", choices=["clip", "vae", "unet", "refine", "load"])
     ap.add_argument("--models", default="build/bench/models")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    fn = {"clip": clip_model, "vae": vae_model, "unet": unet_model, "refine": refine_model}[a.what](a.models)
+    fn = {"clip": clip_model, "vae": vae_model, "unet": unet_model, "refine": refine_model,
+          "load": load_model}[a.what](a.models)
     runs = []
     with torch.inference_mode():
         fn()  # warm-up
