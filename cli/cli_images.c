@@ -47,6 +47,22 @@ int pf_cli_number_in(const char *s, const char *name, double lo, double hi, doub
     return 0;
 }
 
+int pf_cli_pair(const char *s, const char *name, long lo, long hi, long out[2]) {
+    char *end;
+    const char *at = s;
+    for (int i = 0; i < 2; i++) {
+        errno = 0;
+        long v = strtol(at, &end, 10);
+        if (errno || end == at || *at == ' ' || *at == '+' || v < lo || v > hi || *end != (i ? '\0' : ',')) {
+            fprintf(stderr, "perflow: %s must be two integers in [%ld, %ld] as A,B (got '%s')\n", name, lo, hi, s);
+            return -1;
+        }
+        out[i] = v;
+        at = end + 1;
+    }
+    return 0;
+}
+
 int pf_cli_seed(const char *s, const char *name, uint64_t *out) {
     char *end;
     errno = 0;
@@ -130,14 +146,13 @@ int pf_cli_controls_add_net(pf_cli_controls *c, const char *arg) {
 }
 
 int pf_cli_controls_add_image(pf_cli_controls *c, const char *path) {
-    for (int i = c->n - 1; i >= 0; i--) {
-        if (c->net[i].image) break; /* the latest net without an image, after every net that has one */
-        if (i == 0 || c->net[i - 1].image) {
-            c->net[i].image = path;
-            return 0;
-        }
+    /* a --control-image belongs to the --controlnet just before it: pairs read in
+     * order, and a net given without one (the refiner's tile) stays without */
+    if (c->n && !c->net[c->n - 1].image) {
+        c->net[c->n - 1].image = path;
+        return 0;
     }
-    fprintf(stderr, "perflow: --control-image '%s' has no --controlnet DIR before it to belong to\n", path);
+    fprintf(stderr, "perflow: --control-image '%s' must follow the --controlnet DIR it conditions\n", path);
     return -1;
 }
 

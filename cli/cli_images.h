@@ -19,6 +19,8 @@ int pf_cli_int(const char *s, const char *name, long lo, long hi, long *out);
 int pf_cli_number(const char *s, const char *name, double *out);
 /* A number in [lo, hi]. */
 int pf_cli_number_in(const char *s, const char *name, double lo, double hi, double *out);
+/* "A,B": two integers in [lo, hi] (SDXL's --original-size W,H and friends). */
+int pf_cli_pair(const char *s, const char *name, long lo, long hi, long out[2]);
 /* A seed: an integer in [0, 2^64). */
 int pf_cli_seed(const char *s, const char *name, uint64_t *out);
 /* --vae-tiling: auto, on or off. */
@@ -49,8 +51,9 @@ void pf_cli_model_describe(const pf_cli_model *m, char *buf, size_t n);
 void pf_cli_model_free(pf_cli_model *m);
 
 /* The ControlNet options: --controlnet DIR[:SCALE] and --control-image FILE,
- * repeatable. A --control-image belongs to the latest --controlnet that has
- * none yet; a --controlnet left without one is the refiner's tile ControlNet
+ * repeatable. A --control-image belongs to the --controlnet just before it
+ * (an error when that one has an image already or there is none); a
+ * --controlnet left without one is the refiner's tile ControlNet
  * (it takes the refined image). A net without a scale takes --controlnet-scale. */
 typedef struct pf_cli_controls {
     int n;

@@ -17,7 +17,9 @@ static void generate_usage(FILE *f) {
             "                        [--lora PATH[:SCALE]]... --prompt TEXT --out FILE.png\n"
             "                        [--negative-prompt TEXT] [--steps 4] [--guidance 4.5] [--seed 0]\n"
             "                        [--width 512] [--height 512] [--num-images 1] [--grid]\n"
-            "                        [--prediction-type diff_eps] [--windows 4] [--clip-skip 0] [--threads N]\n"
+            "                        [--prediction-type T] [--windows K] [--clip-skip 0] [--threads N]\n"
+            "                        [--prompt-2 TEXT] [--negative-prompt-2 TEXT] [--original-size W,H]\n"
+            "                        [--crop-coords X,Y] [--target-size W,H]\n"
             "                        [--vae-tiling auto|on|off] [--device auto|cpu|cuda|cuda:N]\n"
             "                        [--controlnet DIR[:SCALE] --control-image FILE]... [--controlnet-scale 1.0]\n"
             "                        [--refine --controlnet DIR[:SCALE] [--refine-size 1024] [--refine-steps 4]\n"
@@ -43,12 +45,20 @@ static void generate_usage(FILE *f) {
             "--grid writes one contact sheet FILE.png instead. Guidance <= 1 disables\n"
             "classifier-free guidance. The same seed gives the same image as diffusers with\n"
             "torch.Generator(\"cpu\").manual_seed(seed).\n"
-            "Prediction types: diff_eps (released SD-1.5 PeRFlow models), ddim_eps, velocity.\n"
+            "Prediction types: diff_eps (released SD-1.5 PeRFlow models), ddim_eps (SDXL's), velocity;\n"
+            "--prediction-type and --windows default to the model's scheduler config (a PeRFlowScheduler's),\n"
+            "else diff_eps for SD-1.x/2.x and ddim_eps for SDXL, with 4 windows.\n"
+            "SDXL models (model_index.json: StableDiffusionXLPipeline) run diffusers'\n"
+            "StableDiffusionXLPipeline: width and height default to 1024; --prompt-2 and\n"
+            "--negative-prompt-2 go to the second text encoder (default: the prompt and negative prompt);\n"
+            "without --negative-prompt the unconditional embeddings are zeros (force_zeros_for_empty_prompt),\n"
+            "while --negative-prompt '' is encoded; --original-size, --crop-coords and --target-size are\n"
+            "the time ids (diffusers' defaults: the image's size, 0,0, the image's size).\n"
             "--vae-tiling: decode in tiles as diffusers' enable_vae_tiling() (on), never (off), or\n"
             "only where an untiled decode would not fit the device's memory (auto, the default).\n\n"
             "ControlNets: each --controlnet DIR followed by a --control-image FILE (PNG or JPEG) is a\n"
             "text-to-image ControlNet (diffusers' StableDiffusionControlNetPipeline; several are summed\n"
-            "as MultiControlNetModel); a --control-image belongs to the latest --controlnet without one.\n"
+            "as MultiControlNetModel); a --control-image belongs to the --controlnet just before it.\n"
             "A --controlnet without a --control-image is the refiner's ControlNet-Tile (--refine only).\n"
             "Each net's conditioning scale is its :SCALE, else --controlnet-scale (1.0).\n\n"
             "--refine: then refine each image as `perflow refine` does (the ControlNet-Tile img2img\n"
@@ -60,7 +70,7 @@ static void generate_usage(FILE *f) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_REFINE = 256, O_CONTROLNET, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH, O_CNSCALE,
-           O_TILING, O_MODEL_CONFIG, O_LORA, O_CONTROL_IMAGE };
+           O_TILING, O_MODEL_CONFIG, O_LORA, O_CONTROL_IMAGE, O_PROMPT2, O_NEG2, O_ORIG, O_CROP, O_TARGET };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"delta", required_argument, 0, 'd'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
@@ -79,17 +89,19 @@ int cmd_generate(int argc, char **argv) {
         {"controlnet-scale", required_argument, 0, O_CNSCALE}, {"vae-tiling", required_argument, 0, O_TILING},
         {"model-config", required_argument, 0, O_MODEL_CONFIG}, {"lora", required_argument, 0, O_LORA},
         {"control-image", required_argument, 0, O_CONTROL_IMAGE},
+        {"prompt-2", required_argument, 0, O_PROMPT2}, {"negative-prompt-2", required_argument, 0, O_NEG2},
+        {"original-size", required_argument, 0, O_ORIG}, {"crop-coords", required_argument, 0, O_CROP},
+        {"target-size", required_argument, 0, O_TARGET},
         {0, 0, 0, 0},
     };
     pf_txt2img_params prm;
     pf_txt2img_defaults(&prm);
     prm.prompt = NULL;
-    prm.prediction_type = "diff_eps";
-    prm.windows = 4;
+    prm.width = prm.height = 0; /* the family's default side, once the model is loaded */
     pf_refine_params ref;
     pf_refine_defaults(&ref);
     const char *out = NULL, *device = NULL;
-    long v, threads = 0;
+    long v, threads = 0, pair[2];
     double d;
     int grid = 0, refine = 0, c, rc = 2;
     pf_error err = {{0}};
@@ -136,6 +148,21 @@ int cmd_generate(int argc, char **argv) {
         case O_RSTRENGTH: if (pf_cli_number(optarg, "--refine-strength", &d)) goto done; ref.strength = (float)d; break;
         case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) goto done; ref.controlnet_scale = (float)d; break;
         case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) goto done; break;
+        case O_PROMPT2: prm.prompt_2 = optarg; break;
+        case O_NEG2: prm.negative_prompt_2 = optarg; break;
+        /* W,H and X,Y on the command line; the time ids are (h, w) and (top, left) */
+        case O_ORIG:
+            if (pf_cli_pair(optarg, "--original-size", 1, 16384, pair)) goto done;
+            prm.original_size[0] = (int)pair[1], prm.original_size[1] = (int)pair[0];
+            break;
+        case O_CROP:
+            if (pf_cli_pair(optarg, "--crop-coords", 0, 16384, pair)) goto done;
+            prm.crop_coords[0] = (int)pair[1], prm.crop_coords[1] = (int)pair[0];
+            break;
+        case O_TARGET:
+            if (pf_cli_pair(optarg, "--target-size", 1, 16384, pair)) goto done;
+            prm.target_size[0] = (int)pair[1], prm.target_size[1] = (int)pair[0];
+            break;
         case 'h': generate_usage(stdout); rc = 0; goto done;
         default: generate_usage(stderr); goto done;
         }
@@ -166,6 +193,10 @@ int cmd_generate(int argc, char **argv) {
     be = pf_backend_open(device, (int)threads, &err);
     if (!be || pf_pipeline_load_model(&pipe, be, &m.spec, &err)) goto done;
     pf_cli_model_report(&m);
+    int side;
+    pf_pipeline_defaults(pipe, NULL, NULL, &side);
+    if (!prm.width) prm.width = side;
+    if (!prm.height) prm.height = side;
     if (pf_cli_controls_attach(&nets, pipe, ref.controlnet_scale, controls, &prm.n_controls, &err)) goto done;
     prm.controls = controls;
     if (pf_txt2img_check(pipe, &prm, &err)) goto done;
@@ -224,7 +255,10 @@ int cmd_generate(int argc, char **argv) {
     snprintf(steps, sizeof steps, "%d", prm.steps);
     snprintf(guidance, sizeof guidance, "%g", (double)prm.guidance);
     snprintf(size, sizeof size, "%dx%d", prm.width, prm.height);
-    snprintf(windows, sizeof windows, "%d", prm.windows);
+    const char *prediction = prm.prediction_type;
+    int k = prm.windows;
+    pf_pipeline_defaults(pipe, prm.prediction_type ? NULL : &prediction, prm.windows ? NULL : &k, NULL);
+    snprintf(windows, sizeof windows, "%d", k);
     snprintf(skip, sizeof skip, "%d", prm.clip_skip);
     snprintf(rsize, sizeof rsize, "%dx%d", W, H);
     snprintf(rsteps, sizeof rsteps, "%d", ref.steps);
@@ -234,11 +268,23 @@ int cmd_generate(int argc, char **argv) {
     const char *text[64] = {"Software", "perflow", "prompt", prm.prompt,
                             "negative_prompt", prm.negative_prompt ? prm.negative_prompt : "",
                             "seed", seed, "steps", steps, "guidance", guidance, "size", size,
-                            "prediction_type", prm.prediction_type, "windows", windows, "clip_skip", skip,
+                            "prediction_type", prediction, "windows", windows, "clip_skip", skip,
                             "model", m.spec.model, "model_config", m.spec.model_config ? m.spec.model_config : "",
                             "delta", m.spec.delta ? m.spec.delta : "", "loras", loras, "controlnets", controls_text};
     int nt = 0;
     while (text[nt]) nt++;
+    if (pf_pipeline_family(pipe) == PF_FAMILY_SDXL) {
+        static char sizes[3][40];
+        snprintf(sizes[0], sizeof sizes[0], "%dx%d", prm.original_size[1] ? prm.original_size[1] : prm.width,
+                 prm.original_size[0] ? prm.original_size[0] : prm.height);
+        snprintf(sizes[1], sizeof sizes[1], "%d,%d", prm.crop_coords[1], prm.crop_coords[0]);
+        snprintf(sizes[2], sizeof sizes[2], "%dx%d", prm.target_size[1] ? prm.target_size[1] : prm.width,
+                 prm.target_size[0] ? prm.target_size[0] : prm.height);
+        const char *more[] = {"family", "sdxl", "prompt_2", prm.prompt_2 ? prm.prompt_2 : "",
+                              "negative_prompt_2", prm.negative_prompt_2 ? prm.negative_prompt_2 : "",
+                              "original_size", sizes[0], "crop_coords", sizes[1], "target_size", sizes[2]};
+        for (size_t i = 0; i < sizeof more / sizeof *more; i++) text[nt++] = more[i];
+    }
     if (refine) {
         const char *more[] = {"refine_controlnet", tile, "refine_size", rsize, "refine_steps", rsteps,
                               "refine_prompt", ref.prompt ? ref.prompt : PF_REFINE_PROMPT,

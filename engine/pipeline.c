@@ -78,6 +78,12 @@ pf_family pf_pipeline_family(const pf_pipeline *p) { return p->family; }
 
 const char *pf_family_name(pf_family f) { return f == PF_FAMILY_SDXL ? "sdxl" : "sd"; }
 
+void pf_pipeline_defaults(const pf_pipeline *p, const char **prediction_type, int *windows, int *side) {
+    if (prediction_type) *prediction_type = pf_perflow_prediction_name(p->sched.prediction_type);
+    if (windows) *windows = p->sched.num_time_windows;
+    if (side) *side = p->family == PF_FAMILY_SDXL ? 1024 : 512;
+}
+
 /* The sampler configuration one run uses: the model's, with the job's overrides. */
 static int run_config(const pf_pipeline *p, const pf_txt2img_params *prm, pf_perflow_config *cfg, pf_error *err) {
     *cfg = p->sched;

@@ -85,6 +85,10 @@ int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_erro
 typedef enum pf_family { PF_FAMILY_SD = 0, PF_FAMILY_SDXL = 1 } pf_family;
 /* The model family: SD-1.x/2.x (one text encoder) or SDXL (two, text_time UNet). */
 pf_family pf_pipeline_family(const pf_pipeline *p);
+/* The sampler settings a run takes when its prediction_type is NULL and its
+ * windows 0 (the model's scheduler config, else the family's PeRFlow default),
+ * and the family's default image side (512, SDXL 1024). */
+void pf_pipeline_defaults(const pf_pipeline *p, const char **prediction_type, int *windows, int *side);
 const char *pf_family_name(pf_family f);
 
 /* Generates prm->num_images images into images: num_images * height * width * 3

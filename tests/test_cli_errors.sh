@@ -84,6 +84,19 @@ for img in grey8.png greyalpha8.png palette8_trns.png rgba8.png; do
     fi
 done
 
+# SDXL: time ids must be positive (crop coordinates not negative), SDXL's settings
+# belong to SDXL models, and an SDXL folder needs both tokenizers and text encoders.
+XL=$ROOT/tests/data/models/tiny-sdxl
+expect 2 "--original-size must be two integers" $P generate --model "$XL" --prompt cat --out "$T/x.png" --original-size 0,512
+expect 2 "--target-size must be two integers" $P generate --model "$XL" --prompt cat --out "$T/x.png" --target-size 512
+expect 2 "--crop-coords must be two integers" $P generate --model "$XL" --prompt cat --out "$T/x.png" --crop-coords -1,0
+expect 1 "SDXL models only" $G --model "$M" --prompt-2 "a dog"
+cp -r "$XL" "$T/xl-no-te2" && rm -r "$T/xl-no-te2/text_encoder_2"
+expect 1 "without text_encoder_2" $P generate --model "$T/xl-no-te2" --prompt cat --out "$T/x.png"
+cp -r "$XL" "$T/xl-no-tok2" && rm -r "$T/xl-no-tok2/tokenizer_2"
+expect 1 "without tokenizer_2" $P generate --model "$T/xl-no-tok2" --prompt cat --out "$T/x.png"
+expect 1 "do not match the base" $P generate --model "$XL" --delta "$D" --prompt cat --width 64 --height 64 --out "$T/x.png"
+
 # The good path under the sanitizers too: a small image, and the tokenizer's
 # documented output for "a photo of a cat".
 "$P" generate --model "$M" --delta "$D" --prompt "a cat" --steps 4 --width 64 --height 64 --out "$T/ok.png" \
@@ -118,7 +131,8 @@ expect 1 "none of its 4 tensors matches a weight" $G --model "$M" --lora "$L/bad
 expect 1 "rank mismatch: up has rank 4, down has rank 2" $G --model "$M" --lora "$L/bad-rank.safetensors:0.5"
 expect 1 "does not fit the model's" $G --model "$M" --lora "$L/kohya-sd2.safetensors"
 expect 1 "nope.safetensors: cannot open" $G --model "$M" --lora "$T/nope.safetensors:0.7"
-expect 2 "has no --controlnet DIR before it" $G --model "$M" --control-image "$IN"
+expect 2 "must follow the --controlnet DIR it conditions" $G --model "$M" --control-image "$IN"
+expect 2 "must follow the --controlnet DIR it conditions" $G --model "$M" --controlnet "$CN" --control-image "$IN" --control-image "$IN"
 expect 2 "at most 16 --lora" $G --model "$M" $(for i in $(seq 17); do printf -- '--lora x%s ' "$i"; done)
 cp -rL "$ROOT/tests/data/models/tiny-sd2-sharded" "$T/sharded"
 VS=$T/sharded/vae/diffusion_pytorch_model-00002-of-00004.safetensors

@@ -340,11 +340,99 @@ static void test_cli_16x9(void **state) {
     pf_temp_dir_remove(dir);
 }
 
+/* The cases with their own ControlNets through the CLI's --controlnet DIR:SCALE
+ * --control-image FILE pairs: text to image with one and two nets, and a refine
+ * with the tile (no image: the refined image) and a second net. */
+static void test_cli_controls(void **state) {
+    (void)state;
+    const char *cli = getenv("PERFLOW");
+    if (!cli) cli = pf_test_path("bin/perflow");
+    json_t *root = pf_refine_cases(), *c;
+    size_t i;
+    char *dir = pf_temp_dir();
+    int ran = 0;
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        json_t *list = json_object_get(c, "controls"), *it;
+        size_t k;
+        if (!json_array_size(list)) continue;
+        const char *kind = pf_case_str(c, "kind");
+        char out[4096], model[4096], delta[4096], input[4096];
+        char nets[PF_MAX_CONTROLS][4200], imgs[PF_MAX_CONTROLS][4096];
+        snprintf(out, sizeof out, "%s/%s.png", dir, pf_case_str(c, "name"));
+        snprintf(model, sizeof model, "%s", pf_test_path(PF_REFINE_MODEL));
+        snprintf(delta, sizeof delta, "%s", pf_test_path(PF_REFINE_DELTA));
+        char *argv[80] = {(char *)cli, "--model", model, "--delta", delta, "--out", out, "--device", "cpu", NULL};
+        int n = 0;
+        while (argv[n]) n++;
+        json_array_foreach(list, k, it) {
+            snprintf(nets[k], sizeof nets[k], "%s:%.17g",
+                     pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(it, "controlnet"))),
+                     json_number_value(json_object_get(it, "scale")));
+            argv[n++] = "--controlnet";
+            argv[n++] = nets[k];
+            if (pf_case_str(it, "image")) {
+                snprintf(imgs[k], sizeof imgs[k], "%s",
+                         pf_test_path(pf_pathf("tests/data/goldens/%s", pf_case_str(it, "image"))));
+                argv[n++] = "--control-image";
+                argv[n++] = imgs[k];
+            }
+        }
+        pf_case_cli a;
+        char size[16], rsteps[16], rguid[32], rstrength[32], rseed[32], rwin[16];
+        if (!strcmp(kind, "refine")) {
+            json_t *r = json_object_get(c, "refine");
+            snprintf(input, sizeof input, "%s", pf_test_path(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "input"))));
+            snprintf(size, sizeof size, "%d", pf_case_int(r, "size"));
+            snprintf(rsteps, sizeof rsteps, "%d", pf_case_int(r, "steps"));
+            snprintf(rguid, sizeof rguid, "%.17g", json_number_value(json_object_get(r, "guidance")));
+            snprintf(rstrength, sizeof rstrength, "%.17g", json_number_value(json_object_get(r, "strength")));
+            snprintf(rseed, sizeof rseed, "%d", pf_case_int(r, "seed"));
+            snprintf(rwin, sizeof rwin, "%d", pf_case_int(r, "windows"));
+            char *more[] = {"--image", input, "--size", size, "--steps", rsteps, "--guidance", rguid, "--strength",
+                            rstrength, "--seed", rseed, "--windows", rwin, "--prediction-type",
+                            (char *)pf_case_str(r, "prediction_type"), "--prompt", (char *)pf_case_str(r, "prompt"),
+                            "--negative-prompt", (char *)pf_case_str(r, "negative_prompt"), NULL};
+            for (int m = 0; more[m]; m++) argv[n++] = more[m];
+        } else {
+            json_t *g = json_object_get(c, "generate");
+            pf_case_cli_of(&a, g);
+            char *more[] = {"--prompt", (char *)pf_case_str(g, "prompt"), "--steps", a.steps, "--guidance", a.guidance,
+                            "--seed", a.seed, "--width", a.width, "--height", a.height, "--num-images", a.num_images,
+                            "--windows", a.windows, "--prediction-type", (char *)pf_case_str(g, "prediction_type"),
+                            NULL};
+            for (int m = 0; more[m]; m++) argv[n++] = more[m];
+            if (pf_case_str(g, "negative_prompt")) {
+                argv[n++] = "--negative-prompt";
+                argv[n++] = (char *)pf_case_str(g, "negative_prompt");
+            }
+        }
+        argv[n] = NULL;
+        /* the subcommand goes first: shift the options right by one */
+        memmove(argv + 2, argv + 1, (size_t)n * sizeof *argv);
+        argv[1] = !strcmp(kind, "refine") ? "refine" : "generate";
+        assert_int_equal(run_cli(argv), 0);
+        const int num = pf_case_int(c, "num_images");
+        for (int j = 0; j < num; j++) {
+            char path[4200];
+            if (num == 1)
+                snprintf(path, sizeof path, "%s", out);
+            else
+                snprintf(path, sizeof path, "%.*s-%d.png", (int)strlen(out) - 4, out, j);
+            check_png(c, path, j);
+        }
+        ran++;
+    }
+    assert_true(ran >= 3);
+    pf_temp_dir_remove(dir);
+    json_decref(root);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refine_size),   cmocka_unit_test(test_refine_goldens),
         cmocka_unit_test(test_refine_errors), cmocka_unit_test(test_refine_batch),
         cmocka_unit_test(test_cli),           cmocka_unit_test(test_cli_16x9),
+        cmocka_unit_test(test_cli_controls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,6 +8,10 @@
  * the 8-bit rule of test_pipeline. */
 #include "pipeline_cases.h"
 
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "clip.h"
 #include "image.h"
 #include "pipeline.h"
@@ -213,12 +217,93 @@ static void test_bad_models(void **state) {
     pf_backend_free(be);
 }
 
+/* Runs bin/perflow with argv (NULL-terminated); returns its exit status. */
+static int run_cli(char *const argv[]) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `perflow generate` with the SDXL flags gives diffusers' PNGs (the 8-bit rule). */
+static void test_cli(void **state) {
+    (void)state;
+    const char *cli = getenv("PERFLOW");
+    if (!cli) cli = pf_test_path("bin/perflow");
+    json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/sdxl.json"), PF_GOLDEN_VERSION,
+                                  "re-run tests/reference/make_goldens.py sdxl"), *c;
+    size_t i;
+    char *dir = pf_temp_dir(), model[4096];
+    snprintf(model, sizeof model, "%s", pf_test_path(MODEL));
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        pf_case_cli a;
+        pf_case_cli_of(&a, c);
+        char out[4096], pairs[3][64];
+        snprintf(out, sizeof out, "%s/%s.png", dir, pf_case_str(c, "name"));
+        char *argv[48] = {(char *)cli, "generate", "--model", model, "--prompt", (char *)pf_case_str(c, "prompt"),
+                          "--steps", a.steps, "--guidance", a.guidance, "--seed", a.seed, "--width", a.width,
+                          "--height", a.height, "--num-images", a.num_images, "--device", "cpu", "--out", out, NULL};
+        int k = 0;
+        while (argv[k]) k++;
+        static const char *const str_flags[][2] = {{"negative_prompt", "--negative-prompt"},
+                                                   {"prompt_2", "--prompt-2"},
+                                                   {"negative_prompt_2", "--negative-prompt-2"}};
+        for (size_t f = 0; f < 3; f++)
+            if (pf_case_str(c, str_flags[f][0])) {
+                argv[k++] = (char *)str_flags[f][1];
+                argv[k++] = (char *)pf_case_str(c, str_flags[f][0]);
+            }
+        static const char *const pair_flags[][2] = {{"original_size", "--original-size"},
+                                                    {"crop_coords", "--crop-coords"},
+                                                    {"target_size", "--target-size"}};
+        for (size_t f = 0; f < 3; f++) {
+            int v[2] = {0, 0};
+            if (!json_is_array(json_object_get(c, pair_flags[f][0]))) continue;
+            pair_of(c, pair_flags[f][0], v); /* diffusers' (h, w) / (top, left): the CLI takes W,H / X,Y */
+            snprintf(pairs[f], sizeof pairs[f], "%d,%d", v[1], v[0]);
+            argv[k++] = (char *)pair_flags[f][1];
+            argv[k++] = pairs[f];
+        }
+        argv[k] = NULL;
+        assert_int_equal(run_cli(argv), 0);
+        const int num = pf_case_int(c, "num_images");
+        for (int j = 0; j < num; j++) {
+            char path[4200];
+            if (num == 1)
+                snprintf(path, sizeof path, "%s", out);
+            else
+                snprintf(path, sizeof path, "%.*s-%d.png", (int)strlen(out) - 4, out, j);
+            uint8_t *got, *want;
+            int w, h, w2, h2;
+            pf_error err;
+            const char *rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)j));
+            if (pf_image_read(path, &got, &w, &h, &err) ||
+                pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &want, &w2, &h2, &err))
+                fail_msg("%s", err.msg);
+            assert_int_equal(w, w2);
+            assert_int_equal(h, h2);
+            pf_assert_u8_close(path, got, want, (size_t)w * h * 3);
+            free(got), free(want);
+        }
+    }
+    pf_temp_dir_remove(dir);
+    json_decref(root);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_text_encoders),
         cmocka_unit_test(test_unet),
         cmocka_unit_test(test_pipelines),
         cmocka_unit_test(test_bad_models),
+        cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
