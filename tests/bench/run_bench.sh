@@ -28,6 +28,8 @@ run "SD-1.5 UNet, B=2, 64x64, fp32" unet bench_unet sd15-unet
 # The refiner's denoising step at 1024 px (ControlNet + UNet on the CFG pair): tens of
 # seconds a run on a small machine, so fewer runs (BENCH_REFINE_REPEAT, default 3).
 run "refine step 1024px: ControlNet+UNet, B=2, fp32" refine bench_refine sd15-refine "${BENCH_REFINE_REPEAT:-3}"
+# SDXL's UNet (2.6 B parameters, 10 GB in float32) at 512 px: BENCH_SDXL_REPEAT, default 3.
+run "SDXL UNet, B=2, 64x64, fp32" sdxl bench_sdxl sdxl-unet "${BENCH_SDXL_REPEAT:-3}"
 # Loading: SD-1.5 from one LDM file (float16) with two LoRAs fused, to float32 weights on
 # the CPU, vs diffusers' from_single_file + load_lora_weights + fuse_lora. Each run loads
 # the whole model, so fewer runs (BENCH_LOAD_REPEAT, default 3).

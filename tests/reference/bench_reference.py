@@ -188,16 +188,42 @@ def load_model(models):
     return load
 
 
+def sdxl_model(models):
+    """SDXL 1.0 base's UNet2DConditionModel (its unet/config.json shapes), random weights; B=2, 4x64x64
+    latents, 77x2048 context, pooled text embeddings (2, 1280) and time ids, t=500."""
+    from diffusers import UNet2DConditionModel
+    d = os.path.join(models, "sdxl-unet")
+    if not os.path.exists(os.path.join(d, "model_index.json")):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            sample_size=128, in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280], layers_per_block=2,
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], attention_head_dim=[5, 10, 20],
+            transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816, norm_num_groups=32).eval()
+        unet.save_pretrained(os.path.join(d, "unet"), safe_serialization=True)
+        with open(os.path.join(d, "model_index.json"), "w") as f:
+            json.dump({"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}, f)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(d, "unet"), torch_dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    sample, ctx = torch.randn(2, 4, 64, 64, generator=g), torch.randn(2, 77, 2048, generator=g)
+    added = {"text_embeds": torch.randn(2, 1280, generator=g),
+             "time_ids": torch.tensor([[512.0, 512, 0, 0, 512, 512]] * 2)}
+    t = torch.tensor([500.0, 500.0])
+    return lambda: unet(sample, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["clip", "vae", "unet", "refine", "load"])
+    ap.add_argument("what", choices=["clip", "vae", "unet", "refine", "load", "sdxl"])
     ap.add_argument("--models", default="build/bench/models")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     fn = {"clip": clip_model, "vae": vae_model, "unet": unet_model, "refine": refine_model,
-          "load": load_model}[a.what](a.models)
+          "load": load_model, "sdxl": sdxl_model}[a.what](a.models)
     runs = []
     with torch.inference_mode():
         fn()  # warm-up
