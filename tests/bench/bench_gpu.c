@@ -3,6 +3,8 @@
  * latents (batch 2), a VAE decode to 512x512, whole 4-step 512x512 CFG
  * images at batch 1 and 8, and the refiner (MODEL_DIR/controlnet) taking 512 px
  * images to 1024 px in 4 CFG steps at batch 1 and 4. Usage: bench_gpu MODEL_DIR [REPEAT]
+ * With a third argument "sdxl", MODEL_DIR is an SDXL folder (bench_diffusers_sdxl.py)
+ * and the benchmark is a 4-step 1024 x 1024 SDXL image with CFG at batch 1 and 4.
  *
  * Each benchmark runs on a fresh CUDA backend (so its peak memory holds only
  * its own weights and activations, as the diffusers side measures it), warms
@@ -126,7 +128,8 @@ static void on_step(void *user, int step, int total) {
     if (step == total) p->allocs_at_end = m.device_allocs;
 }
 
-static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
+/* size: the image side; sdxl: SDXL's settings (guidance 4.5, an empty negative prompt). */
+static void bench_txt2img_at(const char *dir, int batch, int repeat, int first, int size, const char *what) {
     pf_backend *be = fresh_backend();
     pf_error err;
     pf_pipeline *p;
@@ -134,13 +137,15 @@ static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
     if (pf_pipeline_load(&p, be, dir, NULL, &err)) die("loading the pipeline", &err);
     double load_s = pf_bench_now() - t0;
     pf_txt2img_params prm;
-    pf_txt2img_defaults(&prm); /* 512 x 512, 4 steps, guidance 4.5 (CFG on) */
+    pf_txt2img_defaults(&prm); /* 4 steps, guidance 4.5 (CFG on) */
     prm.prompt = "a photo of an astronaut riding a horse on mars";
+    prm.negative_prompt = ""; /* encoded, as the diffusers side asks */
+    prm.width = prm.height = size;
     prm.num_images = batch;
     step_probe probe = {be, 0, 0};
     prm.progress = on_step;
     prm.user = &probe;
-    float *images = malloc((size_t)batch * 512 * 512 * 3 * sizeof *images);
+    float *images = malloc((size_t)batch * size * size * 3 * sizeof *images);
     double runs[MAX_REPEAT];
     pf_mem_stats before, after;
     long cold_after_step1 = -1;
@@ -153,12 +158,16 @@ static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
     }
     pf_backend_cuda_mem_stats(be, &after);
     char name[64], extra[128];
-    snprintf(name, sizeof name, "txt2img_512_4step_cfg_b%d", batch);
+    snprintf(name, sizeof name, "%s_%d_4step_cfg_b%d", what, size, batch);
     snprintf(extra, sizeof extra, ", \"alloc_after_step1\": %ld, \"batch\": %d", cold_after_step1, batch);
     report(name, first, runs, repeat, load_s, &after, after.device_allocs - before.device_allocs, extra);
     free(images);
     pf_pipeline_free(p);
     pf_backend_free(be);
+}
+
+static void bench_txt2img(const char *dir, int batch, int repeat, int first) {
+    bench_txt2img_at(dir, batch, repeat, first, 512, "txt2img");
 }
 
 /* The refiner as the predictor runs it: batch random 512 px images (one job)
@@ -212,6 +221,12 @@ int main(int argc, char **argv) {
     if (repeat < 1 || repeat > MAX_REPEAT) repeat = 10;
     srand(0);
     printf("{\"impl\": \"perflow cuda\", \"repeat\": %d,", repeat);
+    if (argc > 3 && !strcmp(argv[3], "sdxl")) {
+        bench_txt2img_at(argv[1], 1, repeat > 3 ? 3 : repeat, 1, 1024, "sdxl");
+        bench_txt2img_at(argv[1], 4, repeat > 2 ? 2 : repeat, 0, 1024, "sdxl");
+        printf("\n}\n");
+        return 0;
+    }
     bench_unet(argv[1], repeat, 1);
     bench_vae(argv[1], repeat, 0);
     bench_txt2img(argv[1], 1, repeat > 3 ? 3 : repeat, 0);

@@ -12,7 +12,7 @@
 # device_report.json (environment, each step's result, every test line, both
 # sides' timings and memory, and their ratios; made by tests/device/report.py).
 # Intermediate files stay in /tmp/pf-check. Each step has its own time limit,
-# cut to what is left of a 480-second budget, so the whole stays under 8.5 minutes
+# cut to what is left of a 560-second budget, so the whole stays under 10 minutes
 # (normally about 3); a failed step is recorded and the later ones still run.
 # Exit status: the number of failed steps.
 #
@@ -29,7 +29,7 @@ B=build-device
 R=/tmp/debroot
 MODELS=/tmp/pf-models
 T0=$(date +%s)
-DEADLINE=$((T0 + 480))
+DEADLINE=$((T0 + 560))
 : > "$W/steps.txt"
 failed=0
 
@@ -130,6 +130,17 @@ if [ -f $MODELS/sd15-random/model_index.json ]; then
 else
     echo "no model folder: bench_diffusers.py failed before writing it"
     record bench_gpu 1
+fi
+
+step "SDXL: diffusers at 1024 px (fp16, PeRFlow sampler), then perflow on the same folder"
+PYTHONUNBUFFERED=1 timeout "$(limit 200)" python3 tests/device/bench_diffusers_sdxl.py --models $MODELS \
+    --out "$W/diffusers_sdxl.json"
+record bench_diffusers_sdxl $?
+if [ -f $MODELS/sdxl-random/model_index.json ]; then
+    LD_LIBRARY_PATH=$RUN_LD timeout "$(limit 200)" $B/bench/bench_gpu $MODELS/sdxl-random 3 sdxl > "$W/perflow_sdxl.json"
+    record bench_gpu_sdxl $?
+else
+    record bench_gpu_sdxl 1
 fi
 
 step "report"

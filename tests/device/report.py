@@ -17,7 +17,7 @@ import os
 import sys
 
 BENCHES = ["unet_cfg_step_64x64_b2", "vae_decode_512_b1", "txt2img_512_4step_cfg_b1", "txt2img_512_4step_cfg_b8",
-           "refine_1024_4step_cfg_b1", "refine_1024_4step_cfg_b4"]
+           "refine_1024_4step_cfg_b1", "refine_1024_4step_cfg_b4", "sdxl_1024_4step_cfg_b1", "sdxl_1024_4step_cfg_b4"]
 MIB = 1048576.0
 
 
@@ -65,6 +65,10 @@ def main():
             steps.append({"name": parts[0], "exit": int(parts[1]), "at_seconds": int(parts[2])})
     ours = load_json(os.path.join(work, "perflow.json"), problems)
     ref = load_json(os.path.join(work, "diffusers.json"), problems)
+    # the SDXL timings come in files of their own (a model of their own)
+    ours.update(load_json(os.path.join(work, "perflow_sdxl.json"), problems))
+    ref.update({k: v for k, v in load_json(os.path.join(work, "diffusers_sdxl.json"), problems).items()
+                if k.startswith("sdxl_")})
     benches = {}
     for key in BENCHES:
         p, d = ours.get(key, {}), ref.get(key, {})
