@@ -11,6 +11,11 @@
 
 #include "test_util.h"
 
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "image.h"
 #include "pipeline.h"
 
 /* pipelines.json (json_decref it); its "cases" is the array of cases. Fails the
@@ -81,6 +86,60 @@ static inline void pf_assert_u8_close(const char *what, const uint8_t *got, cons
         off += d != 0;
     }
     if (off * 1000 > n) fail_msg("%s: %zu of %zu values differ by one level (> 0.1 %%)", what, off, n);
+}
+
+/* Runs argv (argv[0] the program, NULL-terminated) with stdout (and stderr when
+ * quiet) sent to /dev/null; returns its exit status, -1 when it did not exit. */
+static inline int pf_run(char *const argv[], int quiet) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        dup2(fd, 1);
+        if (quiet) dup2(fd, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The CLI under test: $PERFLOW, else bin/perflow. */
+static inline const char *pf_cli_path(void) {
+    const char *cli = getenv("PERFLOW");
+    return cli ? cli : pf_test_path("bin/perflow");
+}
+
+/* The path of image k of n that `perflow ... --out out` writes: out itself
+ * for one image, else OUT-k.png. Returns a static buffer (pf_pathf's). */
+static inline const char *pf_cli_image_path(const char *out, int k, int n) {
+    return n == 1 ? pf_pathf("%s", out) : pf_pathf("%.*s-%d.png", (int)strlen(out) - 4, out, k);
+}
+
+/* Compares the PNG at path with the golden PNG rel (under tests/data/goldens):
+ * the same size and pf_assert_u8_close. */
+static inline void pf_assert_png_matches(const char *path, const char *rel) {
+    uint8_t *got, *want;
+    int w, h, w2, h2;
+    pf_error err;
+    if (pf_image_read(path, &got, &w, &h, &err) ||
+        pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &want, &w2, &h2, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(w, w2);
+    assert_int_equal(h, h2);
+    pf_assert_u8_close(path, got, want, (size_t)w * h * 3);
+    free(got);
+    free(want);
+}
+
+/* Every image a CLI run wrote to out against the case's "pngs". */
+static inline void pf_assert_case_pngs(json_t *c, const char *out) {
+    const int n = (int)json_array_size(json_object_get(c, "pngs"));
+    for (int k = 0; k < n; k++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s", pf_cli_image_path(out, k, n));
+        pf_assert_png_matches(path, json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k)));
+    }
 }
 
 /* A progress callback (user: a pf_step_counter) that records what it was told. */

@@ -272,17 +272,6 @@ static void test_refine(void **state) {
 
 /* ---- the CLI's --device ---- */
 
-static int run(char *const argv[]) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void test_cli(void **state) {
     (void)state;
     NEED_GPU();
@@ -306,7 +295,7 @@ static void test_cli(void **state) {
                    "--prompt", (char *)pf_case_str(c, "prompt"), "--steps", a.steps, "--guidance", a.guidance,
                    "--seed", a.seed, "--width", a.width, "--height", a.height, "--windows", a.windows,
                    "--prediction-type", (char *)pf_case_str(c, "prediction_type"), "--out", out, NULL};
-    assert_int_equal(run(gen), 0);
+    assert_int_equal(pf_run(gen, 0), 0);
     uint8_t *got, *want;
     int gw, gh, ww, wh;
     pf_error err;
@@ -336,8 +325,8 @@ static void test_cli(void **state) {
                        "--out", e_gpu, NULL};
     char *enc_cpu[] = {perflow, "encode", "--device", "cpu", "--model", model, "--prompt", "a photo of a cat",
                        "--out", e_cpu, NULL};
-    assert_int_equal(run(enc_gpu), 0);
-    assert_int_equal(run(enc_cpu), 0);
+    assert_int_equal(pf_run(enc_gpu, 0), 0);
+    assert_int_equal(pf_run(enc_cpu, 0), 0);
     pf_safetensors *sc;
     if (pf_st_open(&sc, e_cpu, &err)) fail_msg("%s", err.msg);
     int64_t ne;
@@ -358,7 +347,7 @@ static void test_cli(void **state) {
 
     /* a device that does not exist is an error with a message, exit status 1 */
     char *bad[] = {perflow, "encode", "--device", "cuda:77", "--model", model, "--prompt", "x", "--out", e_gpu, NULL};
-    assert_int_equal(run(bad), 1);
+    assert_int_equal(pf_run(bad, 0), 1);
     printf("  %-40s ok\n", "perflow encode --device cuda:77 fails");
     pf_temp_dir_remove(dir);
     json_decref(root);

@@ -120,8 +120,7 @@ static void test_cancel_and_bad_params(void **state) {
 /* bin/perflow generate writes the same PNG pixels as diffusers for the same seed. */
 static void test_cli_png(void **state) {
     (void)state;
-    const char *perflow = getenv("PERFLOW");
-    if (!perflow) perflow = pf_test_path("bin/perflow");
+    const char *perflow = pf_cli_path();
     json_t *root = pf_pipeline_cases();
     json_t *c = json_array_get(json_object_get(root, "cases"), 1); /* 2 images, negative prompt */
     char *dir = pf_temp_dir();
@@ -131,32 +130,13 @@ static void test_cli_png(void **state) {
     snprintf(delta, sizeof delta, "%s", pf_test_path("tests/data/models/tiny-sd15-delta/unet"));
     pf_case_cli a;
     pf_case_cli_of(&a, c);
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl(perflow, perflow, "generate", "--model", model, "--delta", delta, "--prompt", pf_case_str(c, "prompt"),
-              "--negative-prompt", pf_case_str(c, "negative_prompt"), "--steps", a.steps, "--guidance", a.guidance,
-              "--seed", a.seed, "--width", a.width, "--height", a.height, "--num-images", a.num_images, "--windows",
-              a.windows, "--prediction-type", pf_case_str(c, "prediction_type"), "--out", out, (char *)NULL);
-        _exit(127);
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    for (int k = 0; k < pf_case_int(c, "num_images"); k++) {
-        const char *got_path = pf_pathf("%s/img-%d.png", dir, k);
-        const char *png_rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k));
-        const char *want_path = pf_test_path(pf_pathf("tests/data/goldens/%s", png_rel));
-        uint8_t *got, *want;
-        int gw, gh, ww, wh;
-        pf_error err;
-        if (pf_png_read(got_path, &got, &gw, &gh, &err) || pf_png_read(want_path, &want, &ww, &wh, &err))
-            fail_msg("%s", err.msg);
-        assert_int_equal(gw, ww);
-        assert_int_equal(gh, wh);
-        pf_assert_u8_close(got_path, got, want, (size_t)gw * gh * 3);
-        free(got);
-        free(want);
-    }
+    char *argv[] = {(char *)perflow, "generate", "--model", model, "--delta", delta, "--prompt",
+                    (char *)pf_case_str(c, "prompt"), "--negative-prompt", (char *)pf_case_str(c, "negative_prompt"),
+                    "--steps", a.steps, "--guidance", a.guidance, "--seed", a.seed, "--width", a.width, "--height",
+                    a.height, "--num-images", a.num_images, "--windows", a.windows, "--prediction-type",
+                    (char *)pf_case_str(c, "prediction_type"), "--out", out, NULL};
+    assert_int_equal(pf_run(argv, 0), 0);
+    pf_assert_case_pngs(c, out);
     pf_temp_dir_remove(dir);
     json_decref(root);
 }

@@ -10,10 +10,6 @@
  * difference comes from float summation order. */
 #include "test_util.h"
 
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include "image.h"
 #include "pipeline.h"
 #include "pipeline_cases.h"
@@ -213,41 +209,11 @@ static void test_refine_batch(void **state) {
     pf_backend_free(be);
 }
 
-/* Runs bin/perflow with argv (NULL-terminated); returns its exit status. */
-static int run_cli(char *const argv[]) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open("/dev/null", 1);
-        dup2(fd, 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* Compares a PNG the CLI wrote with a case's diffusers PNG (index k). */
-static void check_png(json_t *c, const char *path, int k) {
-    uint8_t *got, *want;
-    int w, h, w2, h2;
-    pf_error err;
-    const char *rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)k));
-    if (pf_image_read(path, &got, &w, &h, &err) ||
-        pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &want, &w2, &h2, &err))
-        fail_msg("%s", err.msg);
-    assert_int_equal(w, w2);
-    assert_int_equal(h, h2);
-    pf_assert_u8_close(path, got, want, (size_t)w * h * 3);
-    free(got), free(want);
-}
-
 /* `perflow refine` of each refine case's input, and `perflow generate --refine`
  * of each chained one, against diffusers' PNGs. */
 static void test_cli(void **state) {
     (void)state;
-    const char *cli = getenv("PERFLOW");
-    if (!cli) cli = pf_test_path("bin/perflow");
+    const char *cli = pf_cli_path();
     json_t *root = pf_refine_cases(), *c;
     size_t i;
     char *dir = pf_temp_dir();
@@ -278,8 +244,8 @@ static void test_cli(void **state) {
                             scale, "--seed", seed, "--prediction-type", (char *)pf_case_str(r, "prediction_type"),
                             "--windows", windows, "--vae-tiling", (char *)pf_case_str(r, "vae_tiling"),
                             "--device", "cpu", NULL};
-            assert_int_equal(run_cli(argv), 0);
-            check_png(c, out, 0);
+            assert_int_equal(pf_run(argv, 1), 0);
+            pf_assert_case_pngs(c, out);
         } else {
             json_t *g = json_object_get(c, "generate");
             pf_case_cli a;
@@ -301,16 +267,8 @@ static void test_cli(void **state) {
                 argv[k++] = (char *)neg;
                 argv[k] = NULL;
             }
-            assert_int_equal(run_cli(argv), 0);
-            const int num = pf_case_int(c, "num_images");
-            for (int k = 0; k < num; k++) {
-                char path[4200];
-                if (num == 1)
-                    snprintf(path, sizeof path, "%s", out);
-                else
-                    snprintf(path, sizeof path, "%.*s-%d.png", (int)strlen(out) - 4, out, k);
-                check_png(c, path, k);
-            }
+            assert_int_equal(pf_run(argv, 1), 0);
+            pf_assert_case_pngs(c, out);
         }
     }
     pf_temp_dir_remove(dir);
@@ -322,14 +280,13 @@ static void test_cli(void **state) {
  * golden above and test_unet's unet_odd goldens). */
 static void test_cli_16x9(void **state) {
     (void)state;
-    const char *cli = getenv("PERFLOW");
-    if (!cli) cli = pf_test_path("bin/perflow");
+    const char *cli = pf_cli_path();
     char *dir = pf_temp_dir(), out[4096], model[4096];
     snprintf(out, sizeof out, "%s/wide.png", dir);
     snprintf(model, sizeof model, "%s", pf_test_path(PF_REFINE_MODEL));
     char *argv[] = {(char *)cli, "generate", "--model", model, "--prompt", "a wide landscape", "--steps", "1",
                     "--width", "640", "--height", "360", "--device", "cpu", "--out", out, NULL};
-    assert_int_equal(run_cli(argv), 0);
+    assert_int_equal(pf_run(argv, 1), 0);
     uint8_t *rgb;
     int w, h;
     pf_error err;
@@ -345,8 +302,7 @@ static void test_cli_16x9(void **state) {
  * with the tile (no image: the refined image) and a second net. */
 static void test_cli_controls(void **state) {
     (void)state;
-    const char *cli = getenv("PERFLOW");
-    if (!cli) cli = pf_test_path("bin/perflow");
+    const char *cli = pf_cli_path();
     json_t *root = pf_refine_cases(), *c;
     size_t i;
     char *dir = pf_temp_dir();
@@ -410,16 +366,8 @@ static void test_cli_controls(void **state) {
         /* the subcommand goes first: shift the options right by one */
         memmove(argv + 2, argv + 1, (size_t)n * sizeof *argv);
         argv[1] = !strcmp(kind, "refine") ? "refine" : "generate";
-        assert_int_equal(run_cli(argv), 0);
-        const int num = pf_case_int(c, "num_images");
-        for (int j = 0; j < num; j++) {
-            char path[4200];
-            if (num == 1)
-                snprintf(path, sizeof path, "%s", out);
-            else
-                snprintf(path, sizeof path, "%.*s-%d.png", (int)strlen(out) - 4, out, j);
-            check_png(c, path, j);
-        }
+        assert_int_equal(pf_run(argv, 1), 0);
+        pf_assert_case_pngs(c, out);
         ran++;
     }
     assert_true(ran >= 3);

@@ -8,10 +8,6 @@
  * the 8-bit rule of test_pipeline. */
 #include "pipeline_cases.h"
 
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include "clip.h"
 #include "image.h"
 #include "pipeline.h"
@@ -217,26 +213,10 @@ static void test_bad_models(void **state) {
     pf_backend_free(be);
 }
 
-/* Runs bin/perflow with argv (NULL-terminated); returns its exit status. */
-static int run_cli(char *const argv[]) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open("/dev/null", O_WRONLY);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* `perflow generate` with the SDXL flags gives diffusers' PNGs (the 8-bit rule). */
 static void test_cli(void **state) {
     (void)state;
-    const char *cli = getenv("PERFLOW");
-    if (!cli) cli = pf_test_path("bin/perflow");
+    const char *cli = pf_cli_path();
     json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/sdxl.json"), PF_GOLDEN_VERSION,
                                   "re-run tests/reference/make_goldens.py sdxl"), *c;
     size_t i;
@@ -272,26 +252,8 @@ static void test_cli(void **state) {
             argv[k++] = pairs[f];
         }
         argv[k] = NULL;
-        assert_int_equal(run_cli(argv), 0);
-        const int num = pf_case_int(c, "num_images");
-        for (int j = 0; j < num; j++) {
-            char path[4200];
-            if (num == 1)
-                snprintf(path, sizeof path, "%s", out);
-            else
-                snprintf(path, sizeof path, "%.*s-%d.png", (int)strlen(out) - 4, out, j);
-            uint8_t *got, *want;
-            int w, h, w2, h2;
-            pf_error err;
-            const char *rel = json_string_value(json_array_get(json_object_get(c, "pngs"), (size_t)j));
-            if (pf_image_read(path, &got, &w, &h, &err) ||
-                pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &want, &w2, &h2, &err))
-                fail_msg("%s", err.msg);
-            assert_int_equal(w, w2);
-            assert_int_equal(h, h2);
-            pf_assert_u8_close(path, got, want, (size_t)w * h * 3);
-            free(got), free(want);
-        }
+        assert_int_equal(pf_run(argv, 1), 0);
+        pf_assert_case_pngs(c, out);
     }
     pf_temp_dir_remove(dir);
     json_decref(root);
