@@ -9,6 +9,9 @@
 #   make fuzz       libFuzzer targets (clang, ASan, UBSan) in $(B)/fuzz/
 #   make deps       Debian packages and the test tools' Python venv
 #   make deps-reference   also the reference stack (torch, diffusers, transformers) in .venv
+#   make demo       installs what is missing, builds, runs ops/demo.sh
+#   make install    PREFIX=/usr/local DESTDIR=: programs, systemd units, schemas, an example
+#                   settings file, man pages from --help, docs; make uninstall removes them
 #
 # Sources are found by wildcard: a new engine/*.c joins the library, a new
 # tests/test_*.c becomes a test binary, a new tests/fuzz/fuzz_*.c a fuzz target.
@@ -51,7 +54,7 @@ LDLIBS_STORAGE = -lcurl -lhiredis -lcrypto -lpthread
 # the worker library holds every worker/*.c but the two programs.
 WORKER_SRC := $(filter-out worker/main.c worker/dev_broker.c,$(wildcard worker/*.c))
 WORKER_OBJ := $(WORKER_SRC:%.c=$(B)/%.o)
-LDLIBS_WORKER = -lrdkafka -lsystemd
+LDLIBS_WORKER = -lrdkafka -lsystemd -lmicrohttpd
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
@@ -73,7 +76,7 @@ NVCCFLAGS = -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr $(NVCC_ARCH) \
             -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -Iengine -Ikernels -MMD -MP
 endif
 
-.PHONY: all engine worker test bench fuzz deps deps-reference demo clean asan info
+.PHONY: all engine worker test bench fuzz deps deps-reference demo clean asan info install uninstall
 all: info engine $(BIN)/perflow worker
 
 info:
@@ -90,6 +93,8 @@ $(B)/%.o: %.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(CLI_OBJ) $(STORAGE_OBJ): CFLAGS += -Istorage
+# perflow submit and status use the worker's job parser, settings and Redis records.
+$(CLI_OBJ): CFLAGS += -Iworker
 
 $(B)/libperflow_storage.a: $(STORAGE_OBJ)
 	@mkdir -p $(dir $@)
@@ -99,10 +104,10 @@ $(B)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-$(BIN)/perflow: $(CLI_OBJ) $(B)/libperflow_storage.a $(B)/libperflow_engine.a
+$(BIN)/perflow: $(CLI_OBJ) $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a
 	@mkdir -p $(BIN)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libperflow_storage.a $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) \
-	    $(LDLIBS_STORAGE)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a \
+	    $(LDLIBS_ENGINE) $(LDLIBS_CUDA) $(LDLIBS_STORAGE) -lrdkafka
 
 worker: $(BIN)/perflow-worker $(BIN)/perflow-dev-broker
 
@@ -136,11 +141,13 @@ $(B)/tests/test_storage_%: tests/test_storage_%.c $(B)/libperflow_storage.a $(B)
 
 # ASan + UBSan build of the CLI, used by the hostile-input tests.
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+# The worker files the CLI's submit and status take (the rest needs librdkafka's consumer, systemd, microhttpd).
+CLI_WORKER_SRC = worker/job.c worker/redis_conn.c worker/result.c worker/status.c worker/worker_config.c worker/log.c
 asan: $(B)/asan/perflow
-$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(wildcard engine/*.h storage/*.h)
+$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(CLI_WORKER_SRC) $(wildcard engine/*.h storage/*.h cli/*.h worker/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) $(CLI_SRC) \
-	    $(STORAGE_SRC) $(LDLIBS_ENGINE) $(LDLIBS_STORAGE)
+	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iworker $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
+	    $(CLI_SRC) $(STORAGE_SRC) $(CLI_WORKER_SRC) $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) -lrdkafka
 
 fuzz: $(FUZZ_BIN)
 $(B)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
@@ -163,6 +170,12 @@ $(B)/fuzz/fuzz_job: tests/fuzz/fuzz_job.c $(ENGINE_SRC) $(FUZZ_JOB_SRC)
 	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -Istorage -Iworker -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_JOB_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
+# The prompt-file parser of perflow submit: itself, pf_fail and jansson.
+$(B)/fuzz/fuzz_submit_prompts: tests/fuzz/fuzz_submit_prompts.c cli/submit_prompts.c cli/submit_prompts.h engine/error.c
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -Icli -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	    -o $@ $< cli/submit_prompts.c engine/error.c -ljansson
+
 $(B)/bench/%: tests/bench/%.c $(B)/libperflow_engine.a tests/bench/bench_util.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA)
@@ -182,7 +195,7 @@ deps-reference: deps
 	sh ops/install-deps.sh --reference
 
 test: $(B)/.deps-stamp all $(TEST_BIN) $(B)/asan/perflow $(FUZZ_BIN)
-	PERFLOW=$(BIN)/perflow PERFLOW_ASAN=$(B)/asan/perflow sh tests/run_tests.sh $(TEST_BIN)
+	B=$(B) PERFLOW=$(BIN)/perflow PERFLOW_ASAN=$(B)/asan/perflow sh tests/run_tests.sh $(TEST_BIN)
 
 bench: all $(BENCH_BIN)
 	@test -x $(PY) || { echo "make bench needs the reference stack: run 'make deps-reference' first"; exit 1; }
@@ -193,5 +206,46 @@ demo: $(B)/.deps-stamp all
 
 clean:
 	rm -rf build bin/perflow bin/perflow-worker bin/perflow-dev-broker
+
+# ---- install ------------------------------------------------------------------
+# Units go where systemd reads them: /lib/systemd/system for PREFIX=/usr, else
+# PREFIX/lib/systemd/system (link or copy them to /etc/systemd/system, or set
+# UNITDIR=/etc/systemd/system). Their ExecStart and docs point into PREFIX. The
+# settings file the unit reads is /etc/perflow/worker.env: an example is put
+# beside it, never over it.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share/perflow
+DOCDIR     ?= $(PREFIX)/share/doc/perflow
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+PROGRAMS    = perflow perflow-worker perflow-dev-broker
+UNITS       = perflow-worker@.service perflow-workers.target
+DOCS        = README.md ops/README.md systemd/README.md schemas/README.md
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DATADIR)/schemas/examples \
+	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(SYSCONFDIR)/perflow
+	install -m 755 $(addprefix $(BIN)/,$(PROGRAMS)) $(DESTDIR)$(BINDIR)/
+	for u in $(UNITS); do \
+	    sed -e 's|^ExecStart=/usr/local/bin/|ExecStart=$(BINDIR)/|' -e 's|file:///usr/local/share/doc/perflow/|file://$(DOCDIR)/|' \
+	        systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	install -m 644 schemas/*.json $(DESTDIR)$(DATADIR)/schemas/
+	install -m 644 schemas/examples/*.json $(DESTDIR)$(DATADIR)/schemas/examples/
+	install -m 644 systemd/worker.env.example $(DESTDIR)$(SYSCONFDIR)/perflow/worker.env.example
+	for d in $(DOCS); do install -D -m 644 $$d $(DESTDIR)$(DOCDIR)/$$d || exit 1; done
+	sh ops/man.sh $(BIN) $(DESTDIR)$(MANDIR)/man1
+	@echo "installed under $(DESTDIR)$(PREFIX) (units in $(DESTDIR)$(UNITDIR)); settings: copy" \
+	    "$(SYSCONFDIR)/perflow/worker.env.example to worker.env (systemd/README.md)"
+
+# Removes what install put there (a worker.env made from the example stays).
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(PROGRAMS)) $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	rm -f $(DESTDIR)$(MANDIR)/man1/perflow.1 $(DESTDIR)$(MANDIR)/man1/perflow-*.1
+	rm -f $(DESTDIR)$(SYSCONFDIR)/perflow/worker.env.example
+	rm -rf $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/perflow 2>/dev/null
 
 -include $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(STORAGE_OBJ:.o=.d) $(WORKER_OBJ:.o=.d)

@@ -10,5 +10,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_refine(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
 int cmd_put(int argc, char **argv);
+int cmd_submit(int argc, char **argv);
+int cmd_status(int argc, char **argv);
 
 #endif

@@ -16,6 +16,8 @@ static const struct {
     {"inspect", cmd_inspect, "validate a .safetensors file and list its tensors"},
     {"cache", cmd_cache, "the shared model cache: ls, fetch URL, evict, verify"},
     {"put", cmd_put, "upload a file to s3://bucket/key (or file://)"},
+    {"submit", cmd_submit, "send generation jobs to the worker fleet (one, or prompts x seeds); --wait follows them"},
+    {"status", cmd_status, "a job's or a batch's latest state from the workers' Redis"},
 };
 
 static void usage(FILE *f) {

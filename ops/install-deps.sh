@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libopenblas-dev libjansson-dev
       libutf8proc-dev libpng-dev libjpeg62-turbo-dev libcmocka-dev python3-venv
       libcurl4-openssl-dev libhiredis-dev libssl-dev redis-server nginx-light curl openssl
-      librdkafka-dev libsystemd-dev"
+      librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -34,7 +34,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import moto, boto3, pytest, confluent_kafka, jsonschema" 2>/dev/null; then
+if ! .venv/bin/python -c "import moto, boto3, pytest, confluent_kafka, jsonschema, prometheus_client" 2>/dev/null; then
     echo "installing the test tools into .venv (tests/requirements.txt)"
     .venv/bin/pip install -q -r tests/requirements.txt
 fi

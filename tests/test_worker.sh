@@ -6,7 +6,7 @@
 # are read with boto3. Needs .venv with tests/requirements.txt (ops/install-deps.sh).
 # pytest's own summary line is printed; its exit status is this script's.
 . "$(dirname "$0")/pytest_run.sh"
-pytest_need pytest boto3 moto confluent_kafka jsonschema -- redis-server redis-cli nginx
+pytest_need pytest boto3 moto confluent_kafka jsonschema prometheus_client -- redis-server redis-cli nginx
 pytest_perflow
 for b in perflow-worker perflow-dev-broker; do
     [ -x "$(dirname "$PERFLOW")/$b" ] || { echo "FAIL: $(dirname "$PERFLOW")/$b is not built (make worker)"; exit 1; }

@@ -10,6 +10,7 @@
 #include "backoff.h"
 #include "image.h"
 #include "log.h"
+#include "metrics.h"
 #include "output_key.h"
 #include "pipeline.h"
 #include "status.h"
@@ -73,11 +74,14 @@ typedef struct group_ctx {
     long long last_post;
     const char *stage;  /* of "running" events: "generate", "refine" */
     int said_download;  /* "downloading" was posted for this group */
+    long long t_text;   /* monotonic ms: the first cancel check, before step 1 (prompts encoded); metrics */
+    long long t_steps;  /* monotonic ms: the last step done (decoding follows); metrics */
 } group_ctx;
 
 static void on_step(void *user, int step, int total) {
     group_ctx *g = user;
     long long now = pf_now_ms();
+    if (step == total) g->t_steps = now;
     if (step != 1 && step != total && now - g->last_post < g->x->cfg->status_interval_ms) return;
     g->last_post = now;
     for (int i = 0; i < g->n; i++)
@@ -89,6 +93,7 @@ static void on_step(void *user, int step, int total) {
 /* Stop the engine when nobody in the group still wants its images. */
 static int on_cancel_check(void *user) {
     group_ctx *g = user;
+    if (!g->t_text) g->t_text = pf_now_ms();
     if (atomic_load(g->x->abandon)) return 1;
     for (int i = 0; i < g->n; i++)
         if (!gone(g->x, g->jobs[i])) return 0;
@@ -231,6 +236,7 @@ static void store_outputs(pf_exec *x, pf_exec_job *j, const image_set *sets, int
             if (store_one(x, j, &sets[s], i, dest)) break;
         }
     j->upload_ms = pf_now_ms() - t0;
+    pf_metrics_stage("upload", j->upload_ms);
     if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon)) j->outcome = PF_OUT_SUCCEEDED;
 }
 
@@ -300,8 +306,16 @@ static int plan_items(pf_exec_job **jobs, int n, size_t px, int *item_of, size_t
     return nitems;
 }
 
-/* The end of an engine call: timings, and the failure of every job when it failed. */
-static void call_ended(pf_exec_job **jobs, int n, int refine, long long t0, long long t1, int rc, const pf_error *e) {
+/* The end of an engine call of group g (nimages distinct images): timings
+ * and metrics, and the failure of every job when it failed. */
+static void call_ended(pf_exec_job **jobs, int n, int refine, long long t0, long long t1, int rc, const pf_error *e,
+                       const group_ctx *g, int nimages) {
+    pf_metrics_engine_result(rc == -1);
+    if (rc == 0) {
+        if (refine) pf_metrics_stage("refine", t1 - t0);
+        else pf_metrics_engine_call(t0, g->t_text, g->t_steps, t1);
+        pf_metrics_batch(refine ? "refine" : "generate", n, nimages);
+    }
     for (int i = 0; i < n; i++) {
         jobs[i]->t_engine_end = t1;
         if (refine) {
@@ -336,7 +350,7 @@ static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
             job_params(&prm[i], &jobs[i]->job);
             items[item_of[i]] = &prm[i];
         }
-    group_ctx g = {x, jobs, n, 0, "generate", 1};
+    group_ctx g = {x, jobs, n, 0, "generate", 1, 0, 0};
     prm[0].progress = on_step; /* items[0] is jobs[0]'s, whose callbacks serve the batch */
     prm[0].cancelled = on_cancel_check;
     prm[0].user = &g;
@@ -356,7 +370,7 @@ static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
     pf_wlog(PF_LOG_INFO, "engine.end", jobs[0]->job.job_id,
             json_pack("{s:s, s:i, s:I, s:i}", "stage", "generate", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc),
             NULL);
-    call_ended(jobs, n, 0, t0, t1, rc, &e);
+    call_ended(jobs, n, 0, t0, t1, rc, &e, &g, nimages);
     if (rc == -1) goto done;
     pf_image_to_u8(rgb, images, (long)count);
     for (int i = 0; i < n; i++) {
@@ -401,7 +415,7 @@ static void run_refine_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int
             refine_params(&prm[i], &jobs[i]->job, jobs[i]->base_rgb);
             items[item_of[i]] = &prm[i];
         }
-    group_ctx g = {x, jobs, n, 0, "refine", 1};
+    group_ctx g = {x, jobs, n, 0, "refine", 1, 0, 0};
     prm[0].progress = on_step;
     prm[0].cancelled = on_cancel_check;
     prm[0].user = &g;
@@ -422,7 +436,7 @@ static void run_refine_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int
     pf_wlog(PF_LOG_INFO, "engine.end", jobs[0]->job.job_id,
             json_pack("{s:s, s:i, s:I, s:i}", "stage", "refine", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc),
             NULL);
-    call_ended(jobs, n, 1, t0, t1, rc, &e);
+    call_ended(jobs, n, 1, t0, t1, rc, &e, &g, nimages);
     if (rc == -1) goto done;
     pf_image_to_u8(rgb, images, (long)count);
     for (int i = 0; i < n; i++) {
@@ -562,7 +576,7 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
         ended(x, &jobs[i]);
         group[i] = &jobs[i];
     }
-    group_ctx all = {x, group, n, 0, NULL, 0};
+    group_ctx all = {x, group, n, 0, NULL, 0, 0, 0};
     get_args a = {x, &jobs[0].job, &all, NULL, {0}};
     pf_model_failure failure;
     pf_error e;

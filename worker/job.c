@@ -387,12 +387,17 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
 
     static const char *const keys[] = {"schema", "job_id", "attempt", "model", "prompt", "negative_prompt", "width",
                                        "height", "steps", "guidance", "seed", "num_images", "sampler", "clip_skip",
-                                       "refiner", "refine", "output", "deadline", "priority", NULL};
+                                       "refiner", "refine", "output", "deadline", "priority", "batch_id", NULL};
     if (only_keys(&c, root, "", keys)) goto fail;
     const char *schema;
     if (get_str(&c, root, "", "schema", 0, 64, &schema)) goto fail;
     if (schema && strcmp(schema, PF_JOB_SCHEMA)) {
         bad(&c, "schema", "must be \"%s\" (this worker reads no other version)", PF_JOB_SCHEMA);
+        goto fail;
+    }
+    if (get_str(&c, root, "", "batch_id", 0, PF_JOB_BATCH_ID_MAX, &job->batch_id)) goto fail;
+    if (job->batch_id && pf_output_key(tmp, sizeof tmp, "x", job->batch_id, 0, 0, &e)) {
+        bad(&c, "batch_id", "must be 1 to %d of [A-Za-z0-9._-], not starting with '.'", PF_JOB_BATCH_ID_MAX);
         goto fail;
     }
     long long v;

@@ -26,6 +26,7 @@
 
 #define PF_JOB_SCHEMA "perflow.job.v1"
 #define PF_JOB_ID_MAX 128          /* bytes of a job id */
+#define PF_JOB_BATCH_ID_MAX 64     /* bytes of a batch id */
 #define PF_JOB_PROMPT_MAX 4096     /* bytes of a prompt or negative prompt */
 #define PF_JOB_MAX_LORAS 8
 #define PF_JOB_MAX_SIDE 2048       /* pixels */
@@ -63,6 +64,7 @@ typedef struct pf_job_refine {
 
 typedef struct pf_job {
     char job_id[PF_JOB_ID_MAX + 1];
+    const char *batch_id;             /* the client's batch (perflow submit), or NULL */
     int attempt;                      /* 1 for the first delivery; re-enqueues count up */
     pf_job_source base;               /* a diffusers base URL */
     pf_job_source delta;              /* PeRFlow delta weights, a .safetensors URL (optional) */

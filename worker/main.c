@@ -13,6 +13,7 @@
 #include "worker_config.h"
 #include "credentials.h"
 #include "log.h"
+#include "metrics.h"
 #include "s3.h"
 #include "worker.h"
 
@@ -39,6 +40,8 @@ static void usage(FILE *f) {
             "drain_grace_s), store its offset and leave the group; a second signal abandons it\n"
             "(no status, no offset: it is delivered again). Under systemd it sends READY, STATUS\n"
             "and WATCHDOG notifications. Logs: one JSON object per line on stderr.\n"
+            "Metrics and health (metrics_listen, off by default): GET /metrics (Prometheus text\n"
+            "format), /healthz (alive), /readyz (broker, Redis and device usable; 503 and why if not).\n"
             "Exit status: 0 after a clean stop, 1 on a startup error or an abandoned job, 2 on\n"
             "usage or settings errors.\n");
 }
@@ -133,7 +136,8 @@ int main(int argc, char **argv) {
     }
     if (!cc.redis_addr || !*cc.redis_addr) cc.redis_addr = cfg.redis; /* one Redis for both unless told */
     cc.fetch.bearer_token = cred.hub_token;
-    cc.log = cc.fetch.log = s3.log = pf_wlog_sink(cfg.log_level);
+    cc.fetch.log = s3.log = pf_wlog_sink(cfg.log_level);
+    cc.log = pf_metrics_storage_sink(cc.fetch.log); /* counts the disk cache's downloads and evictions */
     if (!(be = pf_backend_open(cfg.device[0] ? cfg.device : NULL, cfg.threads, &err)) ||
         pf_cache_open(&cache, &cc, &err) || pf_worker_open(&w, &cfg, cache, be, &s3, &cred, &err)) {
         pf_wlog(PF_LOG_ERROR, "worker.start_failed", NULL, NULL, "%s", err.msg);

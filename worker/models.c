@@ -10,6 +10,7 @@
 #include "backoff.h"
 #include "failure.h"
 #include "log.h"
+#include "metrics.h"
 #include "model_source.h"
 
 #define MAX_MODELS 32
@@ -91,6 +92,7 @@ static void make_room(pf_models *m, uint64_t need) {
                 m->m[victim]->key);
         unload(m->m[victim]);
         m->m[victim] = m->m[--m->n];
+        pf_metrics_model_evicted();
     }
 }
 
@@ -108,8 +110,10 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
             m->m[i]->last_use = pf_now_ms();
             t->warm = 1;
             *out = m->m[i];
+            pf_metrics_model_lookup("model", 1);
             return 0;
         }
+    pf_metrics_model_lookup("model", 0);
     if (on_fetch) on_fetch(ctx);
     pf_model *x = PF_CALLOC(1, sizeof *x);
     snprintf(x->key, sizeof x->key, "%s", key);
@@ -137,6 +141,9 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
         return -1;
     }
     t->load_ms = pf_now_ms() - t0;
+    pf_metrics_stage("download", t->download_ms);
+    pf_metrics_stage("load", t->load_ms);
+    pf_metrics_model_loaded("model");
     PF_CHECK(m->n < MAX_MODELS);
     m->m[m->n++] = x;
     x->in_use = 1;
@@ -163,8 +170,10 @@ int pf_models_controlnet(pf_models *m, pf_model *model, const pf_job *job, pf_mo
     snprintf(key, sizeof key, "%s|fp16=%d|%s", cn->url, job->fp16, cn->sha256 ? cn->sha256 : "");
     if (model->controlnet && !strcmp(model->cn_key, key)) {
         t->warm = 1;
+        pf_metrics_model_lookup("controlnet", 1);
         return 0;
     }
+    pf_metrics_model_lookup("controlnet", 0);
     if (on_fetch) on_fetch(ctx);
     long long t0 = pf_now_ms();
     pf_model_source src;
@@ -184,6 +193,9 @@ int pf_models_controlnet(pf_models *m, pf_model *model, const pf_job *job, pf_mo
         return pf_error_prefix(err, "refine.controlnet: loading the ControlNet");
     }
     t->load_ms = pf_now_ms() - t0;
+    pf_metrics_stage("download", t->download_ms);
+    pf_metrics_stage("load", t->load_ms);
+    pf_metrics_model_loaded("controlnet");
     pf_cache_release(model->controlnet); /* the pipeline let go of the old one's weights */
     model->bytes = model->bytes - model->cn_bytes + bytes;
     model->controlnet = lease;

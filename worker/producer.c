@@ -137,3 +137,12 @@ int pf_producer_fatal(pf_producer *p, char *why, size_t n) {
     snprintf(why, n, "%s: %s", rd_kafka_err2name(e), es);
     return 1;
 }
+
+int pf_producer_reachable(pf_producer *p, int timeout_ms, pf_error *err) {
+    const struct rd_kafka_metadata *md = NULL;
+    /* all_topics 0: only the topics this client knows, so the answer is small */
+    rd_kafka_resp_err_t e = rd_kafka_metadata(p->rk, 0, NULL, &md, timeout_ms);
+    if (md) rd_kafka_metadata_destroy(md);
+    if (e) return pf_fail(err, "kafka: no broker answered within %d ms: %s", timeout_ms, rd_kafka_err2str(e));
+    return 0;
+}

@@ -48,6 +48,9 @@ int pf_producer_send(pf_producer *p, const char *topic, const char *key, const v
 void pf_producer_poll(pf_producer *p, int timeout_ms);
 /* Gives d back (NULL is fine); if it is still in flight it is freed when its report comes. */
 void pf_delivery_release(pf_producer *p, pf_delivery *d);
+/* Asks a broker for metadata, waiting up to timeout_ms: 0 when one answered,
+ * else -1 with err saying why (for the worker's readiness check). Main loop only. */
+int pf_producer_reachable(pf_producer *p, int timeout_ms, pf_error *err);
 /* 1 after librdkafka raised a fatal error: the producer must be reopened. */
 int pf_producer_fatal(pf_producer *p, char *why, size_t n);
 

@@ -64,27 +64,46 @@ void pf_wredis_close(pf_wredis *r) {
     free(r);
 }
 
+/* One try's reply: NULL with err set when the connection broke (*again = 1:
+ * it was dropped, and the next try reconnects) or Redis answered an error. */
+static redisReply *take_reply(pf_wredis *r, redisReply *rep, int *again, pf_error *err) {
+    *again = 0;
+    if (!rep) { /* the connection broke: it cannot be reused */
+        pf_fail(err, "redis: %s", r->ctx->errstr[0] ? r->ctx->errstr : "connection lost");
+        redisFree(r->ctx);
+        r->ctx = NULL;
+        *again = 1;
+        return NULL;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        pf_fail(err, "redis: %.200s", rep->str);
+        freeReplyObject(rep);
+        return NULL;
+    }
+    return rep;
+}
+
 redisReply *pf_wredis_cmd(pf_wredis *r, pf_error *err, const char *fmt, ...) {
-    for (int pass = 0; pass < 2; pass++) {
+    int again = 1;
+    redisReply *rep = NULL;
+    for (int pass = 0; pass < 2 && again; pass++) {
         if (!r->ctx && connect_now(r, err)) return NULL;
         va_list ap;
         va_start(ap, fmt);
-        redisReply *rep = redisvCommand(r->ctx, fmt, ap);
+        rep = take_reply(r, redisvCommand(r->ctx, fmt, ap), &again, err);
         va_end(ap);
-        if (!rep) { /* the connection broke: it cannot be reused */
-            pf_fail(err, "redis: %s", r->ctx->errstr[0] ? r->ctx->errstr : "connection lost");
-            redisFree(r->ctx);
-            r->ctx = NULL;
-            continue;
-        }
-        if (rep->type == REDIS_REPLY_ERROR) {
-            pf_fail(err, "redis: %.200s", rep->str);
-            freeReplyObject(rep);
-            return NULL;
-        }
-        return rep;
     }
-    return NULL;
+    return rep;
+}
+
+redisReply *pf_wredis_cmd_argv(pf_wredis *r, pf_error *err, int argc, const char **argv, const size_t *lens) {
+    int again = 1;
+    redisReply *rep = NULL;
+    for (int pass = 0; pass < 2 && again; pass++) {
+        if (!r->ctx && connect_now(r, err)) return NULL;
+        rep = take_reply(r, redisCommandArgv(r->ctx, argc, argv, lens), &again, err);
+    }
+    return rep;
 }
 
 void pf_wredis_key(char *out, size_t n, const pf_wredis *r, const char *job_id, const char *what) {

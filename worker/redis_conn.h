@@ -27,6 +27,11 @@ void pf_wredis_close(pf_wredis *r);
  * answered with an error. */
 redisReply *pf_wredis_cmd(pf_wredis *r, pf_error *err, const char *fmt, ...);
 
+/* pf_wredis_cmd with an argument vector (argc strings, lengths in lens or
+ * strlen when lens is NULL): for commands of many keys (MGET, HSET of a
+ * batch), which a format string cannot spell. */
+redisReply *pf_wredis_cmd_argv(pf_wredis *r, pf_error *err, int argc, const char **argv, const size_t *lens);
+
 /* out = "<prefix>:<job_id>:<what>". job ids are validated ([A-Za-z0-9._-]). */
 void pf_wredis_key(char *out, size_t n, const pf_wredis *r, const char *job_id, const char *what);
 

@@ -27,3 +27,12 @@ int pf_result_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s
     freeReplyObject(rep);
     return 0;
 }
+
+int pf_state_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err) {
+    char key[512];
+    pf_wredis_key(key, sizeof key, r, job_id, "state");
+    redisReply *rep = pf_wredis_cmd(r, err, "SET %s %s EX %ld", key, json, ttl_s);
+    if (!rep) return -1;
+    freeReplyObject(rep);
+    return 0;
+}

@@ -16,4 +16,10 @@ int pf_result_get(pf_wredis *r, const char *job_id, char **json, pf_error *err);
 /* Records json as the job's terminal status for ttl_s seconds. */
 int pf_result_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err);
 
+/* The job's latest state for people and `perflow status` (never read by a
+ * worker): "<prefix>:<job_id>:state" = a status event (accepted, rejected,
+ * failed and re-enqueued, or terminal), kept ttl_s. Unlike the result it is
+ * written for rejections too, which must not block a corrected resubmission. */
+int pf_state_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err);
+
 #endif

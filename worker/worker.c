@@ -15,6 +15,7 @@
 #include "job.h"
 #include "lease.h"
 #include "log.h"
+#include "metrics.h"
 #include "models.h"
 #include "notify.h"
 #include "producer.h"
@@ -24,6 +25,7 @@
 
 #define MAX_BATCH 64
 #define LOOKAHEAD 16 /* messages taken ahead of the running job */
+#define HEALTH_EVERY_MS 5000 /* how often /readyz's broker and Redis checks run (metrics on) */
 
 volatile sig_atomic_t pf_worker_signals;
 
@@ -34,6 +36,9 @@ struct pf_worker {
     pf_wredis *redis;
     pf_models *models;
     pf_exec exec;
+    pf_backend *be;
+    pf_metrics_server *metrics; /* NULL: metrics_listen not set */
+    long long last_health;      /* monotonic ms of the last readiness check */
     atomic_int abandon;
     char token[300];           /* this process's lease token */
     int draining;
@@ -58,6 +63,7 @@ static void watch_signals(pf_worker *w) {
         w->draining = 1;
         w->drain_deadline = pf_now_ms() + w->cfg->drain_grace_s * 1000;
         pf_notify_stopping();
+        pf_metrics_state(PF_WSTATE_DRAINING);
         pf_wlog(PF_LOG_INFO, "worker.draining", NULL, json_pack("{s:I}", "grace_s", (json_int_t)w->cfg->drain_grace_s),
                 "stopping: no new jobs; the running job has %ld s to finish", w->cfg->drain_grace_s);
     }
@@ -68,12 +74,29 @@ static void watch_signals(pf_worker *w) {
     }
 }
 
+/* What /readyz reports: whether a broker and Redis answer the loop now.
+ * Checked from the loop (which owns both connections) every few seconds,
+ * only when metrics are served. */
+static void check_health(pf_worker *w) {
+    long long now = pf_now_ms();
+    if (!w->metrics || (w->last_health && now - w->last_health < HEALTH_EVERY_MS)) return;
+    w->last_health = now;
+    pf_error ke = {{0}}, re = {{0}};
+    int kafka = !pf_producer_reachable(w->producer, 1000, &ke);
+    redisReply *rep = pf_wredis_cmd(w->redis, &re, "PING");
+    if (rep) freeReplyObject(rep);
+    char why[sizeof ke.msg + sizeof re.msg + 4];
+    snprintf(why, sizeof why, "%s%s%s", ke.msg, ke.msg[0] && !rep ? "; " : "", rep ? "" : re.msg);
+    pf_metrics_health(kafka, rep != NULL, why);
+}
+
 /* Keeps the group, the producer and systemd served for about ms. */
 static void tick(pf_worker *w, int ms) {
     pf_consumer_serve(w->consumer);
     pf_producer_poll(w->producer, ms);
     pf_notify_watchdog();
     watch_signals(w);
+    check_health(w);
 }
 
 /* Sleeps ms while ticking; returns 1 when the worker must give up waiting
@@ -189,6 +212,16 @@ static int record_result(pf_worker *w, const char *job_id, const json_t *st) {
     return rc;
 }
 
+/* Notes a job's latest state for `perflow status` (result.h): best effort,
+ * once, as nothing depends on it. */
+static void note_state(pf_worker *w, const char *job_id, const json_t *st) {
+    char *s = pf_status_dump(st);
+    pf_error e;
+    if (pf_state_put(w->redis, job_id, s, w->cfg->result_ttl_s, &e))
+        pf_wlog(PF_LOG_DEBUG, "redis.failed", job_id, NULL, "noting the state: %s", e.msg);
+    free(s);
+}
+
 /* ---- ending a message ---------------------------------------------------- */
 
 static void store_offset(pf_worker *w, const rd_kafka_message_t *m, const char *job_id) {
@@ -241,6 +274,7 @@ static void dead_letter_only(pf_worker *w, const rd_kafka_message_t *m, const ch
         r.key = key;
     }
     if (send_durable(w, &r, 1)) return;
+    pf_metrics_dead_letter("invalid_message");
     store_offset(w, m, NULL);
 }
 
@@ -253,7 +287,12 @@ static void reject(pf_worker *w, const rd_kafka_message_t *m, const char *job_id
             "%s", message);
     dlq_info d;
     int n = dlq_headers(&d, w, m, job_id, attempt, code, message, field);
-    if (!send_status(w, st, d.h, n, m, NULL, NULL)) store_offset(w, m, job_id);
+    note_state(w, job_id, st);
+    if (!send_status(w, st, d.h, n, m, NULL, NULL)) {
+        pf_metrics_job_ended(PF_ST_REJECTED, code);
+        pf_metrics_dead_letter(code);
+        store_offset(w, m, job_id);
+    }
     json_decref(st);
 }
 
@@ -261,7 +300,11 @@ static void reject(pf_worker *w, const rd_kafka_message_t *m, const char *job_id
 static void end_without_run(pf_worker *w, const rd_kafka_message_t *m, json_t *st, const char *job_id) {
     pf_wlog(PF_LOG_INFO, "job.ended", job_id,
             json_pack("{s:s}", "state", json_string_value(json_object_get(st, "state"))), NULL);
-    if (record_result(w, job_id, st) || send_status(w, st, NULL, 0, NULL, NULL, NULL)) return;
+    if (record_result(w, job_id, st)) return;
+    note_state(w, job_id, st);
+    if (send_status(w, st, NULL, 0, NULL, NULL, NULL)) return;
+    pf_metrics_job_ended(json_string_value(json_object_get(st, "state")),
+                         json_string_value(json_object_get(json_object_get(st, "error"), "code")));
     store_offset(w, m, job_id);
 }
 
@@ -299,7 +342,10 @@ static int replay_if_recorded(pf_worker *w, const rd_kafka_message_t *m, const p
     pf_wlog(PF_LOG_INFO, "job.replayed", job->job_id,
             json_pack("{s:s}", "state", json_string_value(json_object_get(st, "state"))),
             "already finished: re-posting its terminal status without running it");
-    if (!send_status(w, st, NULL, 0, NULL, NULL, NULL)) store_offset(w, m, job->job_id);
+    if (!send_status(w, st, NULL, 0, NULL, NULL, NULL)) {
+        pf_metrics_job_replayed();
+        store_offset(w, m, job->job_id);
+    }
     json_decref(st);
     return 1;
 }
@@ -354,6 +400,7 @@ static prep_result prepare(pf_worker *w, const rd_kafka_message_t *m, const pf_j
             pf_wlog(PF_LOG_INFO, "job.waiting", job->job_id, json_pack("{s:s}", "holder", holder),
                     "another worker holds the job's lease; waiting");
             pf_notify_status("waiting for job %s held elsewhere", job->job_id);
+            pf_metrics_state(PF_WSTATE_WAITING);
             said = 1;
         }
         if (wait_ticking(w, 500, 1)) return PREP_LATER;
@@ -448,6 +495,16 @@ static json_t *timings(const pf_exec_job *j, long long total) {
     return t;
 }
 
+/* Counts a job of a finished batch whose end was acknowledged. */
+static void job_metrics(const pf_exec_job *j, const char *state, const char *code, int requeued, int dlq) {
+    if (requeued) pf_metrics_job_requeued(code);
+    else pf_metrics_job_ended(state, code);
+    if (dlq) pf_metrics_dead_letter(code);
+    size_t i;
+    json_t *o;
+    json_array_foreach(j->outputs, i, o) pf_metrics_images(json_string_value(json_object_get(o, "stage")), 1);
+}
+
 /* Ends one job of a finished batch: status, record, re-enqueue or dead
  * letter as its outcome says, then its offset. Returns -1 when abandoned. */
 static int finish(pf_worker *w, rd_kafka_message_t *m, pf_exec_job *j) {
@@ -508,10 +565,12 @@ static int finish(pf_worker *w, rd_kafka_message_t *m, pf_exec_job *j) {
                          json_string_value(json_object_get(err, "message")),
                          json_string_value(json_object_get(err, "field")));
     long long t_end = pf_now_ms();
+    note_state(w, job->job_id, st);
     if ((record && record_result(w, job->job_id, st)) ||
         send_status(w, st, d.h, nd, dlq ? m : NULL, requeue, rd_kafka_topic_name(m->rkt))) {
         rc = -1;
     } else {
+        job_metrics(j, state, json_string_value(json_object_get(err, "code")), requeue != NULL, dlq);
         store_offset(w, m, job->job_id);
         /* The overheads the benchmark reports: accepted -> engine start, engine end -> terminal status acked. */
         if (j->t_engine_start)
@@ -555,12 +614,29 @@ static void admit(pf_worker *w, rd_kafka_message_t *m, pf_job *job, long long t_
     int64_t ts = rd_kafka_message_timestamp(m, &tt);
     if (ts > 0) queued = pf_wall_ms() - ts;
     json_t *extra = json_pack("{s:I}", "queued_ms", (json_int_t)queued);
+    json_t *st = pf_status_new(PF_ST_ACCEPTED, job->job_id, job->attempt, w->cfg->worker_id);
+    note_state(w, job->job_id, st);
+    json_decref(st);
     pf_exec_post(&w->exec, &j->job, PF_ST_ACCEPTED, json_deep_copy(extra));
+    if (job->batch_id) json_object_set_new(extra, "batch_id", json_string(job->batch_id));
     json_object_set_new(extra, "topic", json_string(rd_kafka_topic_name(m->rkt)));
     json_object_set_new(extra, "partition", json_integer(m->partition));
     json_object_set_new(extra, "offset", json_integer(m->offset));
     json_object_set_new(extra, "attempt", json_integer(job->attempt));
     pf_wlog(PF_LOG_INFO, "job.accepted", job->job_id, extra, NULL);
+}
+
+/* The gauges a batch changes, read while no job thread runs (the models and
+ * the backend are the job thread's otherwise). */
+static void after_batch(pf_worker *w) {
+    uint64_t bytes;
+    int n = pf_models_loaded(w->models, &bytes);
+    pf_metrics_models(n, bytes);
+    pf_mem_stats ms;
+    pf_backend_cuda_mem_stats(w->be, &ms);
+    pf_metrics_device_memory(ms.in_use, ms.reserved);
+    pf_metrics_jobs_running(0);
+    pf_metrics_state(w->draining ? PF_WSTATE_DRAINING : PF_WSTATE_IDLE);
 }
 
 /* Handles m (and the jobs that batch with it); m is owned from here on. */
@@ -601,6 +677,8 @@ static void handle(pf_worker *w, rd_kafka_message_t *m) {
         admit(w, next, &nj, t_next);
     }
     pf_notify_status("running %d job(s): %s%s", w->nbatch, w->jobs[0].job.job_id, w->nbatch > 1 ? ", ..." : "");
+    pf_metrics_state(PF_WSTATE_RUNNING);
+    pf_metrics_jobs_running(w->nbatch);
     atomic_store(&w->thread_done, 0);
     pthread_t th;
     if (pthread_create(&th, NULL, job_thread, w)) {
@@ -623,6 +701,7 @@ static void handle(pf_worker *w, rd_kafka_message_t *m) {
             }
     }
     clear_batch(w);
+    after_batch(w);
     pf_notify_status("idle");
 }
 
@@ -652,6 +731,18 @@ int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache
     }
     pf_models_open(&w->models, cache, be, cfg->model_memory);
     w->exec = (pf_exec){cfg, w->models, w->producer, s3, cred, &w->abandon};
+    w->be = be;
+    pf_metrics_init(cfg->worker_id, be->name);
+    int port = 0;
+    if (cfg->metrics_listen[0]) {
+        if (pf_metrics_start(&w->metrics, cfg->metrics_listen, &port, err)) {
+            pf_worker_close(w);
+            return -1;
+        }
+        pf_wlog(PF_LOG_INFO, "metrics.listening", NULL,
+                json_pack("{s:s, s:i}", "listen", cfg->metrics_listen, "port", port),
+                "serving /metrics, /healthz and /readyz");
+    }
     pf_wlog(PF_LOG_INFO, "worker.started", NULL,
             json_pack("{s:s, s:s, s:s, s:s, s:i}", "brokers", cfg->brokers, "group", cfg->group, "topics",
                       cfg->jobs_topics, "backend", be->name, "max_batch", cfg->max_batch),
@@ -661,6 +752,8 @@ int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache
 }
 
 int pf_worker_run(pf_worker *w) {
+    check_health(w); /* /readyz answers from the first moment on */
+    pf_metrics_state(PF_WSTATE_IDLE);
     pf_notify_ready("waiting for jobs");
     while (!atomic_load(&w->abandon)) {
         tick(w, 0);
@@ -677,6 +770,7 @@ int pf_worker_run(pf_worker *w) {
                              (int)w->cfg->batch_wait_ms);
         pf_consumer_pause(w->consumer);
         handle(w, m);
+        if (!w->draining) pf_metrics_state(PF_WSTATE_IDLE); /* after a run, a replay or a wait */
     }
     if (!w->draining) pf_notify_stopping(); /* --once */
     pf_wlog(PF_LOG_INFO, "worker.stopped", NULL, json_pack("{s:i, s:b}", "handled", w->handled, "abandoned",
@@ -687,6 +781,7 @@ int pf_worker_run(pf_worker *w) {
 
 void pf_worker_close(pf_worker *w) {
     if (!w) return;
+    pf_metrics_stop(w->metrics); /* first: its thread reads nothing of the worker, but stops answering now */
     pf_consumer_close(w->consumer); /* commits the stored offsets and leaves the group */
     if (w->producer) pf_producer_close(w->producer, 5000);
     pf_models_close(w->models);

@@ -35,6 +35,7 @@ typedef struct pf_worker_config {
     char device[32];              /* pf_backend_open: "" (auto), cpu, cuda, cuda:N */
     char work_dir[1024];          /* where result files are written before upload */
     char file_output_root[1024];  /* file:// outputs allowed under this folder only ("": refused) */
+    char metrics_listen[128];     /* HOST:PORT of /metrics, /healthz, /readyz ("": no HTTP server) */
     int threads;                  /* CPU backend threads (0: all cores) */
     int max_batch;                /* images per engine call */
     long batch_wait_ms;           /* how long to wait for more jobs to join a batch */

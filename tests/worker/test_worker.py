@@ -314,7 +314,8 @@ def test_job_longer_than_max_poll_interval_no_rebalance(rig):
     w = r.start_worker(PERFLOW_KAFKA_SESSION_TIMEOUT_MS=3000, PERFLOW_KAFKA_MAX_POLL_INTERVAL_MS=3000,
                        PERFLOW_KAFKA_HEARTBEAT_INTERVAL_MS=500)
     w.wait_event("kafka.assigned")
-    r.produce(long_job(r, "slow", steps=24))
+    # longer than max.poll.interval.ms (3 s) with room to spare on a fast CPU backend
+    r.produce(long_job(r, "slow", steps=64))
     r.events.wait_terminal(["slow"], timeout=90)
     (ev,) = r.events.terminal("slow")
     assert ev["state"] == "succeeded" and ev["timings"]["engine_ms"] > 3000, ev["timings"]
@@ -355,7 +356,7 @@ def test_second_signal_abandons_without_offset(rig):
 def test_killed_worker_job_redelivered_and_completed(rig):
     r = rig()
     a = r.start_worker(PERFLOW_KAFKA_SESSION_TIMEOUT_MS=3000, PERFLOW_KAFKA_HEARTBEAT_INTERVAL_MS=500)
-    r.produce(long_job(r, "survivor", steps=10))
+    r.produce(long_job(r, "survivor", steps=40))  # still running when the kill comes
     r.events.wait(lambda: r.events.of("survivor", "running"), 60, "survivor running")
     a.proc.kill()  # SIGKILL: no status, no offset, the lease left to expire
     a.wait(10)
