@@ -233,6 +233,7 @@ install: all
 	        systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
 	done
 	install -m 644 schemas/*.json $(DESTDIR)$(DATADIR)/schemas/
+	cp -R configs $(DESTDIR)$(DATADIR)/configs && chmod -R u=rwX,go=rX $(DESTDIR)$(DATADIR)/configs
 	install -m 644 schemas/examples/*.json $(DESTDIR)$(DATADIR)/schemas/examples/
 	install -m 644 systemd/worker.env.example $(DESTDIR)$(SYSCONFDIR)/perflow/worker.env.example
 	for d in $(DOCS); do install -D -m 644 $$d $(DESTDIR)$(DOCDIR)/$$d || exit 1; done

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "lora.h"
@@ -18,9 +19,26 @@
 #define PF_CONFIGS_DIR "configs" /* set by the Makefile to the source tree's configs/ */
 #endif
 
+/* An installed program finds the configs beside it: BINDIR/../share/perflow/configs
+ * (make install puts them there); a program run from the source tree, in it. */
 const char *pf_configs_dir(void) {
     const char *e = getenv("PERFLOW_CONFIGS");
-    return e && *e ? e : PF_CONFIGS_DIR;
+    if (e && *e) return e;
+    static char installed[4096];
+    char exe[4096];
+    struct stat st;
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            if (snprintf(installed, sizeof installed, "%s/../share/perflow/configs", exe) < (int)sizeof installed &&
+                stat(installed, &st) == 0 && S_ISDIR(st.st_mode))
+                return installed;
+        }
+    }
+    return PF_CONFIGS_DIR;
 }
 
 void pf_model_parts_free(pf_model_parts *m) {

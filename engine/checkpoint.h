@@ -101,8 +101,9 @@ int pf_checkpoint_open(pf_checkpoint **out, const pf_model_spec *spec, pf_error 
 void pf_checkpoint_close(pf_checkpoint *c);
 
 /* The folder of the configs the project ships (configs/: sd15, sd21):
- * $PERFLOW_CONFIGS when set, else the source tree's configs/ this engine was
- * built from. */
+ * $PERFLOW_CONFIGS when set, else share/perflow/configs beside an installed
+ * program (BINDIR/../share/perflow/configs, where make install puts them), else
+ * the source tree's configs/ this engine was built from. */
 const char *pf_configs_dir(void);
 
 #endif

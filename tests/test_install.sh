@@ -22,7 +22,8 @@ mk install PREFIX="$P" SYSCONFDIR="$work/etc"
 for f in bin/perflow bin/perflow-worker bin/perflow-dev-broker lib/systemd/system/perflow-worker@.service \
     lib/systemd/system/perflow-workers.target share/perflow/schemas/job.v1.json share/perflow/schemas/status.v1.json \
     share/man/man1/perflow.1 share/man/man1/perflow-submit.1 share/man/man1/perflow-status.1 \
-    share/man/man1/perflow-worker.1 share/doc/perflow/README.md share/doc/perflow/ops/README.md; do
+    share/man/man1/perflow-worker.1 share/doc/perflow/README.md share/doc/perflow/ops/README.md \
+    share/perflow/configs/sd15/unet/config.json share/perflow/configs/sd21/tokenizer/vocab.json; do
     [ -s "$P/$f" ] || fail "make install: $P/$f is missing"
 done
 [ -s "$work/etc/perflow/worker.env.example" ] || fail "make install: no example settings file"
