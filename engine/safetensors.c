@@ -384,8 +384,34 @@ static void f16_to_f32_f16c(float *dst, const uint8_t *src, size_t n) {
 }
 #endif
 
+static int read_f32_range(const pf_safetensors *st, const pf_st_tensor *t, int64_t first, int64_t count, float *dst,
+                          pf_error *err);
+
+/* After a read of bytes [at, at + len) of a mapped file: the whole pages inside
+ * go back to the page cache (out of this process's resident set). A model's
+ * weights are copied into tensors once; without this, the mapping kept every
+ * page it had read until the file was closed, and loading peaked at twice the
+ * weights' size. A later read of the same bytes faults them in again. Memory
+ * that is not a file mapping (pf_st_parse of a buffer) is left alone. */
+static void release_pages(const pf_safetensors *st, const uint8_t *at, size_t len) {
+    if (!st->map || len == 0) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)at + page - 1) & ~(page - 1), hi = ((uintptr_t)at + len) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 int pf_st_read_f32_range(const pf_safetensors *st, const pf_st_tensor *t, int64_t first, int64_t count, float *dst,
                          pf_error *err) {
+    int rc = read_f32_range(st, t, first, count, dst, err);
+    if (rc == 0) {
+        size_t es = t->dtype == PF_ST_F32 ? 4 : 2;
+        release_pages(st, st->data + t->begin + es * (size_t)first, es * (size_t)count);
+    }
+    return rc;
+}
+
+static int read_f32_range(const pf_safetensors *st, const pf_st_tensor *t, int64_t first, int64_t count, float *dst,
+                          pf_error *err) {
     PF_CHECK(t >= st->tensors && t < st->tensors + st->count);
     PF_CHECK(first >= 0 && count >= 0 && first + count <= pf_st_numel(t));
     size_t n = (size_t)count;
