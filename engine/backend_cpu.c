@@ -37,6 +37,16 @@
  * in blocks whose scores [rows, Lk] fit here, so SD at 512px (Lq = Lk = 4096)
  * uses blocks of 256 query rows instead of a 64 MiB score matrix per head. */
 #define SCORE_BUDGET (1 << 20)
+/* Without a causal mask and from this many keys on, attention runs key block by
+ * key block with a running softmax (attention_blocked): the scores of a block
+ * of FLASH_QB queries and FLASH_KB keys stay in the core's cache, and each key
+ * block is packed for the product once per FLASH_QB queries rather than once
+ * per SCORE_BUDGET / Lk (the refiner at 1024 px has 16384 keys per query). */
+#ifndef FLASH_MIN_KEYS
+#define FLASH_MIN_KEYS 2048
+#endif
+#define FLASH_QB 256
+#define FLASH_KB 512
 
 /* Freed blocks of at least this many bytes are kept for reuse (see cpu_alloc). */
 #define CACHE_MIN_BYTES (64 << 10)
@@ -403,6 +413,25 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax
     for (int64_t j = 0; j < n; j++) row[j] *= inv;
 }
 
+/* One key block of the running softmax: row[0, n) becomes exp(row - m_new)
+ * with m_new = max(m_old, max(row)); *l becomes *l * exp(m_old - m_new) + the
+ * sum of the new values. Returns m_new. Clones as softmax_row. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static float softmax_block(float *row, int64_t n,
+                                                                                         float m_old, float *l) {
+    float mx = m_old;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; j++) {
+        float e = exp_neg(row[j] - mx);
+        row[j] = e;
+        sum += e;
+    }
+    *l = (m_old == -INFINITY ? 0.0f : *l * exp_neg(m_old - mx)) + sum;
+    return mx;
+}
+
 static void cpu_softmax(pf_tensor *y, const pf_tensor *x) {
     int nt = team(y);
     int64_t c = x->shape[x->ndim - 1], rows = c ? pf_numel(x) / c : 0;
@@ -415,6 +444,130 @@ static void cpu_softmax(pf_tensor *y, const pf_tensor *x) {
  * score buffer [qb, Lk] and runs single-threaded sgemms on it. Heads are
  * strided views of q/k/v (row stride C), which sgemm's lda expresses directly,
  * so nothing is transposed or copied. */
+/* s[r, j] = scale * sum_e q[r, e] kt[e, j] for r < rows, j < kn: the score
+ * block of attention_blocked. kt is the key block transposed, (d, ldk), zero past
+ * kn up to a multiple of 64, so that 64 keys' columns of it (d x 64 floats) stay
+ * in L1 while every query row
+ * runs over them: each step is a broadcast of one query value and four vector
+ * FMAs, where a library GEMM with an inner size of 40 (SD's head width) spends
+ * its time packing. The sum over e runs in the order of the head's channels. */
+/* 16 floats; on AVX-512 one register, on AVX2 two, otherwise four (GCC splits it). */
+typedef float v16f __attribute__((vector_size(64)));
+
+/* v = 16 floats at p (any alignment); a macro, as a function returning a 64-byte
+ * vector has an ABI that differs by target */
+#define LOAD16(v, p) memcpy(&(v), (p), sizeof(v))
+
+/* Multiply-adds fused (FMA) in the score kernel: GCC contracts nothing under -std=c11 */
+#if defined(__clang__)
+#define PF_FP_CONTRACT
+#else
+#define PF_FP_CONTRACT __attribute__((optimize("fp-contract=fast")))
+#endif
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) PF_FP_CONTRACT static void
+qk_block(float *s, const float *q, int64_t ldq, const float *kt, int64_t ldk, int rows, int kn, int64_t d,
+         float scale) {
+    for (int j0 = 0; j0 < kn; j0 += 64) {
+        const int w = kn - j0 < 64 ? kn - j0 : 64;
+        /* two query rows at a time: eight independent sums per key load */
+        for (int r = 0; r < rows; r += 2) {
+            const int two = r + 1 < rows;
+            const float *q0 = q + (int64_t)r * ldq, *q1 = two ? q0 + ldq : q0, *kr = kt + j0;
+            v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+            for (int64_t e = 0; e < d; e++, kr += ldk) {
+                const v16f x = (v16f){0} + q0[e], y = (v16f){0} + q1[e];
+                v16f k0, k1, k2, k3;
+                LOAD16(k0, kr), LOAD16(k1, kr + 16), LOAD16(k2, kr + 32), LOAD16(k3, kr + 48);
+                a0 += x * k0, a1 += x * k1, a2 += x * k2, a3 += x * k3;
+                b0 += y * k0, b1 += y * k1, b2 += y * k2, b3 += y * k3;
+            }
+            float out[2][64];
+            a0 *= scale, a1 *= scale, a2 *= scale, a3 *= scale;
+            b0 *= scale, b1 *= scale, b2 *= scale, b3 *= scale;
+            memcpy(out[0], &a0, 64), memcpy(out[0] + 16, &a1, 64), memcpy(out[0] + 32, &a2, 64);
+            memcpy(out[0] + 48, &a3, 64), memcpy(out[1], &b0, 64), memcpy(out[1] + 16, &b1, 64);
+            memcpy(out[1] + 32, &b2, 64), memcpy(out[1] + 48, &b3, 64);
+            for (int i = 0; i <= two; i++) memcpy(s + (int64_t)(r + i) * FLASH_KB + j0, out[i], (size_t)w * sizeof(float));
+        }
+    }
+}
+
+/* Attention over key blocks with a running softmax (FlashAttention's order of
+ * work, in float32): per query row the running max m and sum l; each key block
+ * rescales what is accumulated by exp(m_old - m_new). The same softmax as
+ * softmax_row up to float rounding (the exponent's max is the running one). */
+static void attention_blocked(pf_tensor *out, const pf_tensor *q, const pf_tensor *k, const pf_tensor *v, int heads) {
+    int nt = team(out);
+    const int64_t bsz = q->shape[0], lq = q->shape[1], lk = k->shape[1], c = q->shape[2], d = c / heads;
+    const int64_t qb = min64(lq, FLASH_QB), nblk = (lq + qb - 1) / qb, tasks = bsz * heads * nblk;
+    const int parts = (int)min64(nt, tasks);
+    /* per thread: scores (qb, FLASH_KB), the accumulator (qb, d), m and l (qb); shared:
+     * the keys transposed per head, (B, heads, d, nkb * FLASH_KB), zero past Lk so that
+     * the score kernel may read whole blocks */
+    const int64_t per = qb * FLASH_KB + qb * d + 2 * qb, nkb = (lk + FLASH_KB - 1) / FLASH_KB;
+    const int64_t lkp = nkb * FLASH_KB;
+    float *scratch = cache_alloc(out->be->impl, (size_t)(parts * per + bsz * heads * d * lkp) * sizeof(float));
+    if (!scratch) {
+        pf_backend_set_error(out->be, "cpu backend: out of memory for attention scratch (%lld floats)",
+                             (long long)(parts * per + bsz * heads * d * lkp));
+        return;
+    }
+    float *ktall = scratch + parts * per;
+    /* block by block, (d, FLASH_KB) each: rows FLASH_KB floats apart, not Lk (a stride of
+     * 64 KiB would put every row of a block in the same few L1 sets) */
+#pragma omp parallel for num_threads(nt) collapse(2) schedule(static)
+    for (int64_t bh = 0; bh < bsz * heads; bh++)
+        for (int64_t jb = 0; jb < nkb; jb++) {
+            const float *src = (const float *)k->data + (bh / heads) * lk * c + (bh % heads) * d;
+            float *dst = ktall + (bh * nkb + jb) * d * FLASH_KB;
+            for (int64_t e = 0; e < d; e++)
+                for (int64_t jj = 0; jj < FLASH_KB; jj++) {
+                    const int64_t j = jb * FLASH_KB + jj;
+                    dst[e * FLASH_KB + jj] = j < lk ? src[j * c + e] : 0.0f;
+                }
+        }
+    const float scale = 1.0f / sqrtf((float)d);
+    PF_CHECK(lk <= INT_MAX && c <= INT_MAX);
+#pragma omp parallel num_threads(parts) if (parts > 1)
+    {
+        float *s = scratch + (int64_t)omp_get_thread_num() * per, *acc = s + qb * FLASH_KB, *m = acc + qb * d,
+              *l = m + qb;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; t++) {
+            const int64_t b = t / (heads * nblk), h = (t / nblk) % heads, i0 = (t % nblk) * qb;
+            const int rows = (int)min64(qb, lq - i0);
+            const float *qp = (const float *)q->data + (b * lq + i0) * c + h * d;
+            float *op = (float *)out->data + (b * lq + i0) * c + h * d;
+            for (int r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0.0f;
+            for (int64_t j0 = 0; j0 < lk; j0 += FLASH_KB) {
+                const int kn = (int)min64(FLASH_KB, lk - j0);
+                const float *vp = (const float *)v->data + (b * lk + j0) * c + h * d;
+                /* s[rows, kn] = scale * q_h[rows, d] @ k_h[kn, d]^T */
+                qk_block(s, qp, c, ktall + ((b * heads + h) * nkb + j0 / FLASH_KB) * d * FLASH_KB, FLASH_KB, rows,
+                         kn, d, scale);
+                for (int r = 0; r < rows; r++) {
+                    float *row = s + (int64_t)r * FLASH_KB;
+                    const float mn = softmax_block(row, kn, m[r], &l[r]);
+                    /* rescale what the earlier key blocks gave this row */
+                    const float corr = j0 ? exp_neg(m[r] - mn) : 0.0f;
+                    float *a = acc + (int64_t)r * d;
+                    for (int64_t e = 0; e < d; e++) a[e] = j0 ? a[e] * corr : 0.0f;
+                    m[r] = mn;
+                }
+                /* acc[rows, d] += p[rows, kn] @ v_h[kn, d] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, (int)d, kn, 1.0f, s, FLASH_KB, vp,
+                            (int)c, 1.0f, acc, (int)d);
+            }
+            for (int r = 0; r < rows; r++) {
+                const float inv = 1.0f / l[r];
+                for (int64_t e = 0; e < d; e++) op[(int64_t)r * c + e] = acc[(int64_t)r * d + e] * inv;
+            }
+        }
+    }
+    cache_release(out->be->impl, scratch);
+}
+
 static void cpu_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k,
                           const pf_tensor *v, int heads, int causal) {
     int nt = team(out);
@@ -423,6 +576,10 @@ static void cpu_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k
     if (pf_numel(out) == 0) return;
     if (lk == 0) { /* no keys: torch returns NaN rows, nothing to attend */
         for (int64_t i = 0; i < pf_numel(out); i++) ((float *)out->data)[i] = NAN;
+        return;
+    }
+    if (!causal && lk >= FLASH_MIN_KEYS) {
+        attention_blocked(out, q, k, v, heads);
         return;
     }
     int64_t qb = min64(lq, max64(1, SCORE_BUDGET / lk));

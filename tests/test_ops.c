@@ -325,7 +325,8 @@ static void attention_cases(pf_backend *be) {
     attention_case(be, 2, 13, 7, 24, 3, 1);  /* causal with Lq > Lk */
     attention_case(be, 1, 5, 9, 12, 2, 1);   /* causal with Lq < Lk */
     attention_case(be, 1, 77, 77, 32, 4, 1); /* CLIP shape, scaled down */
-    attention_case(be, 1, 300, 4100, 16, 2, 0); /* several query blocks, last one short */
+    attention_case(be, 1, 300, 4100, 16, 2, 0); /* key blocks with a running softmax, short last ones */
+    attention_case(be, 2, 70, 2600, 80, 2, 0);  /* the same with SD's head width 40 */
     attention_case(be, 1, 600, 2050, 8, 1, 1);  /* causal over several query blocks */
 }
 
