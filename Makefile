@@ -178,6 +178,13 @@ $(B)/fuzz/fuzz_job: tests/fuzz/fuzz_job.c $(ENGINE_SRC) $(FUZZ_JOB_SRC)
 	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Iengine -Istorage -Iworker -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_JOB_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
+# The Redis address parser (storage/redis_client.c), with the credentials it reads.
+$(B)/fuzz/fuzz_redis_addr: tests/fuzz/fuzz_redis_addr.c storage/redis_client.c storage/credentials.c engine/error.c
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -Istorage -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined -o $@ $< storage/redis_client.c storage/credentials.c engine/error.c \
+	    -lhiredis -lssl -lcrypto -lpthread
+
 # The prompt-file parser of perflow submit: itself, pf_fail and jansson.
 $(B)/fuzz/fuzz_submit_prompts: tests/fuzz/fuzz_submit_prompts.c cli/submit_prompts.c cli/submit_prompts.h engine/error.c
 	@mkdir -p $(dir $@)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libopenblas-dev libjansson-dev
       libutf8proc-dev libpng-dev libjpeg62-turbo-dev libcmocka-dev python3-venv
       libcurl4-openssl-dev libhiredis-dev libssl-dev redis-server nginx-light curl openssl
-      librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps"
+      librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps socat iproute2 util-linux"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -801,7 +801,7 @@ int pf_cache_acquire(pf_cache_lease **out, pf_cache *c, const pf_model_source *s
     pf_cache_lease *l = PF_CALLOC(1, sizeof *l);
     l->c = c;
     int rc;
-    if (src->kind == PF_SOURCE_DIFFUSERS || src->kind == PF_SOURCE_COMPONENT) {
+    if (src->kind != PF_SOURCE_FILE) { /* a folder of files: a model, a component or a model's configs */
         rc = pf_cache_acquire_model(c, src, l, err);
     } else {
         pf_cache_got got;

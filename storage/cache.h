@@ -88,8 +88,10 @@ int pf_cache_status(pf_cache *c, char *line, size_t n);
  * waits for another worker's download), checks the digest when given, and
  * returns a lease whose path stays valid until pf_cache_release:
  *   FILE sources: the blob itself;
- *   DIFFUSERS sources: a folder in diffusers layout (pf_model_dir_check passes);
- *   COMPONENT sources: a folder holding config.json and the weights.
+ *   DIFFUSERS sources: a folder in diffusers layout (pf_model_dir_check passes),
+ *     sharded weights with their index and shards;
+ *   COMPONENT sources: a folder holding config.json and the weights (or their index and shards);
+ *   CONFIGS sources: a diffusers folder without weights (model_index.json, configs, tokenizers, scheduler).
  * A cached model opens without any network access. Afterwards the disk budget
  * is enforced, evicting least recently used unpinned blobs.
  * On error *out is NULL, nothing is pinned, err has one line (no secrets), and
@@ -116,7 +118,7 @@ int pf_cache_verify(pf_cache *c, void (*each)(void *ctx, const char *digest, uin
                     void *ctx, int *bad, pf_error *err);
 
 typedef struct pf_cache_entry {
-    char url[PF_URL_MAX];       /* the URL, or "model:<base URL>" ("component:<folder URL>") for a manifest */
+    char url[PF_URL_MAX];       /* the URL, or "model:<base URL>" ("component:", "configs:<folder URL>") for a manifest */
     char digest[PF_SHA256_HEX]; /* "" while downloading */
     uint64_t size;              /* bytes on disk (so far, while downloading) */
     long long last_use_ms;      /* ms since the epoch; 0 unknown */

@@ -74,7 +74,7 @@ int pf_cache_acquire_url(pf_cache *c, const char *url, const char *expect_sha256
 /* Stores bytes as a blob and pins it (manifests). */
 int pf_cache_store_bytes(pf_cache *c, const void *data, size_t n, pf_cache_got *got, pf_error *err);
 
-/* cache_model.c: a DIFFUSERS source into lease (already allocated, empty). */
+/* cache_model.c: a DIFFUSERS, COMPONENT or CONFIGS source into lease (already allocated, empty). */
 int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lease *lease, pf_error *err);
 
 /* Removes a model view folder (symlinks at most two levels deep). */

@@ -1,10 +1,14 @@
 /* cache_model.c - diffusers models in the cache: model_index.json decides the
  * files (model_index.c), they are fetched in parallel as blobs, a manifest
  * records which blob each file is, and a folder of symlinks (the view) gives
- * the engine the diffusers layout it loads. A lone component folder (a
- * ControlNetModel) goes the same way with a fixed plan instead of
+ * the engine the diffusers layout it loads. Sharded weights are found where
+ * the weights file is absent (its *.safetensors.index[.fp16].json), and the
+ * shards that index names are fetched in a second round. A lone component
+ * folder (a ControlNetModel) goes the same way with a fixed plan instead of
  * model_index.json: config.json and the weights, whose digest, when the source
- * names one, is checked like a FILE source's.
+ * names one, is checked like a FILE source's (a sharded component cannot be
+ * pinned so). A configs-only source (a single-file checkpoint's model_config)
+ * is a model without its weights.
  *
  * A second acquire of the same model reads its manifest and pins the blobs:
  * no network access at all. Models are keyed by base URL and variant, so a
@@ -128,7 +132,7 @@ static int open_cached(pf_cache *c, const pf_model_source *src, const char *skey
 typedef struct batch {
     pf_cache *c;
     const pf_model_source *src;
-    const pf_model_file *plan;
+    pf_model_file *plan;     /* PF_MODEL_MAX_FILES entries; shards are appended after the first round */
     int n;
     pf_manifest_file *files; /* what was found, per plan entry */
     pf_cache_got *got;
@@ -141,16 +145,35 @@ typedef struct batch {
     pf_storage_failure_class failure; /* of the first error, from the thread that met it */
 } batch;
 
+/* Fetches plan entry i: its path, else (weights) its sharded form, then the
+ * fallback variant and its sharded form, each tried only when the one before
+ * is absent (HTTP 404). */
 static int fetch_one(batch *b, int i, pf_error *err) {
     const pf_model_file *f = &b->plan[i];
-    const char *tries[2] = {f->path, f->fallback[0] ? f->fallback : NULL};
-    /* a component's digest is its weights file's (the one entry with a variant fallback) */
-    const char *expect = b->src->kind == PF_SOURCE_COMPONENT && b->src->sha256[0] && f->fallback[0] ? b->src->sha256
-                                                                                                     : NULL;
-    for (int t = 0; t < 2 && tries[t]; t++) {
+    char index[2][PF_RELPATH_MAX];
+    const char *tries[4];
+    int nt = 0;
+    for (int v = 0; v < 2; v++) {
+        const char *p = v ? f->fallback : f->path;
+        if (!p[0]) continue;
+        tries[nt++] = p;
+        if (f->weights && !pf_model_shard_index_name(index[v], sizeof index[v], p, NULL)) tries[nt++] = index[v];
+    }
+    /* a component's digest is its weights file's (whichever variant is fetched); an index cannot stand for shards */
+    const int pinned = b->src->kind == PF_SOURCE_COMPONENT && b->src->sha256[0] && f->weights;
+    pf_error first = {""};
+    for (int t = 0; t < nt; t++) {
         char url[PF_URL_MAX];
+        const int is_index = pf_model_is_shard_index(tries[t]);
         if (pf_model_source_file_url(url, sizeof url, b->src, tries[t], err)) return -1;
-        if (!pf_cache_acquire_url(b->c, url, expect, &b->cancel, &b->got[i], err)) {
+        if (!pf_cache_acquire_url(b->c, url, pinned && !is_index ? b->src->sha256 : NULL, &b->cancel, &b->got[i],
+                                  err)) {
+            if (pinned && is_index) {
+                close(b->got[i].fd);
+                pf_storage_set_failure(PF_STORAGE_PERMANENT);
+                return pf_fail(err, "%s: the weights are sharded, and a sha256 names one weights file: it cannot "
+                                    "pin the shards (leave it out)", url);
+            }
             snprintf(b->files[i].path, sizeof b->files[i].path, "%s", tries[t]);
             memcpy(b->files[i].sha256, b->got[i].digest, PF_SHA256_HEX);
             b->files[i].size = b->got[i].size;
@@ -158,8 +181,13 @@ static int fetch_one(batch *b, int i, pf_error *err) {
             return 0;
         }
         if (b->got[i].http_status != 404) return -1;
+        if (t == 0) first = *err;
     }
     if (f->optional) return 0;
+    if (err && nt > 1) /* the first name is the one people look for; say the others were tried */
+        pf_fail(err, "%s (and %s)", first.msg,
+                f->weights ? "its other variant and sharded forms" : "its other variant");
+    pf_storage_set_failure(PF_STORAGE_PERMANENT);
     return -1;
 }
 
@@ -183,6 +211,48 @@ static void *fetch_worker(void *arg) {
         }
     }
     return NULL;
+}
+
+/* Fetches plan entries b->next..b->n with up to cfg.parallel threads. */
+static void fetch_round(batch *b) {
+    int nthreads = b->c->cfg.parallel < b->n - b->next ? b->c->cfg.parallel : b->n - b->next;
+    pthread_t threads[16];
+    int started = 0;
+    for (int t = 0; t < nthreads && t < 16; t++)
+        if (!pthread_create(&threads[t], NULL, fetch_worker, b)) started++;
+    if (started == 0) fetch_worker(b);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+}
+
+/* After the first round: each weights index that was fetched adds its shards
+ * to the plan. On error the batch has failed (permanently: the server's index
+ * is unusable). */
+static void plan_shards(batch *b) {
+    const int n0 = b->n;
+    for (int i = 0; i < n0 && !b->failed; i++) {
+        if (!b->present[i] || !pf_model_is_shard_index(b->files[i].path)) continue;
+        char *text = NULL, url[PF_URL_MAX] = "";
+        size_t len;
+        pf_error e = {""};
+        pf_model_source_file_url(url, sizeof url, b->src, b->files[i].path, NULL);
+        int rc = pf_cache_read_fd(&text, &len, b->got[i].fd, PF_SHARD_INDEX_MAX_BYTES, &e);
+        if (rc) pf_error_prefix(&e, "%s", url);
+        else rc = pf_model_shard_plan(b->plan, &b->n, PF_MODEL_MAX_FILES, b->files[i].path, text, len, &e);
+        free(text);
+        /* a shard that is also a planned file of the model is fetched once */
+        for (int k = n0; !rc && k < b->n; k++)
+            for (int j = 0; j < n0; j++)
+                if (b->present[j] && !strcmp(b->files[j].path, b->plan[k].path)) {
+                    b->plan[k--] = b->plan[--b->n];
+                    break;
+                }
+        if (rc) {
+            b->failed = 1;
+            b->err = e;
+            b->failure = PF_STORAGE_PERMANENT;
+            pf_error_prefix(&b->err, "model %s", b->src->url);
+        }
+    }
 }
 
 /* The plan of a diffusers model: model_index.json, fetched here (and pinned
@@ -212,14 +282,42 @@ static int plan_from_index(pf_cache *c, const pf_model_source *src, pf_model_fil
     return 0;
 }
 
+/* The plan of a configs-only source: model_index.json as for a model, and
+ * the components' files without their weights. */
+static int plan_configs(pf_cache *c, const pf_model_source *src, pf_model_file *plan, int *n, pf_cache_got *idx,
+                        pf_error *err) {
+    char url[PF_URL_MAX];
+    if (pf_model_source_file_url(url, sizeof url, src, "model_index.json", err) ||
+        pf_cache_acquire_url(c, url, NULL, NULL, idx, err))
+        return -1;
+    char *text;
+    size_t len;
+    if (pf_cache_read_fd(&text, &len, idx->fd, PF_MODEL_INDEX_MAX_BYTES, err)) {
+        pf_error_prefix(err, "%s", url);
+        pf_storage_set_failure(PF_STORAGE_PERMANENT);
+        close(idx->fd);
+        return -1;
+    }
+    int rc = pf_model_index_plan_configs(plan, n, PF_MODEL_MAX_FILES, text, len, err);
+    free(text);
+    if (rc) {
+        close(idx->fd);
+        pf_storage_set_failure(PF_STORAGE_PERMANENT);
+        return pf_error_prefix(err, "model configs %s", src->url);
+    }
+    return 0;
+}
+
 int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lease *l, pf_error *err) {
-    const int component = src->kind == PF_SOURCE_COMPONENT;
+    const int component = src->kind == PF_SOURCE_COMPONENT, configs = src->kind == PF_SOURCE_CONFIGS;
+    const char *kind = component ? "component" : configs ? "configs" : "model";
     char skey[PF_SHA256_HEX], name[PF_URL_MAX + 128];
-    /* A component is keyed apart from a model at the same URL (another plan),
-     * and by its digest, so that a pinned job never opens a manifest made
-     * without the check. Diffusers models keep their original keys. */
-    snprintf(name, sizeof name, "%s%s%s%s%s", component ? "component:" : "", src->prefer_fp16 ? "fp16:" : "", src->url,
-             src->sha256[0] ? "@" : "", src->sha256);
+    /* A component (or a configs-only folder) is keyed apart from a model at
+     * the same URL (another plan), and by its digest, so that a pinned job
+     * never opens a manifest made without the check. Diffusers models keep
+     * their original keys. */
+    snprintf(name, sizeof name, "%s%s%s%s%s", component ? "component:" : configs ? "configs:" : "",
+             src->prefer_fp16 ? "fp16:" : "", src->url, src->sha256[0] ? "@" : "", src->sha256);
     pf_cache_key(skey, "model", name);
     if (open_cached(c, src, skey, l)) return 0;
 
@@ -227,14 +325,15 @@ int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lea
     int n = 0, first = 0; /* plan entries already fetched (model_index.json) */
     pf_cache_got idx;
     if (component ? pf_model_component_plan(plan, &n, PF_MODEL_MAX_FILES, src->prefer_fp16, err)
+        : configs ? plan_configs(c, src, plan, &n, &idx, err)
                   : plan_from_index(c, src, plan, &n, &idx, err)) {
         free(plan);
         return -1;
     }
     batch b = {.c = c, .src = src, .plan = plan, .n = n};
-    b.files = PF_CALLOC((size_t)n, sizeof *b.files);
-    b.got = PF_CALLOC((size_t)n, sizeof *b.got);
-    b.present = PF_CALLOC((size_t)n, sizeof *b.present);
+    b.files = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *b.files);
+    b.got = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *b.got);
+    b.present = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *b.present);
     pthread_mutex_init(&b.lock, NULL);
     if (!component) {
         b.got[0] = idx;
@@ -245,13 +344,14 @@ int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lea
         first = 1;
     }
     b.next = first;
-    int nthreads = c->cfg.parallel < n - first ? c->cfg.parallel : n - first;
-    pthread_t threads[16];
-    int started = 0;
-    for (int t = 0; t < nthreads; t++)
-        if (!pthread_create(&threads[t], NULL, fetch_worker, &b)) started++;
-    if (started == 0) fetch_worker(&b);
-    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    fetch_round(&b);
+    if (!b.failed) { /* sharded weights: their shards, once the indexes are known */
+        const int n0 = b.n;
+        plan_shards(&b);
+        b.next = n0; /* the workers of the first round left it past n0 */
+        if (!b.failed && b.n > n0) fetch_round(&b);
+    }
+    n = b.n;
     int rc = b.failed ? -1 : 0;
     if (rc && err) *err = b.err;
     if (rc) pf_storage_set_failure(b.failure);
@@ -267,8 +367,7 @@ int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lea
         if (!rc) {
             lease_add(l, mg.digest, mg.fd);
             char ref_url[PF_URL_MAX + 16];
-            snprintf(ref_url, sizeof ref_url, "%s%s:%s", component ? "component" : "model",
-                     src->prefer_fp16 ? "+fp16" : "", src->url);
+            snprintf(ref_url, sizeof ref_url, "%s%s:%s", kind, src->prefer_fp16 ? "+fp16" : "", src->url);
             rc = pf_cache_ref_write(c, skey, mg.digest, mg.size, ref_url, err) ||
                  ensure_view(c, mg.digest, files, nf, l->path, sizeof l->path, err);
         }

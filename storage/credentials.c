@@ -159,3 +159,12 @@ int pf_credentials_load(pf_credentials *out, pf_error *err) {
     pf_secret_register(out->hub_token);
     return 0;
 }
+
+int pf_credential_secret(char **out, const char *file, const char *env, pf_error *err) {
+    *out = NULL;
+    const char *dir = getenv("CREDENTIALS_DIRECTORY");
+    if (file && dir && *dir && read_credential_file(out, dir, file, err)) return -1;
+    if (!*out && env && from_env(out, env, err)) return -1;
+    pf_secret_register(*out);
+    return 0;
+}

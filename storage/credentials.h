@@ -9,7 +9,9 @@
  * putting them in its environment (LoadCredential=).
  *
  * Every value loaded is registered with pf_secret_register, and pf_slog and
- * the CLI pass text through pf_secret_scrub before writing it anywhere. */
+ * the CLI pass text through pf_secret_scrub before writing it anywhere.
+ * pf_credential_secret reads the other clients' secrets the same way
+ * (redis_password, kafka.sasl.password, ...: files first there). */
 #ifndef PF_CREDENTIALS_H
 #define PF_CREDENTIALS_H
 
@@ -30,6 +32,13 @@ typedef struct pf_credentials {
  * characters, or when only one of the access key id and secret key is set.
  * On error *out is left all NULL. */
 int pf_credentials_load(pf_credentials *out, pf_error *err);
+/* One more secret by name, for the clients that need their own (Redis'
+ * password, Kafka's SASL password): $CREDENTIALS_DIRECTORY/file first (file
+ * may be NULL), else the environment variable env (may be NULL). *out is
+ * malloc'd (wipe it, then free) and registered for scrubbing, or stays NULL
+ * when neither exists. Error when the file is unreadable or the value is not
+ * one line of 1 to 4096 printable characters; the message never holds it. */
+int pf_credential_secret(char **out, const char *file, const char *env, pf_error *err);
 /* Wipes and frees the values; c itself is not freed. */
 void pf_credentials_free(pf_credentials *c);
 

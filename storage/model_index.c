@@ -1,5 +1,6 @@
 /* model_index.c - planning a diffusers model's files from model_index.json (or
- * a lone component folder's), and the cache's per-model manifest, both through jansson. */
+ * a lone component folder's), the shards of sharded weights from their index,
+ * and the cache's per-model manifest, all through jansson. */
 #include "model_index.h"
 
 #include <ctype.h>
@@ -69,16 +70,22 @@ static int add(plan *p, const char *component, const char *file, const char *fal
     return 0;
 }
 
-static int add_weights(plan *p, const char *component, const char *stem, int prefer_fp16, pf_error *err) {
+/* A model component: its config and (with_weights) its weights, either
+ * variant, each also in its sharded form. */
+static int add_weights(plan *p, const char *component, const char *stem, int prefer_fp16, int with_weights,
+                       pf_error *err) {
     char full[96], half[96];
     snprintf(full, sizeof full, "%s.safetensors", stem);
     snprintf(half, sizeof half, "%s.fp16.safetensors", stem);
-    return add(p, component, "config.json", NULL, 0, err) ||
-           add(p, component, prefer_fp16 ? half : full, prefer_fp16 ? full : half, 0, err);
+    if (add(p, component, "config.json", NULL, 0, err)) return -1;
+    if (!with_weights) return 0;
+    if (add(p, component, prefer_fp16 ? half : full, prefer_fp16 ? full : half, 0, err)) return -1;
+    p->files[p->count - 1].weights = 1;
+    return 0;
 }
 
-int pf_model_index_plan(pf_model_file *files, int *count, int max, const char *json, size_t len, int prefer_fp16,
-                        pf_error *err) {
+static int plan_index(pf_model_file *files, int *count, int max, const char *json, size_t len, int prefer_fp16,
+                      int with_weights, pf_error *err) {
     *count = 0;
     if (len > PF_MODEL_INDEX_MAX_BYTES)
         return pf_fail(err, "model_index.json: %zu bytes, more than the %d allowed", len, PF_MODEL_INDEX_MAX_BYTES);
@@ -130,10 +137,10 @@ int pf_model_index_plan(pf_model_file *files, int *count, int max, const char *j
                  add(&p, name, "tokenizer_config.json", NULL, 1, err) ||
                  add(&p, name, "special_tokens_map.json", NULL, 1, err);
         } else if (!strcmp(lib, "transformers") && !strncmp(cls, "CLIPTextModel", 13)) {
-            rc = add_weights(&p, name, "model", prefer_fp16, err);
+            rc = add_weights(&p, name, "model", prefer_fp16, with_weights, err);
         } else if (!strcmp(lib, "diffusers") && (!strcmp(cls, "UNet2DConditionModel") || !strcmp(cls, "AutoencoderKL") ||
                                                  !strcmp(cls, "ControlNetModel"))) {
-            rc = add_weights(&p, name, "diffusion_pytorch_model", prefer_fp16, err);
+            rc = add_weights(&p, name, "diffusion_pytorch_model", prefer_fp16, with_weights, err);
         } else if (ends_with(cls, "Scheduler")) {
             rc = add(&p, name, "scheduler_config.json", NULL, 0, err);
         } else if (!strcmp(cls, "StableDiffusionSafetyChecker") || !strcmp(cls, "CLIPImageProcessor") ||
@@ -152,11 +159,83 @@ int pf_model_index_plan(pf_model_file *files, int *count, int max, const char *j
     return 0;
 }
 
+int pf_model_index_plan(pf_model_file *files, int *count, int max, const char *json, size_t len, int prefer_fp16,
+                        pf_error *err) {
+    return plan_index(files, count, max, json, len, prefer_fp16, 1, err);
+}
+
+int pf_model_index_plan_configs(pf_model_file *files, int *count, int max, const char *json, size_t len,
+                                pf_error *err) {
+    return plan_index(files, count, max, json, len, 0, 0, err);
+}
+
 int pf_model_component_plan(pf_model_file *files, int *count, int max, int prefer_fp16, pf_error *err) {
     plan p = {files, 0, max};
     *count = 0;
-    if (add_weights(&p, NULL, "diffusion_pytorch_model", prefer_fp16, err)) return -1;
+    if (add_weights(&p, NULL, "diffusion_pytorch_model", prefer_fp16, 1, err)) return -1;
     *count = p.count;
+    return 0;
+}
+
+int pf_model_shard_index_name(char *out, size_t n, const char *weights_path, pf_error *err) {
+    size_t len = strlen(weights_path);
+    const int half = ends_with(weights_path, ".fp16.safetensors");
+    if (!ends_with(weights_path, ".safetensors"))
+        return pf_fail(err, "'%s' is not a .safetensors weights file", weights_path);
+    /* <stem>.fp16.safetensors -> <stem>.safetensors.index.fp16.json, as diffusers' variants name indexes */
+    size_t stem = len - (half ? strlen(".fp16.safetensors") : strlen(".safetensors"));
+    int w = snprintf(out, n, "%.*s.safetensors.index%s.json", (int)stem, weights_path, half ? ".fp16" : "");
+    if (w < 0 || (size_t)w >= n || !pf_relpath_valid(out))
+        return pf_fail(err, "the index name of '%s' is too long", weights_path);
+    return 0;
+}
+
+int pf_model_is_shard_index(const char *path) {
+    return ends_with(path, ".safetensors.index.json") || ends_with(path, ".safetensors.index.fp16.json");
+}
+
+int pf_model_shard_plan(pf_model_file *files, int *count, int max, const char *index_path, const char *json,
+                        size_t len, pf_error *err) {
+    if (len > PF_SHARD_INDEX_MAX_BYTES)
+        return pf_fail(err, "%s: %zu bytes, more than the %d allowed", index_path, len, PF_SHARD_INDEX_MAX_BYTES);
+    json_error_t je;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root) return pf_fail(err, "%s: %s (line %d)", index_path, json_error_text(&je), je.line);
+    json_t *map = json_object_get(root, "weight_map");
+    int rc = 0, n = *count;
+    if (!json_is_object(map) || json_object_size(map) == 0)
+        rc = pf_fail(err, "%s: no \"weight_map\" object naming the shards", index_path);
+    /* the shards sit beside the index: its folder (a component's, or the source's root) */
+    const char *slash = strrchr(index_path, '/');
+    const int dir_len = slash ? (int)(slash - index_path) : 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(map, key, v) {
+        if (rc) break;
+        const char *shard = json_string_value(v);
+        size_t sl = shard ? json_string_length(v) : 0;
+        if (!shard || sl == 0 || sl > 128 || strlen(shard) != sl || !segment_ok(shard, sl) ||
+            !ends_with(shard, ".safetensors")) {
+            rc = pf_fail(err, "%s: a weight_map entry is not the file name of a .safetensors shard", index_path);
+            break;
+        }
+        char rel[PF_RELPATH_MAX];
+        snprintf(rel, sizeof rel, "%.*s%s%s", dir_len, index_path, slash ? "/" : "", shard);
+        int seen = 0;
+        for (int i = *count; i < n && !seen; i++) seen = !strcmp(files[i].path, rel);
+        if (seen) continue;
+        if (n >= max) {
+            rc = pf_fail(err, "%s: more shards than the %d files a model may have", index_path, max);
+            break;
+        }
+        memset(&files[n], 0, sizeof files[n]);
+        snprintf(files[n].path, sizeof files[n].path, "%s", rel);
+        PF_CHECK(pf_relpath_valid(files[n].path));
+        n++;
+    }
+    json_decref(root);
+    if (rc) return -1;
+    *count = n;
     return 0;
 }
 

@@ -1,5 +1,5 @@
-/* model_source.c - model sources as jobs name them: a file URL, a diffusers base URL or a
- * component folder URL. */
+/* model_source.c - model sources as jobs name them: a file URL, a diffusers base URL, a
+ * component folder URL, or a diffusers folder's configs. */
 #include "model_source.h"
 
 #include <stdio.h>
@@ -23,9 +23,9 @@ int pf_model_source_init(pf_model_source *s, pf_source_kind kind, const char *ur
         /* a query string cannot be a base to append paths to: a file (a signed or redirecting URL) */
         kind = q || strchr(last + (*last == '.'), '.') ? PF_SOURCE_FILE : PF_SOURCE_DIFFUSERS;
     }
-    if (kind == PF_SOURCE_DIFFUSERS || kind == PF_SOURCE_COMPONENT) {
+    if (kind != PF_SOURCE_FILE) { /* a folder: files go at <url>/<relpath> */
         if (strchr(u.path, '?')) return pf_fail(err, "a model's base URL must not have a query string");
-        if (kind == PF_SOURCE_DIFFUSERS && sha256 && *sha256)
+        if (kind != PF_SOURCE_COMPONENT && sha256 && *sha256)
             return pf_fail(err, "a digest names one file; a diffusers model is checked file by file");
         size_t n = strlen(u.path);
         while (n > 1 && u.path[n - 1] == '/') u.path[--n] = '\0';
@@ -39,7 +39,7 @@ int pf_model_source_init(pf_model_source *s, pf_source_kind kind, const char *ur
 }
 
 int pf_model_source_file_url(char *out, size_t n, const pf_model_source *s, const char *relpath, pf_error *err) {
-    PF_CHECK((s->kind == PF_SOURCE_DIFFUSERS || s->kind == PF_SOURCE_COMPONENT) && pf_relpath_valid(relpath));
+    PF_CHECK(s->kind != PF_SOURCE_FILE && pf_relpath_valid(relpath));
     int w = snprintf(out, n, "%s/%s", s->url, relpath);
     if (w < 0 || (size_t)w >= n) return pf_fail(err, "model URL too long for '%s'", relpath);
     return 0;

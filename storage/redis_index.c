@@ -10,12 +10,13 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "redis_client.h"
+
 struct pf_redis_index {
     pthread_mutex_t lock;
-    redisContext *c; /* NULL while disconnected */
+    pf_rconn *c;     /* its connection; not connected while Redis is away */
     char addr[300];
     char ns[200];
-    long timeout_ms;
 };
 
 /* Release and renewal must not touch a lock another worker took over after
@@ -25,61 +26,33 @@ static const char RENEW_LUA[] =
 static const char RELEASE_LUA[] =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
-static int connect_locked(pf_redis_index *r, pf_error *err) {
-    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
-    redisContext *c;
-    if (!strncmp(r->addr, "unix:", 5)) {
-        c = redisConnectUnixWithTimeout(r->addr + 5, tv);
-    } else {
-        char host[256];
-        const char *colon = strrchr(r->addr, ':');
-        char *end;
-        long port = colon ? strtol(colon + 1, &end, 10) : 0;
-        if (!colon || colon == r->addr || (size_t)(colon - r->addr) >= sizeof host || *end || port < 1 || port > 65535)
-            return pf_fail(err, "redis address '%s' must be HOST:PORT or unix:PATH", r->addr);
-        memcpy(host, r->addr, (size_t)(colon - r->addr));
-        host[colon - r->addr] = '\0';
-        c = redisConnectWithTimeout(host, (int)port, tv);
-    }
-    if (!c) return pf_fail(err, "redis %s: cannot allocate a connection", r->addr);
-    if (c->err) {
-        pf_fail(err, "redis %s: %s", r->addr, c->errstr);
-        redisFree(c);
-        return -1;
-    }
-    redisSetTimeout(c, tv);
-    r->c = c;
-    return 0;
-}
-
 int pf_redis_index_open(pf_redis_index **out, const char *addr, const char *ns, long timeout_ms, pf_error *err) {
     *out = NULL;
     pf_redis_index *r = PF_CALLOC(1, sizeof *r);
     pthread_mutex_init(&r->lock, NULL);
     snprintf(r->addr, sizeof r->addr, "%s", addr);
     snprintf(r->ns, sizeof r->ns, "%s", ns);
-    r->timeout_ms = timeout_ms > 0 ? timeout_ms : 1000;
-    if (connect_locked(r, err)) {
+    if (pf_rconn_open(&r->c, addr, timeout_ms > 0 ? timeout_ms : 1000, err) || pf_rconn_connect(r->c, err)) {
+        pf_rconn_close(r->c);
         pthread_mutex_destroy(&r->lock);
         free(r);
         return -1;
     }
+    snprintf(r->addr, sizeof r->addr, "%s", pf_rconn_addr(r->c));
     *out = r;
     return 0;
 }
 
 void pf_redis_index_close(pf_redis_index *r) {
     if (!r) return;
-    if (r->c) redisFree(r->c);
+    pf_rconn_close(r->c);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }
 
 int pf_redis_index_reconnect(pf_redis_index *r, pf_error *err) {
     pthread_mutex_lock(&r->lock);
-    if (r->c) redisFree(r->c);
-    r->c = NULL;
-    int rc = connect_locked(r, err);
+    int rc = pf_rconn_connect(r->c, err);
     pthread_mutex_unlock(&r->lock);
     return rc;
 }
@@ -90,17 +63,12 @@ const char *pf_redis_index_addr(const pf_redis_index *r) { return r->addr; }
  * an error. A broken connection is dropped until reconnect. */
 static redisReply *run_argv(pf_redis_index *r, pf_error *err, int argc, const char **argv, const size_t *lens) {
     pthread_mutex_lock(&r->lock);
-    if (!r->c) {
+    if (!pf_rconn_connected(r->c)) {
         pthread_mutex_unlock(&r->lock);
         pf_fail(err, "redis %s: not connected", r->addr);
         return NULL;
     }
-    redisReply *rep = redisCommandArgv(r->c, argc, argv, lens);
-    if (!rep) {
-        pf_fail(err, "redis %s: %s", r->addr, r->c->errstr[0] ? r->c->errstr : "connection lost");
-        redisFree(r->c);
-        r->c = NULL;
-    }
+    redisReply *rep = pf_rconn_argv(r->c, NULL, err, argc, argv, lens);
     pthread_mutex_unlock(&r->lock);
     if (rep && rep->type == REDIS_REPLY_ERROR) {
         pf_fail(err, "redis %s: %.200s", r->addr, rep->str ? rep->str : "error");

@@ -35,7 +35,8 @@ typedef struct pf_index_entry {
     long long last_use_ms;
 } pf_index_entry;
 
-/* Connects to addr, "host:port" or "unix:/path/to/socket", with a timeout for
+/* Connects to addr (redis_client.h: "host:port", "unix:/path", redis:// and
+ * rediss:// with TLS and a user; the password from credentials), with a timeout for
  * the connection and for each command. ns is the key namespace. */
 int pf_redis_index_open(pf_redis_index **out, const char *addr, const char *ns, long timeout_ms, pf_error *err);
 void pf_redis_index_close(pf_redis_index *r);

@@ -237,6 +237,81 @@ static void test_model_index_plan(void **state) {
     assert_non_null(strstr(err.msg, "more than 64 files"));
 }
 
+/* Sharded weights: their index names, the shards an index brings, hostile indexes refused. */
+static void test_shard_plan(void **state) {
+    (void)state;
+    char name[PF_RELPATH_MAX];
+    pf_error err = {""};
+    assert_int_equal(pf_model_shard_index_name(name, sizeof name, "unet/diffusion_pytorch_model.safetensors", &err), 0);
+    assert_string_equal(name, "unet/diffusion_pytorch_model.safetensors.index.json");
+    assert_int_equal(pf_model_shard_index_name(name, sizeof name, "text_encoder/model.fp16.safetensors", &err), 0);
+    assert_string_equal(name, "text_encoder/model.safetensors.index.fp16.json"); /* diffusers' variant naming */
+    assert_int_equal(pf_model_shard_index_name(name, sizeof name, "unet/config.json", &err), -1);
+    assert_true(pf_model_is_shard_index("vae/diffusion_pytorch_model.safetensors.index.fp16.json"));
+    assert_false(pf_model_is_shard_index("vae/diffusion_pytorch_model.safetensors"));
+    /* every weights entry of a plan may turn out sharded */
+    pf_model_file f[PF_MODEL_MAX_FILES];
+    int n = 0;
+    const char *sd = "{\"unet\": [\"diffusers\", \"UNet2DConditionModel\"], \"tokenizer\": [\"transformers\", "
+                     "\"CLIPTokenizer\"], \"scheduler\": [\"diffusers\", \"PNDMScheduler\"]}";
+    assert_int_equal(pf_model_index_plan(f, &n, PF_MODEL_MAX_FILES, sd, strlen(sd), 0, &err), 0);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(f[i].weights, !strcmp(f[i].path, "unet/diffusion_pytorch_model.safetensors"));
+    /* the configs alone: no weights at all */
+    assert_int_equal(pf_model_index_plan_configs(f, &n, PF_MODEL_MAX_FILES, sd, strlen(sd), &err), 0);
+    assert_int_equal(n, 1 + 1 + 4 + 1);
+    for (int i = 0; i < n; i++) assert_null(strstr(f[i].path, ".safetensors"));
+    /* the shards of an index: each once, beside it, after what was planned */
+    const char *index = "{\"metadata\": {\"total_size\": 10}, \"weight_map\": {"
+                        "\"a.weight\": \"m-00001-of-00002.safetensors\", "
+                        "\"b.weight\": \"m-00002-of-00002.safetensors\", "
+                        "\"c.weight\": \"m-00001-of-00002.safetensors\"}}";
+    n = 1;
+    snprintf(f[0].path, sizeof f[0].path, "unet/m.safetensors.index.json");
+    assert_int_equal(pf_model_shard_plan(f, &n, PF_MODEL_MAX_FILES, f[0].path, index, strlen(index), &err), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(f[1].path, "unet/m-00001-of-00002.safetensors");
+    assert_string_equal(f[2].path, "unet/m-00002-of-00002.safetensors");
+    assert_true(!f[1].optional && !f[1].weights && !f[1].fallback[0]);
+    n = 0; /* a component served on its own: the shards at its root */
+    assert_int_equal(pf_model_shard_plan(f, &n, PF_MODEL_MAX_FILES, "x.safetensors.index.json", index, strlen(index),
+                                         &err), 0);
+    assert_string_equal(f[0].path, "m-00001-of-00002.safetensors");
+    static const char *const hostile[] = {
+        "",
+        "[]",
+        "{}",
+        "{\"weight_map\": {}}",
+        "{\"weight_map\": []}",
+        "{\"weight_map\": {\"a\": \"../x.safetensors\"}}",
+        "{\"weight_map\": {\"a\": \"sub/x.safetensors\"}}",
+        "{\"weight_map\": {\"a\": \"..\"}}",
+        "{\"weight_map\": {\"a\": \"x.bin\"}}",
+        "{\"weight_map\": {\"a\": 7}}",
+        "{\"weight_map\": {\"a\": \"x\\u0000.safetensors\"}}",
+        "{\"weight_map\": {\"a\": \"\"}}",
+        "{\"weight_map\": {\"a\": \"x.safetensors\"}, \"weight_map\": {}}",
+    };
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        n = 1;
+        err.msg[0] = '\0';
+        if (pf_model_shard_plan(f, &n, PF_MODEL_MAX_FILES, "unet/m.safetensors.index.json", hostile[i],
+                                strlen(hostile[i]), &err) != -1 || n != 1)
+            fail_msg("accepted weights index: %s", hostile[i]);
+        assert_true(err.msg[0] && !strchr(err.msg, '\n'));
+    }
+    /* more shards than a model may have files */
+    char many[16384] = "{\"weight_map\": {";
+    for (int i = 0; i < PF_MODEL_MAX_FILES + 1; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%s\"k%d\": \"s%d.safetensors\"", i ? ", " : "", i,
+                 i);
+    strcat(many, "}}");
+    n = 0;
+    assert_int_equal(pf_model_shard_plan(f, &n, PF_MODEL_MAX_FILES, "unet/m.safetensors.index.json", many, strlen(many),
+                                         &err), -1);
+    assert_int_equal(n, 0);
+}
+
 static void test_manifest(void **state) {
     (void)state;
     pf_manifest_file in[2] = {{"model_index.json", "", 12}, {"unet/config.json", "", 34}};
@@ -359,7 +434,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_url_parse),         cmocka_unit_test(test_url_policy),
         cmocka_unit_test(test_ssrf_address_classes), cmocka_unit_test(test_model_source),
-        cmocka_unit_test(test_model_index_plan),  cmocka_unit_test(test_manifest),
+        cmocka_unit_test(test_model_index_plan),  cmocka_unit_test(test_shard_plan), cmocka_unit_test(test_manifest),
         cmocka_unit_test(test_output_key),        cmocka_unit_test(test_s3_urls),
         cmocka_unit_test(test_secret_scrub),      cmocka_unit_test(test_sizes_and_backoff),
     };

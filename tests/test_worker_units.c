@@ -1,5 +1,6 @@
 /* test_worker_units.c - the worker's pure parts: job parsing and validation
- * (schemas/job.v1.json, the refine object included), output keys per stage,
+ * (schemas/job.v1.json, the refine object, single-file bases, LoRAs, ControlNets
+ * and SDXL's fields included), the family checks, output keys per stage,
  * RFC 3339 deadlines, re-enqueue copies, batching comparisons, the mapping of
  * the engine's refine errors to job fields (against the tiny model), status
  * events, and the settings (file, environment, kafka.*). The Kafka, Redis and
@@ -16,6 +17,9 @@
 
 #define NOOUT "{\"job_id\": \"j-1\", \"model\": {\"base\": {\"url\": \"https://hub/m\"}}, \"prompt\": \"a cat\""
 #define MINIMAL NOOUT ", \"output\": {\"url\": \"s3://b/{job_id}/{index}.png\"}"
+#define H64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define LORA "{\"url\": \"https://h/l.safetensors\"}"
+#define CTL "{\"controlnet\": {\"url\": \"https://h/cn\"}, \"image\": {\"url\": \"https://h/i.png\"}}"
 
 static int parse(pf_job *job, const char *json, char *field, pf_error *err) {
     return pf_job_parse(job, json, strlen(json), field, PF_JOB_FIELD_MAX, err);
@@ -43,17 +47,110 @@ static void test_example_and_defaults(void **state) {
 
     assert_int_equal(parse(&job, MINIMAL "}", field, &err), 0);
     assert_int_equal(job.attempt, 1);
-    assert_int_equal(job.width, 512);
-    assert_int_equal(job.height, 512);
+    assert_int_equal(job.width, 0); /* the family's side, once the model is loaded */
+    assert_int_equal(job.height, 0);
     assert_int_equal(job.steps, 4);
     assert_true(job.guidance == 4.5f);
     assert_int_equal(job.num_images, 1);
     assert_null(job.delta.url);
     assert_null(job.prediction_type);
-    assert_string_equal(job.negative_prompt, "");
+    assert_null(job.negative_prompt); /* none at all: SDXL's zero embeddings, not "" */
+    assert_null(job.prompt_2);
+    assert_null(job.negative_prompt_2);
+    assert_false(job.base_file);
+    assert_null(job.config.url);
+    assert_int_equal(job.n_loras, 0);
+    assert_int_equal(job.n_controls, 0);
+    assert_true(!job.original_size[0] && !job.crop_coords[1] && !job.target_size[0]);
     assert_string_equal(job.output_format, "png");
     assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), 0);
+    assert_int_equal(pf_job_family_check(&job, 0, field, sizeof field, &err), 0);
+    assert_int_equal(pf_job_family_check(&job, 1, field, sizeof field, &err), 0);
     pf_job_free(&job);
+}
+
+static int parse_file(pf_job *job, const char *rel, char *field, pf_error *err) {
+    FILE *f = fopen(pf_test_path(rel), "rb");
+    assert_non_null(f);
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    return pf_job_parse(job, buf, n, field, PF_JOB_FIELD_MAX, err);
+}
+
+/* The documented examples of the newer fields, and what they parse to. */
+static void test_models_and_sdxl_examples(void **state) {
+    (void)state;
+    pf_job job;
+    char field[PF_JOB_FIELD_MAX];
+    pf_error err;
+    if (parse_file(&job, "schemas/examples/job-loras-control.json", field, &err)) fail_msg("%s: %s", field, err.msg);
+    assert_true(job.base_file); /* a single .safetensors checkpoint */
+    assert_non_null(job.config.url);
+    assert_int_equal(job.n_loras, 2);
+    assert_true(job.loras[0].scale == 0.8f && job.loras[1].scale == -0.5f);
+    assert_int_equal(job.n_controls, 1);
+    assert_true(job.control[0].scale == 0.9f);
+    assert_non_null(strstr(job.control[0].image.url, "lighthouse.png"));
+    assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), 0);
+    assert_int_equal(pf_job_family_check(&job, 0, field, sizeof field, &err), 0);
+    assert_int_equal(pf_job_family_check(&job, 1, field, sizeof field, &err), -1);
+    assert_string_equal(field, "control"); /* no ControlNets with SDXL yet */
+    pf_job_free(&job);
+
+    if (parse_file(&job, "schemas/examples/job-sdxl.json", field, &err)) fail_msg("%s: %s", field, err.msg);
+    assert_string_equal(job.prompt_2, "dramatic light, highly detailed");
+    assert_null(job.negative_prompt_2);
+    assert_int_equal(job.width, 0); /* SDXL's 1024 once loaded */
+    assert_int_equal(pf_job_family_check(&job, 1, field, sizeof field, &err), 0);
+    assert_int_equal(pf_job_family_check(&job, 0, field, sizeof field, &err), -1);
+    assert_string_equal(field, "prompt_2"); /* SD-1.x/2.x have one text encoder */
+    assert_non_null(strstr(err.msg, "SDXL"));
+    pf_job_free(&job);
+
+    /* the time ids come as the CLI's W,H and X,Y and go to the engine as (h, w), (top, left) */
+    assert_int_equal(parse(&job, MINIMAL ", \"original_size\": [640, 480], \"crop_coords\": [3, 7], "
+                                 "\"target_size\": [1024, 768], \"negative_prompt\": \"\", "
+                                 "\"negative_prompt_2\": \"dull\"}", field, &err), 0);
+    assert_int_equal(job.original_size[0], 480);
+    assert_int_equal(job.original_size[1], 640);
+    assert_int_equal(job.crop_coords[0], 7);
+    assert_int_equal(job.crop_coords[1], 3);
+    assert_int_equal(job.target_size[0], 768);
+    assert_int_equal(job.target_size[1], 1024);
+    assert_string_equal(job.negative_prompt, ""); /* given as "": encoded, unlike an absent one */
+    assert_string_equal(job.negative_prompt_2, "dull");
+    assert_int_equal(pf_job_family_check(&job, 0, field, sizeof field, &err), -1);
+    assert_string_equal(field, "negative_prompt_2");
+    pf_job_free(&job);
+    /* each SDXL-only field is named on its own, [0, 0] crops included */
+    static const char *const sdxl_only[][2] = {
+        {"\"original_size\": [1, 1]", "original_size"},
+        {"\"crop_coords\": [0, 0]", "crop_coords"},
+        {"\"target_size\": [8, 8]", "target_size"},
+        {"\"prompt_2\": \"\"", "prompt_2"},
+    };
+    for (size_t i = 0; i < sizeof sdxl_only / sizeof *sdxl_only; i++) {
+        char json[512];
+        snprintf(json, sizeof json, MINIMAL ", %s}", sdxl_only[i][0]);
+        assert_int_equal(parse(&job, json, field, &err), 0);
+        assert_int_equal(pf_job_family_check(&job, 0, field, sizeof field, &err), -1);
+        assert_string_equal(field, sdxl_only[i][1]);
+        assert_int_equal(pf_job_family_check(&job, 1, field, sizeof field, &err), 0);
+        pf_job_free(&job);
+    }
+    /* the refiner is an SD-1.5 ControlNet: not on SDXL */
+    assert_int_equal(parse(&job, MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://hub/cn\"}}}", field,
+                           &err), 0);
+    assert_int_equal(pf_job_family_check(&job, 1, field, sizeof field, &err), -1);
+    assert_string_equal(field, "refine");
+    pf_job_free(&job);
+    /* the configs a worker ships for single files without model.config */
+    char p[4096];
+    snprintf(p, sizeof p, "%s/sd15/model_index.json", pf_configs_dir());
+    assert_int_equal(access(p, R_OK), 0);
+    snprintf(p, sizeof p, "%s/sd21/unet/config.json", pf_configs_dir());
+    assert_int_equal(access(p, R_OK), 0);
 }
 
 /* Each bad job is rejected naming its field; job_id survives whenever it was valid. */
@@ -92,7 +189,20 @@ static void test_invalid_fields(void **state) {
         {NOOUT ", \"output\": {\"url\": \"http://b/{job_id}.png\"}}", "output.url", 1},
         {NOOUT ", \"output\": {\"url\": \"s3://b/{job_id}.png\", \"format\": \"jpeg\"}}", "output.format", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"ftp://h/m\"}}, \"prompt\": \"p\"}", "model.base.url", 1},
-        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.safetensors\"}}}", "model.base.url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.ckpt\"}}}", "model.base.url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.bin?x=1\"}}}", "model.base.url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\", \"sha256\": "
+         "\"" H64 "\"}}}", "model.base.sha256", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.safetensors\", \"sha256\": "
+         "\"ABC\"}}}", "model.base.sha256", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"config\": {\"url\": "
+         "\"https://h/c\"}}}", "model.config", 1}, /* a diffusers base has its own configs */
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.safetensors\"}, \"config\": "
+         "{\"url\": \"https://h/c.json\"}}}", "model.config.url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.safetensors\"}, \"config\": "
+         "{\"url\": \"https://h/c\", \"sha256\": \"" H64 "\"}}}", "model.config.sha256", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.safetensors\"}, \"config\": "
+         "\"https://h/c\"}}", "model.config", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\", \"sha256\": \"ab\"}}}", "model.base.sha256", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"delta\": {\"url\": \"https://h/d.bin\"}}}",
          "model.delta.url", 1},
@@ -100,6 +210,57 @@ static void test_invalid_fields(void **state) {
          "\"https://h/d.safetensors\", \"sha256\": \"XYZ\"}}}", "model.delta.sha256", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": "
          "\"https://h/l.safetensors\", \"scale\": 11}]}}", "model.loras[0].scale", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [" LORA ", {\"url\": "
+         "\"https://h/l2.safetensors\", \"scale\": -10.5}]}}", "model.loras[1].scale", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": "
+         "\"https://h/l.bin\"}]}}", "model.loras[0].url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": "
+         "\"https://h/loras/\"}]}}", "model.loras[0].url", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": "
+         "\"https://h/l.safetensors\", \"scale\": \"0.5\"}]}}", "model.loras[0].scale", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": "
+         "\"https://h/l.safetensors\", \"weight\": 1}]}}", "model.loras[0].weight", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": {}}}", "model.loras", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [" LORA ", 7]}}",
+         "model.loras[1]", 1},
+        {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": [" LORA "," LORA ","
+         LORA "," LORA "," LORA "," LORA "," LORA "," LORA "," LORA "]}}", "model.loras", 1},
+        /* SDXL's fields */
+        {MINIMAL ", \"original_size\": [0, 512]}", "original_size", 1},
+        {MINIMAL ", \"original_size\": [512]}", "original_size", 1},
+        {MINIMAL ", \"original_size\": [512, 512, 1]}", "original_size", 1},
+        {MINIMAL ", \"original_size\": [512.0, 512]}", "original_size", 1},
+        {MINIMAL ", \"original_size\": \"512,512\"}", "original_size", 1},
+        {MINIMAL ", \"original_size\": [512, 16385]}", "original_size", 1},
+        {MINIMAL ", \"target_size\": [512, -1]}", "target_size", 1},
+        {MINIMAL ", \"target_size\": null}", "target_size", 1},
+        {MINIMAL ", \"crop_coords\": [-1, 0]}", "crop_coords", 1},
+        {MINIMAL ", \"crop_coords\": [0, 9223372036854775807]}", "crop_coords", 1},
+        {MINIMAL ", \"prompt_2\": 7}", "prompt_2", 1},
+        {MINIMAL ", \"negative_prompt_2\": \"a\\u0002\"}", "negative_prompt_2", 1},
+        {MINIMAL ", \"negative_prompt\": null}", "negative_prompt", 1},
+        /* text-to-image ControlNets */
+        {MINIMAL ", \"control\": {}}", "control", 1},
+        {MINIMAL ", \"control\": [7]}", "control[0]", 1},
+        {MINIMAL ", \"control\": [{\"controlnet\": {\"url\": \"https://h/cn\"}}]}", "control[0].image", 1},
+        {MINIMAL ", \"control\": [{\"image\": {\"url\": \"https://h/i.png\"}}]}", "control[0].controlnet", 1},
+        {MINIMAL ", \"control\": [" CTL ", {\"controlnet\": {\"url\": \"https://h/cn.safetensors\"}, "
+         "\"image\": {\"url\": \"https://h/i.png\"}}]}", "control[1].controlnet.url", 1},
+        {MINIMAL ", \"control\": [{\"controlnet\": {\"url\": \"https://h/cn\"}, \"image\": "
+         "{\"url\": \"ftp://h/i.png\"}}]}", "control[0].image.url", 1},
+        {MINIMAL ", \"control\": [{\"controlnet\": {\"url\": \"https://h/cn\"}, \"image\": "
+         "\"https://h/i.png\"}]}", "control[0].image", 1},
+        {MINIMAL ", \"control\": [{\"controlnet\": {\"url\": \"https://h/cn\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\", \"sha256\": \"x\"}}]}", "control[0].image.sha256", 1},
+        {MINIMAL ", \"control\": [{\"controlnet\": {\"url\": \"https://h/cn\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\"}, \"scale\": 10.01}]}", "control[0].scale", 1},
+        {MINIMAL ", \"control\": [{\"controlnet\": {\"url\": \"https://h/cn\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\"}, \"mask\": {}}]}", "control[0].mask", 1},
+        {MINIMAL ", \"control\": [" CTL "," CTL "," CTL "," CTL "," CTL "," CTL "," CTL "," CTL "," CTL "]}", "control",
+         1},
+        /* the refiner's ControlNet is one of the eight */
+        {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://h/t\"}}, \"control\": [" CTL "," CTL ","
+         CTL "," CTL "," CTL "," CTL "," CTL "," CTL "]}", "control", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"fp16\": 1}}", "model.fp16", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}}, \"prompt\": \"p\"}", "output", 1},
         {"{\"job_id\": \"j\", \"job_id\": \"k\"}", "", 0}, /* duplicate keys are ambiguous: not accepted as JSON */
@@ -121,13 +282,29 @@ static void test_unsupported_features(void **state) {
     pf_job job;
     char field[PF_JOB_FIELD_MAX];
     pf_error err;
-    assert_int_equal(parse(&job, "{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"loras\": "
-                                 "[{\"url\": \"https://h/l.safetensors\"}]}, \"prompt\": \"p\", \"output\": "
+    /* LoRAs and single files run now */
+    assert_int_equal(parse(&job, "{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m.safetensors\", "
+                                 "\"sha256\": \"" H64 "\"}, \"loras\": [{\"url\": \"https://h/l.safetensors\"}, "
+                                 "{\"url\": \"https://h/p.safetensors?sig=1\", \"scale\": -0.5}]}, \"prompt\": \"p\", "
+                                 "\"output\": {\"url\": \"s3://b/{job_id}.png\"}}",
+                           field, &err),
+                     0);
+    assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), 0);
+    assert_true(job.base_file);
+    assert_string_equal(job.base.sha256, H64);
+    assert_int_equal(job.n_loras, 2);
+    assert_true(job.loras[0].scale == 1.0f && job.loras[1].scale == -0.5f);
+    pf_job_free(&job);
+    /* the first draft of text-to-image ControlNets: refused, pointing to "control" */
+    assert_int_equal(parse(&job, "{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, "
+                                 "\"controlnet\": {\"url\": \"https://h/cn\", \"scale\": 0.5, \"image_url\": "
+                                 "\"https://h/i.png\"}}, \"prompt\": \"p\", \"output\": "
                                  "{\"url\": \"s3://b/{job_id}.png\"}}",
                            field, &err),
                      0);
     assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), -1);
-    assert_string_equal(field, "model.loras");
+    assert_string_equal(field, "model.controlnet");
+    assert_non_null(strstr(err.msg, "\"control\""));
     pf_job_free(&job);
     assert_int_equal(parse(&job, MINIMAL ", \"refiner\": {\"model\": {\"url\": \"https://h/r\"}}}", field, &err), 0);
     assert_int_equal(pf_job_supported(&job, field, sizeof field, &err), -1);
@@ -373,6 +550,87 @@ static void test_rfc3339(void **state) {
     assert_int_equal(pf_rfc3339_parse("2025-13-01T00:00:00Z", &ms), -1);
 }
 
+/* What may share a model load and a batch: the fused weights (LoRA set) and
+ * the attached ControlNets decide; prompts, images and scales of controls do not. */
+static void test_model_identity_and_batching(void **state) {
+    (void)state;
+    static const char *const same[] = {
+        /* a model of its own each: another LoRA set, order, scale, digest, base digest, configs */
+        "{\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": \"https://h/a.safetensors\", \"scale\": 0.5}]}",
+        "{\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": \"https://h/b.safetensors\", \"scale\": 0.5}]}",
+        "{\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": \"https://h/a.safetensors\", \"scale\": 0.6}]}",
+        "{\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": \"https://h/a.safetensors\", \"scale\": 0.5, "
+        "\"sha256\": \"" H64 "\"}]}",
+        "{\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": \"https://h/a.safetensors\", \"scale\": 0.5}, "
+        "{\"url\": \"https://h/b.safetensors\"}]}",
+        "{\"base\": {\"url\": \"https://h/m\"}, \"loras\": [{\"url\": \"https://h/b.safetensors\"}, "
+        "{\"url\": \"https://h/a.safetensors\", \"scale\": 0.5}]}",
+        "{\"base\": {\"url\": \"https://h/m\"}}",
+        "{\"base\": {\"url\": \"https://h/m.safetensors\"}}",
+        "{\"base\": {\"url\": \"https://h/m.safetensors\", \"sha256\": \"" H64 "\"}}",
+        "{\"base\": {\"url\": \"https://h/m.safetensors\"}, \"config\": {\"url\": \"https://h/c\"}}",
+    };
+    const int n = (int)(sizeof same / sizeof *same);
+    pf_job jobs[sizeof same / sizeof *same], again;
+    char field[PF_JOB_FIELD_MAX], json[1024];
+    pf_error err;
+    for (int i = 0; i < n; i++) {
+        snprintf(json, sizeof json, "{\"job_id\": \"j-%d\", \"model\": %s, \"prompt\": \"p\", \"output\": "
+                 "{\"url\": \"s3://b/{job_id}.png\"}}", i, same[i]);
+        if (parse(&jobs[i], json, field, &err)) fail_msg("%s: %s: %s", json, field, err.msg);
+    }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < n; k++)
+            if (pf_job_same_model(&jobs[i], &jobs[k]) != (i == k)) fail_msg("same_model(%d, %d)", i, k);
+    /* the same LoRA set with another prompt and seed: one model, one batch */
+    snprintf(json, sizeof json, "{\"job_id\": \"k\", \"model\": %s, \"prompt\": \"q\", \"seed\": 3, \"output\": "
+             "{\"url\": \"s3://b/{job_id}.png\"}}", same[4]);
+    assert_int_equal(parse(&again, json, field, &err), 0);
+    assert_true(pf_job_same_model(&jobs[4], &again));
+    assert_false(pf_job_same_images(&jobs[4], &again));
+    pf_job_free(&again);
+    for (int i = 0; i < n; i++) pf_job_free(&jobs[i]);
+
+    /* ControlNets: the nets decide the batch, images and scales only the items */
+    pf_job a, b;
+#define WITH_CTL(nets) MINIMAL ", \"control\": [" nets "]}"
+    assert_int_equal(parse(&a, WITH_CTL(CTL), field, &err), 0);
+    assert_int_equal(parse(&b, WITH_CTL(CTL), field, &err), 0);
+    assert_true(pf_job_same_images(&a, &b));
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, WITH_CTL("{\"controlnet\": {\"url\": \"https://h/cn\"}, \"image\": {\"url\": "
+                                        "\"https://h/other.png\"}, \"scale\": 0.5}"), field, &err), 0);
+    assert_true(pf_job_same_model(&a, &b));
+    assert_false(pf_job_same_images(&a, &b));
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, WITH_CTL("{\"controlnet\": {\"url\": \"https://h/cn2\"}, \"image\": {\"url\": "
+                                        "\"https://h/i.png\"}}"), field, &err), 0);
+    assert_false(pf_job_same_model(&a, &b)); /* another net attached */
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, WITH_CTL(CTL "," CTL), field, &err), 0);
+    assert_false(pf_job_same_model(&a, &b));
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, MINIMAL "}", field, &err), 0);
+    assert_false(pf_job_same_model(&a, &b));
+    assert_false(pf_job_same_model(&b, &a));
+    pf_job_free(&b);
+#undef WITH_CTL
+    /* SDXL's fields are the images' business */
+    assert_int_equal(parse(&b, MINIMAL ", \"prompt_2\": \"x\"}", field, &err), 0);
+    assert_true(pf_job_same_model(&a, &a) && !pf_job_same_images(&a, &b));
+    pf_job_free(&b);
+    pf_job_free(&a);
+    assert_int_equal(parse(&a, MINIMAL "}", field, &err), 0);
+    assert_int_equal(parse(&b, MINIMAL ", \"negative_prompt\": \"\"}", field, &err), 0);
+    assert_true(pf_job_same_model(&a, &b));
+    assert_false(pf_job_same_images(&a, &b)); /* none and "" differ for SDXL */
+    pf_job_free(&b);
+    assert_int_equal(parse(&b, MINIMAL ", \"crop_coords\": [0, 8]}", field, &err), 0);
+    assert_false(pf_job_same_images(&a, &b));
+    pf_job_free(&b);
+    pf_job_free(&a);
+}
+
 static void test_requeue_and_batching(void **state) {
     (void)state;
     const char *msg = MINIMAL ", \"seed\": 5}";
@@ -472,7 +730,8 @@ static void test_settings(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_example_and_defaults), cmocka_unit_test(test_invalid_fields),
+        cmocka_unit_test(test_example_and_defaults), cmocka_unit_test(test_models_and_sdxl_examples),
+        cmocka_unit_test(test_model_identity_and_batching), cmocka_unit_test(test_invalid_fields),
         cmocka_unit_test(test_unsupported_features), cmocka_unit_test(test_refine_defaults_and_fields),
         cmocka_unit_test(test_refine_invalid), cmocka_unit_test(test_refine_batching),
         cmocka_unit_test(test_refine_engine_fields), cmocka_unit_test(test_rfc3339),

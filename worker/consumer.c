@@ -77,11 +77,14 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_p
         log_assignment(rk, "kafka.assigned", parts);
     } else if (e == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         /* Commit what is stored before the partitions change hands, so the new
-         * owner does not redo finished jobs (it would only replay their
-         * statuses, but that is noise). Not when the partitions were lost: the
-         * group has moved on and a commit would be refused. */
+         * owner does not see finished jobs again. Asynchronous: a synchronous
+         * commit here waits for the group coordinator, which made a worker
+         * whose broker was already gone hang for the whole session timeout
+         * in its shutdown; every job's offset is committed as it ends anyway
+         * (pf_consumer_commit), so this only catches up. Not when the
+         * partitions were lost: the group has moved on and would refuse it. */
         if (!rd_kafka_assignment_lost(rk)) {
-            rd_kafka_resp_err_t ce = rd_kafka_commit(rk, parts, 0);
+            rd_kafka_resp_err_t ce = rd_kafka_commit(rk, NULL, 1);
             if (ce && ce != RD_KAFKA_RESP_ERR__NO_OFFSET)
                 pf_wlog(PF_LOG_WARN, "kafka.commit_failed", NULL, NULL, "commit on revoke: %s", rd_kafka_err2str(ce));
         }
@@ -195,17 +198,46 @@ int pf_consumer_open(pf_consumer **out, const pf_worker_config *cfg, const char 
     return 0;
 }
 
+static long long mono_ms(void);
+
+/* Closes client rk (commits, leaves the group) within deadline (monotonic
+ * ms): rd_kafka_consumer_close blocks for up to the session timeout when
+ * the brokers are gone, so the close runs in librdkafka's background and
+ * is given up at the deadline (the group then notices the member is gone
+ * by itself; nothing is lost, the offsets not committed are redelivered). */
+static void close_client(pf_consumer *c, rd_kafka_t *rk, long long deadline) {
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_error_t *error = rd_kafka_consumer_close_queue(rk, q);
+    int closed = 0;
+    if (error) {
+        pf_wlog(PF_LOG_WARN, "kafka.close_failed", NULL, json_pack("{s:s}", "client", client_name(rk)), "%s",
+                rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    } else {
+        while (!(closed = rd_kafka_consumer_closed(rk)) && mono_ms() < deadline) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 50);
+            if (!ev) continue;
+            if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+                on_rebalance(rk, rd_kafka_event_error(ev), rd_kafka_event_topic_partition_list(ev), c);
+            rd_kafka_event_destroy(ev);
+        }
+        if (!closed)
+            pf_wlog(PF_LOG_WARN, "kafka.close_timeout", NULL, json_pack("{s:s}", "client", client_name(rk)),
+                    "the group did not answer within %d ms; leaving without it (uncommitted jobs are delivered again)",
+                    PF_CONSUMER_CLOSE_MS);
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy_flags(rk, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+}
+
 void pf_consumer_close(pf_consumer *c) {
     if (!c) return;
     for (int i = 0; i < c->npending; i++) rd_kafka_message_destroy(c->pending[i]);
     free(c->pending);
     c->npending = 0;
-    for (int i = 0; i < PF_WORKER_MAX_TOPICS; i++) {
-        if (!c->rk[i]) continue;
-        rd_kafka_resp_err_t e = rd_kafka_consumer_close(c->rk[i]); /* commits, leaves the group */
-        if (e) pf_wlog(PF_LOG_WARN, "kafka.close_failed", NULL, NULL, "%s", rd_kafka_err2str(e));
-        rd_kafka_destroy(c->rk[i]);
-    }
+    long long deadline = mono_ms() + PF_CONSUMER_CLOSE_MS;
+    for (int i = 0; i < PF_WORKER_MAX_TOPICS; i++)
+        if (c->rk[i]) close_client(c, c->rk[i], deadline);
     free(c);
 }
 
@@ -284,6 +316,11 @@ rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms) {
             int p = priority_of(c, c->pending[best]);
             /* A lower-priority message waits (up to PRIORITY_HOLD_MS) while a higher topic has a backlog. */
             if (p > 0 && !hold_until && higher_has_backlog(c, p)) hold_until = mono_ms() + PRIORITY_HOLD_MS;
+            /* Holding: the higher topic's messages must be able to arrive. The
+             * loop keeps the partitions paused while messages are pending, so a
+             * held message would otherwise wait out the whole hold and then go
+             * first after all (seen as a low-priority job among the high ones). */
+            if (hold_until > 1) pf_consumer_resume(c);
             if (p == 0 || !hold_until || mono_ms() >= hold_until) {
                 rd_kafka_message_t *m = c->pending[best];
                 memmove(c->pending + best, c->pending + best + 1, (size_t)(c->npending - best - 1) * sizeof *c->pending);
@@ -299,6 +336,7 @@ rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms) {
             if (i == 0) return m;
             if (!hold_until && higher_has_backlog(c, i)) {
                 hold_until = mono_ms() + PRIORITY_HOLD_MS;
+                pf_consumer_resume(c);
                 push_back(c, m);
                 continue;
             }
@@ -404,6 +442,17 @@ static rd_kafka_t *client_of(pf_consumer *c, const rd_kafka_message_t *m) {
 
 int pf_consumer_owns(pf_consumer *c, const rd_kafka_message_t *m) {
     return client_of(c, m) != NULL;
+}
+
+void pf_consumer_commit(pf_consumer *c, const rd_kafka_message_t *m) {
+    rd_kafka_t *rk = client_of(c, m);
+    if (!rk) return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(m->rkt), m->partition)->offset = m->offset + 1;
+    rd_kafka_resp_err_t e = rd_kafka_commit(rk, l, 1); /* the outcome comes to on_commit */
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) pf_wlog(PF_LOG_WARN, "kafka.commit_failed", NULL, NULL, "committing offset %lld of %s[%d]: %s",
+                   (long long)m->offset + 1, rd_kafka_topic_name(m->rkt), (int)m->partition, rd_kafka_err2str(e));
 }
 
 int pf_consumer_store(pf_consumer *c, const rd_kafka_message_t *m, pf_error *err) {

@@ -7,7 +7,8 @@
  * have nothing (a higher-priority topic is drained first). Each client fetches
  * on its own, so after a pause a lower one may have data first: while a higher
  * topic is known to hold messages not yet handed out (its last fetched high
- * watermark is past its position), a lower topic's message waits for up to 10 s.
+ * watermark is past its position), a lower topic's message waits for up to 10 s,
+ * with fetching resumed so that the higher topic's messages can arrive.
  * All clients are in
  * the one consumer group, use cooperative-sticky assignment (a rebalance moves
  * only the partitions that change hands), and with instance_id set are static
@@ -15,8 +16,13 @@
  *
  * At-least-once: enable.auto.offset.store=false, so an offset is committed
  * only after pf_consumer_store, which the worker calls once the job's terminal
- * status is acknowledged; the stored offsets are committed every second, when
- * partitions are revoked, and by pf_consumer_close.
+ * status is acknowledged, followed at once by pf_consumer_commit (an
+ * asynchronous commit of that offset: waiting for the next auto-commit left a
+ * second in which a killed worker's finished jobs were delivered again). The
+ * stored offsets are also committed every second (auto-commit, which catches
+ * up after a failed commit), when partitions are revoked, and by
+ * pf_consumer_close, which gives up after PF_CONSUMER_CLOSE_MS when the group
+ * does not answer (brokers gone).
  *
  * While a job runs every partition is paused and the loop keeps calling
  * pf_consumer_serve, so max.poll.interval.ms never expires however long the
@@ -39,11 +45,15 @@
 
 typedef struct pf_consumer pf_consumer;
 
+/* How long pf_consumer_close waits for the group (the final commit, leaving). */
+#define PF_CONSUMER_CLOSE_MS 5000
+
 /* Creates one client per topic (topics[0] is the highest priority) and subscribes. */
 int pf_consumer_open(pf_consumer **out, const pf_worker_config *cfg, const char *const *topics, int n,
                      pf_error *err);
 /* Leaves the group cleanly (commits the stored offsets) and frees everything,
- * pushed-back messages included. */
+ * pushed-back messages included; bounded by PF_CONSUMER_CLOSE_MS, after which
+ * the clients are destroyed without the group's answer. */
 void pf_consumer_close(pf_consumer *c);
 
 /* The next message: a pushed-back one, else the highest-priority client's,
@@ -74,5 +84,9 @@ int pf_consumer_owns(pf_consumer *c, const rd_kafka_message_t *m);
  * longer assigned (its new owner will see the message again) or librdkafka
  * refuses. */
 int pf_consumer_store(pf_consumer *c, const rd_kafka_message_t *m, pf_error *err);
+/* Commits m's offset + 1 now, asynchronously (failures are logged by the
+ * commit callback and made good by the next auto-commit). Call it after
+ * pf_consumer_store succeeded; nothing happens when the partition is gone. */
+void pf_consumer_commit(pf_consumer *c, const rd_kafka_message_t *m);
 
 #endif

@@ -18,6 +18,12 @@
  *                                      NOT_ENOUGH_REPLICAS, or numbers)
  *   down BROKER | up BROKER            refuse / accept connections (-1: all brokers)
  *   rtt BROKER MS                      add round-trip latency
+ *   leader TOPIC PARTITION BROKER      move a partition's leadership (with --brokers
+ *                                      N > 1; clients see NOT_LEADER and follow)
+ *   coordinator GROUP BROKER           make BROKER the coordinator of consumer group
+ *                                      GROUP (so that faults can spare it: the mock's
+ *                                      coordinator asserts when a member whose join is
+ *                                      pending joins again after its connection broke)
  * End of stdin only stops the reading; SIGTERM or SIGINT end the process. */
 #include <errno.h>
 #include <getopt.h>
@@ -116,8 +122,12 @@ static void command(rd_kafka_mock_cluster_t *mc, char *line, char *ans, size_t n
         e = rd_kafka_mock_broker_set_up(mc, atoi(argv[1]));
     } else if (!strcmp(argv[0], "rtt") && argc == 3) {
         e = rd_kafka_mock_broker_set_rtt(mc, atoi(argv[1]), atoi(argv[2]));
+    } else if (!strcmp(argv[0], "leader") && argc == 4) {
+        e = rd_kafka_mock_partition_set_leader(mc, argv[1], atoi(argv[2]), atoi(argv[3]));
+    } else if (!strcmp(argv[0], "coordinator") && argc == 3) {
+        e = rd_kafka_mock_coordinator_set(mc, "group", argv[1], atoi(argv[2]));
     } else {
-        snprintf(ans, n, "error: unknown command '%s' (topic, errors, down, up, rtt)", argv[0]);
+        snprintf(ans, n, "error: unknown command '%s' (topic, errors, down, up, rtt, leader, coordinator)", argv[0]);
         return;
     }
     if (e) snprintf(ans, n, "error: %s", rd_kafka_err2str(e));

@@ -42,8 +42,10 @@ static void fail(pf_exec_job *j, const char *code, int retryable, int dead_lette
     va_end(ap);
 }
 
+/* 1 when nobody wants j's images any more: abandoned, cancelled, past its
+ * deadline, or already ended (rejected while the batch was prepared). */
 static int gone(pf_exec *x, pf_exec_job *j) {
-    return atomic_load(x->abandon) || atomic_load(&j->cancel) ||
+    return j->outcome != PF_OUT_NONE || atomic_load(x->abandon) || atomic_load(&j->cancel) ||
            (j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms);
 }
 
@@ -136,8 +138,25 @@ typedef struct image_set {
 typedef struct png_text {
     char seed[32], steps[16], guidance[32], size[32], index[16];
     char rsize[32], rsteps[16], rguidance[32], rstrength[32], cnscale[32];
-    const char *kv[48];
+    char sizes[3][40];
+    char loras[2048], controls[4096];
+    const char *kv[64];
 } png_text;
+
+/* "URL:SCALE, ..." of the job's LoRAs, "URL:SCALE=IMAGE URL, ..." of its
+ * ControlNets: the CLI's "loras" and "controlnets" keys, with URLs. */
+static void describe_sources(png_text *t, const pf_job *job) {
+    size_t used = 0;
+    t->loras[0] = t->controls[0] = '\0';
+    for (int i = 0; i < job->n_loras && used < sizeof t->loras; i++)
+        used += (size_t)snprintf(t->loras + used, sizeof t->loras - used, "%s%s:%g", i ? ", " : "", job->loras[i].url,
+                                 (double)job->loras[i].scale);
+    used = 0;
+    for (int i = 0; i < job->n_controls && used < sizeof t->controls; i++)
+        used += (size_t)snprintf(t->controls + used, sizeof t->controls - used, "%s%s:%g=%s", i ? ", " : "",
+                                 job->control[i].controlnet.url, (double)job->control[i].scale,
+                                 job->control[i].image.url);
+}
 
 static void png_text_fill(png_text *t, const pf_job *job, const image_set *set, int index) {
     const pf_job_refine *r = &job->refine;
@@ -147,10 +166,37 @@ static void png_text_fill(png_text *t, const pf_job *job, const image_set *set, 
     snprintf(t->size, sizeof t->size, "%dx%d", job->width, job->height);
     snprintf(t->index, sizeof t->index, "%d", index);
     const char *head[] = {"Software", "perflow", "job_id", job->job_id, "prompt", job->prompt,
-                          "negative_prompt", job->negative_prompt, "seed", t->seed, "steps", t->steps,
-                          "guidance", t->guidance, "size", t->size};
+                          "negative_prompt", job->negative_prompt ? job->negative_prompt : "", "seed", t->seed,
+                          "steps", t->steps, "guidance", t->guidance, "size", t->size};
     int n = 0;
     for (size_t i = 0; i < sizeof head / sizeof *head; i++) t->kv[n++] = head[i];
+    /* the newer fields only when the job has them, so that older jobs' bytes stay as they were */
+    describe_sources(t, job);
+    if (job->n_loras) {
+        t->kv[n++] = "loras";
+        t->kv[n++] = t->loras;
+    }
+    if (job->n_controls) {
+        t->kv[n++] = "controlnets";
+        t->kv[n++] = t->controls;
+    }
+    if (job->prompt_2) {
+        t->kv[n++] = "prompt_2";
+        t->kv[n++] = job->prompt_2;
+    }
+    if (job->negative_prompt_2) {
+        t->kv[n++] = "negative_prompt_2";
+        t->kv[n++] = job->negative_prompt_2;
+    }
+    /* as the CLI writes them: W x H and X,Y */
+    static const char *const ids[] = {"original_size", "crop_coords", "target_size"};
+    const int *vals[] = {job->original_size, job->crop_coords, job->target_size};
+    for (int k = 0; k < 3; k++) {
+        if (!json_object_get(job->json, ids[k])) continue;
+        snprintf(t->sizes[k], sizeof t->sizes[k], k == 1 ? "%d,%d" : "%dx%d", vals[k][1], vals[k][0]);
+        t->kv[n++] = ids[k];
+        t->kv[n++] = t->sizes[k];
+    }
     if (r->on) {
         t->kv[n++] = "stage";
         t->kv[n++] = set->stage;
@@ -240,11 +286,21 @@ static void store_outputs(pf_exec *x, pf_exec_job *j, const image_set *sets, int
     if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon)) j->outcome = PF_OUT_SUCCEEDED;
 }
 
-/* The engine's parameters for job (no callbacks). The strings point into job. */
-static void job_params(pf_txt2img_params *prm, const pf_job *job) {
+/* The engine's parameters for job j (no callbacks), as `perflow generate`
+ * sets them from the same settings. The strings point into the job, the
+ * controls into j (their images are NULL until fetched). */
+static void job_params(pf_txt2img_params *prm, const pf_exec_job *j) {
+    const pf_job *job = &j->job;
     pf_txt2img_defaults(prm);
     prm->prompt = job->prompt;
-    prm->negative_prompt = job->negative_prompt;
+    prm->negative_prompt = job->negative_prompt; /* NULL: none (SDXL's zero embeddings) */
+    prm->prompt_2 = job->prompt_2;
+    prm->negative_prompt_2 = job->negative_prompt_2;
+    memcpy(prm->original_size, job->original_size, sizeof prm->original_size);
+    memcpy(prm->crop_coords, job->crop_coords, sizeof prm->crop_coords);
+    memcpy(prm->target_size, job->target_size, sizeof prm->target_size);
+    prm->controls = j->controls;
+    prm->n_controls = job->n_controls;
     prm->width = job->width;
     prm->height = job->height;
     prm->steps = job->steps;
@@ -347,7 +403,7 @@ static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
     int nitems = plan_items(jobs, n, px, item_of, at, &count, &nimages);
     for (int i = 0; i < n; i++)
         if (item_of[i] >= 0) {
-            job_params(&prm[i], &jobs[i]->job);
+            job_params(&prm[i], jobs[i]);
             items[item_of[i]] = &prm[i];
         }
     group_ctx g = {x, jobs, n, 0, "generate", 1, 0, 0};
@@ -455,60 +511,32 @@ done:
     free(prm);
 }
 
-/* Gets something for the batch with cfg->retries tries while the failure is
- * transient, backing off between them: get(arg, &failure, err) is
- * pf_models_get or pf_models_controlnet. Returns 0, or -1 with *failure and
- * err (PF_MODEL_OK when everyone in the batch left meanwhile). */
+/* Gets something for jobs of the batch (all: their group) with cfg->retries
+ * tries while the failure is transient, backing off between them:
+ * get(arg, &fault, err) is pf_models_get, pf_models_controlnets or a control
+ * image. Returns 0, or -1 with *fault and err (PF_MODEL_OK when everyone in
+ * the group left meanwhile). */
 static int get_retrying(pf_exec *x, group_ctx *all, const char *what,
-                        int (*get)(void *arg, pf_model_failure *failure, pf_error *err), void *arg,
-                        pf_model_failure *failure, pf_error *err) {
+                        int (*get)(void *arg, pf_model_fault *fault, pf_error *err), void *arg,
+                        pf_model_fault *fault, pf_error *err) {
     const pf_worker_config *cfg = x->cfg;
-    *failure = PF_MODEL_OK;
+    memset(fault, 0, sizeof *fault);
     for (int tr = 1; tr <= cfg->retries; tr++) {
         if (on_cancel_check(all)) break;
-        if (!get(arg, failure, err)) return 0;
-        pf_wlog(PF_LOG_WARN, "job.download_failed", all->jobs[0]->job.job_id,
-                json_pack("{s:s, s:i, s:i, s:b}", "what", what, "try", tr, "of", cfg->retries, "transient",
-                          *failure == PF_MODEL_TRANSIENT),
+        if (!get(arg, fault, err)) return 0;
+        /* a source that was fetched but does not fit is the job's fault, not the network's */
+        pf_wlog(PF_LOG_WARN, fault->failure == PF_MODEL_INVALID ? "job.source_invalid" : "job.download_failed",
+                all->jobs[0]->job.job_id,
+                json_pack("{s:s, s:s, s:i, s:i, s:b}", "what", what, "field", fault->field, "try", tr, "of",
+                          cfg->retries, "transient", fault->failure == PF_MODEL_TRANSIENT),
                 "%s", err->msg);
-        if (*failure != PF_MODEL_TRANSIENT) break;
+        if (fault->failure != PF_MODEL_TRANSIENT) break;
         if (tr < cfg->retries) {
             for (int i = 0; i < all->n; i++) all->jobs[i]->retries++;
             backoff_sleep(x, pf_backoff_ms(tr, cfg->retry_base_ms, cfg->retry_max_ms));
         }
     }
     return -1;
-}
-
-/* Fails every job still running after get_retrying failed; load_marker in the
- * message tells a model that does not load (permanent, code model) from a
- * download failure. */
-static void fail_fetch(pf_exec *x, pf_exec_job *jobs, int n, pf_model_failure failure, const pf_error *e,
-                       const char *load_marker) {
-    for (int i = 0; i < n; i++) {
-        if (ended(x, &jobs[i]) || failure == PF_MODEL_OK) continue;
-        int permanent = failure == PF_MODEL_PERMANENT;
-        fail(&jobs[i], strstr(e->msg, load_marker) ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent, "%s",
-             e->msg);
-    }
-}
-
-typedef struct get_args {
-    pf_exec *x;
-    const pf_job *job;
-    group_ctx *all;
-    pf_model *model;
-    pf_model_timing t;
-} get_args;
-
-static int get_model(void *arg, pf_model_failure *failure, pf_error *err) {
-    get_args *a = arg;
-    return pf_models_get(a->x->models, a->job, &a->model, &a->t, failure, on_fetch, a->all, err);
-}
-
-static int get_controlnet(void *arg, pf_model_failure *failure, pf_error *err) {
-    get_args *a = arg;
-    return pf_models_controlnet(a->x->models, a->model, a->job, &a->t, failure, on_fetch, a->all, err);
 }
 
 static void reject(pf_exec_job *j, const char *field, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -523,13 +551,83 @@ static void reject(pf_exec_job *j, const char *field, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* Ends every job of group still running after get_retrying failed: a source
+ * that does not fit the model rejects them naming its field; otherwise
+ * load_marker (NULL: none) in the message tells a model that does not load
+ * (permanent, code model) from a download failure. */
+static void fail_fetch(pf_exec *x, pf_exec_job **jobs, int n, const pf_model_fault *fault, const pf_error *e,
+                       const char *load_marker) {
+    for (int i = 0; i < n; i++) {
+        if (ended(x, jobs[i]) || fault->failure == PF_MODEL_OK) continue;
+        if (fault->failure == PF_MODEL_INVALID) {
+            reject(jobs[i], fault->field, "%s", e->msg);
+            continue;
+        }
+        int permanent = fault->failure == PF_MODEL_PERMANENT;
+        const int model = load_marker && strstr(e->msg, load_marker);
+        fail(jobs[i], model ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent, "%s", e->msg);
+    }
+}
+
+typedef struct get_args {
+    pf_exec *x;
+    pf_exec_job *j;     /* the job whose sources are fetched (the batch's first for the model) */
+    group_ctx *all;
+    pf_model *model;
+    pf_model_timing t;
+    int control;        /* get_image: which of j's controls */
+} get_args;
+
+static int get_model(void *arg, pf_model_fault *fault, pf_error *err) {
+    get_args *a = arg;
+    return pf_models_get(a->x->models, &a->j->job, &a->model, &a->t, fault, on_fetch, a->all, err);
+}
+
+static int get_controlnets(void *arg, pf_model_fault *fault, pf_error *err) {
+    get_args *a = arg;
+    return pf_models_controlnets(a->x->models, a->model, &a->j->job, &a->t, fault, on_fetch, a->all, err);
+}
+
+/* The condition image of control[a->control] of job a->j, decoded into its pf_control. */
+static int get_image(void *arg, pf_model_fault *fault, pf_error *err) {
+    get_args *a = arg;
+    const pf_job *job = &a->j->job;
+    const int i = a->control;
+    char field[PF_JOB_FIELD_MAX];
+    snprintf(field, sizeof field, "control[%d].image", i);
+    pf_control *c = &a->j->controls[i];
+    if (pf_models_image(a->x->models, &job->control[i].image, field, &a->j->control_rgb[i], &c->image_width,
+                        &c->image_height, fault, err))
+        return -1;
+    c->net = pf_models_control_net(job, i);
+    c->image = a->j->control_rgb[i];
+    c->scale = job->control[i].scale;
+    return 0;
+}
+
+/* Fetches and decodes the condition images of each job still running; a job
+ * whose image cannot be had ends alone (the others go on). */
+static void get_control_images(pf_exec *x, pf_exec_job *jobs, int n) {
+    for (int i = 0; i < n; i++) {
+        pf_exec_job *j = &jobs[i], *one[1] = {j};
+        group_ctx g = {x, one, 1, 0, NULL, 1, 0, 0}; /* "downloading" was said for the batch */
+        for (int k = 0; k < j->job.n_controls && !ended(x, j); k++) {
+            get_args a = {x, j, &g, NULL, {0}, k};
+            pf_model_fault fault;
+            pf_error e;
+            if (get_retrying(x, &g, "control image", get_image, &a, &fault, &e))
+                fail_fetch(x, one, 1, &fault, &e, NULL);
+        }
+    }
+}
+
 /* Forms engine calls in arrival order: each takes the first job not yet run
  * (and wanted by want) and every later one that batchable admits with it, up
  * to max_batch distinct images (a job that alone asks for more runs alone),
  * and hands them to call. */
 static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf_exec_job **group,
-                       int (*want)(const pf_exec_job *), int (*batchable)(const pf_pipeline *, const pf_job *,
-                                                                          const pf_job *),
+                       int (*want)(const pf_exec_job *),
+                       int (*batchable)(const pf_pipeline *, const pf_exec_job *, const pf_exec_job *),
                        void (*call)(pf_exec *, pf_model *, pf_exec_job **, int)) {
     int *done = PF_CALLOC((size_t)n, sizeof *done);
     for (int i = 0; i < n && !atomic_load(x->abandon); i++) {
@@ -538,7 +636,7 @@ static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf
         int k = 1, images = jobs[i].job.num_images;
         for (int j = i + 1; j < n; j++) {
             if (done[j] || ended(x, &jobs[j]) || !want(&jobs[j]) ||
-                !batchable(model->pipe, &jobs[i].job, &jobs[j].job))
+                !batchable(model->pipe, &jobs[i], &jobs[j]))
                 continue;
             int m = 0;
             while (m < k && !pf_job_same_images(&group[m]->job, &jobs[j].job)) m++;
@@ -556,17 +654,17 @@ static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf
 static int want_generate(const pf_exec_job *j) { return 1; }
 static int want_refine(const pf_exec_job *j) { return j->base_rgb != NULL; }
 
-static int txt2img_batchable(const pf_pipeline *p, const pf_job *a, const pf_job *b) {
+static int txt2img_batchable(const pf_pipeline *p, const pf_exec_job *a, const pf_exec_job *b) {
     pf_txt2img_params pa, pb;
     job_params(&pa, a);
     job_params(&pb, b);
     return pf_txt2img_batchable(p, &pa, &pb);
 }
 
-static int refine_batchable(const pf_pipeline *p, const pf_job *a, const pf_job *b) {
+static int refine_batchable(const pf_pipeline *p, const pf_exec_job *a, const pf_exec_job *b) {
     pf_refine_params pa, pb;
-    refine_params(&pa, a, NULL);
-    refine_params(&pb, b, NULL);
+    refine_params(&pa, &a->job, NULL);
+    refine_params(&pb, &b->job, NULL);
     return pf_refine_batchable(p, &pa, &pb);
 }
 
@@ -577,25 +675,39 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
         group[i] = &jobs[i];
     }
     group_ctx all = {x, group, n, 0, NULL, 0, 0, 0};
-    get_args a = {x, &jobs[0].job, &all, NULL, {0}};
-    pf_model_failure failure;
+    get_args a = {x, &jobs[0], &all, NULL, {0}, 0};
+    pf_model_fault fault;
     pf_error e;
-    if (get_retrying(x, &all, "model", get_model, &a, &failure, &e)) {
-        fail_fetch(x, jobs, n, failure, &e, "loading the model");
+    if (get_retrying(x, &all, "model", get_model, &a, &fault, &e)) {
+        fail_fetch(x, group, n, &fault, &e, "loading the model");
         free(group);
         return;
     }
     pf_model *model = a.model;
+    int side;
+    pf_pipeline_defaults(model->pipe, NULL, NULL, &side);
     for (int i = 0; i < n; i++) {
         jobs[i].download_ms = a.t.download_ms;
         jobs[i].load_ms = a.t.load_ms;
         jobs[i].model_warm = a.t.warm;
+        jobs[i].family = model->family;
+        /* as the CLI without --width / --height: the family's side */
+        if (!jobs[i].job.width) jobs[i].job.width = side;
+        if (!jobs[i].job.height) jobs[i].job.height = side;
     }
-    /* A batch refines all its jobs with one ControlNet or none (pf_job_same_model). */
+    /* Fields the family does not take are the job's fault, named before anything is fetched for it. */
+    for (int i = 0; i < n; i++) {
+        char field[PF_JOB_FIELD_MAX];
+        if (!ended(x, &jobs[i]) &&
+            pf_job_family_check(&jobs[i].job, pf_pipeline_family(model->pipe) == PF_FAMILY_SDXL, field, sizeof field,
+                                &e))
+            reject(&jobs[i], field, "%s", e.msg);
+    }
+    /* A batch attaches one set of ControlNets, or none (pf_job_same_model). */
     const int refine = jobs[0].job.refine.on;
-    if (refine) {
-        if (get_retrying(x, &all, "refine.controlnet", get_controlnet, &a, &failure, &e)) {
-            fail_fetch(x, jobs, n, failure, &e, "loading the ControlNet");
+    if (refine || jobs[0].job.n_controls) {
+        if (get_retrying(x, &all, "controlnet", get_controlnets, &a, &fault, &e)) {
+            fail_fetch(x, group, n, &fault, &e, "loading the ControlNet");
             goto done;
         }
         for (int i = 0; i < n; i++) {
@@ -603,12 +715,13 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
             jobs[i].load_ms += a.t.load_ms;
         }
     }
+    get_control_images(x, jobs, n);
     /* Jobs the engine would refuse, in either stage, are rejected one by one
      * before anything runs. */
     for (int i = 0; i < n; i++) {
         pf_txt2img_params prm;
         pf_refine_params ref;
-        job_params(&prm, &jobs[i].job);
+        job_params(&prm, &jobs[i]);
         if (ended(x, &jobs[i])) continue;
         if (pf_txt2img_check(model->pipe, &prm, &e)) {
             reject(&jobs[i], NULL, "%s", e.msg);
@@ -627,6 +740,10 @@ done:
     for (int i = 0; i < n; i++) {
         free(jobs[i].base_rgb);
         jobs[i].base_rgb = NULL;
+        for (int k = 0; k < PF_JOB_MAX_CONTROLS; k++) {
+            free(jobs[i].control_rgb[k]);
+            jobs[i].control_rgb[k] = NULL;
+        }
     }
     free(group);
     pf_models_put(x->models, model);

@@ -3,8 +3,17 @@
  * and their upload, with the non-terminal status events on the way
  * (downloading, running step i of n of a stage, uploading).
  *
- * A batch is consecutive jobs of one model and image size, and either none
- * refines or all refine with one ControlNet source (pf_job_same_model).
+ * A batch is consecutive jobs of one model (base, configs, delta and LoRA
+ * set: one loaded pipeline with its fused weights, so one family) and image
+ * size, with one set of ControlNets: either none refines or all refine with
+ * one ControlNet source, and all have the same text-to-image ControlNet
+ * sources (pf_job_same_model). Jobs whose width or height is absent take the
+ * family's side (512, SDXL 1024) once the model is loaded; fields the family
+ * does not take (pf_job_family_check) and sources that do not fit the model
+ * (a LoRA that matches nothing) reject the job naming the field. Each job's
+ * control images are fetched through the cache and decoded before anything
+ * runs (a file that is not an image rejects the job naming
+ * "control[i].image").
  * Jobs that also share steps, guidance and sampler settings
  * (pf_txt2img_batchable) share one engine call (pf_pipeline_txt2img_batch), up
  * to max_batch images, whatever their prompts, negative prompts, seeds and
@@ -73,8 +82,14 @@ typedef struct pf_exec_job {
     int batch_jobs;                 /* jobs that shared this job's text-to-image call (itself included) */
     int refine_batch_jobs;          /* jobs that shared this job's refine call (0: it does not refine) */
     int model_warm;
-    /* private to execute.c: a refine job's 8-bit text-to-image images between the stages */
+    const char *family;             /* the model's family (pf_family_name: "sd" or "sdxl") as soon as the model is
+                                       loaded, for the status timings; NULL when no model was loaded (a static
+                                       string: it outlives the model) */
+    /* private to execute.c: a refine job's 8-bit text-to-image images between the stages, and the
+     * text-to-image ControlNets' condition images (control[i], decoded) */
     uint8_t *base_rgb;
+    uint8_t *control_rgb[PF_JOB_MAX_CONTROLS];
+    pf_control controls[PF_JOB_MAX_CONTROLS];
 } pf_exec_job;
 
 typedef struct pf_exec {

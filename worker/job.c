@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -107,10 +108,21 @@ static int get_obj(ctx *c, json_t *obj, const char *prefix, const char *key, int
     return 0;
 }
 
-/* SRC_BASE: a diffusers base URL (no digest); SRC_FILE: one file (+ digest);
- * SRC_SCALED: a file with a scale; SRC_FOLDER: one component folder (+ its
- * weights' digest), fetched with the weights variant of fp16. */
-typedef enum { SRC_BASE, SRC_FILE, SRC_SCALED, SRC_FOLDER } src_kind;
+/* SRC_BASE: a diffusers base URL (no digest); SRC_MODEL: a diffusers base URL
+ * or one .safetensors checkpoint (+ digest); SRC_FILE: one file (+ digest);
+ * SRC_SCALED: a .safetensors file with a scale; SRC_FOLDER: one component
+ * folder (+ its weights' digest), fetched with the weights variant of fp16. */
+typedef enum { SRC_BASE, SRC_MODEL, SRC_FILE, SRC_SCALED, SRC_FOLDER } src_kind;
+
+/* 1 when the URL's path (before any query string) ends in .safetensors. */
+static int names_safetensors(const char *url) {
+    pf_url u;
+    pf_error e;
+    if (pf_url_parse(&u, url, &e)) return 0;
+    const char *q = strchr(u.path, '?');
+    size_t pl = q ? (size_t)(q - u.path) : strlen(u.path);
+    return pl >= 12 && !strncmp(u.path + pl - 12, ".safetensors", 12);
+}
 
 /* One model source object: {"url", "sha256", "scale"} as kind allows. */
 static int get_source(ctx *c, json_t *o, const char *f, src_kind kind, int fp16, pf_job_source *s) {
@@ -133,15 +145,20 @@ static int get_source(ctx *c, json_t *o, const char *f, src_kind kind, int fp16,
         return bad(c, uf, "must be 64 lower-case hex digits");
     }
     pf_model_source src;
-    if (kind == SRC_BASE) {
-        if (s->sha256) {
+    if (kind == SRC_BASE || kind == SRC_MODEL) {
+        if (pf_model_source_init(&src, PF_SOURCE_AUTO, s->url, NULL, 0, &e)) return bad(c, uf, "%s", e.msg);
+        if (kind == SRC_BASE && src.kind != PF_SOURCE_DIFFUSERS)
+            return bad(c, uf, "must be the URL of a diffusers-layout model folder (holding model_index.json), not of "
+                              "a file");
+        if (src.kind == PF_SOURCE_FILE && !names_safetensors(s->url))
+            return bad(c, uf, "must be the base URL of a diffusers-layout model or name a single-file .safetensors "
+                              "checkpoint (.ckpt pickles are refused: they can run code when loaded)");
+        if (s->sha256 && src.kind != PF_SOURCE_FILE) {
             path(uf, sizeof uf, f, "sha256");
             return bad(c, uf, "a diffusers base URL names many files and has no single digest");
         }
-        if (pf_model_source_init(&src, PF_SOURCE_AUTO, s->url, NULL, 0, &e)) return bad(c, uf, "%s", e.msg);
-        if (src.kind != PF_SOURCE_DIFFUSERS)
-            return bad(c, uf, "must be the base URL of a diffusers-layout model (single-file checkpoints are "
-                              "not supported)");
+        if (src.kind == PF_SOURCE_FILE && pf_model_source_init(&src, PF_SOURCE_FILE, s->url, s->sha256, 0, &e))
+            return bad(c, uf, "%s", e.msg);
     } else if (kind == SRC_FOLDER) {
         if (pf_model_source_init(&src, PF_SOURCE_AUTO, s->url, NULL, 0, &e)) return bad(c, uf, "%s", e.msg);
         if (src.kind != PF_SOURCE_DIFFUSERS)
@@ -151,26 +168,30 @@ static int get_source(ctx *c, json_t *o, const char *f, src_kind kind, int fp16,
             return bad(c, uf, "%s", e.msg);
     } else if (pf_model_source_init(&src, PF_SOURCE_FILE, s->url, s->sha256, 0, &e)) {
         return bad(c, uf, "%s", e.msg);
+    } else if (kind == SRC_SCALED && !names_safetensors(s->url)) {
+        return bad(c, uf, "must name a .safetensors LoRA file");
     }
     return 0;
 }
 
 static int parse_model(ctx *c, pf_job *job, json_t *m) {
-    static const char *const keys[] = {"base", "delta", "loras", "controlnet", "fp16", NULL};
+    static const char *const keys[] = {"base", "config", "delta", "loras", "controlnet", "fp16", NULL};
     if (only_keys(c, m, "model", keys)) return -1;
     json_t *o;
-    if (get_obj(c, m, "model", "base", 1, &o) || get_source(c, o, "model.base", SRC_BASE, 0, &job->base)) return -1;
+    if (get_obj(c, m, "model", "base", 1, &o) || get_source(c, o, "model.base", SRC_MODEL, 0, &job->base)) return -1;
+    pf_model_source src;
+    pf_error e;
+    job->base_file = !pf_model_source_init(&src, PF_SOURCE_AUTO, job->base.url, NULL, 0, &e) &&
+                     src.kind == PF_SOURCE_FILE;
+    if (get_obj(c, m, "model", "config", 0, &o) || (o && get_source(c, o, "model.config", SRC_BASE, 0, &job->config)))
+        return -1;
+    if (job->config.url && !job->base_file)
+        return bad(c, "model.config", "is for a single-file base (model.base.url naming a .safetensors checkpoint); "
+                                      "a diffusers base has configs of its own");
     if (get_obj(c, m, "model", "delta", 0, &o) || (o && get_source(c, o, "model.delta", SRC_FILE, 0, &job->delta)))
         return -1;
-    if (job->delta.url) {
-        pf_url u;
-        pf_error e;
-        pf_url_parse(&u, job->delta.url, &e);
-        const char *q = strchr(u.path, '?');
-        size_t pl = q ? (size_t)(q - u.path) : strlen(u.path);
-        if (pl < 12 || strncmp(u.path + pl - 12, ".safetensors", 12))
-            return bad(c, "model.delta.url", "must name a .safetensors file of PeRFlow delta weights");
-    }
+    if (job->delta.url && !names_safetensors(job->delta.url))
+        return bad(c, "model.delta.url", "must name a .safetensors file of PeRFlow delta weights");
     json_t *loras = json_object_get(m, "loras");
     if (loras) {
         if (!json_is_array(loras)) return bad(c, "model.loras", "must be an array");
@@ -185,29 +206,76 @@ static int parse_model(ctx *c, pf_job *job, json_t *m) {
         }
         job->n_loras = (int)json_array_size(loras);
     }
+    /* The old text-to-image ControlNet object: still validated as before, then
+     * refused by pf_job_supported in favour of "control". */
     if (get_obj(c, m, "model", "controlnet", 0, &o)) return -1;
     if (o) {
         static const char *const ckeys[] = {"url", "sha256", "scale", "image_url", NULL};
         if (only_keys(c, o, "model.controlnet", ckeys)) return -1;
-        json_t *copy = json_deep_copy(o); /* get_source allows no image_url */
+        double scale;
+        if (get_num(c, o, "model.controlnet", "scale", -10, 10, 1, &scale)) return -1;
+        json_t *copy = json_deep_copy(o); /* get_source allows neither */
         json_object_del(copy, "image_url");
-        int rc = get_source(c, copy, "model.controlnet", SRC_SCALED, 0, &job->controlnet);
-        /* the strings must outlive the copy: point them into o instead */
-        if (!rc) {
-            job->controlnet.url = json_string_value(json_object_get(o, "url"));
-            job->controlnet.sha256 = json_string_value(json_object_get(o, "sha256"));
-        }
+        json_object_del(copy, "scale");
+        pf_job_source old;
+        const char *image;
+        int rc = get_source(c, copy, "model.controlnet", SRC_FILE, 0, &old);
         json_decref(copy);
-        if (rc || get_str(c, o, "model.controlnet", "image_url", 1, PF_URL_MAX - 1, &job->control_image)) return -1;
+        if (rc || get_str(c, o, "model.controlnet", "image_url", 1, PF_URL_MAX - 1, &image)) return -1;
         pf_url u;
-        pf_error e;
-        if (pf_url_parse(&u, job->control_image, &e)) return bad(c, "model.controlnet.image_url", "%s", e.msg);
+        if (pf_url_parse(&u, image, &e)) return bad(c, "model.controlnet.image_url", "%s", e.msg);
+        job->has_model_controlnet = 1;
     }
     json_t *fp16 = json_object_get(m, "fp16");
     if (fp16) {
         if (!json_is_boolean(fp16)) return bad(c, "model.fp16", "must be true or false");
         job->fp16 = json_is_true(fp16);
     }
+    return 0;
+}
+
+/* The "control" array (pf_job_control), after "model" (the weights variant of
+ * its ControlNets is model.fp16's). */
+static int parse_control(ctx *c, pf_job *job, json_t *arr) {
+    static const char *const keys[] = {"controlnet", "image", "scale", NULL};
+    if (!json_is_array(arr)) return bad(c, "control", "must be an array");
+    if (json_array_size(arr) > PF_JOB_MAX_CONTROLS) return bad(c, "control", "at most %d", PF_JOB_MAX_CONTROLS);
+    size_t i;
+    json_t *it, *o;
+    json_array_foreach(arr, i, it) {
+        pf_job_control *ctl = &job->control[i];
+        char f[PF_JOB_FIELD_MAX], sub[PF_JOB_FIELD_MAX];
+        snprintf(f, sizeof f, "control[%zu]", i);
+        if (!json_is_object(it)) return bad(c, f, "must be an object");
+        if (only_keys(c, it, f, keys)) return -1;
+        path(sub, sizeof sub, f, "controlnet");
+        if (get_obj(c, it, f, "controlnet", 1, &o) || get_source(c, o, sub, SRC_FOLDER, job->fp16, &ctl->controlnet))
+            return -1;
+        path(sub, sizeof sub, f, "image");
+        if (get_obj(c, it, f, "image", 1, &o) || get_source(c, o, sub, SRC_FILE, 0, &ctl->image)) return -1;
+        double scale;
+        if (get_num(c, it, f, "scale", -10, 10, 1, &scale)) return -1;
+        ctl->scale = (float)scale;
+        ctl->controlnet.scale = ctl->image.scale = ctl->scale;
+    }
+    job->n_controls = (int)json_array_size(arr);
+    return 0;
+}
+
+/* One of SDXL's time ids: [a, b], two integers from lo to PF_JOB_MAX_TIME_ID,
+ * stored as the engine takes them, (b, a): (height, width) from [width,
+ * height], (top, left) from [x, y], as the CLI's --original-size W,H does. */
+static int get_time_id(ctx *c, json_t *root, const char *key, long long lo, const char *names, int out[2]) {
+    json_t *v = json_object_get(root, key);
+    out[0] = out[1] = 0;
+    if (!v) return 0;
+    json_t *a = json_array_get(v, 0), *b = json_array_get(v, 1);
+    if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_integer(a) || !json_is_integer(b) ||
+        json_integer_value(a) < lo || json_integer_value(a) > PF_JOB_MAX_TIME_ID || json_integer_value(b) < lo ||
+        json_integer_value(b) > PF_JOB_MAX_TIME_ID)
+        return bad(c, key, "must be %s, two integers from %lld to %d", names, lo, PF_JOB_MAX_TIME_ID);
+    out[0] = (int)json_integer_value(b);
+    out[1] = (int)json_integer_value(a);
     return 0;
 }
 
@@ -387,7 +455,9 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
 
     static const char *const keys[] = {"schema", "job_id", "attempt", "model", "prompt", "negative_prompt", "width",
                                        "height", "steps", "guidance", "seed", "num_images", "sampler", "clip_skip",
-                                       "refiner", "refine", "output", "deadline", "priority", "batch_id", NULL};
+                                       "refiner", "refine", "output", "deadline", "priority", "batch_id",
+                                       "prompt_2", "negative_prompt_2", "original_size", "crop_coords",
+                                       "target_size", "control", NULL};
     if (only_keys(&c, root, "", keys)) goto fail;
     const char *schema;
     if (get_str(&c, root, "", "schema", 0, 64, &schema)) goto fail;
@@ -412,12 +482,27 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
     if (get_obj(&c, root, "", "model", 1, &o) || parse_model(&c, job, o)) goto fail;
     if (get_str(&c, root, "", "prompt", 1, PF_JOB_PROMPT_MAX, &job->prompt) || check_text(&c, "prompt", job->prompt))
         goto fail;
-    if (get_str(&c, root, "", "negative_prompt", 0, PF_JOB_PROMPT_MAX, &job->negative_prompt)) goto fail;
-    if (!job->negative_prompt) job->negative_prompt = "";
-    if (check_text(&c, "negative_prompt", job->negative_prompt)) goto fail;
+    /* absent stays NULL: SDXL's "no negative prompt" (zero embeddings) differs from "" */
+    static const struct { const char *key; size_t off; } texts[] = {
+        {"negative_prompt", offsetof(pf_job, negative_prompt)},
+        {"prompt_2", offsetof(pf_job, prompt_2)},
+        {"negative_prompt_2", offsetof(pf_job, negative_prompt_2)},
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        const char **t = (const char **)((char *)job + texts[i].off);
+        if (get_str(&c, root, "", texts[i].key, 0, PF_JOB_PROMPT_MAX, t) || (*t && check_text(&c, texts[i].key, *t)))
+            goto fail;
+    }
+    if (get_time_id(&c, root, "original_size", 1, "[width, height]", job->original_size) ||
+        get_time_id(&c, root, "crop_coords", 0, "[x, y]", job->crop_coords) ||
+        get_time_id(&c, root, "target_size", 1, "[width, height]", job->target_size))
+        goto fail;
+    json_t *ctl = json_object_get(root, "control");
+    if (ctl && parse_control(&c, job, ctl)) goto fail;
     static const char *const sides[] = {"width", "height"};
     for (int i = 0; i < 2; i++) {
-        if (get_int(&c, root, "", sides[i], 8, PF_JOB_MAX_SIDE, 512, &v)) goto fail;
+        /* absent: 0, the family's side once the model is known (SDXL 1024, else 512) */
+        if (get_int(&c, root, "", sides[i], 8, PF_JOB_MAX_SIDE, 0, &v)) goto fail;
         if (v % 8) {
             bad(&c, sides[i], "must be a multiple of 8 (got %lld)", v);
             goto fail;
@@ -459,6 +544,11 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
         job->has_refiner = 1;
     }
     if (get_obj(&c, root, "", "refine", 0, &o) || (o && parse_refine(&c, job, o))) goto fail;
+    if (job->refine.on && job->n_controls > PF_JOB_MAX_CONTROLS - 1) {
+        bad(&c, "control", "at most %d with refine (the refiner's ControlNet is one of the %d a job may attach)",
+            PF_JOB_MAX_CONTROLS - 1, PF_JOB_MAX_CONTROLS);
+        goto fail;
+    }
     if (get_obj(&c, root, "", "output", 1, &o) || parse_output(&c, job, o)) goto fail;
     const char *deadline;
     if (get_str(&c, root, "", "deadline", 0, 40, &deadline)) goto fail;
@@ -486,8 +576,10 @@ void pf_job_free(pf_job *job) {
 
 int pf_job_supported(const pf_job *job, char *field, size_t n, pf_error *err) {
     ctx c = {field, n, err};
-    if (job->n_loras) return bad(&c, "model.loras", "LoRAs are not supported by this worker yet");
-    if (job->controlnet.url) return bad(&c, "model.controlnet", "ControlNet is not supported by this worker yet");
+    if (job->has_model_controlnet)
+        return bad(&c, "model.controlnet", "the \"model.controlnet\" object is not supported: use \"control\": "
+                                           "[{\"controlnet\": {\"url\"}, \"image\": {\"url\"}, \"scale\"}] "
+                                           "(schemas/job.v1.json)");
     if (job->has_refiner)
         return bad(&c, "refiner", "the \"refiner\" object is not supported: use \"refine\" (the ControlNet-Tile "
                                   "refiner after text-to-image, schemas/job.v1.json)");
@@ -522,21 +614,56 @@ static int str_eq(const char *a, const char *b) {
     return !strcmp(a, b);
 }
 
+static int source_eq(const pf_job_source *a, const pf_job_source *b) {
+    return str_eq(a->url, b->url) && str_eq(a->sha256, b->sha256);
+}
+
 int pf_job_same_model(const pf_job *a, const pf_job *b) {
-    return str_eq(a->base.url, b->base.url) && str_eq(a->delta.url, b->delta.url) &&
-           str_eq(a->delta.sha256, b->delta.sha256) && a->fp16 == b->fp16 && a->width == b->width &&
-           a->height == b->height && a->refine.on == b->refine.on &&
-           str_eq(a->refine.controlnet.url, b->refine.controlnet.url) &&
-           str_eq(a->refine.controlnet.sha256, b->refine.controlnet.sha256);
+    if (!source_eq(&a->base, &b->base) || !source_eq(&a->config, &b->config) || !source_eq(&a->delta, &b->delta) ||
+        a->n_loras != b->n_loras || a->fp16 != b->fp16 || a->width != b->width || a->height != b->height ||
+        a->refine.on != b->refine.on || !source_eq(&a->refine.controlnet, &b->refine.controlnet) ||
+        a->n_controls != b->n_controls)
+        return 0;
+    /* the fused weights: each LoRA and its scale, in order */
+    for (int i = 0; i < a->n_loras; i++)
+        if (!source_eq(&a->loras[i], &b->loras[i]) || a->loras[i].scale != b->loras[i].scale) return 0;
+    for (int i = 0; i < a->n_controls; i++)
+        if (!source_eq(&a->control[i].controlnet, &b->control[i].controlnet)) return 0;
+    return 1;
 }
 
 int pf_job_same_images(const pf_job *a, const pf_job *b) {
     const pf_job_refine *p = &a->refine, *q = &b->refine;
-    return pf_job_same_model(a, b) && !strcmp(a->prompt, b->prompt) &&
-           !strcmp(a->negative_prompt, b->negative_prompt) && a->steps == b->steps && a->guidance == b->guidance &&
-           a->seed == b->seed && a->num_images == b->num_images && a->clip_skip == b->clip_skip &&
+    if (!pf_job_same_model(a, b)) return 0;
+    for (int i = 0; i < a->n_controls; i++)
+        if (!source_eq(&a->control[i].image, &b->control[i].image) || a->control[i].scale != b->control[i].scale)
+            return 0;
+    for (int k = 0; k < 2; k++)
+        if (a->original_size[k] != b->original_size[k] || a->crop_coords[k] != b->crop_coords[k] ||
+            a->target_size[k] != b->target_size[k])
+            return 0;
+    return !strcmp(a->prompt, b->prompt) && str_eq(a->negative_prompt, b->negative_prompt) &&
+           str_eq(a->prompt_2, b->prompt_2) && str_eq(a->negative_prompt_2, b->negative_prompt_2) &&
+           a->steps == b->steps && a->guidance == b->guidance && a->seed == b->seed &&
+           a->num_images == b->num_images && a->clip_skip == b->clip_skip &&
            str_eq(a->prediction_type, b->prediction_type) && a->windows == b->windows &&
            (!p->on || (p->size == q->size && p->steps == q->steps && p->strength == q->strength &&
                        p->guidance == q->guidance && p->controlnet_scale == q->controlnet_scale &&
                        !strcmp(p->prompt, q->prompt) && !strcmp(p->negative_prompt, q->negative_prompt)));
+}
+
+int pf_job_family_check(const pf_job *job, int sdxl, char *field, size_t n, pf_error *err) {
+    ctx c = {field, n, err};
+    if (sdxl) {
+        if (job->n_controls) return bad(&c, "control", "ControlNets with SDXL models are not supported yet");
+        if (job->refine.on) return bad(&c, "refine", "the refiner runs SD-1.x/2.x models (this model is SDXL)");
+        return 0;
+    }
+    /* SD-1.x/2.x have one text encoder and no time ids: these would be ignored, so they are refused */
+    static const char *const sdxl_only[] = {"prompt_2", "negative_prompt_2", "original_size", "crop_coords",
+                                            "target_size"};
+    for (size_t i = 0; i < sizeof sdxl_only / sizeof *sdxl_only; i++)
+        if (json_object_get(job->json, sdxl_only[i]))
+            return bad(&c, sdxl_only[i], "is for SDXL models only (this model is SD-1.x/2.x)");
+    return 0;
 }

@@ -9,13 +9,13 @@
  * rejected status tells the client what to fix.
  *
  * Validation here is about the job alone. What depends on the model (sizes the
- * UNet can take, the prompt's token count) is checked by pf_txt2img_check
- * once the model is loaded, what depends on the base image's size and the
- * VAE (a refine size that rounds to 0 or past PF_REFINE_MAX_SIZE) by
+ * UNet can take, the prompt's token count, SDXL-only fields on another
+ * family, a LoRA that matches nothing) is checked once the model is loaded
+ * (worker/execute.c, pf_txt2img_check), what depends on the base image's size
+ * and the VAE (a refine size that rounds to 0 or past PF_REFINE_MAX_SIZE) by
  * pf_refine_check once the model is loaded (the worker names the field with
- * pf_job_refine_field), and what this worker cannot run yet
- * (LoRAs, a text-to-image ControlNet, the old "refiner" object) by
- * pf_job_supported. */
+ * pf_job_refine_field), and what this worker does not run (the old
+ * "refiner" object, the old "model.controlnet" object) by pf_job_supported. */
 #ifndef PF_JOB_H
 #define PF_JOB_H
 
@@ -29,6 +29,8 @@
 #define PF_JOB_BATCH_ID_MAX 64     /* bytes of a batch id */
 #define PF_JOB_PROMPT_MAX 4096     /* bytes of a prompt or negative prompt */
 #define PF_JOB_MAX_LORAS 8
+#define PF_JOB_MAX_CONTROLS 8      /* PF_MAX_CONTROLS, the refiner's ControlNet included */
+#define PF_JOB_MAX_TIME_ID 16384   /* SDXL's original_size, crop_coords and target_size components */
 #define PF_JOB_MAX_SIDE 2048       /* pixels */
 #define PF_JOB_MAX_STEPS 100
 #define PF_JOB_MAX_IMAGES 16
@@ -40,6 +42,16 @@ typedef struct pf_job_source {
     const char *sha256; /* 64 lower-case hex digits, or NULL */
     float scale;        /* LoRA and ControlNet strength (default 1) */
 } pf_job_source;
+
+/* One ControlNet of text-to-image (an item of the job's "control" array), as
+ * `perflow generate --controlnet DIR:SCALE --control-image FILE` runs it:
+ * diffusers' StableDiffusionControlNetPipeline, several summed as
+ * MultiControlNetModel, in the order given. */
+typedef struct pf_job_control {
+    pf_job_source controlnet; /* a diffusers ControlNetModel folder (COMPONENT source; sha256: its weights') */
+    pf_job_source image;      /* the condition image, a PNG or JPEG file (sha256: the file's) */
+    float scale;              /* controlnet_conditioning_scale, -10..10 (1) */
+} pf_job_control;
 
 /* The refiner after text-to-image (the job's "refine" object), as `perflow
  * generate --refine` runs it: the base images quantised to 8 bits, then
@@ -66,16 +78,29 @@ typedef struct pf_job {
     char job_id[PF_JOB_ID_MAX + 1];
     const char *batch_id;             /* the client's batch (perflow submit), or NULL */
     int attempt;                      /* 1 for the first delivery; re-enqueues count up */
-    pf_job_source base;               /* a diffusers base URL */
+    pf_job_source base;               /* a diffusers base URL, or a single-file checkpoint (base_file) */
+    int base_file;                    /* base.url names one .safetensors checkpoint (LDM layout); sha256 may pin it */
+    pf_job_source config;             /* a single file's configs: a diffusers folder URL (configs fetched, not
+                                         its weights), pf_model_spec's model_config; NULL url: none */
     pf_job_source delta;              /* PeRFlow delta weights, a .safetensors URL (optional) */
-    pf_job_source loras[PF_JOB_MAX_LORAS];
+    pf_job_source loras[PF_JOB_MAX_LORAS]; /* .safetensors URLs with scale, fused in this order after the delta */
     int n_loras;
-    pf_job_source controlnet;         /* optional */
-    const char *control_image;        /* the ControlNet conditioning image URL */
+    pf_job_control control[PF_JOB_MAX_CONTROLS]; /* text-to-image ControlNets with their images */
+    int n_controls;
+    int has_model_controlnet;         /* the old "model.controlnet" object: rejected as unsupported (use control) */
     int fp16;                         /* prefer the .fp16 weights variant of the base */
     const char *prompt;
-    const char *negative_prompt;      /* "" when absent */
-    int width, height, steps, num_images, clip_skip;
+    const char *negative_prompt;      /* NULL when absent (SDXL: no negative prompt at all, zero embeddings;
+                                         SD-1.x/2.x: the empty prompt), "" when given as "" (encoded) */
+    const char *prompt_2;             /* SDXL's second text encoder; NULL when absent (the prompt) */
+    const char *negative_prompt_2;    /* NULL when absent (the negative prompt) */
+    int original_size[2];             /* SDXL time ids as the engine takes them, (height, width), from the job's
+                                         [width, height]; 0, 0 when absent (the image's size) */
+    int crop_coords[2];               /* (top, left) from the job's [x, y]; 0, 0 when absent */
+    int target_size[2];               /* (height, width) from [width, height]; 0, 0 when absent */
+    int width, height;                /* multiples of 8; 0 when absent: the model family's side (512, SDXL 1024),
+                                         which the worker fills in once the model is loaded */
+    int steps, num_images, clip_skip;
     float guidance;
     uint64_t seed;
     const char *prediction_type;      /* NULL: the model's own */
@@ -99,8 +124,8 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
 void pf_job_free(pf_job *job);
 
 /* Checks that this worker can run the job: error naming the field for the
- * features the worker does not run (LoRAs, a text-to-image ControlNet, the
- * old "refiner" object). */
+ * features the worker does not run (the old "refiner" and "model.controlnet"
+ * objects, whose messages name what replaces them). */
 int pf_job_supported(const pf_job *job, char *field, size_t n, pf_error *err);
 
 /* The destination of image index of stage (PF_STAGE_BASE or PF_STAGE_REFINED):
@@ -117,16 +142,29 @@ const char *pf_job_refine_field(const char *param);
  * as compact JSON in a malloc'd string (caller frees). data must parse. */
 char *pf_job_with_attempt(const char *data, size_t len, int attempt);
 
-/* 1 when both jobs can share one model load and one batch: same sources,
- * weights variant and image size, and either neither refines or both refine
- * with the same ControlNet source (so a batch attaches one ControlNet, and
- * jobs that refine and jobs that do not never share an engine call). */
+/* 1 when both jobs can share one model load and one batch: the same base
+ * (and its digest), configs, delta, LoRA set (URLs, digests and scales, in
+ * order: the fused weights), weights variant and image size, and the same
+ * ControlNets attached: either neither refines or both refine with the same
+ * ControlNet source, and the same text-to-image ControlNet sources in the
+ * same order (their images and scales may differ). So a batch attaches one
+ * set of ControlNets, jobs with different LoRAs never share a batch, and
+ * neither do jobs of different models (of different families, then). */
 int pf_job_same_model(const pf_job *a, const pf_job *b);
 /* 1 when both jobs ask for exactly the same images (everything the engine
  * reads in both stages is equal), so that one item of an engine call serves
  * both (jobs that differ in prompt or seed still share the call, as items of
  * their own). keep_base and the output template do not count. */
 int pf_job_same_images(const pf_job *a, const pf_job *b);
+
+/* Checks the job against its model's family once the model is loaded (sdxl:
+ * pf_pipeline_family is PF_FAMILY_SDXL): SD-1.x/2.x models take none of
+ * SDXL's fields (prompt_2, negative_prompt_2, original_size, crop_coords,
+ * target_size), and SDXL models neither text-to-image ControlNets nor the
+ * refiner (ControlNet-Tile is an SD-1.5 model) yet. On error
+ * -1 with field (n bytes) naming the first field at fault and err its
+ * message. */
+int pf_job_family_check(const pf_job *job, int sdxl, char *field, size_t n, pf_error *err);
 
 /* Parses an RFC 3339 timestamp ("2025-11-26T03:04:05Z", fraction and offset
  * optional) into ms since the epoch. */

@@ -93,7 +93,7 @@ int main(int argc, char **argv) {
     pf_error err = {{0}};
     pf_worker_config_defaults(&cfg);
     if ((config_file && *config_file && pf_worker_config_load_file(&cfg, config_file, &err)) ||
-        pf_worker_config_from_env(&cfg, &err)) {
+        pf_worker_config_from_env(&cfg, &err) || pf_worker_config_kafka_credentials(&cfg, &err)) {
         fprintf(stderr, "perflow-worker: %s\n", err.msg);
         return 2;
     }

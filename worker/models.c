@@ -1,7 +1,8 @@
-/* models.c - the warm LRU of loaded pipelines (models.h). */
+/* models.c - the warm LRU of loaded pipelines, their ControlNets, and control images (models.h). */
 #include "models.h"
 
 #include <dirent.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 
 #include "backoff.h"
 #include "failure.h"
+#include "image.h"
 #include "log.h"
 #include "metrics.h"
 #include "model_source.h"
@@ -31,11 +33,21 @@ void pf_models_open(pf_models **out, pf_cache *cache, pf_backend *be, uint64_t b
     *out = m;
 }
 
+static void release_nets(pf_model *x) {
+    for (int i = 0; i < x->n_nets; i++) pf_cache_release(x->nets[i]);
+    x->n_nets = 0;
+    free(x->nets_key);
+    x->nets_key = NULL;
+}
+
 static void unload(pf_model *x) {
     pf_pipeline_free(x->pipe);
     pf_cache_release(x->base);
+    pf_cache_release(x->config);
     pf_cache_release(x->delta);
-    pf_cache_release(x->controlnet);
+    for (int i = 0; i < PF_JOB_MAX_LORAS; i++) pf_cache_release(x->loras[i]);
+    release_nets(x);
+    free(x->key);
     free(x);
 }
 
@@ -71,10 +83,69 @@ static uint64_t tree_bytes(const char *path, int depth) {
     return sum;
 }
 
+static uint64_t lease_bytes(const pf_cache_lease *l) {
+    return l ? tree_bytes(pf_cache_lease_path(l), 0) : 0;
+}
+
 /* Whether a failed acquire may succeed later: the storage layer's own class
  * (storage/failure.h) for the last failing call on this thread. */
 static pf_model_failure classify(void) {
     return pf_storage_failure() == PF_STORAGE_PERMANENT ? PF_MODEL_PERMANENT : PF_MODEL_TRANSIENT;
+}
+
+static int set_fault(pf_model_fault *f, pf_model_failure failure, const char *field) {
+    f->failure = failure;
+    snprintf(f->field, sizeof f->field, "%s", field ? field : "");
+    return -1;
+}
+
+/* Fetches one source through the cache into *lease; on error the fault is the
+ * storage layer's class and err starts with field. */
+static int acquire(pf_models *m, pf_cache_lease **lease, pf_source_kind kind, const char *url, const char *sha256,
+                   int fp16, const char *field, pf_model_fault *fault, pf_error *err) {
+    pf_model_source src;
+    *lease = NULL;
+    if (pf_model_source_init(&src, kind, url, sha256, fp16, err)) /* the job's URL: trying again will not help */
+        set_fault(fault, PF_MODEL_PERMANENT, field);
+    else if (pf_cache_acquire(lease, m->cache, &src, err))
+        set_fault(fault, classify(), field);
+    else
+        return 0;
+    return pf_error_prefix(err, "%s", field);
+}
+
+/* A source the engine read, for the messages: its local path, its URL and its job field. */
+typedef struct named {
+    const char *path, *url, *field;
+} named;
+
+/* Rewrites err so that it names each source by its URL rather than by the
+ * cache's path (which means nothing to the client), and returns the field of
+ * the first of src[0..n) that the message named, or NULL. */
+static const char *name_sources(pf_error *err, const named *src, int n) {
+    const char *field = NULL;
+    for (int i = 0; i < n; i++) {
+        if (!src[i].path || !src[i].path[0]) continue;
+        const size_t pl = strlen(src[i].path), ul = strlen(src[i].url);
+        char out[sizeof err->msg];
+        size_t o = 0;
+        int hit = 0;
+        for (const char *p = err->msg; *p && o < sizeof out - 1;) {
+            if (!strncmp(p, src[i].path, pl)) {
+                size_t k = ul < sizeof out - 1 - o ? ul : sizeof out - 1 - o;
+                memcpy(out + o, src[i].url, k);
+                o += k;
+                p += pl;
+                hit = 1;
+            } else {
+                out[o++] = *p++;
+            }
+        }
+        out[o] = '\0';
+        memcpy(err->msg, out, o + 1);
+        if (hit && !field) field = src[i].field;
+    }
+    return field;
 }
 
 /* Unloads idle models, least recently used first, until need more bytes fit. */
@@ -88,7 +159,7 @@ static void make_room(pf_models *m, uint64_t need) {
         }
         if ((total + need <= m->budget && m->n < MAX_MODELS) || victim < 0) return;
         pf_wlog(PF_LOG_INFO, "model.unloaded", NULL,
-                json_pack("{s:I}", "bytes", (json_int_t)m->m[victim]->bytes), "evicting %.200s to fit the budget",
+                json_pack("{s:I}", "bytes", (json_int_t)m->m[victim]->bytes), "evicting %.300s to fit the budget",
                 m->m[victim]->key);
         unload(m->m[victim]);
         m->m[victim] = m->m[--m->n];
@@ -96,16 +167,53 @@ static void make_room(pf_models *m, uint64_t need) {
     }
 }
 
-int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timing *t, pf_model_failure *failure,
+static json_t *source_json(const pf_job_source *s) {
+    return json_pack("[s, s?]", s->url ? s->url : "", s->sha256);
+}
+
+/* The LRU key: everything pf_pipeline_load_model fuses into the weights. The
+ * LoRA scales are the floats the engine gets, printed exactly by jansson. */
+static char *model_key(const pf_job *job) {
+    json_t *loras = json_array();
+    for (int i = 0; i < job->n_loras; i++)
+        json_array_append_new(loras, json_pack("[o, f]", source_json(&job->loras[i]), (double)job->loras[i].scale));
+    json_t *k = json_pack("{s:o, s:o, s:o, s:b, s:o}", "base", source_json(&job->base), "config",
+                          source_json(&job->config), "delta", source_json(&job->delta), "fp16", job->fp16, "loras",
+                          loras);
+    char *s = json_dumps(k, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(k);
+    PF_CHECK(s);
+    return s;
+}
+
+/* After a load, what each LoRA matched: one log line each, a warning when
+ * some of its keys matched nothing (they were dropped). */
+static void log_loras(const pf_job *job, const pf_lora_report *r) {
+    for (int i = 0; i < job->n_loras; i++) {
+        char field[PF_JOB_FIELD_MAX];
+        snprintf(field, sizeof field, "model.loras[%d]", i);
+        pf_wlog(PF_LOG_INFO, "model.lora", NULL,
+                json_pack("{s:s, s:s, s:s, s:f, s:i, s:i}", "field", field, "url", job->loras[i].url, "format",
+                          pf_lora_format_name(r[i].format), "scale", (double)job->loras[i].scale, "matched",
+                          r[i].matched, "tensors", r[i].total),
+                NULL);
+        if (r[i].unmatched)
+            pf_wlog(PF_LOG_WARN, "model.lora_unmatched", NULL,
+                    json_pack("{s:s, s:s, s:i}", "field", field, "url", job->loras[i].url, "unmatched", r[i].unmatched),
+                    "%d tensors matched no weight of the model and were dropped: %s", r[i].unmatched,
+                    r[i].unmatched_keys);
+    }
+}
+
+int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timing *t, pf_model_fault *fault,
                   void (*on_fetch)(void *), void *ctx, pf_error *err) {
     *out = NULL;
-    *failure = PF_MODEL_OK;
+    set_fault(fault, PF_MODEL_OK, NULL);
     memset(t, 0, sizeof *t);
-    char key[sizeof m->m[0]->key];
-    snprintf(key, sizeof key, "%s|fp16=%d|%s|%s", job->base.url, job->fp16, job->delta.url ? job->delta.url : "",
-             job->delta.sha256 ? job->delta.sha256 : "");
+    char *key = model_key(job);
     for (int i = 0; i < m->n; i++)
         if (!m->m[i]->in_use && !strcmp(m->m[i]->key, key)) {
+            free(key);
             m->m[i]->in_use = 1;
             m->m[i]->last_use = pf_now_ms();
             t->warm = 1;
@@ -116,31 +224,55 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
     pf_metrics_model_lookup("model", 0);
     if (on_fetch) on_fetch(ctx);
     pf_model *x = PF_CALLOC(1, sizeof *x);
-    snprintf(x->key, sizeof x->key, "%s", key);
+    x->key = key;
     long long t0 = pf_now_ms();
-    pf_model_source src;
-    if (pf_model_source_init(&src, PF_SOURCE_DIFFUSERS, job->base.url, NULL, job->fp16, err) ||
-        pf_cache_acquire(&x->base, m->cache, &src, err)) {
-        pf_error_prefix(err, "model.base");
-        goto fail_fetch;
-    }
-    if (job->delta.url && (pf_model_source_init(&src, PF_SOURCE_FILE, job->delta.url, job->delta.sha256, 0, err) ||
-                           pf_cache_acquire(&x->delta, m->cache, &src, err))) {
-        pf_error_prefix(err, "model.delta");
-        goto fail_fetch;
+    if (acquire(m, &x->base, job->base_file ? PF_SOURCE_FILE : PF_SOURCE_DIFFUSERS, job->base.url, job->base.sha256,
+                job->fp16, "model.base", fault, err) ||
+        (job->config.url &&
+         acquire(m, &x->config, PF_SOURCE_CONFIGS, job->config.url, NULL, 0, "model.config", fault, err)) ||
+        (job->delta.url &&
+         acquire(m, &x->delta, PF_SOURCE_FILE, job->delta.url, job->delta.sha256, 0, "model.delta", fault, err)))
+        goto fail;
+    char fields[PF_JOB_MAX_LORAS][PF_JOB_FIELD_MAX];
+    pf_lora_spec loras[PF_JOB_MAX_LORAS];
+    for (int i = 0; i < job->n_loras; i++) {
+        snprintf(fields[i], sizeof fields[i], "model.loras[%d]", i);
+        if (acquire(m, &x->loras[i], PF_SOURCE_FILE, job->loras[i].url, job->loras[i].sha256, 0, fields[i], fault,
+                    err))
+            goto fail;
+        loras[i] = (pf_lora_spec){pf_cache_lease_path(x->loras[i]), job->loras[i].scale};
     }
     t->download_ms = pf_now_ms() - t0;
-    x->bytes = tree_bytes(pf_cache_lease_path(x->base), 0) + (x->delta ? tree_bytes(pf_cache_lease_path(x->delta), 0) : 0);
+    x->bytes = lease_bytes(x->base) + lease_bytes(x->delta);
+    for (int i = 0; i < job->n_loras; i++) x->bytes += lease_bytes(x->loras[i]);
     make_room(m, x->bytes);
     t0 = pf_now_ms();
-    if (pf_pipeline_load(&x->pipe, m->be, pf_cache_lease_path(x->base), x->delta ? pf_cache_lease_path(x->delta) : NULL,
-                         err)) {
-        pf_error_prefix(err, "loading the model");
-        *failure = PF_MODEL_PERMANENT;
+    pf_lora_report reports[PF_JOB_MAX_LORAS];
+    pf_model_spec spec = {pf_cache_lease_path(x->base), x->config ? pf_cache_lease_path(x->config) : NULL,
+                          x->delta ? pf_cache_lease_path(x->delta) : NULL, loras, job->n_loras, reports};
+    if (pf_pipeline_load_model(&x->pipe, m->be, &spec, err)) {
+        /* A LoRA names itself in the engine's messages, and names the base it
+         * does not fit: the LoRAs are looked for first, the base last. */
+        named src[PF_JOB_MAX_LORAS + 3];
+        int n = 0;
+        for (int i = 0; i < job->n_loras; i++) src[n++] = (named){loras[i].path, job->loras[i].url, fields[i]};
+        src[n++] = (named){spec.delta, job->delta.url, "model.delta"};
+        src[n++] = (named){spec.model_config, job->config.url, "model.config"};
+        src[n++] = (named){spec.model, job->base.url, "model.base"};
+        const char *field = name_sources(err, src, n);
+        if (field && strcmp(field, "model.base")) {
+            set_fault(fault, PF_MODEL_INVALID, field);
+            pf_error_prefix(err, "%s", field);
+        } else {
+            set_fault(fault, PF_MODEL_PERMANENT, "model.base");
+            pf_error_prefix(err, "loading the model");
+        }
         unload(x);
         return -1;
     }
+    x->family = pf_family_name(pf_pipeline_family(x->pipe));
     t->load_ms = pf_now_ms() - t0;
+    log_loras(job, reports);
     pf_metrics_stage("download", t->download_ms);
     pf_metrics_stage("load", t->load_ms);
     pf_metrics_model_loaded("model");
@@ -149,26 +281,50 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
     x->in_use = 1;
     x->last_use = pf_now_ms();
     pf_wlog(PF_LOG_INFO, "model.loaded", NULL,
-            json_pack("{s:I, s:I, s:I, s:i}", "bytes", (json_int_t)x->bytes, "download_ms", (json_int_t)t->download_ms,
-                      "load_ms", (json_int_t)t->load_ms, "models_loaded", m->n),
-            "%.300s", key);
+            json_pack("{s:I, s:I, s:I, s:i, s:s, s:i}", "bytes", (json_int_t)x->bytes, "download_ms",
+                      (json_int_t)t->download_ms, "load_ms", (json_int_t)t->load_ms, "models_loaded", m->n, "family",
+                      x->family, "loras", job->n_loras),
+            "%.600s", x->key);
     *out = x;
     return 0;
-fail_fetch:
-    *failure = classify();
+fail:
     unload(x);
     return -1;
 }
 
-int pf_models_controlnet(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
-                         pf_model_failure *failure, void (*on_fetch)(void *), void *ctx, pf_error *err) {
-    const pf_job_source *cn = &job->refine.controlnet;
-    PF_CHECK(model->in_use && job->refine.on && cn->url);
-    *failure = PF_MODEL_OK;
+int pf_models_control_net(const pf_job *job, int i) {
+    return (job->refine.on ? 1 : 0) + i;
+}
+
+int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
+                          pf_model_fault *fault, void (*on_fetch)(void *), void *ctx, pf_error *err) {
+    PF_CHECK(model->in_use);
+    set_fault(fault, PF_MODEL_OK, NULL);
     memset(t, 0, sizeof *t);
-    char key[sizeof model->cn_key];
-    snprintf(key, sizeof key, "%s|fp16=%d|%s", cn->url, job->fp16, cn->sha256 ? cn->sha256 : "");
-    if (model->controlnet && !strcmp(model->cn_key, key)) {
+    /* the nets in pipeline order: the refiner's tile first (net 0, what a refine run without controls takes) */
+    const pf_job_source *want[PF_MAX_CONTROLS];
+    char fields[PF_MAX_CONTROLS][PF_JOB_FIELD_MAX];
+    int n = 0;
+    if (job->refine.on) {
+        snprintf(fields[n], sizeof fields[n], "refine.controlnet");
+        want[n++] = &job->refine.controlnet;
+    }
+    for (int i = 0; i < job->n_controls; i++) {
+        PF_CHECK(n < PF_MAX_CONTROLS && pf_models_control_net(job, i) == n);
+        snprintf(fields[n], sizeof fields[n], "control[%d].controlnet", i);
+        want[n++] = &job->control[i].controlnet;
+    }
+    if (n == 0) {
+        t->warm = 1; /* nothing to attach: whatever the model holds is not used */
+        return 0;
+    }
+    json_t *k = json_pack("{s:b, s:[]}", "fp16", job->fp16, "nets");
+    for (int i = 0; i < n; i++) json_array_append_new(json_object_get(k, "nets"), source_json(want[i]));
+    char *key = json_dumps(k, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(k);
+    PF_CHECK(key);
+    if (model->nets_key && !strcmp(model->nets_key, key)) {
+        free(key);
         t->warm = 1;
         pf_metrics_model_lookup("controlnet", 1);
         return 0;
@@ -176,36 +332,68 @@ int pf_models_controlnet(pf_models *m, pf_model *model, const pf_job *job, pf_mo
     pf_metrics_model_lookup("controlnet", 0);
     if (on_fetch) on_fetch(ctx);
     long long t0 = pf_now_ms();
-    pf_model_source src;
-    pf_cache_lease *lease = NULL;
-    if (pf_model_source_init(&src, PF_SOURCE_COMPONENT, cn->url, cn->sha256, job->fp16, err) ||
-        pf_cache_acquire(&lease, m->cache, &src, err)) {
-        *failure = classify();
-        return pf_error_prefix(err, "refine.controlnet");
+    pf_cache_lease *leases[PF_MAX_CONTROLS] = {0};
+    const char *dirs[PF_MAX_CONTROLS];
+    uint64_t bytes = 0;
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        rc = acquire(m, &leases[i], PF_SOURCE_COMPONENT, want[i]->url, want[i]->sha256, job->fp16, fields[i], fault,
+                     err);
+        if (!rc) {
+            dirs[i] = pf_cache_lease_path(leases[i]);
+            bytes += lease_bytes(leases[i]);
+        }
     }
-    t->download_ms = pf_now_ms() - t0;
-    uint64_t bytes = tree_bytes(pf_cache_lease_path(lease), 0);
-    make_room(m, bytes); /* model is in use: only other models go */
-    t0 = pf_now_ms();
-    if (pf_pipeline_set_controlnet(model->pipe, pf_cache_lease_path(lease), err)) {
-        pf_cache_release(lease);
-        *failure = PF_MODEL_PERMANENT;
-        return pf_error_prefix(err, "refine.controlnet: loading the ControlNet");
+    if (!rc) {
+        t->download_ms = pf_now_ms() - t0;
+        make_room(m, bytes); /* model is in use: only other models go */
+        t0 = pf_now_ms();
+        if (pf_pipeline_set_controlnets(model->pipe, dirs, n, err)) {
+            named src[PF_MAX_CONTROLS];
+            for (int i = 0; i < n; i++) src[i] = (named){dirs[i], want[i]->url, fields[i]};
+            const char *field = name_sources(err, src, n);
+            set_fault(fault, PF_MODEL_PERMANENT, field);
+            pf_error_prefix(err, "%s: loading the ControlNet", field ? field : fields[0]);
+            rc = -1;
+        }
+    }
+    if (rc) {
+        for (int i = 0; i < n; i++) pf_cache_release(leases[i]);
+        free(key);
+        return -1;
     }
     t->load_ms = pf_now_ms() - t0;
     pf_metrics_stage("download", t->download_ms);
     pf_metrics_stage("load", t->load_ms);
     pf_metrics_model_loaded("controlnet");
-    pf_cache_release(model->controlnet); /* the pipeline let go of the old one's weights */
-    model->bytes = model->bytes - model->cn_bytes + bytes;
-    model->controlnet = lease;
-    model->cn_bytes = bytes;
-    snprintf(model->cn_key, sizeof model->cn_key, "%s", key);
+    release_nets(model); /* the pipeline let go of the old ones' weights */
+    model->bytes = model->bytes - model->nets_bytes + bytes;
+    for (int i = 0; i < n; i++) model->nets[i] = leases[i];
+    model->n_nets = n;
+    model->nets_bytes = bytes;
+    model->nets_key = key;
     pf_wlog(PF_LOG_INFO, "model.controlnet_loaded", NULL,
-            json_pack("{s:I, s:I, s:I}", "bytes", (json_int_t)bytes, "download_ms", (json_int_t)t->download_ms,
-                      "load_ms", (json_int_t)t->load_ms),
-            "%.300s", key);
+            json_pack("{s:I, s:I, s:I, s:i}", "bytes", (json_int_t)bytes, "download_ms", (json_int_t)t->download_ms,
+                      "load_ms", (json_int_t)t->load_ms, "nets", n),
+            "%.600s", key);
     return 0;
+}
+
+int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, uint8_t **rgb, int *w, int *h,
+                    pf_model_fault *fault, pf_error *err) {
+    *rgb = NULL;
+    set_fault(fault, PF_MODEL_OK, NULL);
+    pf_cache_lease *lease;
+    if (acquire(m, &lease, PF_SOURCE_FILE, src->url, src->sha256, 0, field, fault, err)) return -1;
+    int rc = pf_image_read(pf_cache_lease_path(lease), rgb, w, h, err);
+    if (rc) {
+        named n = {pf_cache_lease_path(lease), src->url, field};
+        name_sources(err, &n, 1);
+        set_fault(fault, PF_MODEL_INVALID, field);
+        pf_error_prefix(err, "%s", field);
+    }
+    pf_cache_release(lease);
+    return rc;
 }
 
 void pf_models_put(pf_models *m, pf_model *model) {

@@ -2,6 +2,7 @@
 #include "producer.h"
 
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,11 @@
 
 struct pf_producer {
     rd_kafka_t *rk;
+    /* The last TLS or SASL failure librdkafka reported (error callback, on
+     * librdkafka's thread), for the start-up check: such a failure is a
+     * configuration error, not a broker being away. */
+    pthread_mutex_t lock;
+    char security_error[512];
 };
 
 /* Delivery reports: called inside rd_kafka_poll on the main thread. */
@@ -31,12 +37,37 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         d->failed = 1;
         d->fatal = m->err == RD_KAFKA_RESP_ERR__FATAL;
         snprintf(d->error, sizeof d->error, "%s", rd_kafka_err2str(m->err));
+    } else if (m->offset < 0) {
+        /* With acks=all a stored message has an offset. librdkafka's mock
+         * cluster (the dev broker) acknowledges without storing the first
+         * batch of a partition retried after an injected error; a durable
+         * send must not take that for delivery: it is sent again (at worst a
+         * duplicate event, never a lost one). */
+        d->failed = 1;
+        snprintf(d->error, sizeof d->error, "the broker acknowledged %s without an offset: sending it again",
+                 rd_kafka_topic_name(m->rkt));
     }
 }
 
+/* A TLS alert from the broker (it refused our certificate or protocol)
+ * comes as a transport error whose reason is OpenSSL's. */
+static int is_security_error(int err, const char *reason) {
+    return err == RD_KAFKA_RESP_ERR__AUTHENTICATION || err == RD_KAFKA_RESP_ERR__SSL ||
+           err == RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED ||
+           err == RD_KAFKA_RESP_ERR_UNSUPPORTED_SASL_MECHANISM || err == RD_KAFKA_RESP_ERR_ILLEGAL_SASL_STATE ||
+           (err == RD_KAFKA_RESP_ERR__TRANSPORT && reason && strstr(reason, "SSL routines") && strstr(reason, "alert"));
+}
+
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
-    (void)rk, (void)opaque;
-    pf_wlog(err == RD_KAFKA_RESP_ERR__FATAL ? PF_LOG_ERROR : PF_LOG_WARN, "kafka.error", NULL,
+    pf_producer *p = opaque;
+    (void)rk;
+    int security = is_security_error(err, reason);
+    if (security && p) {
+        pthread_mutex_lock(&p->lock);
+        snprintf(p->security_error, sizeof p->security_error, "%s: %s", rd_kafka_err2name(err), reason);
+        pthread_mutex_unlock(&p->lock);
+    }
+    pf_wlog(err == RD_KAFKA_RESP_ERR__FATAL || security ? PF_LOG_ERROR : PF_LOG_WARN, "kafka.error", NULL,
             json_pack("{s:s}", "client", "producer"), "%s: %s", rd_kafka_err2name(err), reason);
 }
 
@@ -74,20 +105,32 @@ int pf_producer_open(pf_producer **out, const pf_worker_config *cfg, pf_error *e
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
+    pf_producer *p = PF_CALLOC(1, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    rd_kafka_conf_set_opaque(conf, p);
     char es[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, es, sizeof es);
     if (!rk) {
         pf_fail(err, "kafka producer: %s", es);
+        pthread_mutex_destroy(&p->lock);
+        free(p);
         goto fail;
     }
     /* conf now belongs to rk */
-    pf_producer *p = PF_CALLOC(1, sizeof *p);
     p->rk = rk;
     *out = p;
     return 0;
 fail:
     rd_kafka_conf_destroy(conf);
     return -1;
+}
+
+int pf_producer_security_error(pf_producer *p, char *why, size_t n) {
+    pthread_mutex_lock(&p->lock);
+    int seen = p->security_error[0] != '\0';
+    if (seen) snprintf(why, n, "%s", p->security_error);
+    pthread_mutex_unlock(&p->lock);
+    return seen;
 }
 
 void pf_producer_close(pf_producer *p, int flush_ms) {
@@ -97,6 +140,7 @@ void pf_producer_close(pf_producer *p, int flush_ms) {
         rd_kafka_flush(p->rk, 1000); /* serves the purged messages' reports */
     }
     rd_kafka_destroy(p->rk);
+    pthread_mutex_destroy(&p->lock);
     free(p);
 }
 

@@ -51,6 +51,10 @@ void pf_delivery_release(pf_producer *p, pf_delivery *d);
 /* Asks a broker for metadata, waiting up to timeout_ms: 0 when one answered,
  * else -1 with err saying why (for the worker's readiness check). Main loop only. */
 int pf_producer_reachable(pf_producer *p, int timeout_ms, pf_error *err);
+/* 1 (and why, n bytes) once librdkafka reported a TLS or SASL failure
+ * (a certificate that does not verify, a refused password): configuration
+ * that waiting will not fix. Any thread. */
+int pf_producer_security_error(pf_producer *p, char *why, size_t n);
 /* 1 after librdkafka raised a fatal error: the producer must be reopened. */
 int pf_producer_fatal(pf_producer *p, char *why, size_t n);
 

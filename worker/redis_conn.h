@@ -12,12 +12,17 @@
 #include <stddef.h>
 
 #include "error.h"
+#include "redis_client.h"
 
 typedef struct pf_wredis pf_wredis;
 
-/* Makes the connection object for addr ("host:port" or "unix:/path") with a
- * timeout for connecting and for each command, and tries to connect. Only a
- * malformed address is an error; an unreachable server is not (yet). */
+/* Makes the connection object for addr (redis_client.h: "host:port",
+ * "unix:/path", "redis://user@host:port", "rediss://[user@]host[:port]" for
+ * TLS; the password from $CREDENTIALS_DIRECTORY/redis_password) with a
+ * timeout for connecting and for each command, and tries to connect. An
+ * unreachable server is not an error (yet); a malformed address, unreadable
+ * TLS files or credentials, a certificate that does not verify and a refused
+ * or missing password are. */
 int pf_wredis_open(pf_wredis **out, const char *addr, const char *prefix, long timeout_ms, pf_error *err);
 void pf_wredis_close(pf_wredis *r);
 

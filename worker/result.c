@@ -36,3 +36,26 @@ int pf_state_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s,
     freeReplyObject(rep);
     return 0;
 }
+
+/* One round trip: the member and the key's expiry together. */
+static const char answered_lua[] = "redis.call('sadd', KEYS[1], ARGV[1]) return redis.call('expire', KEYS[1], ARGV[2])";
+
+int pf_answered_add(pf_wredis *r, const char *job_id, const char *where, long ttl_s, pf_error *err) {
+    char key[512];
+    pf_wredis_key(key, sizeof key, r, job_id, "acked");
+    redisReply *rep = pf_wredis_cmd(r, err, "EVAL %s 1 %s %s %ld", answered_lua, key, where, ttl_s);
+    if (!rep) return -1;
+    freeReplyObject(rep);
+    return 0;
+}
+
+int pf_answered_has(pf_wredis *r, const char *job_id, const char *where, int *yes, pf_error *err) {
+    char key[512];
+    pf_wredis_key(key, sizeof key, r, job_id, "acked");
+    *yes = 0;
+    redisReply *rep = pf_wredis_cmd(r, err, "SISMEMBER %s %s", key, where);
+    if (!rep) return -1;
+    *yes = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+    freeReplyObject(rep);
+    return 0;
+}

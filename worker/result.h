@@ -22,4 +22,14 @@ int pf_result_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s
  * written for rejections too, which must not block a corrected resubmission. */
 int pf_state_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err);
 
+/* Answered messages: "<prefix>:<job_id>:acked", a set of "topic/partition/offset"
+ * of the job's messages whose end (terminal status, re-enqueue or dead letter)
+ * the broker acknowledged, kept ttl_s. A message delivered again because its
+ * offset was not committed yet (the worker was killed in between) is found
+ * here and ends without a second terminal event; a new message for the same
+ * job (a resubmission) is not, and gets the recorded status replayed. */
+int pf_answered_add(pf_wredis *r, const char *job_id, const char *where, long ttl_s, pf_error *err);
+/* *yes = 1 when where is among the job's answered messages. */
+int pf_answered_has(pf_wredis *r, const char *job_id, const char *where, int *yes, pf_error *err);
+
 #endif

@@ -1,6 +1,7 @@
 /* worker.c - the job loop (worker.h). */
 #include "worker.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -224,11 +225,54 @@ static void note_state(pf_worker *w, const char *job_id, const json_t *st) {
 
 /* ---- ending a message ---------------------------------------------------- */
 
+/* "topic/partition/offset": a message's place, as the answered set keeps it. */
+static void message_place(char *out, size_t n, const rd_kafka_message_t *m) {
+    snprintf(out, n, "%s/%d/%lld", rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset);
+}
+
+/* Called once everything that ends m is acknowledged: notes m as answered
+ * for job_id (NULL: a message without a job), stores its offset and commits
+ * it at once. The note comes first: a worker killed between the
+ * acknowledgement and the commit leaves the message to be delivered again,
+ * and the note is what lets that delivery end without a second terminal
+ * event (result.h). It is best effort: without it the redelivery replays
+ * the recorded status, as before. */
 static void store_offset(pf_worker *w, const rd_kafka_message_t *m, const char *job_id) {
     pf_error e;
+    if (job_id) {
+        char where[300];
+        message_place(where, sizeof where, m);
+        if (pf_answered_add(w->redis, job_id, where, w->cfg->result_ttl_s, &e))
+            pf_wlog(PF_LOG_WARN, "redis.failed", job_id, NULL, "noting the message as answered: %s", e.msg);
+    }
     if (pf_consumer_store(w->consumer, m, &e))
         pf_wlog(PF_LOG_WARN, "kafka.store_failed", job_id, NULL, "%s", e.msg);
+    else
+        pf_consumer_commit(w->consumer, m);
     w->handled++;
+}
+
+/* 1 when m itself was answered before (its offset was not committed in
+ * time): nothing is sent again. first: m heads the batch, and is ended here
+ * (offset stored and committed); otherwise it is only reported. Redis being
+ * away counts as "not answered": the usual checks follow and wait for it. */
+static int already_answered(pf_worker *w, const rd_kafka_message_t *m, const char *job_id, int first) {
+    char where[300];
+    int yes = 0;
+    pf_error e;
+    message_place(where, sizeof where, m);
+    if (pf_answered_has(w->redis, job_id, where, &yes, &e) || !yes) return 0;
+    if (first) {
+        pf_wlog(PF_LOG_INFO, "job.redelivered", job_id,
+                json_pack("{s:s, s:i, s:I}", "topic", rd_kafka_topic_name(m->rkt), "partition", (int)m->partition,
+                          "offset", (json_int_t)m->offset),
+                "this message was answered before its offset was committed: committing it, sending nothing");
+        w->handled++;
+        pf_error se;
+        if (pf_consumer_store(w->consumer, m, &se)) pf_wlog(PF_LOG_WARN, "kafka.store_failed", job_id, NULL, "%s", se.msg);
+        else pf_consumer_commit(w->consumer, m);
+    }
+    return 1;
 }
 
 /* The dead-letter headers of m: where it came from and why it is here. */
@@ -278,22 +322,43 @@ static void dead_letter_only(pf_worker *w, const rd_kafka_message_t *m, const ch
     store_offset(w, m, NULL);
 }
 
-/* "rejected" + dead letter for a job that is invalid or that this worker cannot run. */
+/* "rejected" + dead letter for a job that is invalid or that this worker
+ * cannot run. dlq_code: the dead letter's code, which differs from the
+ * status's code only for a message that is no job at all but whose key names
+ * one (invalid_message there, invalid_job in the status). */
 static void reject(pf_worker *w, const rd_kafka_message_t *m, const char *job_id, int attempt, const char *code,
-                   const char *field, const char *message) {
+                   const char *dlq_code, const char *field, const char *message) {
+    char scrubbed[1024];
+    snprintf(scrubbed, sizeof scrubbed, "%s", message);
+    pf_secret_scrub(scrubbed, sizeof scrubbed);
     json_t *st = pf_status_new(PF_ST_REJECTED, job_id, attempt, w->cfg->worker_id);
-    pf_status_set_error(st, code, message, 0, field);
+    pf_status_set_error(st, code, scrubbed, 0, field);
     pf_wlog(PF_LOG_WARN, "job.rejected", job_id, json_pack("{s:s, s:s}", "code", code, "field", field ? field : ""),
-            "%s", message);
+            "%s", scrubbed);
     dlq_info d;
-    int n = dlq_headers(&d, w, m, job_id, attempt, code, message, field);
+    int n = dlq_headers(&d, w, m, job_id, attempt, dlq_code, scrubbed, field);
     note_state(w, job_id, st);
     if (!send_status(w, st, d.h, n, m, NULL, NULL)) {
         pf_metrics_job_ended(PF_ST_REJECTED, code);
-        pf_metrics_dead_letter(code);
+        pf_metrics_dead_letter(dlq_code);
         store_offset(w, m, job_id);
     }
     json_decref(st);
+}
+
+/* The job id a message's Kafka key names, if it is one (producers key jobs
+ * by job id; schemas/README.md: 1 to 128 of [A-Za-z0-9._-], not starting
+ * with '.'), copied into out; else NULL. For messages whose body cannot be
+ * read as a job, so that the submitter still hears why. */
+static const char *key_job_id(char out[PF_JOB_ID_MAX + 1], const rd_kafka_message_t *m) {
+    if (!m->key || m->key_len < 1 || m->key_len > PF_JOB_ID_MAX) return NULL;
+    const char *k = m->key;
+    if (k[0] == '.') return NULL;
+    for (size_t i = 0; i < m->key_len; i++)
+        if (!(isalnum((unsigned char)k[i]) || k[i] == '.' || k[i] == '_' || k[i] == '-')) return NULL;
+    memcpy(out, k, m->key_len);
+    out[m->key_len] = '\0';
+    return out;
 }
 
 /* A terminal status that needs no run: recorded, sent, offset stored. */
@@ -417,16 +482,30 @@ static prep_result take_message(pf_worker *w, const rd_kafka_message_t *m, pf_jo
     pf_error e;
     if (pf_job_parse(job, m->payload, m->len, field, sizeof field, &e)) {
         if (!first) return PREP_LATER;
-        if (!job->job_id[0]) dead_letter_only(w, m, e.msg);
-        else reject(w, m, job->job_id, 1, PF_ERR_INVALID, field, e.msg);
+        char keyid[PF_JOB_ID_MAX + 1];
+        const char *id = job->job_id[0] ? job->job_id : key_job_id(keyid, m);
+        if (id && already_answered(w, m, id, 1)) return PREP_DONE;
+        if (job->job_id[0]) {
+            reject(w, m, job->job_id, 1, PF_ERR_INVALID, PF_ERR_INVALID, field, e.msg);
+        } else if (id) { /* not a job, but its key names one: tell that job's submitter why */
+            char msg[sizeof e.msg + 64];
+            snprintf(msg, sizeof msg, "the message is not a valid job: %s", e.msg);
+            reject(w, m, id, 1, PF_ERR_INVALID, "invalid_message", field, msg);
+        } else {
+            dead_letter_only(w, m, e.msg);
+        }
         return PREP_DONE;
+    }
+    if (already_answered(w, m, job->job_id, first)) {
+        pf_job_free(job);
+        return first ? PREP_DONE : PREP_LATER;
     }
     if (!first && !pf_job_same_model(batch_head, job)) {
         pf_job_free(job);
         return PREP_LATER;
     }
     if (pf_job_supported(job, field, sizeof field, &e)) {
-        if (first) reject(w, m, job->job_id, job->attempt, PF_ERR_UNSUPPORTED, field, e.msg);
+        if (first) reject(w, m, job->job_id, job->attempt, PF_ERR_UNSUPPORTED, PF_ERR_UNSUPPORTED, field, e.msg);
         pf_job_free(job);
         return first ? PREP_DONE : PREP_LATER;
     }
@@ -492,6 +571,8 @@ static json_t *timings(const pf_exec_job *j, long long total) {
                           (json_int_t)j->load_ms, "engine_ms", (json_int_t)j->engine_ms, "upload_ms",
                           (json_int_t)j->upload_ms, "total_ms", (json_int_t)total);
     if (j->job.refine.on) json_object_set_new(t, "refine_ms", json_integer(j->refine_ms));
+    /* the model's family, known once it loaded (absent when the job ended before) */
+    if (j->family) json_object_set_new(t, "family", json_string(j->family));
     return t;
 }
 
@@ -688,6 +769,14 @@ static void handle(pf_worker *w, rd_kafka_message_t *m) {
         supervise(w);
         pthread_join(th, NULL);
     }
+    /* What a chaos run counts as computations: the engine finished for the
+     * job, whatever happens to its outputs after. */
+    for (int i = 0; i < w->nbatch; i++)
+        if (w->jobs[i].t_engine_end)
+            pf_wlog(PF_LOG_INFO, "job.computed", w->jobs[i].job.job_id,
+                    json_pack("{s:I, s:i}", "engine_ms", (json_int_t)(w->jobs[i].engine_ms + w->jobs[i].refine_ms),
+                              "batch_jobs", w->nbatch),
+                    NULL);
     if (atomic_load(&w->abandon)) {
         for (int i = 0; i < w->nbatch; i++)
             pf_wlog(PF_LOG_WARN, "job.abandoned", w->jobs[i].job.job_id, NULL,
@@ -707,6 +796,25 @@ static void handle(pf_worker *w, rd_kafka_message_t *m) {
 
 /* ---- the loop ------------------------------------------------------------ */
 
+/* At start: waits up to 5 s for a broker to answer. A TLS or SASL failure
+ * meanwhile (a certificate that does not verify, a refused password) is a
+ * configuration error: the worker must not start and sit there unable to
+ * take a job. A broker that is merely away is waited for by the loop. */
+static int check_kafka(pf_worker *w, pf_error *err) {
+    char why[512];
+    for (long long until = pf_now_ms() + 5000; pf_now_ms() < until;) {
+        pf_error e;
+        if (!pf_producer_reachable(w->producer, 500, &e)) return 0;
+        pf_producer_poll(w->producer, 0); /* error callbacks run here */
+        if (pf_producer_security_error(w->producer, why, sizeof why))
+            return pf_fail(err, "kafka %s: %s (check the TLS and SASL settings: PERFLOW_KAFKA_*, "
+                                "$CREDENTIALS_DIRECTORY/kafka.*)", w->cfg->brokers, why);
+    }
+    pf_wlog(PF_LOG_WARN, "kafka.unreachable", NULL, json_pack("{s:s}", "brokers", w->cfg->brokers),
+            "no broker answered within 5 s; the worker waits for one");
+    return 0;
+}
+
 int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache, pf_backend *be,
                    const pf_s3_config *s3, const pf_credentials *cred, pf_error *err) {
     *out = NULL;
@@ -725,7 +833,7 @@ int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache
              rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     if (pf_worker_config_topics(cfg, buf, sizeof buf, topics, PF_WORKER_MAX_TOPICS, &ntopics, err) ||
         pf_wredis_open(&w->redis, cfg->redis, cfg->job_prefix, 2000, err) || pf_producer_open(&w->producer, cfg, err) ||
-        pf_consumer_open(&w->consumer, cfg, topics, ntopics, err)) {
+        check_kafka(w, err) || pf_consumer_open(&w->consumer, cfg, topics, ntopics, err)) {
         pf_worker_close(w);
         return -1;
     }

@@ -3,9 +3,15 @@
  * could mistake for new work.
  *
  * For every message, in order:
- *   not JSON, or no valid job_id      -> dead-letter topic
+ *   answered before (result.h)        -> offset committed, nothing sent: it was
+ *                                        delivered again only because the worker
+ *                                        that answered it died before its commit
+ *   not a job, no usable id           -> dead-letter topic
+ *   not a job, its key is a job id    -> "rejected" for that id (why it is not a
+ *                                        job) + dead-letter topic
  *   invalid or unsupported job        -> "rejected" (naming the field) + dead-letter topic
  *   a terminal result is recorded     -> that status re-posted ("replayed": true), nothing run
+ *                                        (a resubmission: another message for the same job)
  *   a cancel request exists           -> "cancelled"
  *   the deadline passed               -> "failed", code "deadline"
  *   another worker holds the lease    -> wait (serving the group) until it finishes or its lease expires
@@ -14,8 +20,13 @@
  * + dead letter) | transient failure: re-enqueued with attempt + 1 and
  * "failed" with "retryable": true, or past max_attempts "failed" + dead letter.
  * Every send that ends a message (terminal status, re-enqueue, dead letter) is
- * acknowledged by the broker (acks=all) before the message's offset is stored;
- * terminal results are recorded in Redis before their status is sent.
+ * acknowledged by the broker (acks=all) before the message is noted as
+ * answered in Redis and its offset stored and committed (at once, not at the
+ * next auto-commit); terminal results are recorded in Redis before their
+ * status is sent. So a job's terminal event is posted once in effect: twice
+ * only when a worker dies between the broker's acknowledgement and the
+ * answered note (a Redis round trip), and then the second carries
+ * "replayed": true.
  *
  * While a job runs the loop pauses every partition and keeps polling (group
  * membership, max.poll.interval.ms), renews the job's lease, reads its cancel

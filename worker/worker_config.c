@@ -13,6 +13,8 @@
 #include "credentials.h"
 #include "log.h"
 
+#include <openssl/crypto.h>
+
 typedef enum { T_STR, T_INT, T_LONG, T_SIZE, T_LEVEL } setting_type;
 
 typedef struct setting {
@@ -36,7 +38,8 @@ static const setting settings[] = {
     S(jobs_topics, "perflow.jobs", "job topics, comma-separated, highest priority first"),
     S(status_topic, "perflow.status", "status events (keyed by job_id)"),
     S(dead_letter_topic, "perflow.jobs.dlq", "messages that cannot be processed, with the error"),
-    S(redis, "127.0.0.1:6379", "Redis for leases, results and cancel flags (host:port or unix:/path)"),
+    S(redis, "127.0.0.1:6379",
+      "Redis: host:port, unix:/path, redis://user@host:port, rediss://[user@]host[:port] (TLS)"),
     S(job_prefix, "pf:job", "Redis key prefix: <prefix>:<job_id>:lease|result|state|cancel"),
     S(worker_id, "", "worker id in statuses and logs (\"\": <host>-<pid>)"),
     S(device, "", "engine device: cpu, cuda, cuda:N (\"\": auto, see PERFLOW_DEVICE)"),
@@ -103,7 +106,8 @@ void pf_worker_config_defaults(pf_worker_config *c) {
 }
 
 static int is_secret_name(const char *k) {
-    return strstr(k, "password") || strstr(k, "secret") || strstr(k, "key") || strstr(k, "token");
+    return strstr(k, "password") || strstr(k, "secret") || strstr(k, "key") || strstr(k, "token") ||
+           strstr(k, "jaas");
 }
 
 static int set_kafka(pf_worker_config *c, const char *prop, const char *v, pf_error *err) {
@@ -193,6 +197,24 @@ int pf_worker_config_from_env(pf_worker_config *c, pf_error *err) {
         }
         prop[n] = '\0';
         if (set_kafka(c, prop, eq + 1, err)) return pf_error_prefix(err, "%.*s", (int)(eq - *e), *e);
+    }
+    return 0;
+}
+
+int pf_worker_config_kafka_credentials(pf_worker_config *c, pf_error *err) {
+    /* librdkafka's secret-valued properties; keys and certificates are files
+     * already (ssl.key.location may point into $CREDENTIALS_DIRECTORY). */
+    static const char *const props[] = {"sasl.password", "ssl.key.password", "ssl.keystore.password",
+                                        "sasl.oauthbearer.client.secret"};
+    for (size_t i = 0; i < sizeof props / sizeof *props; i++) {
+        char file[64], *v = NULL;
+        snprintf(file, sizeof file, "kafka.%s", props[i]);
+        if (pf_credential_secret(&v, file, NULL, err)) return -1;
+        if (!v) continue;
+        int rc = set_kafka(c, props[i], v, err);
+        OPENSSL_cleanse(v, strlen(v));
+        free(v);
+        if (rc) return pf_error_prefix(err, "credential %s", file);
     }
     return 0;
 }

@@ -10,7 +10,9 @@
  * (PERFLOW_KAFKA_SESSION_TIMEOUT_MS=6000). Storage settings (cache, fetch
  * policy, S3) are read by the storage layer from its own PERFLOW_* variables.
  * Kafka values whose name says password, secret or key are registered as
- * secrets (credentials.h) so they never reach a log line. */
+ * secrets (credentials.h) so they never reach a log line; the secret ones
+ * are best given as $CREDENTIALS_DIRECTORY files (pf_worker_config_kafka_credentials),
+ * never on a command line (there is no option for them). */
 #ifndef PF_WORKER_CONFIG_H
 #define PF_WORKER_CONFIG_H
 
@@ -65,6 +67,12 @@ int pf_worker_config_set(pf_worker_config *c, const char *name, const char *valu
 int pf_worker_config_load_file(pf_worker_config *c, const char *path, pf_error *err);
 /* Applies PERFLOW_<NAME> and PERFLOW_KAFKA_<PROPERTY> variables. */
 int pf_worker_config_from_env(pf_worker_config *c, pf_error *err);
+/* Sets librdkafka's secret properties from $CREDENTIALS_DIRECTORY files
+ * named after them: kafka.sasl.password, kafka.ssl.key.password,
+ * kafka.ssl.keystore.password, kafka.sasl.oauthbearer.client.secret (one line
+ * each; a file wins over the same property from the file or environment).
+ * The values are registered as secrets. Error names the file, never the value. */
+int pf_worker_config_kafka_credentials(pf_worker_config *c, pf_error *err);
 /* Splits jobs_topics into at most max names (pointers into buf, n bytes);
  * error when there is none, too many, or an empty or overlong name. */
 int pf_worker_config_topics(const pf_worker_config *c, char *buf, size_t n, const char **topics, int max, int *count,

@@ -1,8 +1,8 @@
 /* fuzz_job.c - libFuzzer target: arbitrary bytes as a Kafka job message through
  * pf_job_parse (JSON, every field's validation, URL and output-template checks),
  * then, for the jobs it accepts, the calls the worker makes on them: the support
- * check, the output keys of each stage it uploads, the re-enqueue copy and the
- * batching comparisons. A job that parses must
+ * check, the family checks, the output keys of each stage it uploads, the
+ * re-enqueue copy and the batching comparisons. A job that parses must
  * satisfy the invariants the worker relies on; anything else must be an error
  * naming a field, never a crash, leak or undefined behaviour. */
 #include <stdint.h>
@@ -21,8 +21,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (strlen(err.msg) == 0 || strlen(job.job_id) > PF_JOB_ID_MAX) abort();
         return 0;
     }
-    if (!job.job_id[0] || !job.base.url || !job.prompt || !job.negative_prompt || !job.output_url) abort();
-    if (job.width % 8 || job.height % 8 || job.steps < 1 || job.num_images < 1 || job.attempt < 1) abort();
+    if (!job.job_id[0] || !job.base.url || !job.prompt || !job.output_url) abort();
+    if (job.width % 8 || job.height % 8 || job.width < 0 || job.height < 0 || job.steps < 1 || job.num_images < 1 ||
+        job.attempt < 1)
+        abort();
+    /* the model: a single file alone takes configs; LoRAs are .safetensors files in range */
+    if (job.config.url && !job.base_file) abort();
+    if (job.n_loras < 0 || job.n_loras > PF_JOB_MAX_LORAS) abort();
+    for (int i = 0; i < job.n_loras; i++)
+        if (!job.loras[i].url || !strstr(job.loras[i].url, ".safetensors") ||
+            !(job.loras[i].scale >= -10.0f && job.loras[i].scale <= 10.0f))
+            abort();
+    if (job.n_controls < 0 || job.n_controls > PF_JOB_MAX_CONTROLS - (job.refine.on ? 1 : 0)) abort();
+    for (int i = 0; i < job.n_controls; i++)
+        if (!job.control[i].controlnet.url || !job.control[i].image.url ||
+            !(job.control[i].scale >= -10.0f && job.control[i].scale <= 10.0f))
+            abort();
+    for (int k = 0; k < 2; k++)
+        if (job.original_size[k] < 0 || job.original_size[k] > PF_JOB_MAX_TIME_ID || job.crop_coords[k] < 0 ||
+            job.crop_coords[k] > PF_JOB_MAX_TIME_ID || job.target_size[k] < 0 ||
+            job.target_size[k] > PF_JOB_MAX_TIME_ID || !job.original_size[k] != !job.original_size[1 - k] ||
+            !job.target_size[k] != !job.target_size[1 - k])
+            abort();
+    /* each family check either passes or names a field */
+    for (int sdxl = 0; sdxl < 2; sdxl++)
+        if (pf_job_family_check(&job, sdxl, field, sizeof field, &err) && (!field[0] || !err.msg[0])) abort();
     const pf_job_refine *r = &job.refine;
     if (r->on && (!r->controlnet.url || !r->prompt || !r->negative_prompt || r->size < 0 ||
                   r->size > PF_REFINE_MAX_SIZE || r->steps < 1 || r->steps > PF_JOB_MAX_STEPS ||

@@ -1,6 +1,6 @@
 /* fuzz_storage_parsers.c - libFuzzer target for what the storage layer parses
- * from hostile sources: URLs (jobs, redirects), model_index.json (a model
- * server) and cache manifests. The first byte picks the parser. Invariants:
+ * from hostile sources: URLs (jobs, redirects), model_index.json and weights
+ * indexes of sharded files (a model server) and cache manifests. The first byte picks the parser. Invariants:
  * errors are one line; a parsed URL formats to a URL that parses back the same;
  * planned and manifest paths are safe relative paths.
  *
@@ -8,6 +8,7 @@
  *   UBSAN_OPTIONS=halt_on_error=1 build/fuzz/fuzz_storage_parsers -max_total_time=60 \
  *       /tmp/sp_corpus tests/fuzz/corpus_storage_parsers */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,6 +57,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
             for (int i = 0; i < n; i++)
                 if (!pf_relpath_valid(files[i].path) || (files[i].fallback[0] && !pf_relpath_valid(files[i].fallback)))
+                    abort();
+        }
+        if (pf_model_index_plan_configs(files, &n, PF_MODEL_MAX_FILES, (const char *)data + 1, size - 1, &err))
+            check_msg(&err);
+        /* the same bytes as a sharded weights index (also JSON from a model server) */
+        static const char *const index[] = {"unet/diffusion_pytorch_model.safetensors.index.json",
+                                            "model.safetensors.index.fp16.json"};
+        for (int k = 0; k < 2; k++) {
+            n = 1;
+            snprintf(files[0].path, sizeof files[0].path, "%s", index[k]);
+            if (pf_model_shard_plan(files, &n, PF_MODEL_MAX_FILES, index[k], (const char *)data + 1, size - 1, &err)) {
+                check_msg(&err);
+                if (n != 1) abort();
+                continue;
+            }
+            for (int i = 1; i < n; i++)
+                if (!pf_relpath_valid(files[i].path) || (k == 0 && strncmp(files[i].path, "unet/", 5)) ||
+                    (k == 1 && strchr(files[i].path, '/')) || files[i].fallback[0])
                     abort();
         }
         break;

@@ -16,7 +16,9 @@ Paths (file mode), NAME relative to DIR:
     /redirect?to=URL         302 to URL;  /loop: a redirect to itself
     /_stats                  JSON list of the requests seen: method, path, range, auth
     /_reset                  forgets requests and per-path counters
-Proxy mode: POST /_control/fail_puts/N makes the next N PUTs answer 500; /_stats as above.
+    /_control/cut_next/N     the next N file responses (any path) stop halfway (ops/chaos.py)
+Proxy mode: POST /_control/fail_puts/N makes the next N PUTs answer 500;
+POST /_control/slow_puts/N/MS delays the next N PUTs by MS milliseconds; /_stats as above.
 Binds 127.0.0.1 only."""
 import argparse
 import http.client
@@ -31,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 LOCK = threading.Lock()
 STATS = []
 COUNTS = {}
-STATE = {"fail_puts": 0}
+STATE = {"fail_puts": 0, "slow_puts": 0, "slow_ms": 0, "cut_next": 0}
 
 
 def record(handler):
@@ -77,6 +79,10 @@ class Handler(BaseHTTPRequestHandler):
                 STATS.clear()
                 COUNTS.clear()
             return self.send_plain(200, "ok")
+        if self.path.startswith("/_control/cut_next/"):
+            with LOCK:
+                STATE["cut_next"] = int(self.path.rsplit("/", 1)[1])
+            return self.send_plain(200, "ok")
         n = record(self)
         url = urllib.parse.urlsplit(self.path)
         parts = url.path.split("/")
@@ -87,7 +93,16 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_plain(302, "again", [("Location", "/loop")])
         kind = parts[1] if len(parts) > 2 else ""
         if kind == "files":
-            return self.send_file("/".join(parts[2:]))
+            with LOCK:
+                cut = STATE["cut_next"] > 0
+                if cut:
+                    STATE["cut_next"] -= 1
+            name = "/".join(parts[2:])
+            if cut:
+                path = os.path.join(self.root, name)
+                half = os.path.getsize(path) // 2 if os.path.isfile(path) else None
+                return self.send_file(name, cut=half)
+            return self.send_file(name)
         if kind == "cut" and len(parts) > 3:
             return self.send_file("/".join(parts[3:]), cut=int(parts[2]) if n == 1 else None)
         if kind == "fail" and len(parts) > 3:
@@ -159,6 +174,13 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/_control/fail_puts/"):
             STATE["fail_puts"] = int(self.path.rsplit("/", 1)[1])
             return self.send_plain(200, "ok")
+        if self.path.startswith("/_control/slow_puts/"):
+            n, ms = self.path.split("/")[3:5]
+            with LOCK:
+                STATE["slow_puts"], STATE["slow_ms"] = int(n), int(ms)
+            return self.send_plain(200, "ok")
+        if self.path.startswith("/_control/cut_next/"):
+            return self.do_GET()
         return self.forward()
 
     def do_DELETE(self):
@@ -184,6 +206,12 @@ class Handler(BaseHTTPRequestHandler):
             if fail:
                 xml = "<Error><Code>InternalError</Code><Message>injected</Message></Error>"
                 return self.send_plain(500, xml)
+            with LOCK:
+                slow = STATE["slow_ms"] if STATE["slow_puts"] > 0 else 0
+                if slow:
+                    STATE["slow_puts"] -= 1
+            if slow:
+                time.sleep(slow / 1000.0)
         target = urllib.parse.urlsplit(self.proxy)
         conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
         # Headers go on unchanged (Host included): the signature covers them.

@@ -52,12 +52,21 @@ def redis_cli(redis, *args):
 
 
 def start_model_server(work):
-    """nginx serving the tiny model, its delta and its ControlNet (tests/data/models) over http."""
+    """nginx serving the tiny models (tests/data/models: SD-1.5 with its delta and ControlNets, a
+    single-file checkpoint, LoRAs, SD-2 sharded, SDXL) and control images over http."""
     www = os.path.join(work, "www")
     os.makedirs(www)
     models = os.path.join(ROOT, "tests", "data", "models")
-    for name in ("tiny-sd15", "tiny-sd15-delta", "tiny-sd15-controlnet"):
+    for name in ("tiny-sd15", "tiny-sd15-delta", "tiny-sd15-controlnet", "tiny-sd15-controlnet-b", "single-file",
+                 "loras", "tiny-sd2-sharded", "tiny-sdxl"):
         os.symlink(os.path.join(models, name), os.path.join(www, name))
+    images = os.path.join(www, "images")  # control images (the refine goldens') and a file that is not one
+    os.makedirs(images)
+    goldens = os.path.join(ROOT, "tests", "data", "goldens", "tiny-sd15")
+    os.symlink(os.path.join(goldens, "refine-control-1-control-0.png"), os.path.join(images, "control.png"))
+    os.symlink(os.path.join(goldens, "refine-control-2-control-1.png"), os.path.join(images, "control-b.png"))
+    os.symlink(os.path.join(ROOT, "tests", "data", "images", "hostile", "not_a_png.png"),
+               os.path.join(images, "not-an-image.png"))
     return servers.start_nginx(work, www)
 
 
@@ -331,3 +340,191 @@ def rig(request, work, broker, redis, nginx, moto, s3proxy):
     yield make
     for r in made:
         r.close()
+
+
+# ---- secured connections (test_tls.py) ------------------------------------------
+# Certificates the tests make with the openssl CLI: a CA, a server certificate for
+# 127.0.0.1 and localhost, a client certificate whose key is encrypted, and an
+# unrelated CA for the wrong-certificate cases. The servers: redis-server with TLS
+# and an ACL user, nginx with TLS (the models, and a reverse proxy to moto for S3),
+# and the dev broker behind a TLS proxy (socat) in a network namespace of its own.
+
+class Certs:
+    def __init__(self, d):
+        self.dir = d
+        self.key_password = "kEyPaSs-" + uuid.uuid4().hex[:12]
+
+        def run(*argv):
+            subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+        for ca in ("ca", "wrong-ca"):
+            run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=perflow test %s" % ca,
+                "-keyout", self.path(ca + ".key"), "-out", self.path(ca + ".pem"))
+        ext = self.path("server.ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", self.path("server.key"),
+            "-out", self.path("server.csr"))
+        run("x509", "-req", "-in", self.path("server.csr"), "-CA", self.path("ca.pem"), "-CAkey", self.path("ca.key"),
+            "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", self.path("server.pem"))
+        run("req", "-newkey", "rsa:2048", "-subj", "/CN=perflow-worker", "-passout", "pass:" + self.key_password,
+            "-keyout", self.path("client.key"), "-out", self.path("client.csr"))
+        run("x509", "-req", "-in", self.path("client.csr"), "-CA", self.path("ca.pem"), "-CAkey", self.path("ca.key"),
+            "-CAcreateserial", "-days", "2", "-out", self.path("client.pem"))
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+
+@pytest.fixture(scope="session")
+def certs(work):
+    d = os.path.join(work, "certs")
+    os.makedirs(d)
+    return Certs(d)
+
+
+@pytest.fixture(scope="session")
+def redis_tls(work, certs):
+    """redis-server on TLS only, default user off, user "perflow" with a password."""
+    d = os.path.join(work, "redis-tls")
+    os.makedirs(d)
+    port = servers.free_port()
+    password = "rEdIsPw-" + uuid.uuid4().hex[:16]
+    s = servers.Server("redis-tls", [
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", d, "--save", "",
+        "--appendonly", "no", "--tls-cert-file", certs.path("server.pem"), "--tls-key-file", certs.path("server.key"),
+        "--tls-ca-cert-file", certs.path("ca.pem"), "--tls-auth-clients", "no",
+        "--user", "default", "off", "--user", "perflow", "on", ">" + password, "~*", "&*", "+@all"],
+        port, log=os.path.join(d, "log"))
+    s.password = password
+    yield s
+    s.stop()
+
+
+NGINX_HTTPS_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    client_max_body_size 64m;
+    default_type application/octet-stream;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        root {www};
+    }}
+    server {{
+        listen 127.0.0.1:{s3port} ssl;
+        location / {{
+            proxy_pass http://127.0.0.1:{moto};
+            proxy_set_header Host $http_host;
+            proxy_request_buffering off;
+            proxy_http_version 1.1;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def nginx_https(work, certs, moto):
+    """nginx on TLS: the tiny model (port) and S3 in front of moto (s3port; the
+    Host header goes through unchanged, as the signature covers it)."""
+    d = os.path.join(work, "nginx-https")
+    www = os.path.join(d, "www")
+    os.makedirs(os.path.join(d, "tmp"))
+    os.makedirs(www)
+    for name in ("tiny-sd15", "tiny-sd15-delta"):
+        os.symlink(os.path.join(ROOT, "tests", "data", "models", name), os.path.join(www, name))
+    port, s3port = servers.free_port(), servers.free_port()
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_HTTPS_CONF.format(d=d, www=www, port=port, s3port=s3port, moto=moto.port,
+                                        cert=certs.path("server.pem"), key=certs.path("server.key")))
+    s = servers.Server("nginx-https", ["nginx", "-c", conf, "-p", d], port, log=os.path.join(d, "stdout"))
+    servers.wait_port(s3port, s.proc, "nginx-https (S3)")
+    s.s3port, s.dir = s3port, d
+    yield s
+    s.stop()
+
+
+class TlsBroker:
+    """The dev broker reached only through TLS. Kafka clients connect to the
+    addresses the broker advertises (127.0.0.1:PORT of its own listener), so a
+    proxy in front of it must answer on that very address: the broker runs in a
+    network namespace of its own, whose 127.0.0.1:PORT no one else sees, and on
+    the host's 127.0.0.1:PORT socat terminates TLS (mutual: a client certificate
+    signed by the test CA is required) and forwards through a unix socket to a
+    second socat inside the namespace, which connects to the broker."""
+
+    def __init__(self, work, certs, topics):
+        self.procs = []
+        d = os.path.join(work, "kafka-tls")
+        os.makedirs(d, exist_ok=True)
+        sock = os.path.join(d, "broker.sock")
+        argv = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', BROKER]
+        for t in topics:
+            argv += ["--topic", t]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=open(os.path.join(d, "broker.log"), "w"), text=True,
+                                     start_new_session=True)
+        self.procs.append(self.proc)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("bootstrap.servers="):
+            self.stop()
+            raise RuntimeError("the dev broker did not start in a network namespace: %r" % line)
+        self.bootstrap = line.split("=", 1)[1]
+        port = int(self.bootstrap.rsplit(":", 1)[1])
+        self.spawn(["nsenter", "--net=/proc/%d/ns/net" % self.proc.pid, "socat",
+                    "UNIX-LISTEN:%s,fork,unlink-early" % sock, "TCP:127.0.0.1:%d" % port], d, "socat-inner")
+        deadline = time.time() + 10
+        while not os.path.exists(sock) and time.time() < deadline:
+            time.sleep(0.05)
+        self.spawn(["socat", "OPENSSL-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork,cert=%s,key=%s,cafile=%s,verify=1" % (
+            port, certs.path("server.pem"), certs.path("server.key"), certs.path("ca.pem")),
+            "UNIX-CONNECT:%s" % sock], d, "socat-tls")
+        servers.wait_port(port, self.procs[-1], "socat (TLS in front of the broker)")
+
+    def spawn(self, argv, d, name):
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(d, name + ".log"), "w"), start_new_session=True)
+        self.procs.append(p)
+        piddir = os.environ.get("PERFLOW_TEST_PIDDIR")
+        if piddir:
+            with open(os.path.join(piddir, "%s.%d" % (name, p.pid)), "w") as f:
+                f.write(str(p.pid))
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+
+
+def tls_broker_unavailable():
+    """Why the TLS broker cannot run here ("" when it can): it needs socat, and
+    root to make a network namespace."""
+    import shutil
+    for tool in ("socat", "unshare", "nsenter", "ip"):
+        if not shutil.which(tool) and not os.path.exists("/usr/sbin/" + tool):
+            return "%s is not installed (ops/install-deps.sh installs socat)" % tool
+    r = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True, timeout=10)
+    if r.returncode:
+        return "cannot make a network namespace here: %s" % r.stderr.strip()
+    return ""

@@ -211,20 +211,21 @@ def test_poison_and_invalid_jobs_rejected_or_dead_lettered(rig):
         j = r.job(job_id)
         j.update(change)
         r.produce(j)
-    lora = r.job("bad-lora")
-    lora["model"]["loras"] = [{"url": "https://h/l.safetensors", "scale": 0.8}]
-    r.produce(lora)
+    old_cn = r.job("bad-old-cn")  # the first draft of text-to-image ControlNets: valid, not run
+    old_cn["model"]["controlnet"] = {"url": "https://h/cn", "image_url": "https://h/i.png"}
+    r.produce(old_cn)
     r.produce(r.job("good-after"))
     w = r.start_worker()
-    ids = [i for i, _, _ in INVALID] + ["bad-lora", "good-after"]
+    ids = [i for i, _, _ in INVALID] + ["bad-old-cn", "good-after"]
     r.events.wait_terminal(ids, timeout=60)
     for job_id, _, field in INVALID:
         (ev,) = r.events.terminal(job_id)
         assert ev["state"] == "rejected" and ev["error"]["code"] == "invalid_job", ev
         assert ev["error"]["field"] == field, ev
         assert not r.events.of(job_id, "accepted")
-    (lev,) = r.events.terminal("bad-lora")
-    assert lev["state"] == "rejected" and lev["error"]["code"] == "unsupported" and lev["error"]["field"] == "model.loras"
+    (lev,) = r.events.terminal("bad-old-cn")
+    assert lev["state"] == "rejected" and lev["error"]["code"] == "unsupported" and lev["error"]["field"] == "model.controlnet"
+    assert '"control"' in lev["error"]["message"]
     assert r.events.terminal("good-after")[0]["state"] == "succeeded"
     r.events.wait(lambda: len(r.events.dead) == 13, 15, "13 dead letters")
     by_code = {}
