@@ -7,6 +7,9 @@ export PERFLOW_ROOT="$ROOT"
 export PERFLOW_SHARED="${PERFLOW_SHARED:-$ROOT/../shared}"
 export PERFLOW="${PERFLOW:-$ROOT/bin/perflow}"
 export PERFLOW_ASAN="${PERFLOW_ASAN:-$ROOT/build/asan/perflow}"
+# Relative paths (make passes build/...) are made absolute: the suites change directory.
+case "$PERFLOW" in /*) ;; *) PERFLOW="$PWD/$PERFLOW" ;; esac
+case "$PERFLOW_ASAN" in /*) ;; *) PERFLOW_ASAN="$PWD/$PERFLOW_ASAN" ;; esac
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 # The goldens are float32: compare on the CPU backend unless a test picks CUDA itself.
 export PERFLOW_DEVICE="${PERFLOW_DEVICE:-cpu}"
