@@ -29,10 +29,13 @@
 /* Elementwise loops are cut into chunks of this many elements, the unit of
  * work handed to a thread; small tensors run on the calling thread. */
 #define CHUNK 16384
-/* im2col scratch per convolution, in floats (16 MiB): the full column matrix
- * of the VAE decoder's last convolutions (256 channels x 9 x 512x512) would
- * be 2.4 GB, so output rows are processed in tiles whose columns fit here. */
-#define COL_BUDGET (4 << 20)
+/* im2col scratch per thread, in floats (4 MiB): the full column matrix of
+ * the VAE decoder's last convolutions (256 channels x 9 x 512x512) would be
+ * 2.4 GB, so each thread takes tiles of output rows whose columns fit here
+ * (swept from 0.5 to 32 MiB on the VAE decode: 2 to 16 MiB within noise). */
+#ifndef COL_TILE
+#define COL_TILE (1 << 20)
+#endif
 /* Attention score scratch per thread, in floats (4 MiB): query rows are taken
  * in blocks whose scores [rows, Lk] fit here, so SD at 512px (Lq = Lk = 4096)
  * uses blocks of 256 query rows instead of a 64 MiB score matrix per head. */
@@ -185,7 +188,8 @@ static void cpu_destroy(pf_backend *be) {
 /* c[m, n] = alpha * op(a)[m, k] @ op(b)[k, n] + beta * c, row-major, op
  * transposing when ta/tb is set. The larger of m and n is split into one slice
  * per thread (in multiples of 16 so slices keep whole register tiles); each
- * slice is an independent sgemm. Must not be called inside a parallel region. */
+ * slice is an independent sgemm. With nt > 1, must not be called inside a
+ * parallel region. */
 static void gemm(int nt, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                  const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
                  int64_t ldc) {
@@ -251,12 +255,33 @@ static void im2col(float *col, const float *x, int64_t ci, int64_t h, int64_t w,
                 continue;
             }
             const float *src = x + (c * h + ih) * w;
+            if (stride == 1) {
+                /* a shifted copy of the input row: zeros where the tap falls in
+                 * the padding, columns [lo, hi) from src[ow - pad + kj]. Scalar
+                 * bounds checks made this a tenth of a VAE decode. */
+                int64_t lo = min64(wo, max64(0, pad - kj)), hi = max64(lo, min64(wo, w + pad - kj));
+                if (lo) memset(dst, 0, (size_t)lo * sizeof(float));
+                if (hi > lo) memcpy(dst + lo, src + lo - pad + kj, (size_t)(hi - lo) * sizeof(float));
+                if (hi < wo) memset(dst + hi, 0, (size_t)(wo - hi) * sizeof(float));
+                continue;
+            }
             for (int64_t ow = 0; ow < wo; ow++) {
                 int64_t iw = ow * stride - pad + kj;
                 dst[ow] = iw >= 0 && iw < w ? src[iw] : 0.0f;
             }
         }
     }
+}
+
+/* y[co, rows * wo] of one image += w[co, kk] @ im2col(rows of x): one tile,
+ * on the calling thread (its col scratch [kk, rows * wo]). */
+static void conv_tile(float *yn, const float *xn, const float *wp, float *col, int64_t ci, int64_t h,
+                      int64_t wi, int64_t co, int64_t kh, int64_t kw, int stride, int pad, int64_t oh0,
+                      int64_t rows, int64_t wo, int64_t plane, float beta) {
+    int64_t kk = ci * kh * kw, cols = rows * wo;
+    im2col(col, xn, ci, h, wi, kh, kw, stride, pad, oh0, rows, wo, 1);
+    /* y[co, tile columns] = w[co, kk] @ col[kk, cols] */
+    gemm(1, 0, 0, co, cols, kk, 1.0f, wp, kk, col, cols, beta, yn + oh0 * wo, plane);
 }
 
 static void cpu_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b,
@@ -269,36 +294,41 @@ static void cpu_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, con
     const float *xp = x->data, *wp = w->data;
     float *yp = y->data;
     if (pf_numel(y) == 0) return;
+    float beta = b ? 1.0f : 0.0f;
+    if (b)
+        for (int64_t img = 0; img < n; img++) fill_rows(yp + img * co * plane, b->data, co, plane, nt);
     /* A 1x1 stride-1 unpadded convolution is already a product: x[n] is the
      * column matrix [ci, h*w]. */
-    int direct = kh == 1 && kw == 1 && stride == 1 && pad == 0;
-    float *col = NULL;
-    int64_t tile = ho;
-    if (!direct) {
-        tile = min64(ho, max64(1, COL_BUDGET / max64(1, kk * wo)));
-        col = cache_alloc(y->be->impl, (size_t)(kk * tile * wo) * sizeof(float));
-        if (!col) {
-            pf_backend_set_error(y->be, "cpu backend: out of memory for conv2d scratch (%lld floats)",
-                                 (long long)(kk * tile * wo));
-            return;
-        }
-    }
-    for (int64_t img = 0; img < n; img++) {
-        const float *xn = xp + img * ci * h * wi;
-        float *yn = yp + img * co * plane;
-        if (b) fill_rows(yn, b->data, co, plane, nt);
-        float beta = b ? 1.0f : 0.0f;
-        if (direct) {
+    if (kh == 1 && kw == 1 && stride == 1 && pad == 0) {
+        for (int64_t img = 0; img < n; img++)
             /* y[co, hw] = w[co, ci] @ x[ci, hw] */
-            gemm(nt, 0, 0, co, plane, ci, 1.0f, wp, ci, xn, plane, beta, yn, plane);
-            continue;
-        }
-        for (int64_t oh0 = 0; oh0 < ho; oh0 += tile) {
-            int64_t rows = min64(tile, ho - oh0), cols = rows * wo;
-            im2col(col, xn, ci, h, wi, kh, kw, stride, pad, oh0, rows, wo, nt);
-            /* y[co, tile columns] = w[co, kk] @ col[kk, cols] */
-            gemm(nt, 0, 0, co, cols, kk, 1.0f, wp, kk, col, cols, beta, yn + oh0 * wo, plane);
-        }
+            gemm(nt, 0, 0, co, plane, ci, 1.0f, wp, ci, xp + img * ci * h * wi, plane, beta,
+                 yp + img * co * plane, plane);
+        return;
+    }
+    /* Otherwise tiles of output rows, each unfolded and multiplied by one
+     * thread in its own scratch of about COL_TILE floats: the column matrix
+     * is packed by the sgemm while still in that core's cache, instead of
+     * one large matrix written by all threads and read back from memory. */
+    int64_t tile = min64(ho, max64(1, COL_TILE / max64(1, kk * wo)));
+    /* at least one tile per thread where the images allow it */
+    int64_t need = (nt + n - 1) / n;
+    tile = min64(tile, max64(1, ho / need));
+    int64_t per_img = (ho + tile - 1) / tile, tasks = n * per_img;
+    int parts = (int)min64(nt, tasks);
+    size_t scratch = (size_t)(kk * tile * wo);
+    float *col = cache_alloc(y->be->impl, (size_t)parts * scratch * sizeof(float));
+    if (!col) {
+        pf_backend_set_error(y->be, "cpu backend: out of memory for conv2d scratch (%lld floats)",
+                             (long long)((size_t)parts * scratch));
+        return;
+    }
+#pragma omp parallel for num_threads(parts) if (parts > 1) schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t img = t / per_img, oh0 = (t % per_img) * tile;
+        float *mine = col + (size_t)omp_get_thread_num() * scratch;
+        conv_tile(yp + img * co * plane, xp + img * ci * h * wi, wp, mine, ci, h, wi, co, kh, kw, stride, pad,
+                  oh0, min64(tile, ho - oh0), wo, plane, beta);
     }
     cache_release(y->be->impl, col);
 }

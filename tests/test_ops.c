@@ -158,6 +158,9 @@ static void conv_cases(pf_backend *be) {
     conv_case(be, 2, 5, 9, 11, 7, 1, 1, 2, 0, 1);  /* 1x1 strided: im2col path */
     conv_case(be, 1, 3, 6, 7, 4, 2, 3, 1, 2, 1);   /* non-square kernel, pad 2 */
     conv_case(be, 1, 64, 131, 67, 3, 3, 3, 1, 1, 1); /* columns exceed one im2col tile */
+    conv_case(be, 1, 4, 7, 8, 5, 3, 3, 1, 0, 1);   /* stride 1 unpadded: the row-copy path's edges */
+    conv_case(be, 1, 2, 3, 2, 3, 3, 3, 1, 3, 1);   /* padding wider than an input row */
+    conv_case(be, 1, 2, 5, 1, 3, 1, 3, 1, 1, 0);   /* a one-pixel-wide input */
 }
 
 static void test_conv2d(void **state) {
