@@ -256,9 +256,10 @@ static void plan_shards(batch *b) {
 }
 
 /* The plan of a diffusers model: model_index.json, fetched here (and pinned
- * in *idx), decides the rest. */
-static int plan_from_index(pf_cache *c, const pf_model_source *src, pf_model_file *plan, int *n, pf_cache_got *idx,
-                           pf_error *err) {
+ * in *idx), decides the rest. configs: a configs-only source, whose plan is
+ * model_index.json and the components' files without their weights. */
+static int plan_from_index(pf_cache *c, const pf_model_source *src, int configs, pf_model_file *plan, int *n,
+                           pf_cache_got *idx, pf_error *err) {
     char url[PF_URL_MAX];
     if (pf_model_source_file_url(url, sizeof url, src, "model_index.json", err) ||
         pf_cache_acquire_url(c, url, NULL, NULL, idx, err))
@@ -267,44 +268,19 @@ static int plan_from_index(pf_cache *c, const pf_model_source *src, pf_model_fil
     size_t len;
     if (pf_cache_read_fd(&text, &len, idx->fd, PF_MODEL_INDEX_MAX_BYTES, err)) {
         pf_error_prefix(err, "%s", url);
-        if (idx->size > PF_MODEL_INDEX_MAX_BYTES) pf_storage_set_failure(PF_STORAGE_PERMANENT);
+        if (configs || idx->size > PF_MODEL_INDEX_MAX_BYTES) pf_storage_set_failure(PF_STORAGE_PERMANENT);
         close(idx->fd);
         return -1;
     }
-    int rc = pf_model_index_plan(plan, n, PF_MODEL_MAX_FILES, text, len, src->prefer_fp16, err);
+    int rc = configs ? pf_model_index_plan_configs(plan, n, PF_MODEL_MAX_FILES, text, len, err)
+                     : pf_model_index_plan(plan, n, PF_MODEL_MAX_FILES, text, len, src->prefer_fp16, err);
     free(text);
     if (rc) {
         close(idx->fd);
         pf_storage_set_failure(PF_STORAGE_PERMANENT); /* the server's model index is unusable */
-        return pf_error_prefix(err, "model %s", src->url);
+        return pf_error_prefix(err, "model%s %s", configs ? " configs" : "", src->url);
     }
     PF_CHECK(!strcmp(plan[0].path, "model_index.json"));
-    return 0;
-}
-
-/* The plan of a configs-only source: model_index.json as for a model, and
- * the components' files without their weights. */
-static int plan_configs(pf_cache *c, const pf_model_source *src, pf_model_file *plan, int *n, pf_cache_got *idx,
-                        pf_error *err) {
-    char url[PF_URL_MAX];
-    if (pf_model_source_file_url(url, sizeof url, src, "model_index.json", err) ||
-        pf_cache_acquire_url(c, url, NULL, NULL, idx, err))
-        return -1;
-    char *text;
-    size_t len;
-    if (pf_cache_read_fd(&text, &len, idx->fd, PF_MODEL_INDEX_MAX_BYTES, err)) {
-        pf_error_prefix(err, "%s", url);
-        pf_storage_set_failure(PF_STORAGE_PERMANENT);
-        close(idx->fd);
-        return -1;
-    }
-    int rc = pf_model_index_plan_configs(plan, n, PF_MODEL_MAX_FILES, text, len, err);
-    free(text);
-    if (rc) {
-        close(idx->fd);
-        pf_storage_set_failure(PF_STORAGE_PERMANENT);
-        return pf_error_prefix(err, "model configs %s", src->url);
-    }
     return 0;
 }
 
@@ -325,8 +301,7 @@ int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lea
     int n = 0, first = 0; /* plan entries already fetched (model_index.json) */
     pf_cache_got idx;
     if (component ? pf_model_component_plan(plan, &n, PF_MODEL_MAX_FILES, src->prefer_fp16, err)
-        : configs ? plan_configs(c, src, plan, &n, &idx, err)
-                  : plan_from_index(c, src, plan, &n, &idx, err)) {
+        : plan_from_index(c, src, configs, plan, &n, &idx, err)) {
         free(plan);
         return -1;
     }
