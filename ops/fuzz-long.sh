@@ -1,16 +1,18 @@
 #!/bin/sh
 # fuzz-long.sh - the long fuzz runs, outside CI: each libFuzzer target (make fuzz;
-# ASan + UBSan) runs FUZZ_RUNS executions (default 10 million) starting from its
-# seed corpus, FUZZ_PARALLEL targets at a time (default 2), and one table is
+# ASan + UBSan) runs FUZZ_RUNS executions (default 10 million), or FUZZ_SECONDS
+# seconds where that is set and comes first, starting from its seed corpus,
+# FUZZ_PARALLEL targets at a time (default 2), and one table is
 # printed: executions, executions/s, seed and final corpus sizes, peak RSS, time.
 # Exit status 1 on any crash, leak or sanitizer report (the log is kept and named).
 # Found inputs go to FUZZ_OUT (default a temp dir), never into the repository:
 # copy the ones worth keeping into tests/fuzz/corpus_* by hand.
-#   FUZZ_RUNS=10000000 FUZZ_PARALLEL=2 sh ops/fuzz-long.sh [target ...]
+#   FUZZ_RUNS=10000000 FUZZ_PARALLEL=2 [FUZZ_SECONDS=600] sh ops/fuzz-long.sh [target ...]
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=${B:-build}
 RUNS=${FUZZ_RUNS:-10000000}
 PAR=${FUZZ_PARALLEL:-2}
+SECS=${FUZZ_SECONDS:-0} # 0: no time limit
 OUTDIR=${FUZZ_OUT:-$(mktemp -d)}
 mkdir -p "$OUTDIR"
 targets=$*
@@ -28,7 +30,7 @@ run_one() {
     nseed=0
     if [ -d "$seed" ]; then cp "$seed"/* "$work"/ 2>/dev/null; nseed=$(ls "$seed" | wc -l); fi
     t0=$(date +%s)
-    UBSAN_OPTIONS=halt_on_error=1 "$f" -runs="$RUNS" -rss_limit_mb=2048 -print_final_stats=1 \
+    UBSAN_OPTIONS=halt_on_error=1 "$f" -runs="$RUNS" -max_total_time="$SECS" -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$OUTDIR/$name-" "$work" > "$OUTDIR/$name.log" 2>&1
     rc=$?
     t1=$(date +%s)
@@ -40,7 +42,7 @@ run_one() {
     return $rc
 }
 
-echo "fuzz-long: $RUNS runs per target, $PAR at a time, work in $OUTDIR"
+echo "fuzz-long: $RUNS runs per target (time limit: ${SECS:-0} s, 0 = none), $PAR at a time, work in $OUTDIR"
 pids=""
 n=0
 for t in $targets; do
