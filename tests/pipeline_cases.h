@@ -142,6 +142,31 @@ static inline void pf_assert_case_pngs(json_t *c, const char *out) {
     }
 }
 
+/* A pipeline's float images got[n] (the case's num_images) against the
+ * case's golden "images" tensor (file of version 1, hint on a mismatch) and
+ * its first 8-bit PNG; prints the worst float error. */
+static inline void pf_assert_case_images(const char *name, json_t *c, const float *got, size_t n, const char *hint) {
+    pf_safetensors *st = pf_golden_open_version(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")), "1", hint);
+    int64_t nw;
+    float *want = pf_golden_floats(st, "images", &nw);
+    assert_int_equal(nw, (int64_t)n);
+    pf_assert_close(name, got, want, n, 2e-3, 0);
+    double worst = 0;
+    for (size_t k = 0; k < n; k++) worst = fmax(worst, fabs((double)got[k] - want[k]));
+    print_message("%s: max abs err %.3g against diffusers\n", name, worst);
+    uint8_t *u8 = malloc(n), *png;
+    int w, h;
+    pf_error err;
+    pf_image_to_u8(u8, got, (long)n);
+    const char *rel = json_string_value(json_array_get(json_object_get(c, "pngs"), 0));
+    if (pf_png_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &png, &w, &h, &err)) fail_msg("%s", err.msg);
+    pf_assert_u8_close(rel, u8, png, n);
+    free(png);
+    free(u8);
+    free(want);
+    pf_st_close(st);
+}
+
 /* A progress callback (user: a pf_step_counter) that records what it was told. */
 typedef struct pf_step_counter {
     int calls, last, total;

@@ -175,7 +175,7 @@ static json_t *weights_case(json_t **root, const char *name) {
 }
 
 /* Runs a weights.json image case through pf_pipeline_load_model and compares
- * with diffusers' images (exported for test_lora.c's use too, by copy). */
+ * with diffusers' images. */
 static void run_image_case(const char *name, const char *model_override) {
     json_t *root, *c = weights_case(&root, name);
     pf_lora_spec loras[4];
@@ -199,27 +199,8 @@ static void run_image_case(const char *name, const char *model_override) {
     size_t n = (size_t)p.num_images * p.height * p.width * 3;
     float *got = malloc(n * sizeof *got);
     if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s: %s", name, err.msg);
-    pf_safetensors *st = pf_golden_open_version(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")), "1",
-                                                WEIGHTS_HINT);
-    int64_t nw;
-    float *want = pf_golden_floats(st, "images", &nw);
-    assert_int_equal(nw, (int64_t)n);
-    pf_assert_close(name, got, want, n, 2e-3, 0);
-    double worst = 0;
-    for (size_t k = 0; k < n; k++) worst = fmax(worst, fabs((double)got[k] - want[k]));
-    print_message("%s: max abs err %.3g against diffusers\n", name, worst);
-    uint8_t *u8 = malloc(n), *png;
-    int w, h;
-    pf_image_to_u8(u8, got, (long)n);
-    const char *png_rel = json_string_value(json_array_get(json_object_get(c, "pngs"), 0));
-    if (pf_png_read(pf_test_path(pf_pathf("tests/data/goldens/%s", png_rel)), &png, &w, &h, &err))
-        fail_msg("%s", err.msg);
-    pf_assert_u8_close(png_rel, u8, png, n);
-    free(png);
-    free(u8);
+    pf_assert_case_images(name, c, got, n, WEIGHTS_HINT);
     free(got);
-    free(want);
-    pf_st_close(st);
     pf_pipeline_free(pipe);
     pf_backend_free(be);
     json_decref(root);

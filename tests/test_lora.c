@@ -126,25 +126,8 @@ static void test_lora_pipeline(void **state) {
         size_t n = (size_t)p.num_images * p.height * p.width * 3;
         float *got = malloc(n * sizeof *got);
         if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s", err.msg);
-        pf_safetensors *st = pf_golden_open_version(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")), "1",
-                                                    WEIGHTS_HINT);
-        float *want = pf_golden_floats(st, "images", NULL);
-        pf_assert_close("lora-two", got, want, n, 2e-3, 0);
-        double worst = 0;
-        for (size_t k = 0; k < n; k++) worst = fmax(worst, fabs((double)got[k] - want[k]));
-        print_message("lora-two image: max abs err %.3g against diffusers\n", worst);
-        uint8_t *u8 = malloc(n), *png;
-        int w, h;
-        pf_image_to_u8(u8, got, (long)n);
-        const char *rel = json_string_value(json_array_get(json_object_get(c, "pngs"), 0));
-        if (pf_png_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &png, &w, &h, &err))
-            fail_msg("%s", err.msg);
-        pf_assert_u8_close(rel, u8, png, n);
-        free(png);
-        free(u8);
+        pf_assert_case_images("lora-two image", c, got, n, WEIGHTS_HINT);
         free(got);
-        free(want);
-        pf_st_close(st);
         pf_pipeline_free(pipe);
         pf_backend_free(be);
     }
