@@ -49,6 +49,18 @@ static float *read_all(pf_weights *w, const char *name) {
     return buf;
 }
 
+/* a and b hold the same names with bit-identical values. */
+static void same_weights(pf_weights *a, pf_weights *b) {
+    assert_int_equal(pf_weights_count(a), pf_weights_count(b));
+    for (int i = 0; i < pf_weights_count(b); i++) {
+        const char *name = pf_weights_name(b, i);
+        float *x = read_all(a, name), *y = read_all(b, name);
+        assert_memory_equal(x, y, (size_t)pf_weights_numel(b, name) * sizeof(float));
+        free(x);
+        free(y);
+    }
+}
+
 /* Every weight of the folder's component equals the single file's, rounded to float16. */
 static void same_as_folder_f16(pf_weights *single, pf_weights *folder, const char *what) {
     assert_int_equal(pf_weights_count(single), pf_weights_count(folder));
@@ -147,16 +159,7 @@ static void test_pruned(void **state) {
     pf_model_spec b = {.model = src, .model_config = model_path("tiny-sd15")};
     pf_checkpoint *ca = open_ok(&a), *cb = open_ok(&b);
     assert_int_equal(ca->ldm.ema, n - 1 + 1);
-    for (int p = 0; p < PF_LDM_PARTS; p++) {
-        assert_int_equal(pf_weights_count(ca->w[p]), pf_weights_count(cb->w[p]));
-        for (int i = 0; i < pf_weights_count(cb->w[p]); i++) {
-            const char *name = pf_weights_name(cb->w[p], i);
-            float *x = read_all(ca->w[p], name), *y = read_all(cb->w[p], name);
-            assert_memory_equal(x, y, (size_t)pf_weights_numel(cb->w[p], name) * sizeof(float));
-            free(x);
-            free(y);
-        }
-    }
+    for (int p = 0; p < PF_LDM_PARTS; p++) same_weights(ca->w[p], cb->w[p]);
     pf_checkpoint_close(ca);
     pf_checkpoint_close(cb);
     for (int i = 0; i < n - 1; i++) free(bufs[i]);
@@ -384,14 +387,7 @@ static void test_sharded(void **state) {
     pf_checkpoint *ca = open_ok(&a), *cb = open_ok(&b);
     for (int p = 0; p < PF_LDM_PARTS; p++) {
         assert_string_not_equal(pf_weights_label(ca->w[p]), pf_weights_label(cb->w[p]));
-        assert_int_equal(pf_weights_count(ca->w[p]), pf_weights_count(cb->w[p]));
-        for (int i = 0; i < pf_weights_count(cb->w[p]); i++) {
-            const char *name = pf_weights_name(cb->w[p], i);
-            float *x = read_all(ca->w[p], name), *y = read_all(cb->w[p], name);
-            assert_memory_equal(x, y, (size_t)pf_weights_numel(cb->w[p], name) * sizeof(float));
-            free(x);
-            free(y);
-        }
+        same_weights(ca->w[p], cb->w[p]);
     }
     pf_checkpoint_close(ca);
     pf_checkpoint_close(cb);
