@@ -19,22 +19,22 @@ int pf_result_get(pf_wredis *r, const char *job_id, char **json, pf_error *err) 
     return 0;
 }
 
-int pf_result_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err) {
+/* SET <prefix>:<job_id>:<kind> json EX ttl_s. */
+static int put_json(pf_wredis *r, const char *job_id, const char *kind, const char *json, long ttl_s, pf_error *err) {
     char key[512];
-    pf_wredis_key(key, sizeof key, r, job_id, "result");
+    pf_wredis_key(key, sizeof key, r, job_id, kind);
     redisReply *rep = pf_wredis_cmd(r, err, "SET %s %s EX %ld", key, json, ttl_s);
     if (!rep) return -1;
     freeReplyObject(rep);
     return 0;
 }
 
+int pf_result_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err) {
+    return put_json(r, job_id, "result", json, ttl_s, err);
+}
+
 int pf_state_put(pf_wredis *r, const char *job_id, const char *json, long ttl_s, pf_error *err) {
-    char key[512];
-    pf_wredis_key(key, sizeof key, r, job_id, "state");
-    redisReply *rep = pf_wredis_cmd(r, err, "SET %s %s EX %ld", key, json, ttl_s);
-    if (!rep) return -1;
-    freeReplyObject(rep);
-    return 0;
+    return put_json(r, job_id, "state", json, ttl_s, err);
 }
 
 /* One round trip: the member and the key's expiry together. */
