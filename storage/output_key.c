@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static int job_id_ok(const char *s) {
+int pf_job_id_ok(const char *s) {
     size_t n = strlen(s);
     if (n == 0 || n > 128 || s[0] == '.') return 0;
     for (size_t i = 0; i < n; i++)
@@ -14,7 +14,7 @@ static int job_id_ok(const char *s) {
 }
 
 int pf_output_key(char *out, size_t n, const char *tmpl, const char *job_id, int index, uint64_t seed, pf_error *err) {
-    if (!job_id_ok(job_id))
+    if (!pf_job_id_ok(job_id))
         return pf_fail(err, "job id must be 1 to 128 of [A-Za-z0-9._-], not starting with '.'");
     if (index < 0) return pf_fail(err, "output index must not be negative");
     size_t o = 0;

@@ -14,6 +14,10 @@
 
 #include "error.h"
 
+/* 1 when s is a usable job id: 1 to 128 of [A-Za-z0-9._-], not starting
+ * with '.' (so it is one safe path segment of an output key). */
+int pf_job_id_ok(const char *s);
+
 /* Expands {job_id}, {index} and {seed} in tmpl into out (n bytes). Any other
  * '{' or '}' is an error, as is an invalid job id (1 to 128 bytes), a
  * negative index or a result that does not fit. */

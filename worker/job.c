@@ -445,9 +445,7 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
     /* job_id first, so that every later rejection can be addressed. */
     const char *id;
     if (get_str(&c, root, "", "job_id", 1, PF_JOB_ID_MAX, &id)) goto fail;
-    char tmp[8];
-    pf_error e;
-    if (pf_output_key(tmp, sizeof tmp, "x", id, 0, 0, &e)) {
+    if (!pf_job_id_ok(id)) {
         bad(&c, "job_id", "must be 1 to %d of [A-Za-z0-9._-], not starting with '.'", PF_JOB_ID_MAX);
         goto fail;
     }
@@ -466,7 +464,7 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
         goto fail;
     }
     if (get_str(&c, root, "", "batch_id", 0, PF_JOB_BATCH_ID_MAX, &job->batch_id)) goto fail;
-    if (job->batch_id && pf_output_key(tmp, sizeof tmp, "x", job->batch_id, 0, 0, &e)) {
+    if (job->batch_id && !pf_job_id_ok(job->batch_id)) {
         bad(&c, "batch_id", "must be 1 to %d of [A-Za-z0-9._-], not starting with '.'", PF_JOB_BATCH_ID_MAX);
         goto fail;
     }

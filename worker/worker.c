@@ -1,7 +1,6 @@
 /* worker.c - the job loop (worker.h). */
 #include "worker.h"
 
-#include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,6 +18,7 @@
 #include "metrics.h"
 #include "models.h"
 #include "notify.h"
+#include "output_key.h"
 #include "producer.h"
 #include "redis_conn.h"
 #include "result.h"
@@ -352,13 +352,10 @@ static void reject(pf_worker *w, const rd_kafka_message_t *m, const char *job_id
  * read as a job, so that the submitter still hears why. */
 static const char *key_job_id(char out[PF_JOB_ID_MAX + 1], const rd_kafka_message_t *m) {
     if (!m->key || m->key_len < 1 || m->key_len > PF_JOB_ID_MAX) return NULL;
-    const char *k = m->key;
-    if (k[0] == '.') return NULL;
-    for (size_t i = 0; i < m->key_len; i++)
-        if (!(isalnum((unsigned char)k[i]) || k[i] == '.' || k[i] == '_' || k[i] == '-')) return NULL;
-    memcpy(out, k, m->key_len);
+    memcpy(out, m->key, m->key_len);
     out[m->key_len] = '\0';
-    return out;
+    /* a NUL inside the key would shorten it to another id */
+    return strlen(out) == m->key_len && pf_job_id_ok(out) ? out : NULL;
 }
 
 /* A terminal status that needs no run: recorded, sent, offset stored. */
