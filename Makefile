@@ -32,9 +32,13 @@ LDLIBS_ENGINE = $(EXTRA_LDFLAGS) -lopenblas -ljansson -lutf8proc -lpng -ljpeg -l
 VENV    = .venv
 PY      = $(VENV)/bin/python
 
-# CUDA: built only where nvcc exists (on the PATH or in /usr/local/cuda). The
-# ASan and fuzz builds stay CPU-only (engine/device.c stands in for the backend).
-NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+# CUDA: built only where nvcc exists: on the PATH, in /usr/local/cuda, or in .cuda/
+# (NVIDIA's PyPI wheels, installed by ops/install-deps.sh on machines without a
+# toolkit). `make NVCC=` builds CPU only. The ASan and fuzz builds stay CPU-only
+# (engine/device.c stands in for the backend).
+ifeq ($(origin NVCC),undefined)
+NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc),$(wildcard $(CURDIR)/.cuda/nvidia/cu13/bin/nvcc))
+endif
 CU_SRC := $(wildcard kernels/*.cu)
 ifneq ($(NVCC),)
 ifneq ($(CU_SRC),)

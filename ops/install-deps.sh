@@ -38,6 +38,22 @@ if ! .venv/bin/python -c "import moto, boto3, pytest, confluent_kafka, jsonschem
     echo "installing the test tools into .venv (tests/requirements.txt)"
     .venv/bin/pip install -q -r tests/requirements.txt
 fi
+# The CUDA compile toolchain (nvcc, the runtime and its headers, cuBLAS) from NVIDIA's
+# PyPI wheels into .cuda/ (pinned in ops/cuda-requirements.txt), so that the kernels
+# compile and link on machines without a CUDA toolkit; the Makefile finds nvcc there.
+# The wheels ship only versioned libraries (libcudart.so.13): the link names -lcudart
+# and -lcublas need the unversioned links made here. PERFLOW_NO_CUDA_TOOLCHAIN=1 skips it.
+CUDA_TOP=.cuda/nvidia/cu13
+if [ "${PERFLOW_NO_CUDA_TOOLCHAIN:-0}" != 1 ] && [ ! -x "$CUDA_TOP/bin/nvcc" ]; then
+    echo "installing the CUDA compile toolchain into .cuda (ops/cuda-requirements.txt)"
+    rm -rf .cuda
+    .venv/bin/pip install -q --no-deps --target .cuda -r ops/cuda-requirements.txt
+fi
+if [ -d "$CUDA_TOP/lib" ]; then
+    for l in cudart cublas cublasLt; do
+        [ -e "$CUDA_TOP/lib/lib$l.so" ] || ln -s "lib$l.so.13" "$CUDA_TOP/lib/lib$l.so"
+    done
+fi
 if [ "$1" = "--reference" ]; then
     .venv/bin/pip install -q -r tests/reference/requirements.txt
     # open_clip ships the original CLIP BPE vocabulary; installed without its
