@@ -7,6 +7,7 @@
  * check the shapes and aliasing rules documented in backend.h. Backends can
  * therefore assume well-formed arguments and stay free of checks. */
 #include "backend.h"
+#include "profile.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -56,6 +57,14 @@ size_t pf_backend_mem_available(pf_backend *be) {
     if (budget_from_env(&budget)) return budget;
     return be->ops->mem_available(be);
 }
+
+/* Runs call, timed under bucket op when PERFLOW_PROFILE=1 (profile.h). */
+#define TIMED(be, op, call)                          \
+    do {                                             \
+        const double t0_ = pf_profile_begin(be);     \
+        call;                                        \
+        pf_profile_end(be, op, t0_);                 \
+    } while (0)
 
 /* ---- argument checks shared by the wrappers ---- */
 
@@ -108,7 +117,7 @@ void pf_linear(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_te
     }
     check_disjoint(y, x);
     check_disjoint(y, w);
-    y->be->ops->linear(y, x, w, b);
+    TIMED(y->be, "linear", y->be->ops->linear(y, x, w, b));
 }
 
 void pf_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b,
@@ -131,7 +140,8 @@ void pf_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_te
     }
     check_disjoint(y, x);
     check_disjoint(y, w);
-    y->be->ops->conv2d(y, x, w, b, stride, pad);
+    const char *op = w->shape[2] == 1 && w->shape[3] == 1 ? "conv2d 1x1" : "conv2d kxk";
+    TIMED(y->be, op, y->be->ops->conv2d(y, x, w, b, stride, pad));
 }
 
 void pf_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
@@ -146,7 +156,8 @@ void pf_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
     check_inplace_ok(y, x);
     check_disjoint(y, gamma);
     check_disjoint(y, beta);
-    y->be->ops->group_norm(y, x, gamma, beta, groups, eps, fuse_silu);
+    const char *op = fuse_silu ? "group_norm+silu" : "group_norm";
+    TIMED(y->be, op, y->be->ops->group_norm(y, x, gamma, beta, groups, eps, fuse_silu));
 }
 
 void pf_layer_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
@@ -161,7 +172,7 @@ void pf_layer_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma,
     check_inplace_ok(y, x);
     check_disjoint(y, gamma);
     check_disjoint(y, beta);
-    y->be->ops->layer_norm(y, x, gamma, beta, eps);
+    TIMED(y->be, "layer_norm", y->be->ops->layer_norm(y, x, gamma, beta, eps));
 }
 
 void pf_softmax(pf_tensor *y, const pf_tensor *x) {
@@ -169,7 +180,7 @@ void pf_softmax(pf_tensor *y, const pf_tensor *x) {
     check_on(y, x);
     check_same_shape(y, x);
     check_inplace_ok(y, x);
-    y->be->ops->softmax(y, x);
+    TIMED(y->be, "softmax", y->be->ops->softmax(y, x));
 }
 
 void pf_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k, const pf_tensor *v,
@@ -186,7 +197,8 @@ void pf_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k, const 
     check_disjoint(out, q);
     check_disjoint(out, k);
     check_disjoint(out, v);
-    out->be->ops->attention(out, q, k, v, heads, causal);
+    const char *op = causal ? "attention causal" : q->shape[1] == k->shape[1] ? "attention self" : "attention cross";
+    TIMED(out->be, op, out->be->ops->attention(out, q, k, v, heads, causal));
 }
 
 void pf_activation(pf_tensor *y, const pf_tensor *x, pf_act act) {
@@ -195,7 +207,7 @@ void pf_activation(pf_tensor *y, const pf_tensor *x, pf_act act) {
     check_same_shape(y, x);
     check_inplace_ok(y, x);
     PF_CHECK(act >= PF_ACT_SILU && act <= PF_ACT_QUICK_GELU);
-    y->be->ops->activation(y, x, act);
+    TIMED(y->be, "activation", y->be->ops->activation(y, x, act));
 }
 
 void pf_geglu(pf_tensor *y, const pf_tensor *x) {
@@ -204,7 +216,7 @@ void pf_geglu(pf_tensor *y, const pf_tensor *x) {
     check_same_leading(y, x);
     PF_CHECK(x->shape[x->ndim - 1] == 2 * y->shape[y->ndim - 1]);
     check_disjoint(y, x);
-    y->be->ops->geglu(y, x);
+    TIMED(y->be, "geglu", y->be->ops->geglu(y, x));
 }
 
 /* Checks a broadcasting binary op and hands backends b with a's ndim: a b of
@@ -224,9 +236,9 @@ static void binary(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int is_
     check_inplace_ok(y, a);
     check_disjoint(y, b);
     if (is_mul)
-        y->be->ops->mul(y, a, &bb);
+        TIMED(y->be, "mul", y->be->ops->mul(y, a, &bb));
     else
-        y->be->ops->add(y, a, &bb);
+        TIMED(y->be, "add", y->be->ops->add(y, a, &bb));
 }
 
 void pf_add(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary(y, a, b, 0); }
@@ -237,7 +249,7 @@ void pf_scale(pf_tensor *y, const pf_tensor *x, float alpha, float beta) {
     check_on(y, x);
     check_same_shape(y, x);
     check_inplace_ok(y, x);
-    y->be->ops->scale(y, x, alpha, beta);
+    TIMED(y->be, "scale", y->be->ops->scale(y, x, alpha, beta));
 }
 
 void pf_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis) {
@@ -254,7 +266,7 @@ void pf_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis) {
     }
     check_disjoint(y, a);
     check_disjoint(y, b);
-    y->be->ops->concat(y, a, b, axis);
+    TIMED(y->be, "concat", y->be->ops->concat(y, a, b, axis));
 }
 
 void pf_upsample_nearest(pf_tensor *y, const pf_tensor *x) {
@@ -264,7 +276,7 @@ void pf_upsample_nearest(pf_tensor *y, const pf_tensor *x) {
     PF_CHECK(y->shape[0] == x->shape[0] && y->shape[1] == x->shape[1]);
     PF_CHECK(x->shape[2] >= 1 && x->shape[3] >= 1 && y->shape[2] >= 1 && y->shape[3] >= 1);
     check_disjoint(y, x);
-    y->be->ops->upsample_nearest(y, x);
+    TIMED(y->be, "upsample_nearest", y->be->ops->upsample_nearest(y, x));
 }
 
 void pf_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {
@@ -278,7 +290,7 @@ void pf_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {
         PF_CHECK(y->shape[i] == x->shape[perm[i]]);
     }
     check_disjoint(y, x);
-    y->be->ops->permute(y, x, perm);
+    TIMED(y->be, "permute", y->be->ops->permute(y, x, perm));
 }
 
 /* An id outside the table is not an invariant of this program: ids come from a
@@ -298,7 +310,7 @@ void pf_embedding(pf_tensor *y, const pf_tensor *table, const int32_t *ids, int6
             return;
         }
     }
-    y->be->ops->embedding(y, table, ids, count);
+    TIMED(y->be, "embedding", y->be->ops->embedding(y, table, ids, count));
 }
 
 void pf_copy(pf_tensor *y, const pf_tensor *x) {
@@ -306,5 +318,5 @@ void pf_copy(pf_tensor *y, const pf_tensor *x) {
     check_on(y, x);
     PF_CHECK(pf_numel(y) == pf_numel(x));
     check_disjoint(y, x);
-    y->be->ops->copy(y, x);
+    TIMED(y->be, "copy", y->be->ops->copy(y, x));
 }

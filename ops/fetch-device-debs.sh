@@ -1,6 +1,8 @@
 #!/bin/sh
 # fetch-device-debs.sh - downloads into .debs/ the Debian packages (runtime + dev)
-# that the engine, its tests and its benches link against, for a machine that lacks
+# that the engine, its tests and its benches link against, and those of the CLI,
+# the worker and its services (librdkafka, hiredis, libcurl, redis-server) for the
+# device check's worker job, for a machine that lacks
 # them and cannot reach a registry: the lent GPU machine. tests/device/check.sh
 # unpacks them with `dpkg -x` into /tmp/debroot (never into /) and builds against
 # that tree through EXTRA_CFLAGS / EXTRA_LDFLAGS.
@@ -13,7 +15,12 @@ cd "$(dirname "$0")/.."
 PKGS="libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libgfortran5 libquadmath0
       libjansson4 libjansson-dev libutf8proc2 libutf8proc-dev libpng16-16 libpng-dev
       libjpeg62-turbo libjpeg62-turbo-dev
-      libcmocka0 libcmocka-dev zlib1g-dev make"
+      libcmocka0 libcmocka-dev zlib1g-dev make
+      librdkafka1 librdkafka-dev libhiredis0.14 libhiredis-dev libcurl4 libcurl4-openssl-dev
+      libssl3 libssl-dev libsystemd0 libsystemd-dev libmicrohttpd12 libmicrohttpd-dev
+      libnghttp2-14 librtmp1 libssh2-1 libpsl5 libbrotli1 libldap-2.5-0 libsasl2-2 libzstd1 liblz4-1
+      libgnutls30 libnettle8 libhogweed6 libp11-kit0 libtasn1-6 libidn2-0 libunistring2 libffi8 libgmp10
+      redis-server redis-tools libjemalloc2 liblzf1"
 mkdir -p .debs
 cd .debs
 rm -f ./*.deb

@@ -12,7 +12,7 @@
 # started is stopped on any exit (the worker first, so it leaves the group while the
 # broker is there). The pids started are listed in $OUT/pids.
 #
-# Environment: BIN (default bin), WORKER_DEMO_OUT (default build/worker-demo),
+# Environment: BIN (default bin), PY (default .venv/bin/python), WORKER_DEMO_OUT (default build/worker-demo),
 # DEMO_WAIT_S, DEMO_JOB_TIMEOUT_S.
 set -e
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ OUT=${WORKER_DEMO_OUT:-$ROOT/build/worker-demo}
 case "$OUT" in /*) ;; *) OUT=$ROOT/$OUT ;; esac
 WAIT_S=${DEMO_WAIT_S:-60}
 JOB_TIMEOUT_S=${DEMO_JOB_TIMEOUT_S:-300}
-PY=$ROOT/.venv/bin/python
+PY=${PY:-$ROOT/.venv/bin/python} # any python3: the demo uses its standard library only
 M=$ROOT/tests/data/models
 
 say() { echo "demo: $*"; }

@@ -216,7 +216,8 @@ static void test_bad_models(void **state) {
 /* `perflow generate` with the SDXL flags gives diffusers' PNGs (the 8-bit rule). */
 static void test_cli(void **state) {
     (void)state;
-    const char *cli = pf_cli_path();
+    char cli[4096]; /* pf_cli_path is a rotating pf_pathf buffer: the cases below reuse them */
+    snprintf(cli, sizeof cli, "%s", pf_cli_path());
     json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/sdxl.json"), PF_GOLDEN_VERSION,
                                   "re-run tests/reference/make_goldens.py sdxl"), *c;
     size_t i;

@@ -5,6 +5,9 @@
  * images to 1024 px in 4 CFG steps at batch 1 and 4. Usage: bench_gpu MODEL_DIR [REPEAT]
  * With a third argument "sdxl", MODEL_DIR is an SDXL folder (bench_diffusers_sdxl.py)
  * and the benchmark is a 4-step 1024 x 1024 SDXL image with CFG at batch 1 and 4.
+ * With "profile" instead (and PERFLOW_PROFILE=1 in the environment: profile.h),
+ * one warm 4-step 512 px CFG image at batch 1 and at batch 8, each with its
+ * time per op kind: where a batch's time goes, not how fast it is.
  *
  * Each benchmark runs on a fresh CUDA backend (so its peak memory holds only
  * its own weights and activations, as the diffusers side measures it), warms
@@ -18,6 +21,7 @@
 #include "bench_util.h"
 
 #include "pipeline.h"
+#include "profile.h"
 #include "unet.h"
 #include "vae.h"
 
@@ -212,6 +216,30 @@ static void bench_refine(const char *dir, int batch, int repeat, int first) {
     pf_backend_free(be);
 }
 
+/* One warm txt2img run at batch `batch`, its per-op times as "profile_b<batch>". */
+static void profile_txt2img(const char *dir, int batch, int first) {
+    pf_backend *be = fresh_backend();
+    pf_error err;
+    pf_pipeline *p;
+    if (pf_pipeline_load(&p, be, dir, NULL, &err)) die("loading the model", &err);
+    pf_txt2img_params prm;
+    pf_txt2img_defaults(&prm);
+    prm.prompt = "a photo of an astronaut riding a horse on mars";
+    prm.guidance = 7.5f;
+    prm.num_images = batch;
+    float *images = malloc((size_t)batch * 512 * 512 * 3 * sizeof *images);
+    if (pf_pipeline_txt2img(p, &prm, images, &err)) die("txt2img", &err); /* warm-up */
+    pf_profile_reset();
+    double s = pf_bench_now();
+    if (pf_pipeline_txt2img(p, &prm, images, &err)) die("txt2img", &err);
+    printf("%s\n  \"profile_b%d\": {\"seconds\": %.6f, \"ops\": ", first ? "" : ",", batch, pf_bench_now() - s);
+    pf_profile_json(stdout);
+    printf("}");
+    free(images);
+    pf_pipeline_free(p);
+    pf_backend_free(be);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_gpu MODEL_DIR [REPEAT]\n");
@@ -221,6 +249,16 @@ int main(int argc, char **argv) {
     if (repeat < 1 || repeat > MAX_REPEAT) repeat = 10;
     srand(0);
     printf("{\"impl\": \"perflow cuda\", \"repeat\": %d,", repeat);
+    if (argc > 3 && !strcmp(argv[3], "profile")) {
+        if (!pf_profile_enabled()) {
+            fprintf(stderr, "bench_gpu: profile needs PERFLOW_PROFILE=1 in the environment\n");
+            return 2;
+        }
+        profile_txt2img(argv[1], 1, 1);
+        profile_txt2img(argv[1], 8, 0);
+        printf("\n}\n");
+        return 0;
+    }
     if (argc > 3 && !strcmp(argv[3], "sdxl")) {
         bench_txt2img_at(argv[1], 1, repeat > 3 ? 3 : repeat, 1, 1024, "sdxl");
         bench_txt2img_at(argv[1], 4, repeat > 2 ? 2 : repeat, 0, 1024, "sdxl");

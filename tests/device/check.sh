@@ -88,7 +88,8 @@ command -v make >/dev/null || MAKE=$R/usr/bin/make
 
 step "build ($MAKE -j16)"
 timeout "$(limit 240)" $MAKE -j16 -k B=$B BIN=$B/bin EXTRA_CFLAGS="$EXTRA_CFLAGS" EXTRA_LDFLAGS="$EXTRA_LDFLAGS" info \
-    $B/bin/perflow $B/tests/test_cuda_ops $B/tests/test_cuda_pipeline $B/bench/bench_gpu > "$OUT/build.log" 2>&1
+    $B/bin/perflow $B/bin/perflow-worker $B/bin/perflow-dev-broker $B/tests/test_cuda_ops $B/tests/test_cuda_pipeline \
+    $B/bench/bench_gpu > "$OUT/build.log" 2>&1
 rc=$?
 grep -E "warning:|error:|\*\*\*|perflow build" "$OUT/build.log" | head -40
 record build $rc
@@ -132,6 +133,16 @@ else
     record bench_gpu 1
 fi
 
+step "perflow: time per op of a 4-step 512 px CFG image at batch 1 and 8 (PERFLOW_PROFILE=1)"
+if [ -f $MODELS/sd15-random/model_index.json ]; then
+    LD_LIBRARY_PATH=$RUN_LD PERFLOW_PROFILE=1 timeout "$(limit 90)" $B/bench/bench_gpu $MODELS/sd15-random 1 profile \
+        > "$W/profile.json"
+    record profile $?
+    cat "$W/profile.json"
+else
+    record profile 1
+fi
+
 step "SDXL: diffusers at 1024 px (fp16, PeRFlow sampler), then perflow on the same folder"
 PYTHONUNBUFFERED=1 timeout "$(limit 200)" python3 tests/device/bench_diffusers_sdxl.py --models $MODELS \
     --out "$W/diffusers_sdxl.json"
@@ -142,6 +153,17 @@ if [ -f $MODELS/sdxl-random/model_index.json ]; then
 else
     record bench_gpu_sdxl 1
 fi
+
+step "the worker on the GPU: one refine job through the dev broker, Redis and perflow-worker (ops/worker-demo.sh)"
+# redis-server and redis-cli come from the unpacked packages; any python3 serves the model.
+PY=$(command -v python3) BIN=$B/bin WORKER_DEMO_OUT="$W/worker-demo" DEMO_WAIT_S=30 DEMO_JOB_TIMEOUT_S=90 \
+    LD_LIBRARY_PATH=$RUN_LD PATH=$PATH:$R/usr/bin:$R/usr/sbin PERFLOW_DEVICE=cuda \
+    timeout "$(limit 150)" sh ops/worker-demo.sh > "$W/worker_demo.txt" 2>&1
+rc=$?
+cat "$W/worker_demo.txt"
+tail -20 "$W/worker-demo/worker.log" 2>/dev/null
+ls -l "$W/worker-demo/images" 2>/dev/null
+record worker_demo $rc
 
 step "report"
 python3 tests/device/report.py "$W" "$OUT/device_report.json"

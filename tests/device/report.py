@@ -7,7 +7,8 @@ diffusers.
 
 WORK_DIR holds steps.txt ("name exit_status seconds" per step), gpu.txt (nvidia-smi),
 test_cuda_ops.txt and test_cuda_pipeline.txt (the tests' output: one line per checked op,
-model or pipeline), perflow.json (tests/bench/bench_gpu.c) and diffusers.json
+model or pipeline), perflow.json (tests/bench/bench_gpu.c), profile.json (bench_gpu's time per
+op), worker_demo.txt (ops/worker-demo.sh on the GPU) and diffusers.json
 (tests/device/bench_diffusers.py). Missing or broken inputs are reported in the JSON,
 never fatal. Ratios are perflow / diffusers: below 1, perflow is faster or smaller.
 Exit status 0 unless the output cannot be written.
@@ -97,6 +98,9 @@ def main():
         "benchmarks": benches,
         "perflow": ours,
         "diffusers": ref,
+        # time per op kind of one warm image at batch 1 and 8 (bench_gpu ... profile)
+        "profile": load_json(os.path.join(work, "profile.json"), problems),
+        "worker_demo": (read(os.path.join(work, "worker_demo.txt")) or "").splitlines()[-40:],
         "problems": problems,
     }
     with open(out, "w") as f:
@@ -118,6 +122,11 @@ def main():
             print("%s: %d checks, %d failed" % (name, len(t["checks"]), len(t["failed"])))
     if report["failed_steps"]:
         print("failed steps:", ", ".join(report["failed_steps"]))
+    for key, prof in sorted(report["profile"].items()):
+        if isinstance(prof, dict) and isinstance(prof.get("ops"), dict):
+            total = sum(v.get("seconds", 0) for v in prof["ops"].values()) or 1
+            print("%s: %.1f ms, by op: %s" % (key, prof.get("seconds", 0) * 1e3, ", ".join(
+                "%s %.0f%%" % (op, 100 * v.get("seconds", 0) / total) for op, v in list(prof["ops"].items())[:8])))
     for p in problems:
         print("problem:", p)
     print("wrote", out)
