@@ -204,7 +204,7 @@ $(B)/bench/bench_storage_%: tests/bench/bench_storage_%.c $(B)/libperflow_storag
 	$(CC) $(CFLAGS) -Istorage -Itests -o $@ $< $(B)/libperflow_storage.a $(B)/libperflow_engine.a $(LDLIBS_ENGINE) \
 	    $(LDLIBS_CUDA) $(LDLIBS_STORAGE)
 
-$(B)/.deps-stamp: ops/install-deps.sh
+$(B)/.deps-stamp: ops/install-deps.sh ops/kafka/pom.xml
 	sh ops/install-deps.sh
 	@mkdir -p build && touch $@
 

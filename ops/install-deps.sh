@@ -1,6 +1,7 @@
 #!/bin/sh
 # install-deps.sh - installs what perflow builds and tests with, on Debian 12.
-#   sh ops/install-deps.sh              Debian packages + .venv with the test tools
+#   sh ops/install-deps.sh              Debian packages + .venv with the test tools,
+#                                       the CUDA compile toolchain (.cuda), Apache Kafka (.kafka)
 #   sh ops/install-deps.sh --reference  also the reference stack (torch, diffusers,
 #                                       transformers; several GB) for goldens and benchmarks
 # Installs only what is missing, so it is cheap to run again.
@@ -9,7 +10,8 @@ cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libopenblas-dev libjansson-dev
       libutf8proc-dev libpng-dev libjpeg62-turbo-dev libcmocka-dev python3-venv
       libcurl4-openssl-dev libhiredis-dev libssl-dev redis-server nginx-light curl openssl
-      librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps socat iproute2 util-linux"
+      librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps socat iproute2 util-linux
+      openjdk-17-jre-headless maven"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -53,6 +55,17 @@ if [ -d "$CUDA_TOP/lib" ]; then
     for l in cudart cublas cublasLt; do
         [ -e "$CUDA_TOP/lib/lib$l.so" ] || ln -s "lib$l.so.13" "$CUDA_TOP/lib/lib$l.so"
     done
+fi
+# Apache Kafka, the broker the worker suites and `make chaos` run against (ops/kafka.sh):
+# the jars of the version ops/kafka/pom.xml pins, from Maven Central into .kafka/libs.
+# Copied again only when the pom changes (its checksum is kept beside the jars).
+KAFKA_POM_SUM=$(sha256sum ops/kafka/pom.xml | cut -d' ' -f1)
+if [ "$(cat .kafka/libs/.pom-sha256 2>/dev/null)" != "$KAFKA_POM_SUM" ]; then
+    echo "installing Apache Kafka into .kafka/libs (ops/kafka/pom.xml)"
+    rm -rf .kafka/libs
+    (cd ops/kafka && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$PWD/../../.kafka/libs")
+    echo "$KAFKA_POM_SUM" > .kafka/libs/.pom-sha256
 fi
 if [ "$1" = "--reference" ]; then
     .venv/bin/pip install -q -r tests/reference/requirements.txt
