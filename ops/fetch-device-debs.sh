@@ -9,7 +9,8 @@
 #
 # Run from the repository root on a Debian/Ubuntu x86-64 machine with apt:
 #     sh ops/fetch-device-debs.sh
-# .debs/ is git-ignored; name it in the device run's carry list.
+# .debs/ and .debroot.tar.xz (the same, unpacked and pruned: what the device run
+# carries) are git-ignored; name .debroot.tar.xz in the device run's carry list.
 set -e
 cd "$(dirname "$0")/.."
 PKGS="libopenblas0-pthread libopenblas-pthread-dev libopenblas-dev libgfortran5 libquadmath0
@@ -29,3 +30,14 @@ rm -f ./*.deb
 # shellcheck disable=SC2086
 apt-get download $PKGS
 ls -l ./*.deb | awk '{ s += $5; print } END { printf "%.1f MiB in .debs/\n", s / 1048576 }'
+# The device tool carries at most 64 MiB with the working tree: the same packages
+# unpacked, without docs, static libraries and unused programs, fit in a third.
+cd ..
+R=$(mktemp -d)
+for f in .debs/*.deb; do dpkg -x "$f" "$R"; done
+rm -rf "$R/usr/share/doc" "$R/usr/share/man" "$R/usr/share/locale" "$R/usr/share/lintian" "$R/usr/share/info" \
+    "$R/usr/bin/redis-check-aof" "$R/usr/bin/redis-benchmark" "$R"/usr/lib/x86_64-linux-gnu/openblas-pthread/liblapack.so*
+find "$R" -name '*.a' -delete
+tar -cf - -C "$R" . | xz -9 -T2 > .debroot.tar.xz
+rm -rf "$R"
+ls -l .debroot.tar.xz

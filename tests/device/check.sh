@@ -6,7 +6,7 @@
 #
 #   bash tests/device/check.sh            (from anywhere; writes under $OUT)
 #
-# Needs, carried beside the working tree: .debs/ (sh ops/fetch-device-debs.sh),
+# Needs, carried beside the working tree: .debroot.tar.xz or .debs/ (sh ops/fetch-device-debs.sh),
 # and for the diffusers side .whl/diffusers-*.whl. Writes three files to $OUT
 # (default build-device/out): check.log (everything printed), build.log, and
 # device_report.json (environment, each step's result, every test line, both
@@ -64,7 +64,10 @@ step "unpack .debs into $R"
 rm -rf "$R"
 mkdir -p "$R"
 n=0
-for f in .debs/*.deb; do
+if [ -f .debroot.tar.xz ]; then # ops/fetch-device-debs.sh: the packages already unpacked and pruned
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .debroot.tar.xz "$R" && n=packed
+fi
+[ "$n" = packed ] || for f in .debs/*.deb; do
     [ -e "$f" ] || { echo "no .debs/: run 'sh ops/fetch-device-debs.sh' here and carry .debs"; break; }
     if command -v dpkg >/dev/null; then
         dpkg -x "$f" "$R"
