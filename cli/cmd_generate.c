@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "image.h"
 #include "pipeline.h"
+#include "request.h"
 
 static void generate_usage(FILE *f) {
     fprintf(f,
@@ -46,8 +47,11 @@ static void generate_usage(FILE *f) {
             "classifier-free guidance. The same seed gives the same image as diffusers with\n"
             "torch.Generator(\"cpu\").manual_seed(seed).\n"
             "Prediction types: diff_eps (released SD-1.5 PeRFlow models), ddim_eps (SDXL's), velocity;\n"
-            "--prediction-type and --windows default to the model's scheduler config (a PeRFlowScheduler's),\n"
-            "else diff_eps for SD-1.x/2.x and ddim_eps for SDXL, with 4 windows.\n"
+            "--prediction-type and --windows default to the model's scheduler config when it is a\n"
+            "PeRFlowScheduler's; a base model's own scheduler config (PNDMScheduler, DDIMScheduler, ...)\n"
+            "gives only the noise schedule, and the prediction type is then diff_eps for SD-1.x/2.x and\n"
+            "ddim_eps for SDXL, with 4 windows. The PNG records the values used; perflow refine and\n"
+            "perflow submit (the worker) take the same defaults.\n"
             "SDXL models (model_index.json: StableDiffusionXLPipeline) run diffusers'\n"
             "StableDiffusionXLPipeline: width and height default to 1024; --prompt-2 and\n"
             "--negative-prompt-2 go to the second text encoder (default: the prompt and negative prompt);\n"
@@ -94,12 +98,10 @@ int cmd_generate(int argc, char **argv) {
         {"target-size", required_argument, 0, O_TARGET},
         {0, 0, 0, 0},
     };
-    pf_txt2img_params prm;
-    pf_txt2img_defaults(&prm);
-    prm.prompt = NULL;
-    prm.width = prm.height = 0; /* the family's default side, once the model is loaded */
-    pf_refine_params ref;
-    pf_refine_defaults(&ref);
+    pf_request rq; /* what the flags set; pf_request_resolve decides the rest */
+    pf_request_init(&rq);
+    pf_txt2img_params *prm = &rq.gen;
+    pf_refine_params *ref = &rq.ref;
     const char *out = NULL, *device = NULL;
     long v, threads = 0, pair[2];
     double d;
@@ -120,54 +122,54 @@ int cmd_generate(int argc, char **argv) {
         case O_MODEL_CONFIG: m.spec.model_config = optarg; break;
         case O_LORA: if (pf_cli_model_add_lora(&m, optarg)) goto done; break;
         case O_CONTROL_IMAGE: if (pf_cli_controls_add_image(&nets, optarg)) goto done; break;
-        case 'p': prm.prompt = optarg; break;
-        case 'n': prm.negative_prompt = optarg; break;
+        case 'p': prm->prompt = optarg; break;
+        case 'n': prm->negative_prompt = optarg; break;
         case 'o': out = optarg; break;
         case 'v': device = optarg; break;
-        case 'P': prm.prediction_type = optarg; break;
+        case 'P': prm->prediction_type = optarg; break;
         case 'G': grid = 1; break;
-        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) goto done; prm.steps = (int)v; break;
-        case 'W': if (pf_cli_int(optarg, "--width", 8, 4096, &v)) goto done; prm.width = (int)v; break;
-        case 'H': if (pf_cli_int(optarg, "--height", 8, 4096, &v)) goto done; prm.height = (int)v; break;
-        case 'N': if (pf_cli_int(optarg, "--num-images", 1, 64, &v)) goto done; prm.num_images = (int)v; break;
-        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) goto done; prm.windows = (int)v; break;
-        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) goto done; prm.clip_skip = (int)v; break;
+        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) goto done; prm->steps = (int)v; break;
+        case 'W': if (pf_cli_int(optarg, "--width", 8, 4096, &v)) goto done; prm->width = (int)v; break;
+        case 'H': if (pf_cli_int(optarg, "--height", 8, 4096, &v)) goto done; prm->height = (int)v; break;
+        case 'N': if (pf_cli_int(optarg, "--num-images", 1, 64, &v)) goto done; prm->num_images = (int)v; break;
+        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) goto done; prm->windows = (int)v; break;
+        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) goto done; prm->clip_skip = (int)v; break;
         case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) goto done; break;
-        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) goto done; break;
-        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) goto done; prm.guidance = (float)d; break;
+        case 'S': if (pf_cli_seed(optarg, "--seed", &prm->seed)) goto done; break;
+        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) goto done; prm->guidance = (float)d; break;
         case O_REFINE: refine = 1; break;
         case O_CONTROLNET: if (pf_cli_controls_add_net(&nets, optarg)) goto done; break;
-        case O_RSIZE: if (pf_cli_int(optarg, "--refine-size", 0, 1L << 20, &v)) goto done; ref.size = (int)v; break;
-        case O_RSTEPS: if (pf_cli_int(optarg, "--refine-steps", 1, 1000, &v)) goto done; ref.steps = (int)v; break;
-        case O_RPROMPT: ref.prompt = optarg; break;
-        case O_RNEG: ref.negative_prompt = optarg; break;
+        case O_RSIZE: if (pf_cli_int(optarg, "--refine-size", 0, 1L << 20, &v)) goto done; ref->size = (int)v; break;
+        case O_RSTEPS: if (pf_cli_int(optarg, "--refine-steps", 1, 1000, &v)) goto done; ref->steps = (int)v; break;
+        case O_RPROMPT: ref->prompt = optarg; break;
+        case O_RNEG: ref->negative_prompt = optarg; break;
         case O_RGUIDANCE:
             if (pf_cli_number_in(optarg, "--refine-guidance", 0, 100, &d)) goto done;
-            ref.guidance = (float)d;
+            ref->guidance = (float)d;
             break;
-        case O_RSTRENGTH: if (pf_cli_number(optarg, "--refine-strength", &d)) goto done; ref.strength = (float)d; break;
-        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) goto done; ref.controlnet_scale = (float)d; break;
-        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) goto done; break;
-        case O_PROMPT2: prm.prompt_2 = optarg; break;
-        case O_NEG2: prm.negative_prompt_2 = optarg; break;
+        case O_RSTRENGTH: if (pf_cli_number(optarg, "--refine-strength", &d)) goto done; ref->strength = (float)d; break;
+        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) goto done; ref->controlnet_scale = (float)d; break;
+        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm->vae_tiling)) goto done; break;
+        case O_PROMPT2: prm->prompt_2 = optarg; break;
+        case O_NEG2: prm->negative_prompt_2 = optarg; break;
         /* W,H and X,Y on the command line; the time ids are (h, w) and (top, left) */
         case O_ORIG:
             if (pf_cli_pair(optarg, "--original-size", 1, 16384, pair)) goto done;
-            prm.original_size[0] = (int)pair[1], prm.original_size[1] = (int)pair[0];
+            prm->original_size[0] = (int)pair[1], prm->original_size[1] = (int)pair[0];
             break;
         case O_CROP:
             if (pf_cli_pair(optarg, "--crop-coords", 0, 16384, pair)) goto done;
-            prm.crop_coords[0] = (int)pair[1], prm.crop_coords[1] = (int)pair[0];
+            prm->crop_coords[0] = (int)pair[1], prm->crop_coords[1] = (int)pair[0];
             break;
         case O_TARGET:
             if (pf_cli_pair(optarg, "--target-size", 1, 16384, pair)) goto done;
-            prm.target_size[0] = (int)pair[1], prm.target_size[1] = (int)pair[0];
+            prm->target_size[0] = (int)pair[1], prm->target_size[1] = (int)pair[0];
             break;
         case 'h': generate_usage(stdout); rc = 0; goto done;
         default: generate_usage(stderr); goto done;
         }
     }
-    if (!m.spec.model || !prm.prompt || !out || optind != argc) {
+    if (!m.spec.model || !prm->prompt || !out || optind != argc) {
         if (optind != argc) fprintf(stderr, "perflow: unexpected argument '%s'\n", argv[optind]);
         generate_usage(stderr);
         goto done;
@@ -193,57 +195,44 @@ int cmd_generate(int argc, char **argv) {
     be = pf_backend_open(device, (int)threads, &err);
     if (!be || pf_pipeline_load_model(&pipe, be, &m.spec, &err)) goto done;
     pf_cli_model_report(&m);
-    int side;
-    pf_pipeline_defaults(pipe, NULL, NULL, &side);
-    if (!prm.width) prm.width = side;
-    if (!prm.height) prm.height = side;
-    if (pf_cli_controls_attach(&nets, pipe, ref.controlnet_scale, controls, &prm.n_controls, &err)) goto done;
-    prm.controls = controls;
-    if (pf_txt2img_check(pipe, &prm, &err)) goto done;
-    if (refine) {
-        /* everything the second stage needs is checked before the first runs; the
-         * tile is net 0, which a refine run without controls of its own takes */
-        ref.image_width = prm.width;
-        ref.image_height = prm.height;
-        ref.num_images = prm.num_images;
-        ref.seed = prm.seed;
-        ref.prediction_type = prm.prediction_type;
-        ref.windows = prm.windows;
-        ref.clip_skip = prm.clip_skip;
-        ref.vae_tiling = prm.vae_tiling;
-        for (int i = 0; i < nets.n; i++)
-            if (!nets.net[i].image) ref.controlnet_scale = (float)nets.net[i].scale;
-        if (pf_refine_check(pipe, &ref, NULL, &err)) goto done;
-    }
-    size_t px = (size_t)prm.width * prm.height * 3;
-    int W = prm.width, H = prm.height;
-    if (refine) pf_refine_output_size(&ref, &W, &H);
+    rq.refine = refine;
+    pf_request_resolve(pipe, &rq);
+    if (pf_cli_controls_attach(&nets, pipe, ref->controlnet_scale, controls, &prm->n_controls, &err)) goto done;
+    prm->controls = controls;
+    /* the tile is net 0, which a refine stage without controls of its own takes;
+     * everything the second stage needs is checked before the first runs */
+    for (int i = 0; i < nets.n; i++)
+        if (!nets.net[i].image) ref->controlnet_scale = (float)nets.net[i].scale;
+    if (pf_request_check(pipe, &rq, NULL, &err)) goto done;
+    size_t px = (size_t)prm->width * prm->height * 3;
+    int W = prm->width, H = prm->height;
+    if (refine) pf_refine_output_size(ref, &W, &H);
     const size_t out_px = (size_t)W * H * 3, most = px > out_px ? px : out_px;
-    images = malloc(most * prm.num_images * sizeof *images);
-    rgb = malloc(px * prm.num_images);
+    images = malloc(most * prm->num_images * sizeof *images);
+    rgb = malloc(px * prm->num_images);
     if (!images || !rgb) {
-        pf_fail(&err, "out of memory for %d images of %d x %d", prm.num_images, W, H);
+        pf_fail(&err, "out of memory for %d images of %d x %d", prm->num_images, W, H);
         goto done;
     }
     pf_cli_progress ps;
     pf_cli_progress_init(&ps, "generate");
-    prm.progress = pf_cli_on_progress;
-    prm.user = &ps;
-    if (pf_pipeline_txt2img(pipe, &prm, images, &err)) goto done;
-    pf_image_to_u8(rgb, images, (long)(px * prm.num_images));
+    prm->progress = pf_cli_on_progress;
+    prm->user = &ps;
+    if (pf_pipeline_txt2img(pipe, prm, images, &err)) goto done;
+    pf_image_to_u8(rgb, images, (long)(px * prm->num_images));
     if (refine) {
         ps.stage = "refine";
-        ref.images = rgb;
-        ref.progress = pf_cli_on_progress;
-        ref.user = &ps;
-        if (pf_pipeline_refine(pipe, &ref, images, &err)) goto done;
-        uint8_t *fine = realloc(rgb, out_px * prm.num_images);
+        ref->images = rgb;
+        ref->progress = pf_cli_on_progress;
+        ref->user = &ps;
+        if (pf_pipeline_refine(pipe, ref, images, &err)) goto done;
+        uint8_t *fine = realloc(rgb, out_px * prm->num_images);
         if (!fine) {
-            pf_fail(&err, "out of memory for %d images of %d x %d", prm.num_images, W, H);
+            pf_fail(&err, "out of memory for %d images of %d x %d", prm->num_images, W, H);
             goto done;
         }
         rgb = fine;
-        pf_image_to_u8(rgb, images, (long)(out_px * prm.num_images));
+        pf_image_to_u8(rgb, images, (long)(out_px * prm->num_images));
     }
 
     char seed[32], steps[16], guidance[32], size[32], windows[16], skip[16], rsize[32], rsteps[16], rguid[32],
@@ -251,52 +240,49 @@ int cmd_generate(int argc, char **argv) {
     const char *tile = NULL;
     pf_cli_model_describe(&m, loras, sizeof loras);
     pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm.seed);
-    snprintf(steps, sizeof steps, "%d", prm.steps);
-    snprintf(guidance, sizeof guidance, "%g", (double)prm.guidance);
-    snprintf(size, sizeof size, "%dx%d", prm.width, prm.height);
-    const char *prediction = prm.prediction_type;
-    int k = prm.windows;
-    pf_pipeline_defaults(pipe, prm.prediction_type ? NULL : &prediction, prm.windows ? NULL : &k, NULL);
-    snprintf(windows, sizeof windows, "%d", k);
-    snprintf(skip, sizeof skip, "%d", prm.clip_skip);
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm->seed);
+    snprintf(steps, sizeof steps, "%d", prm->steps);
+    snprintf(guidance, sizeof guidance, "%g", (double)prm->guidance);
+    snprintf(size, sizeof size, "%dx%d", prm->width, prm->height);
+    snprintf(windows, sizeof windows, "%d", prm->windows);
+    snprintf(skip, sizeof skip, "%d", prm->clip_skip);
     snprintf(rsize, sizeof rsize, "%dx%d", W, H);
-    snprintf(rsteps, sizeof rsteps, "%d", ref.steps);
-    snprintf(rguid, sizeof rguid, "%g", (double)ref.guidance);
-    snprintf(rstrength, sizeof rstrength, "%g", (double)ref.strength);
-    snprintf(cnscale, sizeof cnscale, "%g", (double)ref.controlnet_scale);
-    const char *text[64] = {"Software", "perflow", "prompt", prm.prompt,
-                            "negative_prompt", prm.negative_prompt ? prm.negative_prompt : "",
+    snprintf(rsteps, sizeof rsteps, "%d", ref->steps);
+    snprintf(rguid, sizeof rguid, "%g", (double)ref->guidance);
+    snprintf(rstrength, sizeof rstrength, "%g", (double)ref->strength);
+    snprintf(cnscale, sizeof cnscale, "%g", (double)ref->controlnet_scale);
+    const char *text[64] = {"Software", "perflow", "prompt", prm->prompt,
+                            "negative_prompt", prm->negative_prompt ? prm->negative_prompt : "",
                             "seed", seed, "steps", steps, "guidance", guidance, "size", size,
-                            "prediction_type", prediction, "windows", windows, "clip_skip", skip,
+                            "prediction_type", prm->prediction_type, "windows", windows, "clip_skip", skip,
                             "model", m.spec.model, "model_config", m.spec.model_config ? m.spec.model_config : "",
                             "delta", m.spec.delta ? m.spec.delta : "", "loras", loras, "controlnets", controls_text};
     int nt = 0;
     while (text[nt]) nt++;
     if (pf_pipeline_family(pipe) == PF_FAMILY_SDXL) {
         static char sizes[3][40];
-        snprintf(sizes[0], sizeof sizes[0], "%dx%d", prm.original_size[1] ? prm.original_size[1] : prm.width,
-                 prm.original_size[0] ? prm.original_size[0] : prm.height);
-        snprintf(sizes[1], sizeof sizes[1], "%d,%d", prm.crop_coords[1], prm.crop_coords[0]);
-        snprintf(sizes[2], sizeof sizes[2], "%dx%d", prm.target_size[1] ? prm.target_size[1] : prm.width,
-                 prm.target_size[0] ? prm.target_size[0] : prm.height);
-        const char *more[] = {"family", "sdxl", "prompt_2", prm.prompt_2 ? prm.prompt_2 : "",
-                              "negative_prompt_2", prm.negative_prompt_2 ? prm.negative_prompt_2 : "",
+        snprintf(sizes[0], sizeof sizes[0], "%dx%d", prm->original_size[1] ? prm->original_size[1] : prm->width,
+                 prm->original_size[0] ? prm->original_size[0] : prm->height);
+        snprintf(sizes[1], sizeof sizes[1], "%d,%d", prm->crop_coords[1], prm->crop_coords[0]);
+        snprintf(sizes[2], sizeof sizes[2], "%dx%d", prm->target_size[1] ? prm->target_size[1] : prm->width,
+                 prm->target_size[0] ? prm->target_size[0] : prm->height);
+        const char *more[] = {"family", "sdxl", "prompt_2", prm->prompt_2 ? prm->prompt_2 : "",
+                              "negative_prompt_2", prm->negative_prompt_2 ? prm->negative_prompt_2 : "",
                               "original_size", sizes[0], "crop_coords", sizes[1], "target_size", sizes[2]};
         for (size_t i = 0; i < sizeof more / sizeof *more; i++) text[nt++] = more[i];
     }
     if (refine) {
         const char *more[] = {"refine_controlnet", tile, "refine_size", rsize, "refine_steps", rsteps,
-                              "refine_prompt", ref.prompt ? ref.prompt : PF_REFINE_PROMPT,
+                              "refine_prompt", ref->prompt ? ref->prompt : PF_REFINE_PROMPT,
                               "refine_negative_prompt",
-                              ref.negative_prompt ? ref.negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
+                              ref->negative_prompt ? ref->negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
                               "refine_guidance", rguid, "refine_strength", rstrength, "controlnet_scale", cnscale};
         for (size_t i = 0; i < sizeof more / sizeof *more; i++) text[nt++] = more[i];
     }
     text[nt++] = "index";
     text[nt++] = NULL; /* filled by pf_cli_write_pngs */
     text[nt] = NULL;
-    if (pf_cli_write_pngs(out, rgb, prm.num_images, W, H, grid, text, &err)) goto done;
+    if (pf_cli_write_pngs(out, rgb, prm->num_images, W, H, grid, text, &err)) goto done;
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);

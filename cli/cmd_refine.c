@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "image.h"
 #include "pipeline.h"
+#include "request.h"
 
 static void refine_usage(FILE *f) {
     fprintf(f,
@@ -18,7 +19,7 @@ static void refine_usage(FILE *f) {
             "                      [--controlnet DIR[:SCALE] --control-image FILE]...\n"
             "                      [--prompt TEXT] [--negative-prompt TEXT] [--size 1024] [--steps 4]\n"
             "                      [--guidance 7.5] [--strength 1.0] [--controlnet-scale 1.0] [--seed 0]\n"
-            "                      [--prediction-type diff_eps] [--windows 4] [--clip-skip 0]\n"
+            "                      [--prediction-type T] [--windows K] [--clip-skip 0]\n"
             "                      [--vae-tiling auto|on|off] [--device auto|cpu|cuda|cuda:N] [--threads N]\n\n"
             "Runs diffusers' StableDiffusionControlNetImg2ImgPipeline with the PeRFlow sampler, as the\n"
             "original PeRFlow predictor's refiner: IN (PNG or JPEG, converted to RGB as Pillow's\n"
@@ -37,6 +38,8 @@ static void refine_usage(FILE *f) {
             "torch.manual_seed(seed) generator, so the same seed gives diffusers' image.\n"
             "Defaults are the predictor's: prompt \"" PF_REFINE_PROMPT "\", negative prompt\n"
             "\"" PF_REFINE_NEGATIVE_PROMPT "\".\n"
+            "--prediction-type and --windows default as for perflow generate: the model's scheduler\n"
+            "config when it is a PeRFlowScheduler's, else diff_eps (SD-1.x/2.x), with 4 windows.\n"
             "--vae-tiling: encode and decode in tiles as diffusers' enable_vae_tiling() (on), never\n"
             "(off), or only where an untiled pass would not fit the device's memory (auto, the default).\n");
 }
@@ -59,10 +62,11 @@ int cmd_refine(int argc, char **argv) {
         {"control-image", required_argument, 0, O_CONTROL_IMAGE},
         {0, 0, 0, 0},
     };
-    pf_refine_params prm;
-    pf_refine_defaults(&prm);
-    prm.prediction_type = "diff_eps";
-    prm.windows = 4;
+    pf_request rq; /* the refine stage alone; pf_request_resolve decides what the flags leave */
+    pf_request_init(&rq);
+    rq.txt2img = 0;
+    rq.refine = 1;
+    pf_refine_params *prm = &rq.ref;
     const char *image = NULL, *out = NULL, *device = NULL;
     long v, threads = 0;
     double d;
@@ -86,22 +90,22 @@ int cmd_refine(int argc, char **argv) {
         case O_CONTROL_IMAGE: if (pf_cli_controls_add_image(&nets, optarg)) goto done; break;
         case O_IMAGE: image = optarg; break;
         case 'o': out = optarg; break;
-        case 'p': prm.prompt = optarg; break;
-        case 'n': prm.negative_prompt = optarg; break;
+        case 'p': prm->prompt = optarg; break;
+        case 'n': prm->negative_prompt = optarg; break;
         case 'v': device = optarg; break;
-        case 'P': prm.prediction_type = optarg; break;
+        case 'P': prm->prediction_type = optarg; break;
         /* size and strength: any number here; their limits (a size that rounds to 0 or
          * past the maximum, strength outside (0, 1]) are the library's, exit status 1 */
-        case O_SIZE: if (pf_cli_int(optarg, "--size", 0, 1L << 20, &v)) goto done; prm.size = (int)v; break;
-        case O_STRENGTH: if (pf_cli_number(optarg, "--strength", &d)) goto done; prm.strength = (float)d; break;
-        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) goto done; prm.controlnet_scale = (float)d; break;
-        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) goto done; prm.steps = (int)v; break;
-        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) goto done; prm.windows = (int)v; break;
-        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) goto done; prm.clip_skip = (int)v; break;
+        case O_SIZE: if (pf_cli_int(optarg, "--size", 0, 1L << 20, &v)) goto done; prm->size = (int)v; break;
+        case O_STRENGTH: if (pf_cli_number(optarg, "--strength", &d)) goto done; prm->strength = (float)d; break;
+        case O_CNSCALE: if (pf_cli_number(optarg, "--controlnet-scale", &d)) goto done; prm->controlnet_scale = (float)d; break;
+        case 's': if (pf_cli_int(optarg, "--steps", 1, 1000, &v)) goto done; prm->steps = (int)v; break;
+        case 'K': if (pf_cli_int(optarg, "--windows", 1, 1000, &v)) goto done; prm->windows = (int)v; break;
+        case 'c': if (pf_cli_int(optarg, "--clip-skip", 0, 64, &v)) goto done; prm->clip_skip = (int)v; break;
         case 't': if (pf_cli_int(optarg, "--threads", 0, 1024, &threads)) goto done; break;
-        case 'S': if (pf_cli_seed(optarg, "--seed", &prm.seed)) goto done; break;
-        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) goto done; prm.guidance = (float)d; break;
-        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm.vae_tiling)) goto done; break;
+        case 'S': if (pf_cli_seed(optarg, "--seed", &prm->seed)) goto done; break;
+        case 'g': if (pf_cli_number_in(optarg, "--guidance", 0, 100, &d)) goto done; prm->guidance = (float)d; break;
+        case O_TILING: if (pf_cli_vae_tiling(optarg, &prm->vae_tiling)) goto done; break;
         case 'h': refine_usage(stdout); rc = 0; goto done;
         default: refine_usage(stderr); goto done;
         }
@@ -125,22 +129,23 @@ int cmd_refine(int argc, char **argv) {
     int W, H;
     pf_control controls[PF_MAX_CONTROLS];
     /* the input first: a bad image fails before any model is loaded */
-    if (pf_image_read(image, &input, &prm.image_width, &prm.image_height, &err)) goto done;
-    prm.images = input;
+    if (pf_image_read(image, &input, &prm->image_width, &prm->image_height, &err)) goto done;
+    prm->images = input;
     if (!(be = pf_backend_open(device, (int)threads, &err)) || pf_pipeline_load_model(&pipe, be, &m.spec, &err))
         goto done;
     pf_cli_model_report(&m);
     /* the tile is net 0, conditioned on the refined image (image NULL); the pairs follow */
-    if (pf_cli_controls_attach(&nets, pipe, prm.controlnet_scale, controls + 1, &prm.n_controls, &err)) goto done;
+    if (pf_cli_controls_attach(&nets, pipe, prm->controlnet_scale, controls + 1, &prm->n_controls, &err)) goto done;
     for (int i = 0; i < nets.n; i++)
         if (!nets.net[i].image) controls[0] = (pf_control){0, NULL, 0, 0, (float)nets.net[i].scale};
-    prm.controlnet_scale = controls[0].scale;
-    if (prm.n_controls) {
-        prm.n_controls++;
-        prm.controls = controls;
+    prm->controlnet_scale = controls[0].scale;
+    if (prm->n_controls) {
+        prm->n_controls++;
+        prm->controls = controls;
     }
-    if (pf_refine_check(pipe, &prm, NULL, &err)) goto done;
-    pf_refine_output_size(&prm, &W, &H);
+    pf_request_resolve(pipe, &rq);
+    if (pf_request_check(pipe, &rq, NULL, &err)) goto done;
+    pf_refine_output_size(prm, &W, &H);
     const size_t px = (size_t)W * H * 3;
     images = malloc(px * sizeof *images);
     rgb = malloc(px);
@@ -150,9 +155,9 @@ int cmd_refine(int argc, char **argv) {
     }
     pf_cli_progress ps;
     pf_cli_progress_init(&ps, "refine");
-    prm.progress = pf_cli_on_progress;
-    prm.user = &ps;
-    if (pf_pipeline_refine(pipe, &prm, images, &err)) goto done;
+    prm->progress = pf_cli_on_progress;
+    prm->user = &ps;
+    if (pf_pipeline_refine(pipe, prm, images, &err)) goto done;
     pf_image_to_u8(rgb, images, (long)px);
 
     char seed[32], steps[16], guidance[32], size[32], windows[16], strength[32], cnscale[32], loras[4096],
@@ -160,17 +165,17 @@ int cmd_refine(int argc, char **argv) {
     const char *tile = NULL;
     pf_cli_model_describe(&m, loras, sizeof loras);
     pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm.seed);
-    snprintf(steps, sizeof steps, "%d", prm.steps);
-    snprintf(guidance, sizeof guidance, "%g", (double)prm.guidance);
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm->seed);
+    snprintf(steps, sizeof steps, "%d", prm->steps);
+    snprintf(guidance, sizeof guidance, "%g", (double)prm->guidance);
     snprintf(size, sizeof size, "%dx%d", W, H);
-    snprintf(windows, sizeof windows, "%d", prm.windows);
-    snprintf(strength, sizeof strength, "%g", (double)prm.strength);
-    snprintf(cnscale, sizeof cnscale, "%g", (double)prm.controlnet_scale);
-    const char *text[] = {"Software", "perflow", "prompt", prm.prompt ? prm.prompt : PF_REFINE_PROMPT,
-                          "negative_prompt", prm.negative_prompt ? prm.negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
+    snprintf(windows, sizeof windows, "%d", prm->windows);
+    snprintf(strength, sizeof strength, "%g", (double)prm->strength);
+    snprintf(cnscale, sizeof cnscale, "%g", (double)prm->controlnet_scale);
+    const char *text[] = {"Software", "perflow", "prompt", prm->prompt ? prm->prompt : PF_REFINE_PROMPT,
+                          "negative_prompt", prm->negative_prompt ? prm->negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
                           "seed", seed, "steps", steps, "guidance", guidance, "strength", strength,
-                          "controlnet_scale", cnscale, "size", size, "prediction_type", prm.prediction_type,
+                          "controlnet_scale", cnscale, "size", size, "prediction_type", prm->prediction_type,
                           "windows", windows, "model", m.spec.model,
                           "model_config", m.spec.model_config ? m.spec.model_config : "",
                           "delta", m.spec.delta ? m.spec.delta : "", "loras", loras, "controlnet", tile,

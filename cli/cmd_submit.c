@@ -59,8 +59,10 @@ static void usage(FILE *f) {
             "Sends PeRFlow generation jobs (schemas/job.v1.json) to the worker fleet's jobs topic:\n"
             "one from the flags, or one per prompt of a file times each seed of --seeds.\n\n"
             "Images (as perflow generate; the defaults are its defaults):\n"
-            "  --prompt TEXT --negative-prompt TEXT --steps 4 --guidance 4.5 --seed 0 --width 512\n"
-            "  --height 512 --num-images 1 --prediction-type diff_eps --windows 4 --clip-skip 0\n"
+            "  --prompt TEXT --negative-prompt TEXT --steps 4 --guidance 4.5 --seed 0 --width W\n"
+            "  --height H --num-images 1 --prediction-type T --windows K --clip-skip 0\n"
+            "  (a job carries only the flags given; the worker resolves sizes, prediction type and windows\n"
+            "  from the model as perflow generate does: see perflow generate --help)\n"
             "  --refine --controlnet-url URL [--controlnet-sha256 HEX] --refine-size 1024 --refine-steps 4\n"
             "  --refine-prompt TEXT --refine-negative-prompt TEXT --refine-guidance 7.5\n"
             "  --refine-strength 1.0 --controlnet-scale 1.0 [--keep-base]\n"
@@ -180,12 +182,21 @@ static json_t *template_job(const options *o) {
         json_object_set_new(model, "delta", d);
     }
     if (o->fp16) json_object_set_new(model, "fp16", json_true());
-    json_t *t = json_pack("{s:s, s:o, s:I, s:I, s:I, s:f, s:I, s:I, s:{s:s, s:I}, s:{s:s}}", "schema", PF_JOB_SCHEMA,
-                          "model", model, "width", (json_int_t)o->width, "height", (json_int_t)o->height, "steps",
-                          (json_int_t)o->steps, "guidance", o->guidance, "num_images", (json_int_t)o->num_images,
-                          "clip_skip", (json_int_t)o->clip_skip, "sampler", "prediction_type", o->prediction_type,
-                          "windows", (json_int_t)o->windows, "output", "url", o->output);
+    json_t *t = json_pack("{s:s, s:o, s:I, s:f, s:I, s:I, s:{s:s}}", "schema", PF_JOB_SCHEMA, "model", model,
+                          "steps", (json_int_t)o->steps, "guidance", o->guidance, "num_images",
+                          (json_int_t)o->num_images, "clip_skip", (json_int_t)o->clip_skip, "output", "url",
+                          o->output);
     PF_CHECK(t);
+    /* what the model decides (request.h) is left to the worker, which resolves
+     * it as perflow generate does: a job carries only what its flags set */
+    if (o->width) json_object_set_new(t, "width", json_integer(o->width));
+    if (o->height) json_object_set_new(t, "height", json_integer(o->height));
+    if (o->prediction_type || o->windows) {
+        json_t *s = json_object();
+        if (o->prediction_type) json_object_set_new(s, "prediction_type", json_string(o->prediction_type));
+        if (o->windows) json_object_set_new(s, "windows", json_integer(o->windows));
+        json_object_set_new(t, "sampler", s);
+    }
     if (o->refine) {
         json_t *r = json_pack("{s:{s:s}}", "controlnet", "url", o->cn_url);
         if (o->cn_sha) json_object_set_new(json_object_get(r, "controlnet"), "sha256", json_string(o->cn_sha));
@@ -574,10 +585,7 @@ static int parse_options(options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->steps = 4;
     o->guidance = 4.5;
-    o->width = o->height = 512;
     o->num_images = 1;
-    o->prediction_type = "diff_eps"; /* generate's defaults, so the same flags give the same images */
-    o->windows = 4;
     o->negative = "";
     int c, idx;
     optind = 1;

@@ -247,19 +247,21 @@ static void report_loras(const pf_checkpoint *c, const pf_model_spec *spec) {
     }
 }
 
-/* The scheduler config: optional, as a base model folder carries its original
- * scheduler's config, whose beta keys PeRFlow shares; only a PeRFlowScheduler
- * config's prediction type is PeRFlow's (an SDXL base's "epsilon" is not). */
+/* The scheduler config: optional. A base model folder carries its own
+ * scheduler's config (PNDMScheduler, DDIMScheduler, ...), whose noise schedule
+ * PeRFlow shares; its prediction type ("epsilon", "v_prediction" or none at
+ * all) is not PeRFlow's, so only a PeRFlowScheduler config sets the sampler's
+ * prediction type and windows; otherwise m->sched keeps the family's (pf_request.h). */
 static int read_scheduler(pf_model_parts *m, const char *dir, pf_error *err) {
     char path[4096], cls[128];
     pf_config *c;
     if (pf_model_file(path, sizeof path, dir, "scheduler", "scheduler_config.json", NULL)) return 0;
-    const pf_prediction family_default = m->sched.prediction_type;
-    if (pf_perflow_config_load(&m->sched, path, err) || pf_config_load(&c, path, err)) return -1;
+    if (pf_config_load(&c, path, err)) return -1;
     int rc = pf_config_str(c, "_class_name", "", cls, sizeof cls, err);
     pf_config_free(c);
-    if (!rc && m->sdxl && strcmp(cls, "PeRFlowScheduler")) m->sched.prediction_type = family_default;
-    return rc;
+    if (rc) return -1;
+    return strcmp(cls, "PeRFlowScheduler") ? pf_perflow_config_load_betas(&m->sched, path, err)
+                                           : pf_perflow_config_load(&m->sched, path, err);
 }
 
 /* The checks that the loaded modules fit together. */

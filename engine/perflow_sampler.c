@@ -139,13 +139,14 @@ static int json_str_key(const json_t *o, const char *key, const char **out, cons
     return 0;
 }
 
-int pf_perflow_config_parse(pf_perflow_config *cfg, const char *json_text, size_t len, const char *what,
-                            pf_error *err) {
+/* pf_perflow_config_parse, starting from *cfg; with betas_only the PeRFlow keys
+ * (prediction_type, num_time_windows, t_noise, t_clean) are not read. */
+static int config_parse(pf_perflow_config *cfg, const char *json_text, size_t len, const char *what, int betas_only,
+                        pf_error *err) {
     json_error_t jerr;
     json_t *o = json_loadb(json_text, len, 0, &jerr);
     if (!o) return pf_fail(err, "%s: not valid JSON: %s (line %d)", what, jerr.text, jerr.line);
-    pf_perflow_config c;
-    pf_perflow_config_default(&c);
+    pf_perflow_config c = *cfg;
     const char *schedule = NULL, *prediction = NULL;
     int rc = -1;
     if (!json_is_object(o)) {
@@ -160,10 +161,12 @@ int pf_perflow_config_parse(pf_perflow_config *cfg, const char *json_text, size_
     if (json_int_key(o, "num_train_timesteps", &c.num_train_timesteps, what, err) ||
         json_num_key(o, "beta_start", &c.beta_start, what, err) ||
         json_num_key(o, "beta_end", &c.beta_end, what, err) ||
-        json_str_key(o, "beta_schedule", &schedule, what, err) ||
-        json_str_key(o, "prediction_type", &prediction, what, err) ||
-        json_int_key(o, "num_time_windows", &c.num_time_windows, what, err) ||
-        json_num_key(o, "t_noise", &c.t_noise, what, err) || json_num_key(o, "t_clean", &c.t_clean, what, err))
+        json_str_key(o, "beta_schedule", &schedule, what, err))
+        goto done;
+    if (!betas_only && (json_str_key(o, "prediction_type", &prediction, what, err) ||
+                        json_int_key(o, "num_time_windows", &c.num_time_windows, what, err) ||
+                        json_num_key(o, "t_noise", &c.t_noise, what, err) ||
+                        json_num_key(o, "t_clean", &c.t_clean, what, err)))
         goto done;
     if (schedule && pf_perflow_parse_beta_schedule(&c.beta_schedule, schedule, err)) {
         pf_error_prefix(err, "%s", what);
@@ -184,7 +187,17 @@ done:
     return rc;
 }
 
-int pf_perflow_config_load(pf_perflow_config *cfg, const char *path, pf_error *err) {
+int pf_perflow_config_parse(pf_perflow_config *cfg, const char *json_text, size_t len, const char *what,
+                            pf_error *err) {
+    pf_perflow_config c;
+    pf_perflow_config_default(&c);
+    if (config_parse(&c, json_text, len, what, 0, err)) return -1;
+    *cfg = c;
+    return 0;
+}
+
+/* config_parse on the contents of the file at path. */
+static int config_load(pf_perflow_config *cfg, const char *path, int betas_only, pf_error *err) {
     FILE *f = fopen(path, "rb");
     if (!f) return pf_fail(err, "%s: cannot open: %s", path, strerror(errno));
     /* scheduler configs are a few hundred bytes; refuse anything huge */
@@ -197,10 +210,22 @@ int pf_perflow_config_load(pf_perflow_config *cfg, const char *path, pf_error *e
     else if (len == MAX_CONFIG)
         rc = pf_fail(err, "%s: larger than %d bytes, not a scheduler config", path, MAX_CONFIG);
     else
-        rc = pf_perflow_config_parse(cfg, buf, len, path, err);
+        rc = config_parse(cfg, buf, len, path, betas_only, err);
     free(buf);
     fclose(f);
     return rc;
+}
+
+int pf_perflow_config_load(pf_perflow_config *cfg, const char *path, pf_error *err) {
+    pf_perflow_config c;
+    pf_perflow_config_default(&c);
+    if (config_load(&c, path, 0, err)) return -1;
+    *cfg = c;
+    return 0;
+}
+
+int pf_perflow_config_load_betas(pf_perflow_config *cfg, const char *path, pf_error *err) {
+    return config_load(cfg, path, 1, err);
 }
 
 /* torch.linspace(start, end, n, dtype=float32) as the reference's torch CPU

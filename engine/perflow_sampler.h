@@ -67,6 +67,13 @@ int pf_perflow_config_parse(pf_perflow_config *cfg, const char *json_text, size_
 
 /* pf_perflow_config_parse on the contents of the file at path. */
 int pf_perflow_config_load(pf_perflow_config *cfg, const char *path, pf_error *err);
+/* The config of another scheduler (a base model's PNDMScheduler, DDIMScheduler,
+ * ...) at path: only the noise schedule it shares with PeRFlow is read
+ * (num_train_timesteps, beta_start, beta_end, beta_schedule; trained_betas
+ * refused), over *cfg's values; prediction_type, num_time_windows, t_noise and
+ * t_clean are that scheduler's, not PeRFlow's, and keep *cfg's. Errors as
+ * pf_perflow_config_load, *cfg unchanged. */
+int pf_perflow_config_load_betas(pf_perflow_config *cfg, const char *path, pf_error *err);
 
 /* Checks the values the sampler depends on: T >= 1, 1 <= K <= T (every window
  * start must index the noise table), 0 <= beta_start, beta_end < 1 (finite),

@@ -671,10 +671,10 @@ int pf_refine_check(const pf_pipeline *p, const pf_refine_params *prm, const cha
     pf_perflow_config cfg;
     pf_perflow_sampler s;
     int first;
-    if (refine_run_config(p, prm, &cfg, err)) {
-        *param = prm->prediction_type ? "prediction_type" : "windows";
-        return -1;
-    }
+    pf_prediction named;
+    if (prm->prediction_type && pf_perflow_parse_prediction(&named, prm->prediction_type, err))
+        return (*param = "prediction_type", -1);
+    if (refine_run_config(p, prm, &cfg, err)) return (*param = "windows", -1);
     if (pf_perflow_init(&s, &cfg, err)) return -1;
     int rc = 0;
     if (pf_perflow_set_timesteps(&s, prm->steps, err))

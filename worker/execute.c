@@ -130,13 +130,14 @@ typedef struct image_set {
     int w, h;
 } image_set;
 
-/* The PNG's text: only what the job asked for, so that a job run twice (a
- * redelivery after a crash) writes identical bytes. Images of jobs that do not
+/* The PNG's text: what the job asked for and the sampler settings it ran with
+ * (resolved from the model as perflow generate resolves them), so that a job
+ * run twice (a redelivery after a crash) writes identical bytes. Images of jobs that do not
  * refine carry exactly the keys they had before the refiner came (no stage),
  * so that their bytes did not change with it; refine jobs' images say their
  * stage and, when refined, the refine settings (cli/cmd_generate.c's keys). */
 typedef struct png_text {
-    char seed[32], steps[16], guidance[32], size[32], index[16];
+    char seed[32], steps[16], guidance[32], size[32], windows[16], index[16];
     char rsize[32], rsteps[16], rguidance[32], rstrength[32], cnscale[32];
     char sizes[3][40];
     char loras[2048], controls[4096];
@@ -158,16 +159,20 @@ static void describe_sources(png_text *t, const pf_job *job) {
                                  job->control[i].image.url);
 }
 
-static void png_text_fill(png_text *t, const pf_job *job, const image_set *set, int index) {
+static void png_text_fill(png_text *t, const pf_exec_job *j, const image_set *set, int index) {
+    const pf_job *job = &j->job;
     const pf_job_refine *r = &job->refine;
     snprintf(t->seed, sizeof t->seed, "%llu", (unsigned long long)job->seed);
     snprintf(t->steps, sizeof t->steps, "%d", job->steps);
     snprintf(t->guidance, sizeof t->guidance, "%g", (double)job->guidance);
     snprintf(t->size, sizeof t->size, "%dx%d", job->width, job->height);
+    snprintf(t->windows, sizeof t->windows, "%d", j->rq.gen.windows);
     snprintf(t->index, sizeof t->index, "%d", index);
+    /* the sampler settings as resolved (request.h), as perflow generate records them */
     const char *head[] = {"Software", "perflow", "job_id", job->job_id, "prompt", job->prompt,
                           "negative_prompt", job->negative_prompt ? job->negative_prompt : "", "seed", t->seed,
-                          "steps", t->steps, "guidance", t->guidance, "size", t->size};
+                          "steps", t->steps, "guidance", t->guidance, "size", t->size,
+                          "prediction_type", j->rq.gen.prediction_type, "windows", t->windows};
     int n = 0;
     for (size_t i = 0; i < sizeof head / sizeof *head; i++) t->kv[n++] = head[i];
     /* the newer fields only when the job has them, so that older jobs' bytes stay as they were */
@@ -229,7 +234,7 @@ static int store_one(pf_exec *x, pf_exec_job *j, const image_set *set, int i, co
     snprintf(path, sizeof path, "%s/perflow-%d-%s-%s-%d.png", cfg->work_dir, (int)getpid(), job->job_id, set->stage,
              i);
     png_text text;
-    png_text_fill(&text, job, set, i);
+    png_text_fill(&text, j, set, i);
     if (pf_png_write(path, set->rgb + (size_t)set->w * set->h * 3 * i, set->w, set->h, text.kv, &e)) {
         fail(j, PF_ERR_INTERNAL, 1, 0, "writing the image: %s", e.msg);
         return -1;
@@ -286,56 +291,47 @@ static void store_outputs(pf_exec *x, pf_exec_job *j, const image_set *sets, int
     if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon)) j->outcome = PF_OUT_SUCCEEDED;
 }
 
-/* The engine's parameters for job j (no callbacks), as `perflow generate`
- * sets them from the same settings. The strings point into the job, the
- * controls into j (their images are NULL until fetched). */
-static void job_params(pf_txt2img_params *prm, const pf_exec_job *j) {
-    const pf_job *job = &j->job;
-    pf_txt2img_defaults(prm);
-    prm->prompt = job->prompt;
-    prm->negative_prompt = job->negative_prompt; /* NULL: none (SDXL's zero embeddings) */
-    prm->prompt_2 = job->prompt_2;
-    prm->negative_prompt_2 = job->negative_prompt_2;
-    memcpy(prm->original_size, job->original_size, sizeof prm->original_size);
-    memcpy(prm->crop_coords, job->crop_coords, sizeof prm->crop_coords);
-    memcpy(prm->target_size, job->target_size, sizeof prm->target_size);
-    prm->controls = j->controls;
-    prm->n_controls = job->n_controls;
-    prm->width = job->width;
-    prm->height = job->height;
-    prm->steps = job->steps;
-    prm->guidance = job->guidance;
-    prm->seed = job->seed;
-    prm->num_images = job->num_images;
-    prm->prediction_type = job->prediction_type;
-    prm->windows = job->windows;
-    prm->clip_skip = job->clip_skip;
-}
-
-/* The refine stage's parameters for job, as `perflow generate --refine` sets
- * them (the job's seed, sampler settings and clip_skip; tiling as text-to-image's
- * default); images may be NULL for pf_refine_check. The strings point into job. */
-static void refine_params(pf_refine_params *prm, const pf_job *job, const uint8_t *images) {
+/* Fills j->rq from the job, as `perflow generate [--refine]` fills it from the
+ * same settings: only what the job sets, then pf_request_resolve with the
+ * model decides the rest (the job's width and height too, which its outputs
+ * use). The strings point into the job, the controls into j (their images
+ * are NULL until fetched), the refine stage's images are set before it runs. */
+static void job_request(pf_exec_job *j, const pf_pipeline *p) {
+    pf_job *job = &j->job;
+    pf_request *rq = &j->rq;
+    pf_txt2img_params *g = &rq->gen;
+    pf_refine_params *f = &rq->ref;
+    pf_request_init(rq);
+    g->prompt = job->prompt;
+    g->negative_prompt = job->negative_prompt; /* NULL: none (SDXL's zero embeddings) */
+    g->prompt_2 = job->prompt_2;
+    g->negative_prompt_2 = job->negative_prompt_2;
+    memcpy(g->original_size, job->original_size, sizeof g->original_size);
+    memcpy(g->crop_coords, job->crop_coords, sizeof g->crop_coords);
+    memcpy(g->target_size, job->target_size, sizeof g->target_size);
+    g->controls = j->controls;
+    g->n_controls = job->n_controls;
+    g->width = job->width;
+    g->height = job->height;
+    g->steps = job->steps;
+    g->guidance = job->guidance;
+    g->seed = job->seed;
+    g->num_images = job->num_images;
+    g->prediction_type = job->prediction_type;
+    g->windows = job->windows;
+    g->clip_skip = job->clip_skip;
     const pf_job_refine *r = &job->refine;
-    pf_txt2img_params t;
-    pf_txt2img_defaults(&t);
-    pf_refine_defaults(prm);
-    prm->images = images;
-    prm->image_width = job->width;
-    prm->image_height = job->height;
-    prm->num_images = job->num_images;
-    prm->prompt = r->prompt;
-    prm->negative_prompt = r->negative_prompt;
-    prm->size = r->size;
-    prm->steps = r->steps;
-    prm->guidance = r->guidance;
-    prm->strength = r->strength;
-    prm->controlnet_scale = r->controlnet_scale;
-    prm->seed = job->seed;
-    prm->prediction_type = job->prediction_type;
-    prm->windows = job->windows;
-    prm->clip_skip = job->clip_skip;
-    prm->vae_tiling = t.vae_tiling;
+    rq->refine = r->on;
+    f->prompt = r->prompt;
+    f->negative_prompt = r->negative_prompt;
+    f->size = r->size;
+    f->steps = r->steps;
+    f->guidance = r->guidance;
+    f->strength = r->strength;
+    f->controlnet_scale = r->controlnet_scale;
+    pf_request_resolve(p, rq);
+    job->width = g->width;
+    job->height = g->height;
 }
 
 /* Items of an engine call over jobs[0..n): jobs that ask for the same images
@@ -393,7 +389,6 @@ static void call_ended(pf_exec_job **jobs, int n, int refine, long long t0, long
  * each. Jobs that do not refine are stored at once; refine jobs keep their
  * 8-bit images in base_rgb for the refine stage. */
 static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
-    pf_txt2img_params *prm = PF_CALLOC((size_t)n, sizeof *prm);
     const pf_txt2img_params **items = PF_CALLOC((size_t)n, sizeof *items);
     size_t *at = PF_CALLOC((size_t)n, sizeof *at); /* job i's first value in images */
     int *item_of = PF_CALLOC((size_t)n, sizeof *item_of);
@@ -402,14 +397,13 @@ static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
     int nimages;
     int nitems = plan_items(jobs, n, px, item_of, at, &count, &nimages);
     for (int i = 0; i < n; i++)
-        if (item_of[i] >= 0) {
-            job_params(&prm[i], jobs[i]);
-            items[item_of[i]] = &prm[i];
-        }
+        if (item_of[i] >= 0) items[item_of[i]] = &jobs[i]->rq.gen;
     group_ctx g = {x, jobs, n, 0, "generate", 1, 0, 0};
-    prm[0].progress = on_step; /* items[0] is jobs[0]'s, whose callbacks serve the batch */
-    prm[0].cancelled = on_cancel_check;
-    prm[0].user = &g;
+    pf_txt2img_params first = jobs[0]->rq.gen; /* items[0]: its callbacks serve the batch */
+    first.progress = on_step;
+    first.cancelled = on_cancel_check;
+    first.user = &g;
+    items[0] = &first;
     float *images = malloc(count * sizeof *images);
     uint8_t *rgb = malloc(count);
     if (!images || !rgb) {
@@ -448,33 +442,31 @@ done:
     free(item_of);
     free(at);
     free(items);
-    free(prm);
 }
 
 /* One refine call for jobs[0..n) (all with base_rgb), which
  * pf_refine_batchable admits together; items as in run_call. Stores each
  * job's refined images, and its base images too with keep_base. */
 static void run_refine_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
-    pf_refine_params *prm = PF_CALLOC((size_t)n, sizeof *prm);
     const pf_refine_params **items = PF_CALLOC((size_t)n, sizeof *items);
     size_t *at = PF_CALLOC((size_t)n, sizeof *at);
     int *item_of = PF_CALLOC((size_t)n, sizeof *item_of);
     int W, H;
-    refine_params(&prm[0], &jobs[0]->job, jobs[0]->base_rgb);
-    pf_refine_output_size(&prm[0], &W, &H); /* the same for all (pf_refine_batchable) */
+    pf_refine_output_size(&jobs[0]->rq.ref, &W, &H); /* the same for all (pf_refine_batchable) */
     const size_t px = (size_t)W * H * 3;
     size_t count;
     int nimages;
     int nitems = plan_items(jobs, n, px, item_of, at, &count, &nimages);
-    for (int i = 0; i < n; i++)
-        if (item_of[i] >= 0) {
-            refine_params(&prm[i], &jobs[i]->job, jobs[i]->base_rgb);
-            items[item_of[i]] = &prm[i];
-        }
+    for (int i = 0; i < n; i++) {
+        jobs[i]->rq.ref.images = jobs[i]->base_rgb;
+        if (item_of[i] >= 0) items[item_of[i]] = &jobs[i]->rq.ref;
+    }
     group_ctx g = {x, jobs, n, 0, "refine", 1, 0, 0};
-    prm[0].progress = on_step;
-    prm[0].cancelled = on_cancel_check;
-    prm[0].user = &g;
+    pf_refine_params first = jobs[0]->rq.ref; /* items[0]: its callbacks serve the batch */
+    first.progress = on_step;
+    first.cancelled = on_cancel_check;
+    first.user = &g;
+    items[0] = &first;
     float *images = malloc(count * sizeof *images);
     uint8_t *rgb = malloc(count);
     if (!images || !rgb) {
@@ -508,7 +500,6 @@ done:
     free(item_of);
     free(at);
     free(items);
-    free(prm);
 }
 
 /* Gets something for jobs of the batch (all: their group) with cfg->retries
@@ -654,18 +645,13 @@ static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf
 static int want_generate(const pf_exec_job *j) { return 1; }
 static int want_refine(const pf_exec_job *j) { return j->base_rgb != NULL; }
 
+/* Batch forming compares the jobs' engine requests (request.h), as resolved. */
 static int txt2img_batchable(const pf_pipeline *p, const pf_exec_job *a, const pf_exec_job *b) {
-    pf_txt2img_params pa, pb;
-    job_params(&pa, a);
-    job_params(&pb, b);
-    return pf_txt2img_batchable(p, &pa, &pb);
+    return pf_txt2img_batchable(p, &a->rq.gen, &b->rq.gen);
 }
 
 static int refine_batchable(const pf_pipeline *p, const pf_exec_job *a, const pf_exec_job *b) {
-    pf_refine_params pa, pb;
-    refine_params(&pa, &a->job, NULL);
-    refine_params(&pb, &b->job, NULL);
-    return pf_refine_batchable(p, &pa, &pb);
+    return pf_refine_batchable(p, &a->rq.ref, &b->rq.ref);
 }
 
 void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
@@ -684,16 +670,12 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
         return;
     }
     pf_model *model = a.model;
-    int side;
-    pf_pipeline_defaults(model->pipe, NULL, NULL, &side);
     for (int i = 0; i < n; i++) {
         jobs[i].download_ms = a.t.download_ms;
         jobs[i].load_ms = a.t.load_ms;
         jobs[i].model_warm = a.t.warm;
         jobs[i].family = model->family;
-        /* as the CLI without --width / --height: the family's side */
-        if (!jobs[i].job.width) jobs[i].job.width = side;
-        if (!jobs[i].job.height) jobs[i].job.height = side;
+        job_request(&jobs[i], model->pipe);
     }
     /* Fields the family does not take are the job's fault, named before anything is fetched for it. */
     for (int i = 0; i < n; i++) {
@@ -719,17 +701,13 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
     /* Jobs the engine would refuse, in either stage, are rejected one by one
      * before anything runs. */
     for (int i = 0; i < n; i++) {
-        pf_txt2img_params prm;
-        pf_refine_params ref;
-        job_params(&prm, &jobs[i]);
         if (ended(x, &jobs[i])) continue;
-        if (pf_txt2img_check(model->pipe, &prm, &e)) {
+        if (pf_txt2img_check(model->pipe, &jobs[i].rq.gen, &e)) {
             reject(&jobs[i], NULL, "%s", e.msg);
             continue;
         }
-        refine_params(&ref, &jobs[i].job, NULL);
         const char *param;
-        if (refine && pf_refine_check(model->pipe, &ref, &param, &e)) {
+        if (refine && pf_refine_check(model->pipe, &jobs[i].rq.ref, &param, &e)) {
             const char *field = pf_job_refine_field(param);
             reject(&jobs[i], field, "%s: %s", field, e.msg);
         }

@@ -7,8 +7,9 @@
  * set: one loaded pipeline with its fused weights, so one family) and image
  * size, with one set of ControlNets: either none refines or all refine with
  * one ControlNet source, and all have the same text-to-image ControlNet
- * sources (pf_job_same_model). Jobs whose width or height is absent take the
- * family's side (512, SDXL 1024) once the model is loaded; fields the family
+ * sources (pf_job_same_model). Once the model is loaded each job becomes one
+ * engine request (request.h) whose unset fields (sizes, sampler settings) are
+ * resolved as `perflow generate` resolves them; fields the family
  * does not take (pf_job_family_check) and sources that do not fit the model
  * (a LoRA that matches nothing) reject the job naming the field. Each job's
  * control images are fetched through the cache and decoded before anything
@@ -55,6 +56,7 @@
 #include "job.h"
 #include "models.h"
 #include "producer.h"
+#include "request.h"
 #include "s3.h"
 
 typedef enum { PF_OUT_NONE, PF_OUT_SUCCEEDED, PF_OUT_FAILED, PF_OUT_REJECTED, PF_OUT_CANCELLED } pf_outcome;
@@ -90,6 +92,7 @@ typedef struct pf_exec_job {
     uint8_t *base_rgb;
     uint8_t *control_rgb[PF_JOB_MAX_CONTROLS];
     pf_control controls[PF_JOB_MAX_CONTROLS];
+    pf_request rq;                  /* the job as the engine runs it, resolved once the model is loaded */
 } pf_exec_job;
 
 typedef struct pf_exec {
