@@ -65,7 +65,11 @@ rm -rf "$R"
 mkdir -p "$R"
 n=0
 if [ -f .debroot.tar.xz ]; then # ops/fetch-device-debs.sh: the packages already unpacked and pruned
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .debroot.tar.xz "$R" && n=packed
+    for t in .debroot.tar.xz .debroot-worker.tar.xz; do
+        [ -f $t ] && python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' $t "$R" &&
+            echo "unpacked $t"
+    done
+    n=packed
 fi
 [ "$n" = packed ] || for f in .debs/*.deb; do
     [ -e "$f" ] || { echo "no .debs/: run 'sh ops/fetch-device-debs.sh' here and carry .debs"; break; }
@@ -159,6 +163,9 @@ fi
 
 step "the worker on the GPU: one refine job through the dev broker, Redis and perflow-worker (ops/worker-demo.sh)"
 # redis-server and redis-cli come from the unpacked packages; any python3 serves the model.
+if [ ! -x $B/bin/perflow-worker ]; then
+    echo "skipped: no worker was built (carry .debroot-worker.tar.xz from ops/fetch-device-debs.sh)"
+else
 PY=$(command -v python3) BIN=$B/bin WORKER_DEMO_OUT="$W/worker-demo" DEMO_WAIT_S=30 DEMO_JOB_TIMEOUT_S=90 \
     LD_LIBRARY_PATH=$RUN_LD PATH=$PATH:$R/usr/bin:$R/usr/sbin PERFLOW_DEVICE=cuda \
     timeout "$(limit 150)" sh ops/worker-demo.sh > "$W/worker_demo.txt" 2>&1
@@ -167,6 +174,7 @@ cat "$W/worker_demo.txt"
 tail -20 "$W/worker-demo/worker.log" 2>/dev/null
 ls -l "$W/worker-demo/images" 2>/dev/null
 record worker_demo $rc
+fi
 
 step "report"
 python3 tests/device/report.py "$W" "$OUT/device_report.json"
