@@ -826,6 +826,16 @@ int pf_cache_acquire(pf_cache_lease **out, pf_cache *c, const pf_model_source *s
 
 const char *pf_cache_lease_path(const pf_cache_lease *l) { return l->path; }
 
+void pf_cache_lease_digest(char hex[PF_SHA256_HEX], const pf_cache_lease *l) {
+    pf_sha256 *h = pf_sha256_new();
+    for (int i = 0; i < l->n; i++) {
+        pf_sha256_update(h, l->digests[i], strlen(l->digests[i]));
+        pf_sha256_update(h, "\n", 1);
+    }
+    pf_sha256_final_hex(h, hex);
+    pf_sha256_free(h);
+}
+
 void pf_cache_release(pf_cache_lease *l) {
     if (!l) return;
     for (int i = 0; i < l->n; i++) {

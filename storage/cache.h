@@ -101,6 +101,11 @@ int pf_cache_status(pf_cache *c, char *line, size_t n);
 int pf_cache_acquire(pf_cache_lease **out, pf_cache *c, const pf_model_source *src, pf_error *err);
 /* The pinned path (a file or a folder). */
 const char *pf_cache_lease_path(const pf_cache_lease *l);
+/* The content digest of what the lease pins: the SHA-256 of its blobs'
+ * digests, one a line, in the model's file order (a single file: the digest
+ * of that one line). The same files give the same digest on every host,
+ * whatever URL they came from (the result store's weight identities). */
+void pf_cache_lease_digest(char hex[PF_SHA256_HEX], const pf_cache_lease *l);
 /* Unpins and records the time of last use. NULL is fine. */
 void pf_cache_release(pf_cache_lease *l);
 

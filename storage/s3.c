@@ -192,8 +192,10 @@ typedef struct body {
 typedef struct response {
     long status;
     char etag[160];
-    char *text; /* at most MAX_RESPONSE bytes of the body */
+    char *text; /* at most cap (0: MAX_RESPONSE) bytes of the body */
     size_t len;
+    size_t cap;    /* set before the request: a GET's largest body */
+    int truncated; /* the body was longer than cap */
 } response;
 
 static size_t read_body(char *buf, size_t size, size_t nitems, void *ctx) {
@@ -224,14 +226,15 @@ static int seek_body(void *ctx, curl_off_t offset, int origin) {
 
 static size_t on_response_body(char *data, size_t size, size_t nitems, void *ctx) {
     response *r = ctx;
-    size_t n = size * nitems;
-    if (r->len < MAX_RESPONSE) {
-        size_t take = n < MAX_RESPONSE - r->len ? n : MAX_RESPONSE - r->len;
-        if (!r->text) r->text = PF_MALLOC(MAX_RESPONSE + 1);
+    size_t n = size * nitems, cap = r->cap ? r->cap : MAX_RESPONSE;
+    if (r->len < cap) {
+        size_t take = n < cap - r->len ? n : cap - r->len;
+        if (!r->text) r->text = PF_MALLOC(cap + 1);
         memcpy(r->text + r->len, data, take);
         r->len += take;
         r->text[r->len] = '\0';
     }
+    if (n > 0 && r->len == cap) r->truncated = 1;
     return n;
 }
 
@@ -339,10 +342,12 @@ static int request(s3_ctx *s, response *resp, const char *method, const char *bu
     snprintf(h_md5, sizeof h_md5, "Content-MD5: %s", md5);
     int attempts = cfg->max_attempts > 0 ? cfg->max_attempts : 1;
     char msg[700] = "";
+    const size_t cap = resp->cap;
     memset(resp, 0, sizeof *resp);
     for (int attempt = 1; attempt <= attempts; attempt++) {
         free(resp->text);
         memset(resp, 0, sizeof *resp);
+        resp->cap = cap;
         b->sent = 0;
         CURL *curl = s->curl;
         curl_easy_reset(curl);
@@ -641,5 +646,88 @@ static int put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credent
     res->retries = s.retries;
     curl_easy_cleanup(s.curl);
     close(fd);
+    return rc;
+}
+
+/* ---- downloads ---- */
+
+static int get_local(uint8_t **data, size_t *len, int *found, const char *src, size_t max, pf_error *err) {
+    const char *path = src + 7; /* file:// */
+    if (path[0] != '/' || strstr(path, "/../") || strstr(path, "/./") || strchr(path, '%') || strchr(path, '?'))
+        return pf_fail(err, "file:// source must be a plain absolute path (file:///...)"), permanent();
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return 0; /* *found stays 0 */
+        return pf_fail(err, "%s: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+        close(fd);
+        return pf_fail(err, "%s: not a regular file of at most %zu bytes", path, max), permanent();
+    }
+    uint8_t *buf = PF_MALLOC((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            free(buf);
+            close(fd);
+            return pf_fail(err, "%s: %s", path, r ? strerror(errno) : "shorter than its size");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    *data = buf;
+    *len = got;
+    *found = 1;
+    return 0;
+}
+
+static int get_object(uint8_t **data, size_t *len, int *found, const pf_s3_config *cfg, const pf_credentials *cred,
+                      const char *src, size_t max, pf_error *err) {
+    if (!strncmp(src, "file://", 7)) return get_local(data, len, found, src, max, err);
+    char bucket[64], key[1100], what[1200];
+    if (pf_s3_parse_dest(bucket, sizeof bucket, key, sizeof key, src, err)) return permanent();
+    snprintf(what, sizeof what, "GET s3://%s/%.200s", bucket, key);
+    if (!cred->access_key_id || !cred->secret_access_key) {
+        pf_fail(err, "%s: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put "
+                     "aws_access_key_id and aws_secret_access_key in $CREDENTIALS_DIRECTORY", what);
+        return permanent();
+    }
+    if (pf_curl_init(err)) return -1;
+    s3_ctx s = {.cfg = cfg, .cred = cred, .curl = curl_easy_init()};
+    if (!s.curl) return pf_fail(err, "%s: libcurl could not start a transfer", what);
+    snprintf(s.sigv4, sizeof s.sigv4, "aws:amz:%s:s3", cfg->region);
+    response r = {.cap = max + 1};
+    body b = {.fd = -1, .mem = ""};
+    int rc = request(&s, &r, "GET", bucket, key, NULL, &b, what, err);
+    curl_easy_cleanup(s.curl);
+    if (rc) {
+        if (r.status == 404) { /* NoSuchKey: not an error, just absent */
+            pf_storage_set_failure(PF_STORAGE_OK);
+            return 0;
+        }
+        return -1;
+    }
+    if (r.len > max) {
+        free(r.text);
+        return pf_fail(err, "%s: larger than %zu bytes", what, max), permanent();
+    }
+    *data = (uint8_t *)(r.text ? r.text : PF_MALLOC(1));
+    *len = r.len;
+    *found = 1;
+    return 0;
+}
+
+int pf_s3_get(uint8_t **data, size_t *len, int *found, const pf_s3_config *cfg, const pf_credentials *cred,
+              const char *src, size_t max, pf_error *err) {
+    *data = NULL;
+    *len = 0;
+    *found = 0;
+    pf_storage_set_failure(PF_STORAGE_OK);
+    int rc = get_object(data, len, found, cfg, cred, src, max, err);
+    if (rc && pf_storage_failure() == PF_STORAGE_OK) pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+    if (rc && err) pf_secret_scrub(err->msg, sizeof err->msg);
     return rc;
 }

@@ -9,7 +9,8 @@
  * throttling (429, 503 SlowDown), request timeouts and transport errors;
  * a multipart upload that fails for good is aborted so no parts linger.
  * Re-uploading to the same key overwrites it, so a job that runs twice writes
- * the same keys (output_key.h makes them from the job). */
+ * the same keys (output_key.h makes them from the job). pf_s3_get reads an
+ * object back whole (the result store's images). */
 #ifndef PF_S3_H
 #define PF_S3_H
 
@@ -69,5 +70,13 @@ int pf_s3_object_url(char *out, size_t n, const pf_s3_config *cfg, const char *b
  * interrupted multipart upload has been aborted. */
 int pf_s3_put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credentials *cred, const char *dest,
                    const char *path, pf_error *err);
+
+/* Reads the object at src ("s3://bucket/key" or "file:///absolute/path")
+ * into *data (malloc'd, caller frees; *len bytes). An absent object is no
+ * error: 0 with *found 0 and *data NULL. An object over max bytes is an
+ * error. On error err has one line and pf_storage_failure() says whether
+ * trying later may help. */
+int pf_s3_get(uint8_t **data, size_t *len, int *found, const pf_s3_config *cfg, const pf_credentials *cred,
+              const char *src, size_t max, pf_error *err);
 
 #endif

@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "output_key.h"
 #include "pipeline.h"
+#include "result_replay.h"
 #include "status.h"
 
 void pf_exec_post(pf_exec *x, const pf_job *job, const char *state, json_t *extra) {
@@ -423,6 +424,8 @@ static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
     call_ended(jobs, n, 0, t0, t1, rc, &e, &g, nimages);
     if (rc == -1) goto done;
     pf_image_to_u8(rgb, images, (long)count);
+    for (int i = 0; i < n; i++) /* recorded whatever becomes of the job: the images were computed */
+        pf_replay_record(x, jobs[i], rgb + at[i]);
     for (int i = 0; i < n; i++) {
         pf_exec_job *j = jobs[i];
         if (ended(x, j)) continue;
@@ -642,7 +645,7 @@ static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf
     free(done);
 }
 
-static int want_generate(const pf_exec_job *j) { return 1; }
+static int want_generate(const pf_exec_job *j) { return !j->from_store; }
 static int want_refine(const pf_exec_job *j) { return j->base_rgb != NULL; }
 
 /* Batch forming compares the jobs' engine requests (request.h), as resolved. */
@@ -712,12 +715,22 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
             reject(&jobs[i], field, "%s: %s", field, e.msg);
         }
     }
+    /* Jobs whose every image is in the result store are copied from it and leave the engine calls. */
+    for (int i = 0; i < n; i++) {
+        uint8_t *stored;
+        if (ended(x, &jobs[i]) || !pf_replay_lookup(x, model, &jobs[i], &stored)) continue;
+        jobs[i].from_store = 1;
+        image_set set = {PF_STAGE_BASE, stored, jobs[i].job.width, jobs[i].job.height};
+        store_outputs(x, &jobs[i], &set, 1);
+        free(stored);
+    }
     form_calls(x, model, jobs, n, group, want_generate, txt2img_batchable, run_call);
     if (refine) form_calls(x, model, jobs, n, group, want_refine, refine_batchable, run_refine_call);
 done:
     for (int i = 0; i < n; i++) {
         free(jobs[i].base_rgb);
         jobs[i].base_rgb = NULL;
+        pf_replay_clear(&jobs[i]);
         for (int k = 0; k < PF_JOB_MAX_CONTROLS; k++) {
             free(jobs[i].control_rgb[k]);
             jobs[i].control_rgb[k] = NULL;

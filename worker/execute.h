@@ -53,6 +53,7 @@
 
 #include "worker_config.h"
 #include "credentials.h"
+#include "digest.h"
 #include "job.h"
 #include "models.h"
 #include "producer.h"
@@ -93,6 +94,10 @@ typedef struct pf_exec_job {
     uint8_t *control_rgb[PF_JOB_MAX_CONTROLS];
     pf_control controls[PF_JOB_MAX_CONTROLS];
     pf_request rq;                  /* the job as the engine runs it, resolved once the model is loaded */
+    /* private to execute.c and result_replay.c: the result store's identities of the job's images
+     * (NULL when the store is off or the job refines), and whether they were all found there */
+    char (*store_ids)[PF_SHA256_HEX];
+    int from_store;
 } pf_exec_job;
 
 typedef struct pf_exec {
@@ -102,6 +107,8 @@ typedef struct pf_exec {
     const pf_s3_config *s3;
     const pf_credentials *cred;
     atomic_int *abandon;            /* set: stop as soon as possible, report nothing */
+    struct pf_rstore *rstore;       /* the result store (owned by the job thread), NULL: off */
+    const char *numerics;           /* pf_image_numerics of the backend */
 } pf_exec;
 
 /* Runs jobs[0..n) (one model and size) and fills their results. Never fails

@@ -22,7 +22,7 @@
 
 enum { F_JOBS, F_REQUEUED, F_REPLAYED, F_DLQ, F_STAGE, F_IMAGES, F_BATCH_JOBS, F_BATCH_IMAGES, F_HITS, F_MISSES,
        F_DOWNLOADS, F_DOWNLOAD_BYTES, F_EVICTIONS, F_EVICTED_BYTES, F_LOADS, F_MODEL_EVICTIONS, F_MODELS,
-       F_MODEL_BYTES, F_DEVICE_MEM, F_RUNNING, F_STATE, F_INFO, F_READY, F_COUNT };
+       F_MODEL_BYTES, F_DEVICE_MEM, F_RUNNING, F_STATE, F_INFO, F_READY, F_RS_HITS, F_RS_MISSES, F_RS_ERRORS, F_COUNT };
 
 typedef struct family {
     const char *name, *type, *help;
@@ -58,6 +58,12 @@ static const family families[F_COUNT] = {
     [F_STATE] = {"perflow_worker_state", "gauge", "1 for the worker's current state."},
     [F_INFO] = {"perflow_worker_info", "gauge", "The worker's id and engine backend."},
     [F_READY] = {"perflow_ready", "gauge", "1 when /readyz answers 200."},
+    [F_RS_HITS] = {"perflow_result_store_hits_total", "counter",
+                   "Images copied from the result store instead of computed."},
+    [F_RS_MISSES] = {"perflow_result_store_misses_total", "counter",
+                     "Images looked up in the result store and not found (then computed)."},
+    [F_RS_ERRORS] = {"perflow_result_store_errors_total", "counter",
+                     "Result store lookups or records that failed (the image was computed, or not recorded)."},
 };
 
 #define MAX_SAMPLES 256
@@ -150,6 +156,9 @@ static void seed(void) {
         get_hist(F_BATCH_IMAGES, l, batch_bounds, (int)(sizeof batch_bounds / sizeof *batch_bounds));
     }
     get(F_JOBS, "state=\"succeeded\",code=\"\"");
+    get(F_RS_HITS, "");
+    get(F_RS_MISSES, "");
+    get(F_RS_ERRORS, "");
     get(F_REPLAYED, "");
     get(F_DOWNLOADS, "");
     get(F_DOWNLOAD_BYTES, "");
@@ -223,6 +232,12 @@ void pf_metrics_job_requeued(const char *code) {
     char l[96];
     one_label(l, sizeof l, "code", code);
     add(F_REQUEUED, l, 1);
+}
+
+void pf_metrics_result_store(int hits, int misses, int errors) {
+    if (hits) add(F_RS_HITS, "", hits);
+    if (misses) add(F_RS_MISSES, "", misses);
+    if (errors) add(F_RS_ERRORS, "", errors);
 }
 
 void pf_metrics_job_replayed(void) {

@@ -65,6 +65,9 @@ void pf_metrics_init(const char *worker_id, const char *backend);
 void pf_metrics_job_ended(const char *state, const char *code);
 void pf_metrics_job_requeued(const char *code);
 void pf_metrics_job_replayed(void);
+/* Result store lookups: images found (hits), not found (misses), and
+ * lookups or records that failed (errors). */
+void pf_metrics_result_store(int hits, int misses, int errors);
 void pf_metrics_dead_letter(const char *code);
 /* One observation of stage ("download", "load", "text", "denoise", "decode",
  * "refine", "upload") taking ms milliseconds; unknown stages are ignored. */

@@ -12,6 +12,7 @@
 #include "cancel.h"
 #include "consumer.h"
 #include "execute.h"
+#include "image_identity.h"
 #include "job.h"
 #include "lease.h"
 #include "log.h"
@@ -22,6 +23,7 @@
 #include "producer.h"
 #include "redis_conn.h"
 #include "result.h"
+#include "result_store.h"
 #include "status.h"
 
 #define MAX_BATCH 64
@@ -835,7 +837,19 @@ int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache
         return -1;
     }
     pf_models_open(&w->models, cache, be, cfg->model_memory);
-    w->exec = (pf_exec){cfg, w->models, w->producer, s3, cred, &w->abandon};
+    w->exec = (pf_exec){cfg, w->models, w->producer, s3, cred, &w->abandon, NULL, pf_image_numerics(be->name)};
+    if (cfg->result_store && cfg->result_store_url[0]) {
+        /* its own Redis connection: the job thread uses it, the main loop keeps w->redis */
+        if (pf_rstore_open(&w->exec.rstore, cfg->redis, cfg->result_store_prefix, cfg->result_store_url,
+                           cfg->result_store_retention_s, s3, cred, cfg->work_dir, err)) {
+            pf_worker_close(w);
+            return -1;
+        }
+        pf_wlog(PF_LOG_INFO, "result_store.on", NULL,
+                json_pack("{s:s, s:s, s:I}", "url", cfg->result_store_url, "numerics", w->exec.numerics,
+                          "retention_s", (json_int_t)cfg->result_store_retention_s),
+                NULL);
+    }
     w->be = be;
     pf_metrics_init(cfg->worker_id, be->name);
     int port = 0;
@@ -890,6 +904,7 @@ void pf_worker_close(pf_worker *w) {
     pf_consumer_close(w->consumer); /* commits the stored offsets and leaves the group */
     if (w->producer) pf_producer_close(w->producer, 5000);
     pf_models_close(w->models);
+    pf_rstore_close(w->exec.rstore);
     pf_wredis_close(w->redis);
     free(w);
 }

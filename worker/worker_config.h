@@ -38,6 +38,10 @@ typedef struct pf_worker_config {
     char work_dir[1024];          /* where result files are written before upload */
     char file_output_root[1024];  /* file:// outputs allowed under this folder only ("": refused) */
     char metrics_listen[128];     /* HOST:PORT of /metrics, /healthz, /readyz ("": no HTTP server) */
+    char result_store_url[1024];  /* the result store's objects, s3://bucket/prefix or file:///folder ("": off) */
+    char result_store_prefix[64]; /* its Redis index key prefix */
+    int result_store;             /* 0: the store is off even with a url */
+    long result_store_retention_s; /* an identity's index entry lives this long after its last hit */
     int threads;                  /* CPU backend threads (0: all cores) */
     int max_batch;                /* images per engine call */
     long batch_wait_ms;           /* how long to wait for more jobs to join a batch */
