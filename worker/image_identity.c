@@ -30,43 +30,45 @@ static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_nul
 
 static json_t *pair(const int v[2]) { return json_pack("[i, i]", v[0], v[1]); }
 
-json_t *pf_image_identity_doc(const pf_job *job, const pf_model *model, const char *numerics,
-                              uint8_t *const *control_rgb, const int *control_w, const int *control_h, int index) {
+json_t *pf_image_identity_doc(const pf_txt2img_params *g, const pf_job *job, const pf_model *model,
+                              const char *numerics, int index) {
     json_t *loras = json_array();
     for (int i = 0; i < job->n_loras; i++)
         json_array_append_new(loras, json_pack("[o, o]", digest(model->loras[i]), num(job->loras[i].scale)));
     json_t *controls = json_array();
-    for (int i = 0; i < job->n_controls; i++) {
-        /* the nets are attached in the job's order after the refiner's (pf_models_control_net) */
-        int net = pf_models_control_net(job, i);
+    for (int i = 0; i < g->n_controls; i++) {
+        const pf_control *c = &g->controls[i];
         char img[PF_SHA256_HEX] = "";
-        if (control_rgb && control_rgb[i]) {
+        if (c->image) {
             pf_sha256 *h = pf_sha256_new();
             char dims[48];
-            snprintf(dims, sizeof dims, "%dx%d\n", control_w[i], control_h[i]);
+            snprintf(dims, sizeof dims, "%dx%d\n", c->image_width, c->image_height);
             pf_sha256_update(h, dims, strlen(dims));
-            pf_sha256_update(h, control_rgb[i], (size_t)control_w[i] * control_h[i] * 3);
+            pf_sha256_update(h, c->image, (size_t)c->image_width * c->image_height * 3);
             pf_sha256_final_hex(h, img);
             pf_sha256_free(h);
         }
-        json_array_append_new(controls, json_pack("[o, s, o]", net < model->n_nets ? digest(model->nets[net]) : json_null(),
-                                                  img, num(job->control[i].scale)));
+        json_array_append_new(controls, json_pack("[o, s, o]",
+                                                  c->net >= 0 && c->net < model->n_nets ? digest(model->nets[c->net])
+                                                                                       : json_null(),
+                                                  img, num(c->scale)));
     }
     json_t *doc = json_pack("{s:i, s:s, s:o, s:o, s:o, s:o, s:o, s:b}", "v", PF_IMAGE_IDENTITY_VERSION, "numerics",
                             numerics, "base", digest(model->base), "config", digest(model->config), "delta",
                             digest(model->delta), "loras", loras, "controls", controls, "fp16", job->fp16);
     json_object_set_new(doc, "settings",
-                        json_pack("{s:i, s:i, s:i, s:o, s:i, s:o, s:i, s:o, s:o, s:o}", "width", job->width, "height",
-                                  job->height, "steps", job->steps, "guidance", num(job->guidance), "clip_skip",
-                                  job->clip_skip, "prediction_type", str_or_null(job->prediction_type), "windows",
-                                  job->windows, "original_size", pair(job->original_size), "crop_coords",
-                                  pair(job->crop_coords), "target_size", pair(job->target_size)));
-    json_object_set_new(doc, "prompt", json_string(job->prompt ? job->prompt : ""));
-    json_object_set_new(doc, "negative_prompt", str_or_null(job->negative_prompt));
-    json_object_set_new(doc, "prompt_2", str_or_null(job->prompt_2));
-    json_object_set_new(doc, "negative_prompt_2", str_or_null(job->negative_prompt_2));
+                        json_pack("{s:i, s:i, s:i, s:o, s:i, s:o, s:i, s:i, s:o, s:o, s:o}", "width", g->width,
+                                  "height", g->height, "steps", g->steps, "guidance", num(g->guidance), "clip_skip",
+                                  g->clip_skip, "prediction_type", str_or_null(g->prediction_type), "windows",
+                                  g->windows, "vae_tiling", (int)g->vae_tiling, "original_size",
+                                  pair(g->original_size), "crop_coords", pair(g->crop_coords), "target_size",
+                                  pair(g->target_size)));
+    json_object_set_new(doc, "prompt", json_string(g->prompt ? g->prompt : ""));
+    json_object_set_new(doc, "negative_prompt", str_or_null(g->negative_prompt));
+    json_object_set_new(doc, "prompt_2", str_or_null(g->prompt_2));
+    json_object_set_new(doc, "negative_prompt_2", str_or_null(g->negative_prompt_2));
     char seed[32];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)job->seed); /* all 64 bits, past JSON's 2^53 */
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)g->seed); /* all 64 bits, past JSON's 2^53 */
     json_object_set_new(doc, "seed", json_string(seed));
     json_object_set_new(doc, "index", json_integer(index));
     return doc;

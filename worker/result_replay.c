@@ -17,12 +17,7 @@
 
 void pf_replay_identity(char hex[PF_SHA256_HEX], const pf_exec *x, const pf_model *model, const pf_exec_job *j,
                         int index) {
-    int cw[PF_JOB_MAX_CONTROLS], ch[PF_JOB_MAX_CONTROLS];
-    for (int i = 0; i < PF_JOB_MAX_CONTROLS; i++) {
-        cw[i] = j->controls[i].image_width;
-        ch[i] = j->controls[i].image_height;
-    }
-    json_t *doc = pf_image_identity_doc(&j->job, model, x->numerics, j->control_rgb, cw, ch, index);
+    json_t *doc = pf_image_identity_doc(&j->rq.gen, &j->job, model, x->numerics, index);
     pf_image_identity(hex, doc);
     json_decref(doc);
 }
