@@ -1,7 +1,8 @@
 /* backend_cpu.c - the CPU backend: the readable float32 reference for every op.
  *
  * Plain loops in the style of llm.c's train_gpt2.c; matrix products go through
- * OpenBLAS cblas_sgemm. Arguments were checked by the wrappers in backend.c,
+ * OpenBLAS cblas_sgemm, on the kernels blas_core.c chose from the processor's
+ * features. Arguments were checked by the wrappers in backend.c,
  * so nothing here re-checks shapes.
  *
  * Threading uses one level only: OpenMP. OpenBLAS is switched to one thread
@@ -25,6 +26,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "blas_core.h"
 
 /* Elementwise loops are cut into chunks of this many elements, the unit of
  * work handed to a thread; small tensors run on the calling thread. */
@@ -882,6 +884,7 @@ pf_backend *pf_backend_cpu_new(int threads) {
     cpu_state *st = PF_CALLOC(1, sizeof *st);
     st->threads = threads > 0 ? threads : omp_get_max_threads();
     pthread_mutex_init(&st->mu, NULL);
+    pf_blas_select(); /* already done before main; this links blas_core.o into every program */
     openblas_set_num_threads(1); /* see the title comment: OpenMP is the only level */
     be->name = "cpu";
     be->ops = &cpu_ops;

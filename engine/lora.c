@@ -1,5 +1,6 @@
 /* lora.c - LoRA files: grouping, checks, matching, and the fuse (lora.h). */
 #include "lora.h"
+#include "blas_core.h"
 
 #include <cblas.h>
 #include <jansson.h>
@@ -239,6 +240,7 @@ static int fuse(void *ctx, float *W, int ndim, const int64_t *shape, pf_error *e
         pf_fail(err, "lora %s: out of memory", l->path);
     } else if (!pf_st_read_f32(l->st, m->up, up, err) && !pf_st_read_f32(l->st, m->down, down, err)) {
         (void)ndim;
+        pf_blas_select();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out, (int)in, (int)r, m->factor, up, (int)r,
                     down, (int)in, 1.0f, W, (int)in);
         m->applied = 1;

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "blas_core.h"
 
 #define PF_BENCH_MAX_REPEAT 100
 
@@ -82,7 +83,8 @@ static inline double pf_bench_peak_rss_mb(void) {
 /* Times fn(ctx): one warm-up run, then `repeat` (1..PF_BENCH_MAX_REPEAT) timed
  * runs, each waited for with pf_synchronize(be). Prints {"what": what, "impl": "perflow <backend>",
  * "seconds": the median, "runs": [each run], "peak_rss_mb": the process's peak
- * resident memory, weights included} on one line and returns 0. When fn fails,
+ * resident memory, weights included, "kernels": the BLAS kernels the products
+ * ran on (engine/blas_core.c)} on one line and returns 0. When fn fails,
  * returns pf_bench_fail(what, its error). */
 static inline int pf_bench_time(const char *what, pf_backend *be, int repeat, pf_bench_fn fn, void *ctx) {
     PF_CHECK(repeat >= 1 && repeat <= PF_BENCH_MAX_REPEAT);
@@ -99,7 +101,7 @@ static inline int pf_bench_time(const char *what, pf_backend *be, int repeat, pf
     printf("{\"what\": \"%s\", \"impl\": \"perflow %s\", \"seconds\": %.6f, \"runs\": [", what, be->name,
            sorted[repeat / 2]);
     for (int r = 0; r < repeat; r++) printf(r ? ", %.6f" : "%.6f", runs[r]);
-    printf("], \"peak_rss_mb\": %.1f}\n", pf_bench_peak_rss_mb());
+    printf("], \"peak_rss_mb\": %.1f, \"kernels\": \"%s\"}\n", pf_bench_peak_rss_mb(), pf_blas_describe());
     return 0;
 }
 

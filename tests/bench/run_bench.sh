@@ -3,7 +3,9 @@
 # same run on the same machine, with the ratio (perflow / torch: < 1 is faster).
 # Models are real-size shapes with random weights, made once under build/bench/models.
 # Env: BENCH_REPEAT (default 5), BENCH_REFINE_REPEAT (default 3), BENCH_THREADS (default: all cores).
-# RSS: each process's peak resident memory, weights included.
+# RSS: each process's peak resident memory, weights included. Below the CPU rows: the
+# kernels each side ran on (perflow: the OpenBLAS core engine/blas_core.c chose from
+# CPUID; PyTorch: its CPU capability), as the last benchmark reported them.
 set -e
 cd "$(dirname "$0")/../.."
 B=${B:-build}
@@ -20,8 +22,12 @@ run() { # name, python what, C binary, model subdir[, repeat]
     .venv/bin/python -c 'import json, sys
 r, o = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print("%-44s %10.4f %12.4f %6.2fx %8.0f MiB %7.0f MiB" % (sys.argv[1], r["seconds"], o["seconds"], o["seconds"] / r["seconds"],
-      r["peak_rss_mb"], o["peak_rss_mb"]))' "$1" "$ref" "$ours"
+      r["peak_rss_mb"], o["peak_rss_mb"]))
+open(sys.argv[4], "w").write("kernels: perflow %s; PyTorch %s\n" % (o.get("kernels", "?"), r.get("kernels", "?")))' \
+        "$1" "$ref" "$ours" "$KERNELS"
 }
+KERNELS=$(mktemp)
+trap 'rm -f "$KERNELS"' EXIT
 run "CLIP ViT-L/14 text, B=2, L=77" clip bench_clip clip-vit-l14
 run "SD-1.5 VAE decode, 512x512, fp32" vae bench_vae sd15-vae
 run "SD-1.5 UNet, B=2, 64x64, fp32" unet bench_unet sd15-unet
@@ -34,6 +40,7 @@ run "SDXL UNet, B=2, 64x64, fp32" sdxl bench_sdxl sdxl-unet "${BENCH_SDXL_REPEAT
 # the CPU, vs diffusers' from_single_file + load_lora_weights + fuse_lora. Each run loads
 # the whole model, so fewer runs (BENCH_LOAD_REPEAT, default 3).
 run "load SD-1.5 single file + 2 LoRAs, fp32" load bench_load sd15-single "${BENCH_LOAD_REPEAT:-3}"
+cat "$KERNELS"
 # Storage: 2 GiB from a local nginx into the model cache vs curl, cache-hit open times.
 B=$B sh tests/bench/bench_storage.sh
 # The worker's own cost per job (no PyTorch side): real broker, Redis, nginx and S3

@@ -4,7 +4,7 @@ models (seeded, cached under build/bench/models/) and times the reference forwar
 
     .venv/bin/python tests/reference/bench_reference.py clip --models build/bench/models --repeat 5
 
-Prints one JSON line: {"what": ..., "seconds": median, "runs": [...]}. The C side
+Prints one JSON line: {"what": ..., "seconds": median, "runs": [...], "peak_rss_mb": ..., "kernels": ...}. The C side
 (build/bench/bench_*) loads the same model folder, so both time the same weights.
 """
 import argparse
@@ -234,7 +234,9 @@ def main():
     print(json.dumps({"what": a.what, "impl": f"torch {torch.__version__}", "threads": a.threads,
                       "seconds": statistics.median(runs), "runs": runs,
                       # peak resident memory of the process, weights included (Linux: KiB)
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      # the instruction set of torch's CPU kernels (ATen dispatch; oneDNN and MKL pick alike)
+                      "kernels": f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"}))
 
 
 if __name__ == "__main__":
