@@ -80,6 +80,12 @@ pf_backend *pf_backend_cpu_new(int threads);
  * Environment: PERFLOW_CUDA_ATTENTION=generic forces the non-tensor-core
  * attention kernel (for parity tests and debugging). */
 pf_backend *pf_backend_cuda_new(int device, pf_error *err);
+/* A CUDA backend whose compute dtype is PF_F32: weights and activations float32
+ * on the device, every op of the table supported, products on cuBLAS in full
+ * float32 (CUBLAS_COMPUTE_32F, no TF32), attention on the CUDA-core kernel.
+ * For models whose activations overflow float16 (SDXL's VAE; diffusers'
+ * force_upcast). Same errors as pf_backend_cuda_new. */
+pf_backend *pf_backend_cuda_new_f32(int device, pf_error *err);
 /* Number of CUDA devices this binary can use: 0 when built without CUDA or when
  * no driver or device is present. Never fails. */
 int pf_cuda_device_count(void);

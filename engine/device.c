@@ -18,6 +18,13 @@ pf_backend *pf_backend_cuda_new(int device, pf_error *err) {
     return NULL;
 }
 
+pf_backend *pf_backend_cuda_new_f32(int device, pf_error *err) {
+    (void)device;
+    pf_fail(err, "this perflow was built without CUDA (nvcc was not found when it was compiled): "
+                 "no float32 CUDA backend");
+    return NULL;
+}
+
 int pf_cuda_device_count(void) { return 0; }
 
 void pf_backend_cuda_mem_stats(const pf_backend *be, pf_mem_stats *out) {

@@ -67,10 +67,11 @@ static __host__ __device__ wmma_layout layout_of(int dp) {
 // Block-wide copy of `rows` rows [row0, row0 + rows) of one head (src = the
 // head's first channel of sequence row 0; rows `c` apart) into dst[rows][ld],
 // columns [0, dp): zero past the sequence end (len) and past the head dim d.
-// vec: 16-byte loads (d and c multiples of 8, src 16-byte aligned).
-static __device__ __forceinline__ void load_rows(__half *dst, int ld, const __half *src, int64_t c, int64_t row0,
-                                                 int64_t len, int d, int dp, int rows, int vec) {
-    if (vec) {
+// vec: 16-byte loads (d and c multiples of 8, src 16-byte aligned; __half only).
+template <typename T>
+static __device__ __forceinline__ void load_rows(T *dst, int ld, const T *src, int64_t c, int64_t row0, int64_t len,
+                                                 int d, int dp, int rows, int vec) {
+    if (std::is_same<T, __half>::value && vec) {
         const int per_row = dp / 8;
         for (int i = threadIdx.x; i < rows * per_row; i += blockDim.x) {
             const int r = i / per_row, col = (i - r * per_row) * 8;
@@ -81,7 +82,7 @@ static __device__ __forceinline__ void load_rows(__half *dst, int ld, const __ha
     } else {
         for (int i = threadIdx.x; i < rows * dp; i += blockDim.x) {
             const int r = i / dp, col = i - r * dp;
-            __half val = __float2half_rn(0.0f);
+            T val = pf_from_float<T>(0.0f);
             if (row0 + r < len && col < d) val = src[(row0 + r) * c + col];
             dst[r * ld + col] = val;
         }
@@ -201,6 +202,25 @@ static __global__ void __launch_bounds__(NW * 32)
     }
 }
 
+// Launches attn_wmma<NW, BK> when its shared memory fits the device's per-block
+// limit; returns false (nothing launched) when it does not.
+template <int NW, int BK>
+static bool launch_wmma(cudaError_t *e, int smem_optin, __half *out, const __half *q, const __half *k, const __half *v,
+                        int64_t bh, int64_t lq, int64_t lk, int64_t c, int heads, int d, float scale, int causal,
+                        cudaStream_t stream) {
+    const int dp = (d + 15) / 16 * 16;
+    const size_t bytes = layout_of<NW, BK>(dp).total;
+    if (bytes > (size_t)smem_optin) return false;
+    *e = cudaFuncSetAttribute(attn_wmma<NW, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (*e != cudaSuccess) return true;
+    const int vec = d % 8 == 0 && c % 8 == 0 && ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 == 0;
+    const int64_t bq = 16 * NW;
+    attn_wmma<NW, BK><<<dim3((unsigned)((lq + bq - 1) / bq), (unsigned)bh), NW * 32, bytes, stream>>>(
+        out, q, k, v, lq, lk, c, heads, d, dp, scale, causal, vec);
+    *e = cudaGetLastError();
+    return true;
+}
+
 // ---- generic kernel ----
 
 #define G_ROWS 4                 // query rows per warp
@@ -208,22 +228,23 @@ static __global__ void __launch_bounds__(NW * 32)
 #define G_BQ (G_ROWS * G_WARPS)  // queries per block
 #define G_BK 32                  // keys per step: lane j scores key j
 
-static size_t generic_smem(int d) { return (size_t)(G_BQ * d + G_BK * (d | 1) + G_BK * d) * sizeof(__half); }
+template <typename T>
+static size_t generic_smem(int d) { return (size_t)(G_BQ * d + G_BK * (d | 1) + G_BK * d) * sizeof(T); }
 
-// grid (ceil(lq / G_BQ), batch * heads), G_WARPS * 32 threads, generic_smem(d) bytes;
+// grid (ceil(lq / G_BQ), batch * heads), G_WARPS * 32 threads, generic_smem<T>(d) bytes;
 // lane owns output columns lane + 32 t, t < COLS: d <= 32 COLS.
-template <int COLS>
+template <int COLS, typename T>
 static __global__ void __launch_bounds__(G_WARPS * 32)
-    attn_generic(__half *out, const __half *q, const __half *k, const __half *v, int64_t lq, int64_t lk, int64_t c,
+    attn_generic(T *out, const T *q, const T *k, const T *v, int64_t lq, int64_t lk, int64_t c,
                  int heads, int d, float scale, int causal) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int ldk = d | 1; // odd stride: lane j reading K[j][t] hits distinct banks
-    __half *Qs = reinterpret_cast<__half *>(smem);       // [G_BQ][d]
-    __half *Ks = Qs + G_BQ * d;                           // [G_BK][ldk]
-    __half *Vs = Ks + G_BK * ldk;                         // [G_BK][d]
+    T *Qs = reinterpret_cast<T *>(smem);       // [G_BQ][d]
+    T *Ks = Qs + G_BQ * d;                           // [G_BK][ldk]
+    T *Vs = Ks + G_BK * ldk;                         // [G_BK][d]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads, q0 = (int64_t)blockIdx.x * G_BQ;
-    const __half *qh = q + b * lq * c + h * d, *kh = k + b * lk * c + h * d, *vh = v + b * lk * c + h * d;
+    const T *qh = q + b * lq * c + h * d, *kh = k + b * lk * c + h * d, *vh = v + b * lk * c + h * d;
 
     load_rows(Qs, d, qh, c, q0, lq, d, d, G_BQ, 0);
     float o[G_ROWS][COLS], m[G_ROWS], l[G_ROWS];
@@ -246,7 +267,7 @@ static __global__ void __launch_bounds__(G_WARPS * 32)
             const int row = warp * G_ROWS + rr;
             const int64_t qi = q0 + row;
             float s = 0.0f;
-            for (int t = 0; t < d; t++) s += __half2float(Qs[row * d + t]) * __half2float(Ks[lane * ldk + t]);
+            for (int t = 0; t < d; t++) s += pf_to_float(Qs[row * d + t]) * pf_to_float(Ks[lane * ldk + t]);
             s *= scale;
             if (j >= lk || (causal && j > qi)) s = -INFINITY;
             const float m_new = fmaxf(m[rr], pf_warp_max(s));
@@ -264,7 +285,7 @@ static __global__ void __launch_bounds__(G_WARPS * 32)
 #pragma unroll
                 for (int t = 0; t < COLS; t++) {
                     const int col = lane + 32 * t;
-                    if (col < d) o[rr][t] += pj * __half2float(Vs[jj * d + col]);
+                    if (col < d) o[rr][t] += pj * pf_to_float(Vs[jj * d + col]);
                 }
             }
         }
@@ -274,52 +295,36 @@ static __global__ void __launch_bounds__(G_WARPS * 32)
         const int64_t qi = q0 + warp * G_ROWS + rr;
         if (qi >= lq) continue;
         const float inv = 1.0f / l[rr];
-        __half *orow = out + (b * lq + qi) * c + h * d;
+        T *orow = out + (b * lq + qi) * c + h * d;
 #pragma unroll
         for (int t = 0; t < COLS; t++) {
             const int col = lane + 32 * t;
-            if (col < d) orow[col] = __float2half_rn(o[rr][t] * inv);
+            if (col < d) orow[col] = pf_from_float<T>(o[rr][t] * inv);
         }
     }
 }
 
-static __global__ void fill_nan(__half *y, int64_t n) {
+template <typename T>
+static __global__ void fill_nan(T *y, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = __float2half_rn(NAN);
+        y[i] = pf_from_float<T>(NAN);
 }
 
-// Launches attn_wmma<NW, BK> when its shared memory fits the device's per-block
-// limit; returns false (nothing launched) when it does not.
-template <int NW, int BK>
-static bool launch_wmma(cudaError_t *e, int smem_optin, __half *out, const __half *q, const __half *k, const __half *v,
-                        int64_t bh, int64_t lq, int64_t lk, int64_t c, int heads, int d, float scale, int causal,
-                        cudaStream_t stream) {
-    const int dp = (d + 15) / 16 * 16;
-    const size_t bytes = layout_of<NW, BK>(dp).total;
-    if (bytes > (size_t)smem_optin) return false;
-    *e = cudaFuncSetAttribute(attn_wmma<NW, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (*e != cudaSuccess) return true;
-    const int vec = d % 8 == 0 && c % 8 == 0 && ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % 16 == 0;
-    const int64_t bq = 16 * NW;
-    attn_wmma<NW, BK><<<dim3((unsigned)((lq + bq - 1) / bq), (unsigned)bh), NW * 32, bytes, stream>>>(
-        out, q, k, v, lq, lk, c, heads, d, dp, scale, causal, vec);
-    *e = cudaGetLastError();
-    return true;
-}
-
-template <int COLS>
-static cudaError_t launch_generic(__half *out, const __half *q, const __half *k, const __half *v, int64_t bh,
+template <int COLS, typename T>
+static cudaError_t launch_generic(T *out, const T *q, const T *k, const T *v, int64_t bh,
                                   int64_t lq, int64_t lk, int64_t c, int heads, int d, float scale, int causal,
                                   cudaStream_t stream) {
-    const size_t bytes = generic_smem(d);
-    cudaError_t e = cudaFuncSetAttribute(attn_generic<COLS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    const size_t bytes = generic_smem<T>(d);
+    cudaError_t e =
+        cudaFuncSetAttribute(attn_generic<COLS, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e != cudaSuccess) return e;
-    attn_generic<COLS><<<dim3((unsigned)((lq + G_BQ - 1) / G_BQ), (unsigned)bh), G_WARPS * 32, bytes, stream>>>(
+    attn_generic<COLS, T><<<dim3((unsigned)((lq + G_BQ - 1) / G_BQ), (unsigned)bh), G_WARPS * 32, bytes, stream>>>(
         out, q, k, v, lq, lk, c, heads, d, scale, causal);
     return cudaGetLastError();
 }
 
-cudaError_t pf_cuda_attention(__half *out, const __half *q, const __half *k, const __half *v, int64_t batch,
+template <typename T>
+cudaError_t pf_cuda_attention(T *out, const T *q, const T *k, const T *v, int64_t batch,
                               int64_t lq, int64_t lk, int64_t c, int heads, int causal, int force_generic,
                               cudaStream_t stream) {
     const int64_t n = batch * lq * c;
@@ -337,12 +342,19 @@ cudaError_t pf_cuda_attention(__half *out, const __half *q, const __half *k, con
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess) return e;
-    if (!force_generic &&
-        (launch_wmma<4, 64>(&e, smem_optin, out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream) ||
-         launch_wmma<2, 32>(&e, smem_optin, out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream)))
-        return e;
+    if constexpr (std::is_same<T, __half>::value) { // tensor cores: fp16 only
+        if (!force_generic &&
+            (launch_wmma<4, 64>(&e, smem_optin, out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream) ||
+             launch_wmma<2, 32>(&e, smem_optin, out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream)))
+            return e;
+    }
     if (d <= 64) return launch_generic<2>(out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream);
     if (d <= 128) return launch_generic<4>(out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream);
     if (d <= 256) return launch_generic<8>(out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream);
     return launch_generic<16>(out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream);
 }
+
+template cudaError_t pf_cuda_attention(__half *, const __half *, const __half *, const __half *, int64_t, int64_t,
+                                       int64_t, int64_t, int, int, int, cudaStream_t);
+template cudaError_t pf_cuda_attention(float *, const float *, const float *, const float *, int64_t, int64_t,
+                                       int64_t, int64_t, int, int, int, cudaStream_t);

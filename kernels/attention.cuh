@@ -14,8 +14,10 @@
 // softmax and the output accumulate in float32. Requires D <= PF_ATTN_MAX_HEAD_DIM
 // (SD's VAE attends with one head of 512) and batch * heads <= 65535.
 // force_generic skips the tensor-core kernel (parity tests run both). lk == 0
-// gives NaN rows, as the CPU reference.
-cudaError_t pf_cuda_attention(__half *out, const __half *q, const __half *k, const __half *v, int64_t batch,
+// gives NaN rows, as the CPU reference. T: __half (tensor cores where shared
+// memory allows) or float (always the CUDA-core kernel, float32 throughout).
+template <typename T>
+cudaError_t pf_cuda_attention(T *out, const T *q, const T *k, const T *v, int64_t batch,
                               int64_t lq, int64_t lk, int64_t c, int heads, int causal, int force_generic,
                               cudaStream_t stream);
 

@@ -1,6 +1,12 @@
 // backend_cuda.cu - the CUDA backend: the pf_backend_ops table of backend.h on
 // one GPU, one stream, one cuBLAS handle and the caching allocator.
 //
+// Two compute dtypes, one table each: the ops are templates on the element
+// type T (__half for pf_backend_cuda_new, float for pf_backend_cuda_new_f32),
+// and a backend's ops pointer is the table of its dtype. The wrappers in
+// engine/backend.c check that every tensor holds the backend's compute dtype,
+// and P<T>() checks it again where a tensor becomes a device pointer.
+//
 // Where a faster kernel path replaced an earlier one, the earlier one stays
 // reachable, read once when the backend is made, so that a path failing on
 // some GPU can be bypassed without a rebuild (tests/test_cuda_ops.c runs both):
@@ -44,17 +50,18 @@ extern "C" {
 #include "softmax.cuh"
 #include "upsample.cuh"
 
-// Scratch of one im2col tile, in halves (64 MiB), of the previous conv2d path
+// Scratch of one im2col tile, in bytes (64 MiB), of the previous conv2d path
 // (PERFLOW_CUDA_CONV=legacy): SD-1.5's VAE decoder at 512px would need 604 MB
-// of columns for one image in its 128-channel 3x3 convolutions, so output rows
-// are unfolded in tiles whose columns fit here.
-#define COL_BUDGET ((int64_t)32 << 20)
-// The default path's column scratch, in halves (256 MiB): one buffer kept by
+// of fp16 columns for one image in its 128-channel 3x3 convolutions, so output
+// rows are unfolded in tiles whose columns fit here. Budgets are bytes: the
+// float32 backend's tiles hold half as many elements.
+#define COL_BUDGET_BYTES ((int64_t)64 << 20)
+// The default path's column scratch, in bytes (256 MiB): one buffer kept by
 // the backend for its lifetime, grown to what the largest convolution so far
 // needed (at most this). Tiles 4x larger than the legacy path's: the VAE
 // decoder's 512px convolutions take 3 to 5 products instead of 10 to 19, a
 // batch-16 UNet's 64x64 convolutions 2 strided-batched products instead of 8.
-#define COL_BUDGET_FAST ((int64_t)128 << 20)
+#define COL_BUDGET_FAST_BYTES ((int64_t)256 << 20)
 // Host <-> device conversions go through a float32 device buffer of at most
 // this many floats (64 MiB), whatever the tensor's size.
 #define XFER_CHUNK ((int64_t)16 << 20)
@@ -71,12 +78,16 @@ typedef struct cuda_state {
     int generic_attention; // PERFLOW_CUDA_ATTENTION=generic
     int legacy_conv;       // PERFLOW_CUDA_CONV=legacy: per-call 64 MiB scratch, scalar im2col
     int vec;               // 16-byte elementwise kernels; PERFLOW_CUDA_VECTOR=0 turns them off
-    __half *col;           // conv2d's column scratch (default path), col_n halves
-    int64_t col_n;
+    void *col;             // conv2d's column scratch (default path), col_bytes bytes
+    size_t col_bytes;
 } cuda_state;
 
+template <typename T>
 static pf_backend_ops cuda_ops_table();
-static const pf_backend_ops cuda_ops = cuda_ops_table();
+static const pf_backend_ops cuda_ops_f16 = cuda_ops_table<__half>();
+static const pf_backend_ops cuda_ops_f32 = cuda_ops_table<float>();
+
+static bool is_cuda(const pf_backend *be) { return be && (be->ops == &cuda_ops_f16 || be->ops == &cuda_ops_f32); }
 
 static cuda_state *st_of(const pf_backend *be) { return (cuda_state *)be->impl; }
 static cuda_state *st_of(const pf_tensor *t) { return st_of(t->be); }
@@ -119,7 +130,13 @@ static bool fits_int(pf_backend *be, const char *what, int64_t a, int64_t b, int
     return false;
 }
 
-static __half *H(const pf_tensor *t) { return (__half *)t->data; }
+// A tensor's data as a device array of T: its dtype must be T's (the wrappers
+// checked the backend's compute dtype, and the table was chosen by it).
+template <typename T>
+static T *P(const pf_tensor *t) {
+    PF_CHECK(t->dtype == pf_dtype_of<T>());
+    return (T *)t->data;
+}
 
 // ---- memory ----
 
@@ -217,30 +234,35 @@ static void cuda_destroy(pf_backend *be) {
 
 // ---- ops ----
 
+template <typename T>
 static void cuda_linear(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b) {
     pf_backend *be = y->be;
     if (!enter(be)) return;
     const int64_t n = w->shape[0], k = w->shape[1], m = n ? pf_numel(y) / n : 0;
     if (!fits_int(be, "linear", m, n, k)) return;
-    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), st_of(y)->vec, 1, n, m * n, stream_of(y)), "linear bias")) return;
+    T *yp = P<T>(y);
+    if (b && !ok(be, pf_cuda_fill_bias(yp, P<T>(b), st_of(y)->vec, 1, n, m * n, stream_of(y)), "linear bias")) return;
     // y[m, n] = x[m, k] @ w[n, k]^T (+ y holding the bias)
-    ok_blas(be, pf_cuda_gemm(st_of(y)->blas, 0, 1, m, n, k, 1.0f, H(x), k, 0, H(w), k, 0, b ? 1.0f : 0.0f, H(y), n, 0, 1),
+    const float beta = b ? 1.0f : 0.0f;
+    ok_blas(be, pf_cuda_gemm(st_of(y)->blas, 0, 1, m, n, k, 1.0f, P<T>(x), k, 0, P<T>(w), k, 0, beta, yp, n, 0, 1),
             "linear: cublasGemmEx");
 }
 
 // The column scratch of the default conv2d path: st->col grown to at least n
-// halves. Stream order makes reuse safe: the next convolution's im2col is
-// enqueued after the previous one's product. NULL (and the sticky error) on failure.
-static __half *col_scratch(pf_backend *be, int64_t n) {
+// elements of T. Stream order makes reuse safe: the next convolution's im2col
+// is enqueued after the previous one's product. NULL (and the sticky error) on failure.
+template <typename T>
+static T *col_scratch(pf_backend *be, int64_t n) {
     cuda_state *st = st_of(be);
-    if (st->col_n < n) {
+    const size_t bytes = (size_t)n * sizeof(T);
+    if (st->col_bytes < bytes) {
         put(be, st->col);
         st->col = NULL;
-        st->col_n = 0;
-        if (!(st->col = (__half *)get(be, (size_t)n * 2, "conv2d"))) return NULL;
-        st->col_n = n;
+        st->col_bytes = 0;
+        if (!(st->col = get(be, bytes, "conv2d"))) return NULL;
+        st->col_bytes = bytes;
     }
-    return st->col;
+    return (T *)st->col;
 }
 
 // Cutting total into pieces of at most `most`: the size of each of the
@@ -258,6 +280,7 @@ static int64_t even_piece(int64_t total, int64_t most) {
 // backend's persistent scratch, 16-byte im2col and bias stores) evens out its
 // chunks and tiles, so the last is not a sliver; PERFLOW_CUDA_CONV=legacy
 // takes the previous path (COL_BUDGET, per-call scratch, scalar im2col).
+template <typename T>
 static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, const pf_tensor *b, int stride,
                         int pad) {
     pf_backend *be = y->be;
@@ -269,28 +292,32 @@ static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, co
     if (pf_numel(y) == 0) return;
     if (!fits_int(be, "conv2d", co, plane, kk)) return;
     const int legacy = st->legacy_conv, vec = st->vec && !legacy;
-    if (b && !ok(be, pf_cuda_fill_bias(H(y), H(b), vec, plane, co, pf_numel(y), st->stream), "conv2d bias")) return;
+    T *yp = P<T>(y);
+    const T *xp = P<T>(x), *wp = P<T>(w);
+    if (b && !ok(be, pf_cuda_fill_bias(yp, P<T>(b), vec, plane, co, pf_numel(y), st->stream), "conv2d bias")) return;
     const float beta = b ? 1.0f : 0.0f;
     if (kh == 1 && kw == 1 && stride == 1 && pad == 0) { // x[img] already is the column matrix [ci, P]
-        ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, plane, ci, 1.0f, H(w), ci, 0, H(x), plane, ci * plane, beta, H(y),
-                                 plane, co * plane, n),
+        ok_blas(be,
+                pf_cuda_gemm(st->blas, 0, 0, co, plane, ci, 1.0f, wp, ci, 0, xp, plane, ci * plane, beta, yp, plane,
+                             co * plane, n),
                 "conv2d 1x1: cublasGemmStridedBatchedEx");
         return;
     }
-    const int64_t budget = legacy ? COL_BUDGET : COL_BUDGET_FAST, per_img = kk * plane;
+    const int64_t budget = (legacy ? COL_BUDGET_BYTES : COL_BUDGET_FAST_BYTES) / (int64_t)sizeof(T);
+    const int64_t per_img = kk * plane;
     if (per_img <= budget) {
         int64_t imgs = n < budget / per_img ? n : budget / per_img;
         if (!legacy) imgs = even_piece(n, imgs);
-        __half *col =
-            legacy ? (__half *)get(be, (size_t)(imgs * per_img) * 2, "conv2d") : col_scratch(be, imgs * per_img);
+        T *col = legacy ? (T *)get(be, (size_t)(imgs * per_img) * sizeof(T), "conv2d")
+                        : col_scratch<T>(be, imgs * per_img);
         if (!col) return;
         for (int64_t i0 = 0; i0 < n; i0 += imgs) {
             const int64_t cnt = n - i0 < imgs ? n - i0 : imgs;
-            if (!ok(be, pf_cuda_im2col(col, H(x) + i0 * ci * h * wi, vec, cnt, ci, h, wi, (int)kh, (int)kw, stride, pad,
+            if (!ok(be, pf_cuda_im2col(col, xp + i0 * ci * h * wi, vec, cnt, ci, h, wi, (int)kh, (int)kw, stride, pad,
                                        0, ho, wo, st->stream),
                     "conv2d im2col") ||
-                !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, plane, kk, 1.0f, H(w), kk, 0, col, plane, per_img, beta,
-                                          H(y) + i0 * co * plane, plane, co * plane, cnt),
+                !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, plane, kk, 1.0f, wp, kk, 0, col, plane, per_img, beta,
+                                          yp + i0 * co * plane, plane, co * plane, cnt),
                          "conv2d: cublasGemmStridedBatchedEx"))
                 break;
         }
@@ -301,17 +328,17 @@ static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, co
     if (tile < 1) tile = 1;
     if (tile > ho) tile = ho;
     if (!legacy) tile = even_piece(ho, tile);
-    __half *col = legacy ? (__half *)get(be, (size_t)(kk * tile * wo) * 2, "conv2d") : col_scratch(be, kk * tile * wo);
+    T *col = legacy ? (T *)get(be, (size_t)(kk * tile * wo) * sizeof(T), "conv2d") : col_scratch<T>(be, kk * tile * wo);
     if (!col) return;
     for (int64_t img = 0; img < n && !be->failed; img++) {
         for (int64_t oh0 = 0; oh0 < ho; oh0 += tile) {
             const int64_t rows = ho - oh0 < tile ? ho - oh0 : tile, cols = rows * wo;
             // y_img[co, oh0 * wo + (0..cols)] = w[co, kk] @ col[kk, cols]; rows of y are `plane` apart
-            if (!ok(be, pf_cuda_im2col(col, H(x) + img * ci * h * wi, vec, 1, ci, h, wi, (int)kh, (int)kw, stride, pad,
+            if (!ok(be, pf_cuda_im2col(col, xp + img * ci * h * wi, vec, 1, ci, h, wi, (int)kh, (int)kw, stride, pad,
                                        oh0, rows, wo, st->stream),
                     "conv2d im2col") ||
-                !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, cols, kk, 1.0f, H(w), kk, 0, col, cols, 0, beta,
-                                          H(y) + img * co * plane + oh0 * wo, plane, 0, 1),
+                !ok_blas(be, pf_cuda_gemm(st->blas, 0, 0, co, cols, kk, 1.0f, wp, kk, 0, col, cols, 0, beta,
+                                          yp + img * co * plane + oh0 * wo, plane, 0, 1),
                          "conv2d: cublasGemmEx"))
                 break;
         }
@@ -319,6 +346,7 @@ static void cuda_conv2d(pf_tensor *y, const pf_tensor *x, const pf_tensor *w, co
     if (legacy) put(be, col);
 }
 
+template <typename T>
 static void cuda_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma, const pf_tensor *beta,
                             int groups, float eps, int fuse_silu) {
     pf_backend *be = y->be;
@@ -327,25 +355,29 @@ static void cuda_group_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *g
     if (n * c * s == 0) return;
     float *scratch = (float *)get(be, pf_cuda_group_norm_scratch(n, c, s, groups), "group_norm");
     if (!scratch) return;
-    ok(be, pf_cuda_group_norm(H(y), H(x), H(gamma), H(beta), scratch, eps, fuse_silu, st_of(y)->vec, n, c, s, groups,
-                              stream_of(y)),
+    ok(be,
+       pf_cuda_group_norm(P<T>(y), P<T>(x), P<T>(gamma), P<T>(beta), scratch, eps, fuse_silu, st_of(y)->vec, n, c, s,
+                          groups, stream_of(y)),
        "group_norm");
     put(be, scratch);
 }
 
+template <typename T>
 static void cuda_layer_norm(pf_tensor *y, const pf_tensor *x, const pf_tensor *gamma, const pf_tensor *beta,
                             float eps) {
     if (!enter(y->be)) return;
     const int64_t c = x->shape[x->ndim - 1], rows = c ? pf_numel(x) / c : 0;
-    ok(y->be, pf_cuda_layer_norm(H(y), H(x), H(gamma), H(beta), eps, rows, c, stream_of(y)), "layer_norm");
+    ok(y->be, pf_cuda_layer_norm(P<T>(y), P<T>(x), P<T>(gamma), P<T>(beta), eps, rows, c, stream_of(y)), "layer_norm");
 }
 
+template <typename T>
 static void cuda_softmax(pf_tensor *y, const pf_tensor *x) {
     if (!enter(y->be)) return;
     const int64_t c = x->shape[x->ndim - 1], rows = c ? pf_numel(x) / c : 0;
-    ok(y->be, pf_cuda_softmax(H(y), H(x), rows, c, stream_of(y)), "softmax");
+    ok(y->be, pf_cuda_softmax(P<T>(y), P<T>(x), rows, c, stream_of(y)), "softmax");
 }
 
+template <typename T>
 static void cuda_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k, const pf_tensor *v, int heads,
                            int causal) {
     pf_backend *be = out->be;
@@ -357,61 +389,72 @@ static void cuda_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *
                              (long long)(c / heads), (long long)(bsz * heads), PF_ATTN_MAX_HEAD_DIM);
         return;
     }
-    ok(be, pf_cuda_attention(H(out), H(q), H(k), H(v), bsz, lq, lk, c, heads, causal, st_of(be)->generic_attention,
-                             stream_of(out)),
+    ok(be,
+       pf_cuda_attention(P<T>(out), P<T>(q), P<T>(k), P<T>(v), bsz, lq, lk, c, heads, causal,
+                         st_of(be)->generic_attention, stream_of(out)),
        "attention");
 }
 
+template <typename T>
 static void cuda_activation(pf_tensor *y, const pf_tensor *x, pf_act act) {
     if (!enter(y->be)) return;
-    ok(y->be, pf_cuda_activation(H(y), H(x), (int)act, st_of(y)->vec, pf_numel(x), stream_of(y)), "activation");
+    ok(y->be, pf_cuda_activation(P<T>(y), P<T>(x), (int)act, st_of(y)->vec, pf_numel(x), stream_of(y)), "activation");
 }
 
+template <typename T>
 static void cuda_geglu(pf_tensor *y, const pf_tensor *x) {
     if (!enter(y->be)) return;
     const int64_t nh = y->shape[y->ndim - 1], rows = nh ? pf_numel(y) / nh : 0;
-    ok(y->be, pf_cuda_geglu(H(y), H(x), st_of(y)->vec, rows, nh, stream_of(y)), "geglu");
+    ok(y->be, pf_cuda_geglu(P<T>(y), P<T>(x), st_of(y)->vec, rows, nh, stream_of(y)), "geglu");
 }
 
+template <typename T>
 static void binary(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int is_mul) {
     if (!enter(y->be)) return;
     const pf_bcast plan = pf_cuda_bcast_plan(a->ndim, a->shape, b->shape);
-    ok(y->be, pf_cuda_binary(H(y), H(a), H(b), &plan, is_mul, st_of(y)->vec, pf_numel(a), stream_of(y)),
+    ok(y->be, pf_cuda_binary(P<T>(y), P<T>(a), P<T>(b), &plan, is_mul, st_of(y)->vec, pf_numel(a), stream_of(y)),
        is_mul ? "mul" : "add");
 }
-static void cuda_add(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary(y, a, b, 0); }
-static void cuda_mul(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary(y, a, b, 1); }
+template <typename T>
+static void cuda_add(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary<T>(y, a, b, 0); }
+template <typename T>
+static void cuda_mul(pf_tensor *y, const pf_tensor *a, const pf_tensor *b) { binary<T>(y, a, b, 1); }
 
+template <typename T>
 static void cuda_scale(pf_tensor *y, const pf_tensor *x, float alpha, float beta) {
     if (!enter(y->be)) return;
-    ok(y->be, pf_cuda_scale(H(y), H(x), alpha, beta, st_of(y)->vec, pf_numel(x), stream_of(y)), "scale");
+    ok(y->be, pf_cuda_scale(P<T>(y), P<T>(x), alpha, beta, st_of(y)->vec, pf_numel(x), stream_of(y)), "scale");
 }
 
+template <typename T>
 static void cuda_concat(pf_tensor *y, const pf_tensor *a, const pf_tensor *b, int axis) {
     if (!enter(y->be)) return;
     int64_t outer = 1;
     for (int i = 0; i < axis; i++) outer *= a->shape[i];
     ok(y->be,
-       pf_cuda_concat(H(y), H(a), H(b), st_of(y)->vec, outer, pf_numel_from(a, axis), pf_numel_from(b, axis),
+       pf_cuda_concat(P<T>(y), P<T>(a), P<T>(b), st_of(y)->vec, outer, pf_numel_from(a, axis), pf_numel_from(b, axis),
                       stream_of(y)),
        "concat");
 }
 
+template <typename T>
 static void cuda_upsample_nearest(pf_tensor *y, const pf_tensor *x) {
     if (!enter(y->be)) return;
     ok(y->be,
-       pf_cuda_upsample_nearest(H(y), H(x), st_of(y)->vec, x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
+       pf_cuda_upsample_nearest(P<T>(y), P<T>(x), st_of(y)->vec, x->shape[0] * x->shape[1], x->shape[2], x->shape[3],
                                 y->shape[2], y->shape[3], stream_of(y)),
        "upsample_nearest");
 }
 
+template <typename T>
 static void cuda_permute(pf_tensor *y, const pf_tensor *x, const int *perm) {
     if (!enter(y->be)) return;
-    ok(y->be, pf_cuda_permute(H(y), H(x), perm, x->ndim, x->shape, stream_of(y)), "permute");
+    ok(y->be, pf_cuda_permute(P<T>(y), P<T>(x), perm, x->ndim, x->shape, stream_of(y)), "permute");
 }
 
 // The ids are host memory the caller may reuse when this returns: they are
 // copied to the device and waited for before the gather is enqueued.
+template <typename T>
 static void cuda_embedding(pf_tensor *y, const pf_tensor *table, const int32_t *ids, int64_t count) {
     pf_backend *be = y->be;
     if (!enter(be) || count == 0) return;
@@ -420,7 +463,7 @@ static void cuda_embedding(pf_tensor *y, const pf_tensor *table, const int32_t *
     if (!dids) return;
     if (ok(be, cudaMemcpyAsync(dids, ids, (size_t)count * sizeof *ids, cudaMemcpyHostToDevice, s), "embedding ids") &&
         ok(be, cudaStreamSynchronize(s), "embedding ids"))
-        ok(be, pf_cuda_embedding(H(y), H(table), dids, count, table->shape[1], s), "embedding");
+        ok(be, pf_cuda_embedding(P<T>(y), P<T>(table), dids, count, table->shape[1], s), "embedding");
     put(be, dids);
 }
 
@@ -429,6 +472,7 @@ static void cuda_copy(pf_tensor *y, const pf_tensor *x) {
     ok(y->be, cudaMemcpyAsync(y->data, x->data, pf_nbytes(x), cudaMemcpyDeviceToDevice, stream_of(y)), "copy");
 }
 
+template <typename T>
 static pf_backend_ops cuda_ops_table() {
     pf_backend_ops o;
     memset(&o, 0, sizeof o);
@@ -439,21 +483,21 @@ static pf_backend_ops cuda_ops_table() {
     o.synchronize = cuda_synchronize;
     o.destroy = cuda_destroy;
     o.mem_available = cuda_mem_available;
-    o.linear = cuda_linear;
-    o.conv2d = cuda_conv2d;
-    o.group_norm = cuda_group_norm;
-    o.layer_norm = cuda_layer_norm;
-    o.softmax = cuda_softmax;
-    o.attention = cuda_attention;
-    o.activation = cuda_activation;
-    o.geglu = cuda_geglu;
-    o.add = cuda_add;
-    o.mul = cuda_mul;
-    o.scale = cuda_scale;
-    o.concat = cuda_concat;
-    o.upsample_nearest = cuda_upsample_nearest;
-    o.permute = cuda_permute;
-    o.embedding = cuda_embedding;
+    o.linear = cuda_linear<T>;
+    o.conv2d = cuda_conv2d<T>;
+    o.group_norm = cuda_group_norm<T>;
+    o.layer_norm = cuda_layer_norm<T>;
+    o.softmax = cuda_softmax<T>;
+    o.attention = cuda_attention<T>;
+    o.activation = cuda_activation<T>;
+    o.geglu = cuda_geglu<T>;
+    o.add = cuda_add<T>;
+    o.mul = cuda_mul<T>;
+    o.scale = cuda_scale<T>;
+    o.concat = cuda_concat<T>;
+    o.upsample_nearest = cuda_upsample_nearest<T>;
+    o.permute = cuda_permute<T>;
+    o.embedding = cuda_embedding<T>;
     o.copy = cuda_copy;
     return o;
 }
@@ -469,7 +513,8 @@ int pf_cuda_device_count(void) {
     return n;
 }
 
-pf_backend *pf_backend_cuda_new(int device, pf_error *err) {
+// pf_backend_cuda_new and pf_backend_cuda_new_f32: a backend of compute dtype dt.
+static pf_backend *cuda_new(int device, pf_dtype dt, pf_error *err) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
@@ -510,8 +555,8 @@ pf_backend *pf_backend_cuda_new(int device, pf_error *err) {
     {
         pf_backend *be = (pf_backend *)PF_CALLOC(1, sizeof *be);
         be->name = "cuda";
-        be->ops = &cuda_ops;
-        be->compute_dtype = PF_F16;
+        be->ops = dt == PF_F32 ? &cuda_ops_f32 : &cuda_ops_f16;
+        be->compute_dtype = dt;
         be->impl = st;
         return be;
     }
@@ -529,11 +574,15 @@ cleanup:
     return NULL;
 }
 
+pf_backend *pf_backend_cuda_new(int device, pf_error *err) { return cuda_new(device, PF_F16, err); }
+
+pf_backend *pf_backend_cuda_new_f32(int device, pf_error *err) { return cuda_new(device, PF_F32, err); }
+
 void pf_backend_cuda_mem_stats(const pf_backend *be, pf_mem_stats *out) {
     memset(out, 0, sizeof *out);
-    if (be && be->ops == &cuda_ops) pf_cuda_allocator_stats(st_of(be)->alloc, out);
+    if (is_cuda(be)) pf_cuda_allocator_stats(st_of(be)->alloc, out);
 }
 
 void pf_backend_cuda_reset_peak(pf_backend *be) {
-    if (be && be->ops == &cuda_ops) pf_cuda_allocator_reset_peak(st_of(be)->alloc);
+    if (is_cuda(be)) pf_cuda_allocator_reset_peak(st_of(be)->alloc);
 }

@@ -31,20 +31,20 @@ pf_bcast pf_cuda_bcast_plan(int ndim, const int64_t *a_shape, const int64_t *b_s
     return p;
 }
 
-template <int MUL>
-static __device__ __forceinline__ __half op(__half a, __half b) {
-    const float x = __half2float(a), y = __half2float(b);
-    return __float2half_rn(MUL ? x * y : x + y);
+template <int MUL, typename T>
+static __device__ __forceinline__ T op(T a, T b) {
+    const float x = pf_to_float(a), y = pf_to_float(b);
+    return pf_from_float<T>(MUL ? x * y : x + y);
 }
 
-template <int MUL>
-static __global__ void binary_same(__half *y, const __half *a, const __half *b, int64_t n) {
+template <int MUL, typename T>
+static __global__ void binary_same(T *y, const T *a, const T *b, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = op<MUL>(a[i], b[i]);
+        y[i] = op<MUL, T>(a[i], b[i]);
 }
 
-template <int MUL>
-static __global__ void binary_bcast(__half *y, const __half *a, const __half *b, pf_bcast p, int64_t n) {
+template <int MUL, typename T>
+static __global__ void binary_bcast(T *y, const T *a, const T *b, pf_bcast p, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t rem = i, off = 0;
 #pragma unroll
@@ -54,12 +54,12 @@ static __global__ void binary_bcast(__half *y, const __half *a, const __half *b,
             off += (rem - q * p.size[d]) * p.bstride[d];
             rem = q;
         }
-        y[i] = op<MUL>(a[i], b[off]);
+        y[i] = op<MUL, T>(a[i], b[off]);
     }
 }
 
-template <int MUL>
-static __global__ void binary_same8(__half *y, const __half *a, const __half *b, int64_t n8) {
+template <int MUL, typename T>
+static __global__ void binary_same8(T *y, const T *a, const T *b, int64_t n8) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
         float x[8], z[8];
         pf_load8(x, a + 8 * i);
@@ -73,8 +73,8 @@ static __global__ void binary_same8(__half *y, const __half *a, const __half *b,
 // binary_bcast in groups of 8 elements of a: size[m - 1] % 8 == 0, so a group
 // lies in one innermost run and its b offsets are off + t * inner (bstride[m - 1])
 // (b is read per element: it need not be aligned, and it mostly hits the cache).
-template <int MUL>
-static __global__ void binary_bcast8(__half *y, const __half *a, const __half *b, pf_bcast p, int64_t inner,
+template <int MUL, typename T>
+static __global__ void binary_bcast8(T *y, const T *a, const T *b, pf_bcast p, int64_t inner,
                               int64_t n8) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t rem = 8 * i, off = 0;
@@ -89,15 +89,16 @@ static __global__ void binary_bcast8(__half *y, const __half *a, const __half *b
         pf_load8(x, a + 8 * i);
 #pragma unroll
         for (int t = 0; t < 8; t++) {
-            const float z = __half2float(b[off + t * inner]);
+            const float z = pf_to_float(b[off + t * inner]);
             x[t] = MUL ? x[t] * z : x[t] + z;
         }
         pf_store8(y + 8 * i, x);
     }
 }
 
-cudaError_t pf_cuda_binary(__half *y, const __half *a, const __half *b, const pf_bcast *plan, int is_mul, int vec,
-                           int64_t n, cudaStream_t stream) {
+template <typename T>
+cudaError_t pf_cuda_binary(T *y, const T *a, const T *b, const pf_bcast *plan, int is_mul, int vec, int64_t n,
+                           cudaStream_t stream) {
     if (n == 0) return cudaSuccess;
     const unsigned g = pf_grid(n);
     const int same = plan->m == 1 && plan->bstride[0] == 1;
@@ -118,3 +119,8 @@ cudaError_t pf_cuda_binary(__half *y, const __half *a, const __half *b, const pf
     else binary_bcast<0><<<g, PF_THREADS, 0, stream>>>(y, a, b, *plan, n);
     return cudaGetLastError();
 }
+
+template cudaError_t pf_cuda_binary(__half *, const __half *, const __half *, const pf_bcast *, int, int, int64_t,
+                                    cudaStream_t);
+template cudaError_t pf_cuda_binary(float *, const float *, const float *, const pf_bcast *, int, int, int64_t,
+                                    cudaStream_t);

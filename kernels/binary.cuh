@@ -18,8 +18,9 @@ struct pf_bcast {
 pf_bcast pf_cuda_bcast_plan(int ndim, const int64_t *a_shape, const int64_t *b_shape);
 // y[i] = a[i] (+ or *) b[offset(i)], i < n = numel(a). y may equal a. vec:
 // 8 elements a thread where the innermost merged size is a multiple of 8 and
-// pf_vec8 allows (the result is the same either way).
-cudaError_t pf_cuda_binary(__half *y, const __half *a, const __half *b, const pf_bcast *plan, int is_mul, int vec,
-                           int64_t n, cudaStream_t stream);
+// pf_vec8 allows (the result is the same either way). T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_binary(T *y, const T *a, const T *b, const pf_bcast *plan, int is_mul, int vec, int64_t n,
+                           cudaStream_t stream);
 
 #endif

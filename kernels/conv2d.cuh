@@ -10,8 +10,9 @@
 // [oh0, oh0 + rows) of width wo: col[img, ci*kh*kw, rows*wo], row (c, i, j) holding
 // the input pixel under kernel tap (i, j) for each output position (0 in the
 // padding). vec: 8 positions a thread and one 16-byte store, where wo % 8 == 0
-// and col is 16-byte aligned (the result is the same either way).
-cudaError_t pf_cuda_im2col(__half *col, const __half *x, int vec, int64_t nimg, int64_t ci, int64_t h, int64_t w,
+// and col is 16-byte aligned (the result is the same either way). T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_im2col(T *col, const T *x, int vec, int64_t nimg, int64_t ci, int64_t h, int64_t w,
                            int kh, int kw, int stride, int pad, int64_t oh0, int64_t rows, int64_t wo,
                            cudaStream_t stream);
 

@@ -6,7 +6,9 @@
 #include "common.cuh"
 
 // ids: count device int32 values, each already checked < the table's rows.
-cudaError_t pf_cuda_embedding(__half *y, const __half *table, const int32_t *ids, int64_t count, int64_t c,
+// T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_embedding(T *y, const T *table, const int32_t *ids, int64_t count, int64_t c,
                               cudaStream_t stream);
 
 #endif

@@ -38,13 +38,13 @@ size_t pf_cuda_group_norm_scratch(int64_t n, int64_t c, int64_t s, int groups) {
 
 // grid (N * G, parts): stats[(ng * parts + p) * 2 + {0, 1}] = chunk mean, M2.
 // UNIT 8: 16-byte loads (len % 8 == 0, x 16-byte aligned).
-template <int UNIT>
-static __global__ void gn_stats(float *stats, const __half *x, int64_t len, int64_t parts) {
+template <int UNIT, typename T>
+static __global__ void gn_stats(float *stats, const T *x, int64_t len, int64_t parts) {
     __shared__ float red[32];
     const int64_t ng = blockIdx.x, p = blockIdx.y;
     int64_t lo, hi;
     chunk_of<UNIT>(len, parts, p, &lo, &hi);
-    const __half *xg = x + ng * len;
+    const T *xg = x + ng * len;
     float sum = 0.0f;
     if (UNIT == 8) {
         for (int64_t i = lo + 8 * threadIdx.x; i < hi; i += 8 * blockDim.x) {
@@ -54,7 +54,7 @@ static __global__ void gn_stats(float *stats, const __half *x, int64_t len, int6
             for (int t = 0; t < 8; t++) sum += f[t];
         }
     } else {
-        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) sum += __half2float(xg[i]);
+        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) sum += pf_to_float(xg[i]);
     }
     sum = pf_block_sum(sum, red);
     const float cnt = (float)(hi - lo);
@@ -69,7 +69,7 @@ static __global__ void gn_stats(float *stats, const __half *x, int64_t len, int6
         }
     } else {
         for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            float d = __half2float(xg[i]) - mean;
+            float d = pf_to_float(xg[i]) - mean;
             m2 += d * d;
         }
     }
@@ -82,8 +82,8 @@ static __global__ void gn_stats(float *stats, const __half *x, int64_t len, int6
 
 // grid (N * C, chunks of S): y = (x - mean) * (rstd * gamma[c]) + beta[c] on one channel plane.
 // UNIT 8: 16-byte accesses (s % 8 == 0, x and y 16-byte aligned).
-template <int UNIT>
-static __global__ void gn_apply(__half *y, const __half *x, const __half *gamma, const __half *beta,
+template <int UNIT, typename T>
+static __global__ void gn_apply(T *y, const T *x, const T *gamma, const T *beta,
                                 const float *stats, float eps, int fuse_silu, int64_t c, int64_t s, int64_t cpg,
                                 int64_t parts) {
     __shared__ float sh_mean, sh_scale, sh_shift;
@@ -107,13 +107,13 @@ static __global__ void gn_apply(__half *y, const __half *x, const __half *gamma,
         }
         float rstd = (float)(1.0 / sqrt(m2 / (cnt > 0 ? cnt : 1.0) + (double)eps));
         sh_mean = (float)mean;
-        sh_scale = rstd * __half2float(gamma[ch]);
-        sh_shift = __half2float(beta[ch]);
+        sh_scale = rstd * pf_to_float(gamma[ch]);
+        sh_shift = pf_to_float(beta[ch]);
     }
     __syncthreads();
     const float mean = sh_mean, scale = sh_scale, shift = sh_shift;
-    const __half *xr = x + row * s;
-    __half *yr = y + row * s;
+    const T *xr = x + row * s;
+    T *yr = y + row * s;
     const int64_t per_block = (int64_t)blockDim.x * APPLY_PER_THREAD;
     for (int64_t base = blockIdx.y * per_block; base < s; base += (int64_t)gridDim.y * per_block) {
         if (UNIT == 8) { // thread t takes the groups of 8 at base + 8 (k * blockDim + t)
@@ -133,15 +133,16 @@ static __global__ void gn_apply(__half *y, const __half *x, const __half *gamma,
             for (int k = 0; k < APPLY_PER_THREAD; k++) { // coalesced: thread t takes base + k * blockDim + t
                 const int64_t j = base + (int64_t)k * blockDim.x + threadIdx.x;
                 if (j >= s) break;
-                float v = (__half2float(xr[j]) - mean) * scale + shift;
+                float v = (pf_to_float(xr[j]) - mean) * scale + shift;
                 if (fuse_silu) v = v / (1.0f + __expf(-v));
-                yr[j] = __float2half_rn(v);
+                yr[j] = pf_from_float<T>(v);
             }
         }
     }
 }
 
-cudaError_t pf_cuda_group_norm(__half *y, const __half *x, const __half *gamma, const __half *beta, float *scratch,
+template <typename T>
+cudaError_t pf_cuda_group_norm(T *y, const T *x, const T *gamma, const T *beta, float *scratch,
                                float eps, int fuse_silu, int vec, int64_t n, int64_t c, int64_t s, int groups,
                                cudaStream_t stream) {
     const int64_t cpg = c / groups, len = cpg * s, parts = parts_of(len);
@@ -150,11 +151,18 @@ cudaError_t pf_cuda_group_norm(__half *y, const __half *x, const __half *gamma, 
     if (chunks > 65535) chunks = 65535;
     const dim3 sgrid((unsigned)(n * groups), (unsigned)parts), agrid((unsigned)(n * c), (unsigned)chunks);
     if (vec && pf_vec8(s, x, y)) { // planes of s % 8 == 0 values: groups and planes start 16-byte aligned
-        gn_stats<8><<<sgrid, STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
-        gn_apply<8><<<agrid, APPLY_THREADS, 0, stream>>>(y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
+        gn_stats<8, T><<<sgrid, STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
+        gn_apply<8, T>
+            <<<agrid, APPLY_THREADS, 0, stream>>>(y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
     } else {
-        gn_stats<1><<<sgrid, STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
-        gn_apply<1><<<agrid, APPLY_THREADS, 0, stream>>>(y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
+        gn_stats<1, T><<<sgrid, STATS_THREADS, 0, stream>>>(scratch, x, len, parts);
+        gn_apply<1, T>
+            <<<agrid, APPLY_THREADS, 0, stream>>>(y, x, gamma, beta, scratch, eps, fuse_silu, c, s, cpg, parts);
     }
     return cudaGetLastError();
 }
+
+template cudaError_t pf_cuda_group_norm(__half *, const __half *, const __half *, const __half *, float *, float, int,
+                                        int, int64_t, int64_t, int64_t, int, cudaStream_t);
+template cudaError_t pf_cuda_group_norm(float *, const float *, const float *, const float *, float *, float, int,
+                                        int, int64_t, int64_t, int64_t, int, cudaStream_t);

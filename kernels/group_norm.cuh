@@ -12,7 +12,9 @@ size_t pf_cuda_group_norm_scratch(int64_t n, int64_t c, int64_t s, int groups);
 // y may equal x. scratch: pf_cuda_group_norm_scratch(...) bytes of device memory.
 // vec: 16-byte accesses where s % 8 == 0 and pf_vec8 allows (chunk bounds on
 // multiples of 8, so sums may differ from the scalar path in the last bits).
-cudaError_t pf_cuda_group_norm(__half *y, const __half *x, const __half *gamma, const __half *beta, float *scratch,
+// T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_group_norm(T *y, const T *x, const T *gamma, const T *beta, float *scratch,
                                float eps, int fuse_silu, int vec, int64_t n, int64_t c, int64_t s, int groups,
                                cudaStream_t stream);
 

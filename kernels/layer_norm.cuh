@@ -6,8 +6,9 @@
 #include "common.cuh"
 
 // y[r, i] = (x[r, i] - mean_r) * rstd_r * gamma[i] + beta[i], float32 statistics
-// (two passes, biased variance). y may equal x.
-cudaError_t pf_cuda_layer_norm(__half *y, const __half *x, const __half *gamma, const __half *beta, float eps,
+// (two passes, biased variance). y may equal x. T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_layer_norm(T *y, const T *x, const T *gamma, const T *beta, float eps,
                                int64_t rows, int64_t c, cudaStream_t stream);
 
 #endif

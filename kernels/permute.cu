@@ -11,7 +11,8 @@ struct perm_plan {
     int64_t step[PF_MAX_DIMS]; // x's stride along y's dim i
 };
 
-static __global__ void permute_general(__half *y, const __half *x, perm_plan p, int64_t n) {
+template <typename T>
+static __global__ void permute_general(T *y, const T *x, perm_plan p, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t rem = i, off = 0;
 #pragma unroll
@@ -29,23 +30,25 @@ static __global__ void permute_general(__half *y, const __half *x, perm_plan p, 
 #define ROWS 8 // block (TILE, ROWS); each thread moves TILE / ROWS values
 
 // x[batch, r, c] -> y[batch, c, r]; grid (ceil(c / TILE), ceil(r / TILE), batch).
-static __global__ void transpose_k(__half *y, const __half *x, int64_t r, int64_t c) {
+template <typename T>
+static __global__ void transpose_k(T *y, const T *x, int64_t r, int64_t c) {
     __shared__ float tile[TILE][TILE + 1]; // +1: column reads hit 32 different banks
     const int64_t b = blockIdx.z, r0 = (int64_t)blockIdx.y * TILE, c0 = (int64_t)blockIdx.x * TILE;
-    const __half *xb = x + b * r * c;
-    __half *yb = y + b * r * c;
+    const T *xb = x + b * r * c;
+    T *yb = y + b * r * c;
     for (int k = threadIdx.y; k < TILE; k += ROWS) {
         const int64_t rr = r0 + k, cc = c0 + threadIdx.x;
-        if (rr < r && cc < c) tile[k][threadIdx.x] = __half2float(xb[rr * c + cc]);
+        if (rr < r && cc < c) tile[k][threadIdx.x] = pf_to_float(xb[rr * c + cc]);
     }
     __syncthreads();
     for (int k = threadIdx.y; k < TILE; k += ROWS) {
         const int64_t cc = c0 + k, rr = r0 + threadIdx.x; // y row cc, column rr
-        if (rr < r && cc < c) yb[cc * r + rr] = __float2half_rn(tile[threadIdx.x][k]);
+        if (rr < r && cc < c) yb[cc * r + rr] = pf_from_float<T>(tile[threadIdx.x][k]);
     }
 }
 
-cudaError_t pf_cuda_permute(__half *y, const __half *x, const int *perm, int ndim, const int64_t *x_shape,
+template <typename T>
+cudaError_t pf_cuda_permute(T *y, const T *x, const int *perm, int ndim, const int64_t *x_shape,
                             cudaStream_t stream) {
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) n *= x_shape[i];
@@ -75,3 +78,6 @@ cudaError_t pf_cuda_permute(__half *y, const __half *x, const int *perm, int ndi
     permute_general<<<pf_grid(n), PF_THREADS, 0, stream>>>(y, x, p, n);
     return cudaGetLastError();
 }
+
+template cudaError_t pf_cuda_permute(__half *, const __half *, const int *, int, const int64_t *, cudaStream_t);
+template cudaError_t pf_cuda_permute(float *, const float *, const int *, int, const int64_t *, cudaStream_t);

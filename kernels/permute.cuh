@@ -5,8 +5,9 @@
 
 #include "common.cuh"
 
-// x has ndim dims of x_shape; y's dim i is x's dim perm[i].
-cudaError_t pf_cuda_permute(__half *y, const __half *x, const int *perm, int ndim, const int64_t *x_shape,
+// x has ndim dims of x_shape; y's dim i is x's dim perm[i]. T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_permute(T *y, const T *x, const int *perm, int ndim, const int64_t *x_shape,
                             cudaStream_t stream);
 
 #endif

@@ -4,8 +4,8 @@
 
 #include "common.cuh"
 
-// y may equal x. vec: 16-byte accesses where pf_vec8 allows.
-cudaError_t pf_cuda_scale(__half *y, const __half *x, float alpha, float beta, int vec, int64_t n,
-                          cudaStream_t stream);
+// y may equal x. vec: 16-byte accesses where pf_vec8 allows. T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_scale(T *y, const T *x, float alpha, float beta, int vec, int64_t n, cudaStream_t stream);
 
 #endif

@@ -5,23 +5,28 @@
 
 #define WARPS 8
 
-static __global__ void softmax_rows(__half *y, const __half *x, int64_t rows, int64_t c) {
+template <typename T>
+static __global__ void softmax_rows(T *y, const T *x, int64_t rows, int64_t c) {
     const int lane = threadIdx.x & 31;
     const int64_t r = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
     if (r >= rows) return;
-    const __half *xr = x + r * c;
-    __half *yr = y + r * c;
+    const T *xr = x + r * c;
+    T *yr = y + r * c;
     float mx = -INFINITY;
-    for (int64_t i = lane; i < c; i += 32) mx = fmaxf(mx, __half2float(xr[i]));
+    for (int64_t i = lane; i < c; i += 32) mx = fmaxf(mx, pf_to_float(xr[i]));
     mx = pf_warp_max(mx);
     float sum = 0.0f;
-    for (int64_t i = lane; i < c; i += 32) sum += __expf(__half2float(xr[i]) - mx);
+    for (int64_t i = lane; i < c; i += 32) sum += __expf(pf_to_float(xr[i]) - mx);
     const float inv = 1.0f / pf_warp_sum(sum);
-    for (int64_t i = lane; i < c; i += 32) yr[i] = __float2half_rn(__expf(__half2float(xr[i]) - mx) * inv);
+    for (int64_t i = lane; i < c; i += 32) yr[i] = pf_from_float<T>(__expf(pf_to_float(xr[i]) - mx) * inv);
 }
 
-cudaError_t pf_cuda_softmax(__half *y, const __half *x, int64_t rows, int64_t c, cudaStream_t stream) {
+template <typename T>
+cudaError_t pf_cuda_softmax(T *y, const T *x, int64_t rows, int64_t c, cudaStream_t stream) {
     if (rows == 0 || c == 0) return cudaSuccess;
     softmax_rows<<<(unsigned)((rows + WARPS - 1) / WARPS), WARPS * 32, 0, stream>>>(y, x, rows, c);
     return cudaGetLastError();
 }
+
+template cudaError_t pf_cuda_softmax(__half *, const __half *, int64_t, int64_t, cudaStream_t);
+template cudaError_t pf_cuda_softmax(float *, const float *, int64_t, int64_t, cudaStream_t);

@@ -5,7 +5,8 @@
 
 #include "common.cuh"
 
-// y[r, :] = exp(x[r, :] - max) / sum. y may equal x.
-cudaError_t pf_cuda_softmax(__half *y, const __half *x, int64_t rows, int64_t c, cudaStream_t stream);
+// y[r, :] = exp(x[r, :] - max) / sum. y may equal x. T: __half or float.
+template <typename T>
+cudaError_t pf_cuda_softmax(T *y, const T *x, int64_t rows, int64_t c, cudaStream_t stream);
 
 #endif

@@ -14,7 +14,8 @@ static __device__ __forceinline__ int64_t nearest_idx(int64_t i, int64_t in, int
     return s < in - 1 ? s : in - 1;
 }
 
-static __global__ void upsample_any_k(__half *y, const __half *x, int64_t planes, int64_t h, int64_t w, int64_t ho,
+template <typename T>
+static __global__ void upsample_any_k(T *y, const T *x, int64_t planes, int64_t h, int64_t w, int64_t ho,
                                       int64_t wo) {
     const int64_t n = planes * ho * wo;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -23,7 +24,8 @@ static __global__ void upsample_any_k(__half *y, const __half *x, int64_t planes
     }
 }
 
-static __global__ void upsample_k(__half *y, const __half *x, int64_t rows, int64_t w) {
+template <typename T>
+static __global__ void upsample_k(T *y, const T *x, int64_t rows, int64_t w) {
     const int64_t w2 = 2 * w, n = rows * 2 * w2;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / w2, c = i - r * w2;
@@ -32,7 +34,8 @@ static __global__ void upsample_k(__half *y, const __half *x, int64_t rows, int6
 }
 
 // upsample_k in groups of 8 outputs: w % 4 == 0, so a group lies in one output
-// row and copies 4 consecutive inputs (one 8-byte load), each twice.
+// row and copies 4 consecutive inputs (one 8-byte load), each twice. float
+// tensors take upsample_k.
 static __global__ void upsample8_k(__half *y, const __half *x, int64_t rows, int64_t w) {
     const int64_t w2 = 2 * w, n8 = rows * 2 * w2 / 8;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
@@ -46,15 +49,21 @@ static __global__ void upsample8_k(__half *y, const __half *x, int64_t rows, int
     }
 }
 
-cudaError_t pf_cuda_upsample_nearest(__half *y, const __half *x, int vec, int64_t planes, int64_t h, int64_t w,
+template <typename T>
+cudaError_t pf_cuda_upsample_nearest(T *y, const T *x, int vec, int64_t planes, int64_t h, int64_t w,
                                      int64_t ho, int64_t wo, cudaStream_t stream) {
     if (planes * ho * wo == 0) return cudaSuccess;
     const int64_t rows = planes * h;
     if (ho != 2 * h || wo != 2 * w)
         upsample_any_k<<<pf_grid(planes * ho * wo), PF_THREADS, 0, stream>>>(y, x, planes, h, w, ho, wo);
-    else if (vec && w % 4 == 0 && pf_vec8(0, y) && (uintptr_t)x % 8 == 0)
-        upsample8_k<<<pf_grid(rows * w / 2), PF_THREADS, 0, stream>>>(y, x, rows, w);
+    else if (std::is_same<T, __half>::value && vec && w % 4 == 0 && pf_vec8(0, y) && (uintptr_t)x % 8 == 0)
+        upsample8_k<<<pf_grid(rows * w / 2), PF_THREADS, 0, stream>>>((__half *)y, (const __half *)x, rows, w);
     else
         upsample_k<<<pf_grid(rows * 4 * w), PF_THREADS, 0, stream>>>(y, x, rows, w);
     return cudaGetLastError();
 }
+
+template cudaError_t pf_cuda_upsample_nearest(__half *, const __half *, int, int64_t, int64_t, int64_t, int64_t,
+                                              int64_t, cudaStream_t);
+template cudaError_t pf_cuda_upsample_nearest(float *, const float *, int, int64_t, int64_t, int64_t, int64_t,
+                                              int64_t, cudaStream_t);

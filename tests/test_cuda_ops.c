@@ -19,16 +19,28 @@
  * Where a faster kernel path replaced an earlier one, the earlier one stays
  * behind an environment switch (kernels/backend_cuda.cu): attention, conv2d
  * and the elementwise, bias and group-norm ops run on a second CUDA backend
- * made with all of them set (the cases marked [legacy]). */
+ * made with all of them set (the cases marked [legacy]).
+ *
+ * Every case also runs on the float32 CUDA backend (pf_backend_cuda_new_f32,
+ * the cases marked [f32]) against the same CPU result: float32 against
+ * float32, so only the order of accumulation and the exp/erf approximations
+ * differ. A dot product of K terms then carries a relative error of about
+ * 2^-24 sqrt(K) (4e-6 for SD's widest convolution, K = 4608), an NMSE near
+ * 1e-11; NMSE_BOUND_F32 = 1e-10 is that with a margin of 10, while any value
+ * that went through float16 (relative error 2^-11, NMSE 1e-7) fails by three
+ * orders of magnitude. test_f32_range feeds values beyond float16's range
+ * (65504), which the float16 backend cannot hold. */
 #include "test_util.h"
 
 #include "backend.h"
 
 #define NMSE_BOUND 1e-5
+#define NMSE_BOUND_F32 1e-10
 
 static pf_backend *g_cpu;     /* the reference */
 static pf_backend *g_gpu;     /* CUDA, default kernels */
 static pf_backend *g_legacy;  /* CUDA with the earlier paths: generic attention, legacy conv2d, scalar kernels */
+static pf_backend *g_f32;     /* CUDA, compute dtype float32 */
 static char g_why[1024];      /* why the tests are skipped */
 
 #define NEED_GPU()                                                           \
@@ -122,32 +134,39 @@ static void compare(const char *op, const char *what, const float *got, const fl
  * frees the inputs and returns the output tensor. */
 typedef pf_tensor *(*case_fn)(pf_backend *be, const void *ctx);
 
+/* Runs fn on be and compares with ref (n values). */
+static void check_on(pf_backend *be, const char *tag, const char *op, const char *what, case_fn fn, const void *ctx,
+                     const float *ref, int64_t n, double bound) {
+    pf_tensor *t = fn(be, ctx);
+    assert_int_equal(t->dtype, be->compute_dtype);
+    assert_int_equal(pf_numel(t), n);
+    float *got = down(t);
+    pf_free(t);
+    char label[160];
+    snprintf(label, sizeof label, "%s%s", what, tag);
+    compare(op, label, got, ref, n, bound);
+    free(got);
+}
+
 /* Runs fn on the CPU and on the CUDA backend (and on the legacy one too when
- * both) and compares. */
+ * both), then on the float32 CUDA backend, and compares. bound is the float16
+ * backends' bound; 0 (exact) holds for every backend. */
 static void check(const char *op, const char *what, case_fn fn, const void *ctx, double bound, int both) {
     pf_tensor *r = fn(g_cpu, ctx);
     float *ref = down(r);
     int64_t n = pf_numel(r);
     pf_free(r);
-    pf_backend *gpus[2] = {g_gpu, both ? g_legacy : NULL};
-    for (int i = 0; i < 2 && gpus[i]; i++) {
-        pf_tensor *t = fn(gpus[i], ctx);
-        assert_int_equal(pf_numel(t), n);
-        float *got = down(t);
-        pf_free(t);
-        char label[160];
-        snprintf(label, sizeof label, "%s%s", what, i ? " [legacy]" : "");
-        compare(op, label, got, ref, n, bound);
-        free(got);
-    }
+    check_on(g_gpu, "", op, what, fn, ctx, ref, n, bound);
+    if (both && g_legacy) check_on(g_legacy, " [legacy]", op, what, fn, ctx, ref, n, bound);
+    if (g_f32) check_on(g_f32, " [f32]", op, what, fn, ctx, ref, n, bound == 0 ? 0 : NMSE_BOUND_F32);
     free(ref);
 }
 
 /* ---- transfers, conversion, allocator ---- */
 
-/* Upload then download through a tensor of dtype dt equals the host rounding. */
-static void roundtrip(pf_dtype dt, const float *v, int64_t n) {
-    pf_tensor *t = pf_new_dtype(g_gpu, dt, 1, SHAPE(n));
+/* Upload then download through a tensor of dtype dt on be equals the host rounding. */
+static void roundtrip(pf_backend *be, pf_dtype dt, const float *v, int64_t n) {
+    pf_tensor *t = pf_new_dtype(be, dt, 1, SHAPE(n));
     pf_upload(t, v);
     float *got = down(t);
     int64_t bad = 0;
@@ -159,6 +178,7 @@ static void roundtrip(pf_dtype dt, const float *v, int64_t n) {
     }
     printf("  %-14s %-46s %lld of %lld differ from the host conversion %s\n", "transfer", pf_dtype_name(dt),
            (long long)bad, (long long)n, bad ? "FAIL" : "ok");
+    if (bad) print_error("on the %s backend of compute dtype %s\n", be->name, pf_dtype_name(be->compute_dtype));
     assert_int_equal(bad, 0);
     free(got);
     pf_free(t);
@@ -175,15 +195,20 @@ static void test_transfers(void **state) {
     memcpy(v, special, sizeof special);
     for (int64_t i = (int64_t)(sizeof special / sizeof *special); i < n; i++)
         v[i] = frand() * powf(2.0f, (float)(i % 40) - 20.0f);
-    roundtrip(PF_F16, v, n);
-    roundtrip(PF_BF16, v, n);
-    roundtrip(PF_F32, v, n);
+    roundtrip(g_gpu, PF_F16, v, n);
+    roundtrip(g_gpu, PF_BF16, v, n);
+    roundtrip(g_gpu, PF_F32, v, n);
+    if (g_f32) {
+        roundtrip(g_f32, PF_F32, v, n);
+        roundtrip(g_f32, PF_F16, v, n);
+    }
     free(v);
 
     /* larger than one 16 Mi-float transfer chunk */
     n = ((int64_t)16 << 20) + 1234;
     v = hrand(n, 1, 0);
-    roundtrip(PF_F16, v, n);
+    roundtrip(g_gpu, PF_F16, v, n);
+    if (g_f32) roundtrip(g_f32, PF_F32, v, n);
     free(v);
 
     /* a view of rows 1..2 overwrites only those rows */
@@ -233,6 +258,8 @@ static void test_errors(void **state) {
     NEED_GPU();
     pf_error err = {{0}};
     assert_null(pf_backend_cuda_new(999, &err));
+    assert_non_null(strstr(err.msg, "does not exist"));
+    assert_null(pf_backend_cuda_new_f32(999, &err));
     assert_non_null(strstr(err.msg, "does not exist"));
     assert_null(pf_backend_open("cuda:999", 0, &err));
     assert_non_null(strstr(err.msg, "cuda:999"));
@@ -729,6 +756,82 @@ static void test_data_movement(void **state) {
     free(cp.a);
 }
 
+/* ---- the float32 backend ---- */
+
+/* pf_backend_cuda_new_f32 gives a float32 CUDA backend where there is a GPU,
+ * and a NULL with a message otherwise (CPU-only builds: device.c's stand-in).
+ * Runs on every machine. */
+static void test_f32_backend(void **state) {
+    (void)state;
+    pf_error err = {{0}};
+    pf_backend *be = pf_backend_cuda_new_f32(0, &err);
+#ifndef PF_HAVE_CUDA
+    assert_null(be);
+    assert_non_null(strstr(err.msg, "built without CUDA"));
+#endif
+    if (!be) {
+        assert_true(err.msg[0] != '\0');
+        assert_null(g_gpu); /* the float16 backend could not be made either */
+        printf("  %-14s %-46s ok (no backend: %s)\n", "f32 backend", "constructor", err.msg);
+        return;
+    }
+    assert_int_equal(be->compute_dtype, PF_F32);
+    pf_tensor *t = pf_new1(be, 10);
+    assert_int_equal(t->dtype, PF_F32);
+    pf_free(t);
+    pf_backend_free(be);
+    printf("  %-14s %-46s ok\n", "f32 backend", "constructor, compute dtype float32");
+}
+
+/* n values uniform in [-scale, scale), not rounded: beyond float16's range for scale > 65504. */
+static float *wide(int64_t n, float scale) {
+    float *v = malloc((size_t)(n ? n : 1) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) v[i] = scale * frand();
+    return v;
+}
+
+/* Runs fn on the CPU and on the float32 CUDA backend only, and compares. */
+static void check_f32(const char *op, const char *what, case_fn fn, const void *ctx) {
+    pf_tensor *r = fn(g_cpu, ctx);
+    float *ref = down(r);
+    int64_t n = pf_numel(r);
+    pf_free(r);
+    check_on(g_f32, " [f32]", op, what, fn, ctx, ref, n, NMSE_BOUND_F32);
+    free(ref);
+}
+
+/* Values float16 cannot hold (|x| > 65504), as in SDXL's VAE decoder: the
+ * float32 backend keeps them through products, normalisation, attention and
+ * the elementwise ops. */
+static void test_f32_range(void **state) {
+    (void)state;
+    NEED_GPU();
+    if (!g_f32) fail_msg("the float32 CUDA backend could not be made");
+    conv_ctx cv = {1, 64, 32, 32, 32, 3, 3, 1, 1, 1, wide(64 * 32 * 32, 1e6f), wide(32 * 576, 1.0f / 24),
+                   wide(32, 1e5f)};
+    check_f32("conv2d", "x(1,64,32,32) 3x3 co32, |x| < 1e6", conv_fn, &cv);
+    free(cv.x), free(cv.wt), free(cv.b);
+    lin_ctx ln = {77, 640, 320, 1, wide(77 * 640, 3e5f), wide(320 * 640, 0.04f), wide(320, 1e5f)};
+    check_f32("linear", "x(77, 640) w(320, 640) +b, |x| < 3e5", lin_fn, &ln);
+    free(ln.x), free(ln.w), free(ln.b);
+    norm_ctx gn = {4, {2, 128, 32, 32}, 32, 1, 0, wide(2 * 128 * 32 * 32, 2e5f), hrand(128, 0.5f, 1),
+                   hrand(128, 0.5f, 0)};
+    check_f32("group_norm", "(2, 128, 32, 32) +silu G32, |x| < 2e5", gn_fn, &gn);
+    free(gn.x), free(gn.g), free(gn.b);
+    attn_ctx at = {1, 256, 256, 512, 1, 0, wide(256 * 512, 0.3f), wide(256 * 512, 30), wide(256 * 512, 1e5f)};
+    check_f32("attention", "B1 Lq256 Lk256 D512 h1, |v| < 1e5", attn_fn, &at);
+    free(at.q), free(at.k), free(at.v);
+    ew_ctx bc = {4, 4, {2, 128, 16, 16}, {2, 128, 16, 16}, 0, 0, wide(2 * 128 * 16 * 16, 1e5f),
+                 wide(2 * 128 * 16 * 16, 1e5f)};
+    check_f32("add", "(2, 128, 16, 16) + same, |x| < 1e5", binary_fn, &bc);
+    bc.kind = 1;
+    check_f32("mul", "(2, 128, 16, 16) * same, |x| < 1e5", binary_fn, &bc);
+    check_f32("scale", "(2, 128, 16, 16) / 0.18215 + 0.25, |x| < 1e5", scale_fn, &bc);
+    bc.kind = PF_ACT_SILU;
+    check_f32("activation", "silu (2, 128, 16, 16), |x| < 1e5", act_fn, &bc);
+    free(bc.a), free(bc.b);
+}
+
 int main(void) {
     g_cpu = pf_backend_cpu_new(0);
     pf_error err = {{0}};
@@ -744,14 +847,18 @@ int main(void) {
         unsetenv("PERFLOW_CUDA_CONV");
         unsetenv("PERFLOW_CUDA_VECTOR");
         if (!g_legacy) fprintf(stderr, "test_cuda_ops: second CUDA backend: %s\n", err.msg);
+        g_f32 = pf_backend_cuda_new_f32(0, &err);
+        if (!g_f32) fprintf(stderr, "test_cuda_ops: float32 CUDA backend: %s\n", err.msg);
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transfers),  cmocka_unit_test(test_allocator),  cmocka_unit_test(test_errors),
         cmocka_unit_test(test_linear),     cmocka_unit_test(test_conv2d),     cmocka_unit_test(test_group_norm),
         cmocka_unit_test(test_layer_norm), cmocka_unit_test(test_softmax),    cmocka_unit_test(test_attention),
         cmocka_unit_test(test_activation), cmocka_unit_test(test_add_mul),    cmocka_unit_test(test_data_movement),
+        cmocka_unit_test(test_f32_backend), cmocka_unit_test(test_f32_range),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    pf_backend_free(g_f32);
     pf_backend_free(g_legacy);
     pf_backend_free(g_gpu);
     pf_backend_free(g_cpu);
