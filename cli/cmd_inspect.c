@@ -49,15 +49,14 @@ static int describe_lora(const char *path, const char *model, const char *model_
     if (model) { /* matched first, so that an error prints nothing on stdout */
         pf_model_spec spec = {.model = model, .model_config = model_config};
         rc = pf_checkpoint_open(&c, &spec, err);
-        static const pf_part order[] = {PF_PART_UNET, PF_PART_TEXT_ENCODER, PF_PART_TEXT_ENCODER_2};
-        for (int k = 0; !rc && k < 3; k++)
-            if (c->w[order[k]] && pf_lora_attach(l, c->w[order[k]], order[k], 1.0f, err) < 0) rc = -1;
+        if (!rc && pf_checkpoint_attach_lora(c, l, 1.0f, err) < 0) rc = -1;
     }
     if (!rc) {
-        printf("# LoRA, %s format: %d tensors; modules: unet %d, text_encoder %d, text_encoder_2 %d\n",
+        int te2 = pf_lora_num_modules(l, PF_PART_TEXT_ENCODER_2);
+        printf("# LoRA, %s format: %d tensors; modules: unet %d, text_encoder %d, text_encoder_2 %d%s\n",
                pf_lora_format_name(pf_lora_format_of(l)), pf_lora_num_tensors(l),
-               pf_lora_num_modules(l, PF_PART_UNET), pf_lora_num_modules(l, PF_PART_TEXT_ENCODER),
-               pf_lora_num_modules(l, PF_PART_TEXT_ENCODER_2));
+               pf_lora_num_modules(l, PF_PART_UNET), pf_lora_num_modules(l, PF_PART_TEXT_ENCODER), te2,
+               te2 ? " (an SDXL LoRA: it changes a second text encoder)" : "");
     }
     if (!rc && model) {
         char keys[1024];

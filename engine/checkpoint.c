@@ -195,6 +195,26 @@ static int attach_delta(pf_checkpoint *c, const char *delta, pf_error *err) {
     return pf_weights_set_delta(c->w[PF_PART_UNET], path, err) ? pf_error_prefix(err, "loading unet") : 0;
 }
 
+int pf_checkpoint_attach_lora(pf_checkpoint *c, pf_lora *l, float scale, pf_error *err) {
+    static const pf_part order[] = {PF_PART_UNET, PF_PART_TEXT_ENCODER, PF_PART_TEXT_ENCODER_2};
+    int matched = 0;
+    for (int k = 0; k < 3; k++) {
+        int n = c->w[order[k]] ? pf_lora_attach(l, c->w[order[k]], order[k], scale, c->unet_cfg.layers_per_block[0],
+                                                err)
+                               : 0;
+        if (n < 0) {
+            /* a second text encoder is what tells SDXL LoRAs from SD-1.x/2.x ones by their keys */
+            int xl = pf_lora_num_modules(l, PF_PART_TEXT_ENCODER_2) > 0;
+            if (xl != c->sdxl)
+                pf_error_prefix(err, "%s LoRA on %s model", xl ? "an SDXL" : "an SD-1.x/2.x",
+                                c->sdxl ? "an SDXL" : "an SD-1.x/2.x");
+            return -1;
+        }
+        matched += n;
+    }
+    return matched;
+}
+
 static int attach_loras(pf_checkpoint *c, const pf_model_spec *spec, pf_error *err) {
     if (spec->n_loras < 0 || spec->n_loras > PF_MAX_LORAS)
         return pf_fail(err, "%d LoRAs (at most %d)", spec->n_loras, PF_MAX_LORAS);
@@ -202,15 +222,17 @@ static int attach_loras(pf_checkpoint *c, const pf_model_spec *spec, pf_error *e
         const pf_lora_spec *ls = &spec->loras[i];
         if (pf_lora_open(&c->loras[c->n_loras], ls->path, err)) return -1;
         pf_lora *l = c->loras[c->n_loras++];
-        /* the UNet first: modules without a component prefix go to the first that has their weight */
-        static const pf_part order[] = {PF_PART_UNET, PF_PART_TEXT_ENCODER, PF_PART_TEXT_ENCODER_2};
-        for (int k = 0; k < 3; k++)
-            if (c->w[order[k]] && pf_lora_attach(l, c->w[order[k]], order[k], ls->scale, err) < 0) return -1;
+        if (pf_checkpoint_attach_lora(c, l, ls->scale, err) < 0) return -1;
         if (pf_lora_matched(l, 0) == 0) {
             char keys[300];
             pf_lora_unmatched(l, 0, keys, sizeof keys);
-            return pf_fail(err, "lora %s: none of its %d tensors matches a weight of %s (a LoRA for another model?): %s",
-                           ls->path, pf_lora_num_tensors(l), spec->model, keys);
+            int xl = pf_lora_num_modules(l, PF_PART_TEXT_ENCODER_2) > 0;
+            return pf_fail(err, "lora %s: none of its %d tensors matches a weight of %s (%s): %s", ls->path,
+                           pf_lora_num_tensors(l), spec->model,
+                           xl == c->sdxl ? "a LoRA for another model?"
+                           : xl          ? "an SDXL LoRA on an SD-1.x/2.x model"
+                                         : "an SD-1.x/2.x LoRA on an SDXL model?",
+                           keys);
         }
     }
     return 0;

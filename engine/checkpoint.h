@@ -100,6 +100,14 @@ typedef struct pf_checkpoint {
 int pf_checkpoint_open(pf_checkpoint **out, const pf_model_spec *spec, pf_error *err);
 void pf_checkpoint_close(pf_checkpoint *c);
 
+/* Attaches LoRA l at scale to c's UNet and text encoders (lora.h,
+ * pf_lora_attach; modules without a component prefix go to the first that has
+ * their weight, the UNet first). A module that fits no weight of its name is
+ * an error naming the LoRA's family and the model's ("an SD-1.x/2.x LoRA on
+ * an SDXL model"). Returns the modules matched, or -1 with err set. The caller
+ * keeps l until c is closed. */
+int pf_checkpoint_attach_lora(pf_checkpoint *c, struct pf_lora *l, float scale, pf_error *err);
+
 /* The folder of the configs the project ships (configs/: sd15, sd21):
  * $PERFLOW_CONFIGS when set, else share/perflow/configs beside an installed
  * program (BINDIR/../share/perflow/configs, where make install puts them), else

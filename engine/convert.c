@@ -478,8 +478,53 @@ static int kohya_eq(const char *a, size_t alen, const char *b) {
     return *b == '\0';
 }
 
-int pf_lora_resolve(char *out, size_t n, const pf_weights *w, pf_part part, const pf_lora_key *k) {
+/* kohya's SDXL UNet modules in the original (SGM/LDM) block numbering, which
+ * sd-scripts writes for SDXL ("input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+ * "input_blocks_1_0_in_layers_2", "middle_block_2_emb_layers_1",
+ * "output_blocks_2_2_conv"): out (n bytes) gets the diffusers module in kohya's
+ * underscored form ("down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"),
+ * through the single-file renaming above (unet_key), as diffusers'
+ * _maybe_map_sgm_blocks_to_diffusers + _convert_unet_lora_key do. Returns 0,
+ * -1 when module is not in that numbering (or lpb is unknown). */
+static int kohya_sgm(char *out, size_t n, const char *module, int lpb) {
+    /* a resnet's, downsampler's or upsampler's module, underscored -> its LDM key part */
+    static const name_map parts[] = {{"in_layers_0", "in_layers.0."},   {"in_layers_2", "in_layers.2."},
+                                     {"out_layers_0", "out_layers.0."}, {"out_layers_3", "out_layers.3."},
+                                     {"emb_layers_1", "emb_layers.1."}, {"skip_connection", "skip_connection."},
+                                     {"op", "op."},                     {"conv", "conv."}};
+    const char *p = module;
+    int i, j = -1;
+    char head[64], ldm[600], name[600];
+    if (lpb < 1) return -1;
+    if (read_lit(&p, "input_blocks_") || read_lit(&p, "output_blocks_")) {
+        if (sscanf(p, "%d_%d_", &i, &j) != 2 || i < 0 || j < 0 || i > 999 || j > 9) return -1;
+        snprintf(head, sizeof head, "%s.%d.%d.", module[0] == 'i' ? "input_blocks" : "output_blocks", i, j);
+    } else if (read_lit(&p, "middle_block_")) {
+        if (sscanf(p, "%d_", &i) != 1 || i < 0 || i > 9) return -1;
+        snprintf(head, sizeof head, "middle_block.%d.", i);
+    } else {
+        return -1;
+    }
+    for (int skip = j >= 0 ? 2 : 1; skip > 0; skip--) { /* past the block numbers and their "_" */
+        while (isdigit((unsigned char)*p)) p++;
+        if (*p++ != '_') return -1;
+    }
+    const char *rest = p;
+    for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
+        if (!strcmp(p, parts[k].from)) rest = parts[k].to;
+    if (rest == p ? put(ldm, sizeof ldm, "%s%s.weight", head, p) : put(ldm, sizeof ldm, "%s%sweight", head, rest))
+        return -1;
+    if (unet_key(name, sizeof name, ldm, lpb)) return -1;
+    name[strlen(name) - strlen(".weight")] = '\0';
+    for (char *c = name; *c; c++)
+        if (*c == '.') *c = '_';
+    return put(out, n, "%s", name);
+}
+
+int pf_lora_resolve(char *out, size_t n, const pf_weights *w, pf_part part, const pf_lora_key *k, int lpb) {
     const char *module = k->module;
+    char sgm[600];
+    if (k->kohya && part == PF_PART_UNET && !kohya_sgm(sgm, sizeof sgm, module, lpb)) module = sgm;
     /* a text encoder saved without "text_model." (transformers 5) */
     if ((part == PF_PART_TEXT_ENCODER || part == PF_PART_TEXT_ENCODER_2) && !*pf_text_encoder_prefix(w) &&
         starts(module, "text_model"))

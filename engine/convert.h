@@ -12,7 +12,9 @@
  *                      lazily: each diffusers name becomes a view of the file's tensor
  *                      (weights.h), nothing is copied. Keys skipped on purpose are
  *                      listed once, in convert.c (ldm_skipped).
- *   LoRA keys          kohya/A1111 (lora_unet_*, lora_te_*: .lora_down/.lora_up/.alpha),
+ *   LoRA keys          kohya/A1111 (lora_unet_*, lora_te_*, SDXL's lora_te1_* and lora_te2_*:
+ *                      .lora_down/.lora_up/.alpha; SDXL UNets also in the original block
+ *                      numbering, lora_unet_input_blocks_4_1_*, renamed as single files are),
  *                      diffusers (*.lora.down/up, *_lora.down/up, *.lora_linear_layer.down/up,
  *                      under unet./text_encoder.) and PEFT (lora_A/lora_B): each key becomes
  *                      its component, the module it changes and its role. kohya's
@@ -103,7 +105,11 @@ const char *pf_lora_format_name(pf_lora_format f);
 /* The weight of w (a component `part`'s set) that module k changes, written to
  * out (n bytes) as its name: a dotted module matches MODULE.weight exactly; a
  * kohya module the one weight whose name, with "." read as "_", is
- * MODULE_weight. Returns 0, or -1 when none does. */
-int pf_lora_resolve(char *out, size_t n, const pf_weights *w, pf_part part, const pf_lora_key *k);
+ * MODULE_weight. kohya's SDXL UNet modules in the original block numbering
+ * (input_blocks_I_J_*, middle_block_I_*, output_blocks_I_J_*, resnets by their
+ * LDM names) are renumbered first, which needs the UNet's layers_per_block
+ * (unused for other parts). Returns 0, or -1 when none matches. */
+int pf_lora_resolve(char *out, size_t n, const pf_weights *w, pf_part part, const pf_lora_key *k,
+                    int layers_per_block);
 
 #endif

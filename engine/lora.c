@@ -257,13 +257,13 @@ static int squeezed(int ndim, const int64_t *shape) {
     return ndim;
 }
 
-int pf_lora_attach(pf_lora *l, pf_weights *w, pf_part part, float scale, pf_error *err) {
+int pf_lora_attach(pf_lora *l, pf_weights *w, pf_part part, float scale, int layers_per_block, pf_error *err) {
     int matched = 0;
     for (int i = 0; i < l->n_mods; i++) {
         module *m = &l->mods[i];
         if (m->matched || (m->key.part != (int)part && m->key.part != -1)) continue;
         char target[600];
-        if (pf_lora_resolve(target, sizeof target, w, part, &m->key)) continue;
+        if (pf_lora_resolve(target, sizeof target, w, part, &m->key, layers_per_block)) continue;
         int64_t ws[PF_MAX_DIMS];
         int wn = pf_weights_shape(w, target, ws);
         const pf_st_tensor *d = m->down;

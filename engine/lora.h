@@ -48,9 +48,10 @@ int pf_lora_num_modules(const pf_lora *l, pf_part part);
  * prefix not matched yet) against w's weights (convert.h, pf_lora_resolve) and
  * adds a patch W += scale * alpha / rank * up @ down to each weight matched.
  * Returns the number of modules matched, or -1 with err set when a matched
- * weight's shape does not fit the module (naming both shapes). l must outlive
+ * weight's shape does not fit the module (naming both shapes). layers_per_block
+ * is the UNet's (kohya's SDXL block numbering, pf_lora_resolve). l must outlive
  * every load from w. */
-int pf_lora_attach(pf_lora *l, pf_weights *w, pf_part part, float scale, pf_error *err);
+int pf_lora_attach(pf_lora *l, pf_weights *w, pf_part part, float scale, int layers_per_block, pf_error *err);
 
 /* Tensors (up, down, alpha) of the modules matched so far; with applied, of
  * those whose patch has run (a matched weight the model never loads is not

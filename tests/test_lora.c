@@ -4,6 +4,11 @@
  * tests/reference/goldens_weights.py, which also checks diffusers' fused weights
  * against W + scale * alpha / rank * up @ down computed in float64).
  *
+ * SDXL's LoRAs (issue 22: PEFT written by save_lora_weights for the UNet and both
+ * text encoders, kohya's original block numbering with lora_te1_/lora_te2_,
+ * diffusers' spelling) have their own goldens, tests/data/goldens/sdxl-loras.json
+ * from tests/reference/goldens_sdxl_loras.py, checked the same way.
+ *
  * Tolerances (issue 14): fused weights max abs err <= 1e-5; the pipeline image
  * with two LoRAs at the text-to-image tolerance of test_pipeline.c. */
 #include "pipeline_cases.h"
@@ -15,6 +20,7 @@
 #include "pipeline.h"
 
 #define WEIGHTS_HINT "re-run tests/reference/goldens_weights.py"
+#define SDXL_HINT "re-run tests/reference/goldens_sdxl_loras.py"
 
 static const char *model_path(const char *rel) { return pf_test_path(pf_pathf("tests/data/models/%s", rel)); }
 
@@ -53,10 +59,26 @@ static json_t *weights_cases(void) {
     return pf_golden_json(pf_test_path("tests/data/goldens/weights.json"), "1", WEIGHTS_HINT);
 }
 
-/* Every fused tensor of every case against diffusers'. */
-static void test_fused_weights(void **state) {
-    (void)state;
-    json_t *root = weights_cases(), *c;
+static json_t *sdxl_cases(void) {
+    return pf_golden_json(pf_test_path("tests/data/goldens/sdxl-loras.json"), "1", SDXL_HINT);
+}
+
+/* The component a golden tensor "PART/name" belongs to; *name set past the "/". */
+static pf_part part_of(const char *key, const char **name) {
+    const char *slash = strchr(key, '/');
+    assert_non_null(slash);
+    *name = slash + 1;
+    for (int p = 0; p < PF_NUM_PARTS; p++)
+        if ((size_t)(slash - key) == strlen(pf_part_name((pf_part)p)) &&
+            !strncmp(key, pf_part_name((pf_part)p), (size_t)(slash - key)))
+            return (pf_part)p;
+    fail_msg("golden tensor %s names no component", key);
+    return PF_PART_UNET;
+}
+
+/* Every fused tensor of every case of root against diffusers'; returns the cases. */
+static int check_fused(json_t *root, const char *hint) {
+    json_t *c;
     size_t i;
     int cases = 0;
     json_array_foreach(json_object_get(root, "cases"), i, c) {
@@ -66,35 +88,92 @@ static void test_fused_weights(void **state) {
         pf_checkpoint *ck;
         pf_error err;
         if (pf_checkpoint_open(&ck, &cs.spec, &err)) fail_msg("%s: %s", pf_case_str(c, "name"), err.msg);
-        pf_safetensors *st = pf_golden_open_version(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "fused")), "1",
-                                                    WEIGHTS_HINT);
+        pf_safetensors *st =
+            pf_golden_open_version(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "fused")), "1", hint);
         double worst = 0;
         assert_int_equal(st->count, pf_case_int(c, "fused_tensors"));
         for (int k = 0; k < st->count; k++) {
-            const char *name = st->tensors[k].name, *slash = strchr(name, '/');
-            pf_part part = !strncmp(name, "unet/", 5) ? PF_PART_UNET : PF_PART_TEXT_ENCODER;
+            const char *name = st->tensors[k].name, *weight;
+            pf_part part = part_of(name, &weight);
             int64_t n = pf_st_numel(&st->tensors[k]);
-            assert_int_equal(pf_weights_numel(ck->w[part], slash + 1), n);
+            assert_non_null(ck->w[part]);
+            assert_int_equal(pf_weights_numel(ck->w[part], weight), n);
             float *got = malloc((size_t)n * sizeof *got), *want = pf_golden_floats(st, name, NULL);
-            if (pf_weights_read(ck->w[part], slash + 1, got, &err)) fail_msg("%s", err.msg);
+            if (pf_weights_read(ck->w[part], weight, got, &err)) fail_msg("%s", err.msg);
             pf_assert_close(name, got, want, (size_t)n, 1e-5, 0);
             for (int64_t j = 0; j < n; j++) worst = fmax(worst, fabs((double)got[j] - want[j]));
             free(got);
             free(want);
         }
-        /* every module of every LoRA matched (kohya-sd15's dora_scale key is dropped) */
-        int modules = 0;
-        for (int l = 0; l < ck->n_loras; l++)
-            modules += pf_lora_num_modules(ck->loras[l], PF_PART_UNET) +
-                       pf_lora_num_modules(ck->loras[l], PF_PART_TEXT_ENCODER);
+        /* as many modules matched as diffusers fused weights (one module a weight; kohya-sd15's
+         * dora_scale key is dropped, not a module) */
+        int modules = 0, unmatched = 0;
+        char keys[1024];
+        for (int l = 0; l < ck->n_loras; l++) {
+            for (int p = 0; p < PF_NUM_PARTS; p++) modules += pf_lora_num_modules(ck->loras[l], (pf_part)p);
+            unmatched += pf_lora_unmatched(ck->loras[l], 0, keys, sizeof keys) -
+                         (strstr(keys, "(dropped)") != NULL);
+        }
+        if (unmatched) fail_msg("%s: %d keys not matched: %s", pf_case_str(c, "name"), unmatched, keys);
+        if (json_object_get(c, "lora_modules") && ck->n_loras == 1)
+            assert_int_equal(modules, pf_case_int(c, "lora_modules"));
         print_message("%s: %d tensors, max abs err %.3g against diffusers' fuse_lora\n", pf_case_str(c, "name"),
                       st->count, worst);
-        (void)modules;
         pf_st_close(st);
         pf_checkpoint_close(ck);
         cases++;
     }
-    assert_true(cases >= 6);
+    return cases;
+}
+
+static void test_fused_weights(void **state) {
+    (void)state;
+    json_t *root = weights_cases();
+    assert_true(check_fused(root, WEIGHTS_HINT) >= 6);
+    json_decref(root);
+}
+
+/* SDXL: the UNet and both text encoders, every spelling, two LoRAs at once. */
+static void test_fused_weights_sdxl(void **state) {
+    (void)state;
+    json_t *root = sdxl_cases();
+    assert_int_equal(check_fused(root, SDXL_HINT), 4);
+    json_decref(root);
+}
+
+/* Whole StableDiffusionXLPipeline images: the PEFT LoRA of both text encoders and
+ * the UNet alone (issue 22's case), and kohya's at 0.8 with the PEFT one at -0.5. */
+static void test_lora_pipeline_sdxl(void **state) {
+    (void)state;
+    json_t *root = sdxl_cases(), *c;
+    size_t i;
+    int images = 0;
+    pf_backend *be = pf_backend_cpu_new(0);
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        if (!pf_case_str(c, "images")) continue;
+        case_spec cs;
+        case_spec_of(&cs, c);
+        pf_pipeline *pipe;
+        pf_error err;
+        if (pf_pipeline_load_model(&pipe, be, &cs.spec, &err)) fail_msg("%s", err.msg);
+        assert_int_equal(pf_pipeline_family(pipe), PF_FAMILY_SDXL);
+        for (int l = 0; l < cs.spec.n_loras; l++) {
+            assert_int_equal(cs.reports[l].unmatched, 0);
+            assert_int_equal(cs.reports[l].matched, cs.reports[l].total);
+        }
+        pf_txt2img_params p;
+        pf_case_params(c, &p);
+        p.prompt_2 = pf_case_str(c, "prompt_2");
+        size_t n = (size_t)p.num_images * p.height * p.width * 3;
+        float *got = malloc(n * sizeof *got);
+        if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s", err.msg);
+        pf_assert_case_images(pf_case_str(c, "name"), c, got, n, SDXL_HINT);
+        free(got);
+        pf_pipeline_free(pipe);
+        images++;
+    }
+    assert_int_equal(images, 2);
+    pf_backend_free(be);
     json_decref(root);
 }
 
@@ -155,6 +234,9 @@ static void test_bad_loras(void **state) {
     load_fails("tiny-sd15", "loras/kohya-sd2.safetensors", 1, "does not fit the model's");
     load_fails("tiny-sd15", "loras/nope.safetensors", 1, "cannot open");
     load_fails("tiny-sd15", "tiny-sd15/vae/diffusion_pytorch_model.safetensors", 1, "none of its");
+    /* a LoRA of the other family: one line naming both */
+    load_fails("tiny-sdxl", "loras/kohya-sd15.safetensors", 1, "an SD-1.x/2.x LoRA on an SDXL model: ");
+    load_fails("tiny-sd15", "loras/sdxl-kohya.safetensors", 1, "an SDXL LoRA on an SD-1.x/2.x model: ");
     /* spellings this does not support are refused, not half-applied */
     char *dir = pf_temp_dir();
     static float data[64];
@@ -235,6 +317,46 @@ static void test_key_spellings(void **state) {
     }
 }
 
+/* kohya's SDXL UNet names in the original block numbering resolve to tiny-sdxl's
+ * weights (layers_per_block 2), and names of no block resolve to nothing. */
+static void test_kohya_sdxl_blocks(void **state) {
+    (void)state;
+    static const char *const cases[][2] = {
+        {"input_blocks_4_1_transformer_blocks_0_attn1_to_q", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"},
+        {"input_blocks_5_1_proj_in", "down_blocks.1.attentions.1.proj_in.weight"},
+        {"input_blocks_1_0_in_layers_2", "down_blocks.0.resnets.0.conv1.weight"},
+        {"input_blocks_2_0_emb_layers_1", "down_blocks.0.resnets.1.time_emb_proj.weight"},
+        {"input_blocks_3_0_op", "down_blocks.0.downsamplers.0.conv.weight"},
+        {"middle_block_1_transformer_blocks_1_ff_net_0_proj", "mid_block.attentions.0.transformer_blocks.1.ff.net.0.proj.weight"},
+        {"middle_block_2_out_layers_3", "mid_block.resnets.1.conv2.weight"},
+        {"output_blocks_2_2_conv", "up_blocks.0.upsamplers.0.conv.weight"},
+        {"output_blocks_3_0_skip_connection", "up_blocks.1.resnets.0.conv_shortcut.weight"},
+        {"output_blocks_0_1_norm", "up_blocks.0.attentions.0.norm.weight"},
+        {"down_blocks_1_attentions_0_proj_out", "down_blocks.1.attentions.0.proj_out.weight"}, /* diffusers' own */
+    };
+    static const char *const none[] = {"input_blocks_9_1_proj_in", "input_blocks_4_1", "input_blocks_x_1_proj_in",
+                                       "middle_block_5_out_layers_3", "output_blocks_3_0_in_layers_7",
+                                       "input_blocks_-1_0_op", "input_blocks_4_1_proj_in_extra"};
+    char m[4096], out[600];
+    snprintf(m, sizeof m, "%s", model_path("tiny-sdxl"));
+    pf_model_spec spec = {.model = m};
+    pf_checkpoint *c;
+    pf_error err;
+    if (pf_checkpoint_open(&c, &spec, &err)) fail_msg("%s", err.msg);
+    pf_lora_key k = {.part = PF_PART_UNET, .kohya = 1};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(k.module, sizeof k.module, "%s", cases[i][0]);
+        if (pf_lora_resolve(out, sizeof out, c->w[PF_PART_UNET], PF_PART_UNET, &k, 2)) fail_msg("%s not resolved", k.module);
+        assert_string_equal(out, cases[i][1]);
+    }
+    for (size_t i = 0; i < sizeof none / sizeof *none; i++) {
+        snprintf(k.module, sizeof k.module, "%s", none[i]);
+        if (!pf_lora_resolve(out, sizeof out, c->w[PF_PART_UNET], PF_PART_UNET, &k, 2))
+            fail_msg("%s resolved to %s", k.module, out);
+    }
+    pf_checkpoint_close(c);
+}
+
 /* A scale of 0 leaves the weights as they were; matching against a text encoder
  * saved without "text_model." (transformers 5) still finds its weights. */
 static void test_scale_zero(void **state) {
@@ -265,7 +387,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fused_weights), cmocka_unit_test(test_lora_pipeline),
         cmocka_unit_test(test_bad_loras),     cmocka_unit_test(test_key_spellings),
-        cmocka_unit_test(test_scale_zero),
+        cmocka_unit_test(test_scale_zero),    cmocka_unit_test(test_fused_weights_sdxl),
+        cmocka_unit_test(test_lora_pipeline_sdxl), cmocka_unit_test(test_kohya_sdxl_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
