@@ -60,17 +60,19 @@ static int is_skipped(const char *key) {
 
 static int starts(const char *s, const char *prefix) { return !strncmp(s, prefix, strlen(prefix)); }
 
-/* Reads an unsigned decimal number and the "." after it at *p; advances *p. */
-static int read_index(const char **p, int *out) {
+/* Reads an unsigned decimal number (< 100000) and the `sep` after it at *p; advances *p. */
+static int read_number(const char **p, int *out, char sep) {
     const char *s = *p;
     long v = 0;
     if (!isdigit((unsigned char)*s)) return 0;
     while (isdigit((unsigned char)*s) && v < 100000) v = v * 10 + (*s++ - '0');
-    if (*s != '.' || v >= 100000) return 0;
+    if (*s != sep || v >= 100000) return 0;
     *out = (int)v;
     *p = s + 1;
     return 1;
 }
+
+static int read_index(const char **p, int *out) { return read_number(p, out, '.'); }
 
 /* Reads `lit` at *p; advances *p. */
 static int read_lit(const char **p, const char *lit) {
@@ -478,36 +480,26 @@ static int kohya_eq(const char *a, size_t alen, const char *b) {
     return *b == '\0';
 }
 
-/* kohya's SDXL UNet modules in the original (SGM/LDM) block numbering, which
- * sd-scripts writes for SDXL ("input_blocks_4_1_transformer_blocks_0_attn1_to_q",
- * "input_blocks_1_0_in_layers_2", "middle_block_2_emb_layers_1",
- * "output_blocks_2_2_conv"): out (n bytes) gets the diffusers module in kohya's
- * underscored form ("down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"),
- * through the single-file renaming above (unet_key), as diffusers'
- * _maybe_map_sgm_blocks_to_diffusers + _convert_unet_lora_key do. Returns 0,
- * -1 when module is not in that numbering (or lpb is unknown). */
-static int kohya_sgm(char *out, size_t n, const char *module, int lpb) {
+/* convert.h; through the single-file renaming (unet_key), as diffusers'
+ * _maybe_map_sgm_blocks_to_diffusers + _convert_unet_lora_key rename them. */
+int pf_lora_kohya_sgm(char *out, size_t n, const char *module, int lpb) {
     /* a resnet's, downsampler's or upsampler's module, underscored -> its LDM key part */
     static const name_map parts[] = {{"in_layers_0", "in_layers.0."},   {"in_layers_2", "in_layers.2."},
                                      {"out_layers_0", "out_layers.0."}, {"out_layers_3", "out_layers.3."},
                                      {"emb_layers_1", "emb_layers.1."}, {"skip_connection", "skip_connection."},
                                      {"op", "op."},                     {"conv", "conv."}};
     const char *p = module;
-    int i, j = -1;
+    int i, j;
     char head[64], ldm[600], name[600];
     if (lpb < 1) return -1;
     if (read_lit(&p, "input_blocks_") || read_lit(&p, "output_blocks_")) {
-        if (sscanf(p, "%d_%d_", &i, &j) != 2 || i < 0 || j < 0 || i > 999 || j > 9) return -1;
+        if (!read_number(&p, &i, '_') || !read_number(&p, &j, '_')) return -1;
         snprintf(head, sizeof head, "%s.%d.%d.", module[0] == 'i' ? "input_blocks" : "output_blocks", i, j);
     } else if (read_lit(&p, "middle_block_")) {
-        if (sscanf(p, "%d_", &i) != 1 || i < 0 || i > 9) return -1;
+        if (!read_number(&p, &i, '_')) return -1;
         snprintf(head, sizeof head, "middle_block.%d.", i);
     } else {
         return -1;
-    }
-    for (int skip = j >= 0 ? 2 : 1; skip > 0; skip--) { /* past the block numbers and their "_" */
-        while (isdigit((unsigned char)*p)) p++;
-        if (*p++ != '_') return -1;
     }
     const char *rest = p;
     for (size_t k = 0; k < sizeof parts / sizeof *parts; k++)
@@ -524,7 +516,7 @@ static int kohya_sgm(char *out, size_t n, const char *module, int lpb) {
 int pf_lora_resolve(char *out, size_t n, const pf_weights *w, pf_part part, const pf_lora_key *k, int lpb) {
     const char *module = k->module;
     char sgm[600];
-    if (k->kohya && part == PF_PART_UNET && !kohya_sgm(sgm, sizeof sgm, module, lpb)) module = sgm;
+    if (k->kohya && part == PF_PART_UNET && !pf_lora_kohya_sgm(sgm, sizeof sgm, module, lpb)) module = sgm;
     /* a text encoder saved without "text_model." (transformers 5) */
     if ((part == PF_PART_TEXT_ENCODER || part == PF_PART_TEXT_ENCODER_2) && !*pf_text_encoder_prefix(w) &&
         starts(module, "text_model"))

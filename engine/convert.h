@@ -102,6 +102,15 @@ int pf_lora_key_parse(pf_lora_key *out, const char *key);
 /* "kohya", "diffusers", "PEFT". */
 const char *pf_lora_format_name(pf_lora_format f);
 
+/* kohya's SDXL UNet modules in the original (SGM/LDM) block numbering, which
+ * sd-scripts writes for SDXL ("input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+ * "input_blocks_1_0_in_layers_2", "middle_block_2_emb_layers_1",
+ * "output_blocks_2_2_conv"): out (n bytes) gets the diffusers module in kohya's
+ * underscored form ("down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q")
+ * for a UNet of layers_per_block layers per block. Returns 0, or -1 when module
+ * is not in that numbering (or layers_per_block < 1); out is then unspecified. */
+int pf_lora_kohya_sgm(char *out, size_t n, const char *module, int layers_per_block);
+
 /* The weight of w (a component `part`'s set) that module k changes, written to
  * out (n bytes) as its name: a dotted module matches MODULE.weight exactly; a
  * kohya module the one weight whose name, with "." read as "_", is

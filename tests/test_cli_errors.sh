@@ -162,5 +162,15 @@ case "$out" in
 *"LoRA, PEFT format"*"104 of 104 tensors match"*) echo "ok: inspect of a LoRA against a model" ;;
 *) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
 esac
+# SDXL LoRAs: kohya's original block numbering matches; a LoRA of the other family is one line naming both
+out=$("$P" inspect --summary --model "$XL" "$L/sdxl-kohya.safetensors" 2> "$T/err")
+case "$out" in
+*"LoRA, kohya format"*"an SDXL LoRA"*"54 of 54 tensors match"*) echo "ok: inspect of a kohya SDXL LoRA against SDXL" ;;
+*) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
+esac
+expect 1 "an SD-1.x/2.x LoRA on an SDXL model: " $P generate --model "$XL" --lora "$L/kohya-sd15.safetensors" \
+    --prompt cat --width 64 --height 64 --out "$T/x.png"
+expect 1 "an SDXL LoRA on an SD-1.x/2.x model: " $P generate --model "$M" --lora "$L/sdxl-peft.safetensors" \
+    --prompt cat --width 64 --height 64 --out "$T/x.png"
 
 [ $fails -eq 0 ] || { echo "$fails failures"; exit 1; }

@@ -1,6 +1,7 @@
 /* fuzz_weights.c - libFuzzer target for the parsers of untrusted names that
  * weight formats bring (engine/weights.c, engine/convert.c): a sharded-weights
- * index (*.safetensors.index.json), LoRA key spellings, and an LDM checkpoint's
+ * index (*.safetensors.index.json), LoRA key spellings (and kohya's SDXL block
+ * numbering), and an LDM checkpoint's
  * names and shapes. Any input must be parsed or refused with one line, never
  * read outside itself or leak.
  *
@@ -38,6 +39,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (pf_lora_key_parse(&k, line) == 0 &&
             (!k.module[0] || strlen(k.module) >= sizeof k.module || k.part < -1 || k.part >= PF_NUM_PARTS))
             abort();
+        /* kohya's SDXL block numbering: a diffusers module in kohya's form, or nothing */
+        char sgm[600];
+        for (int lpb = 0; lpb < 4; lpb++)
+            if (pf_lora_kohya_sgm(sgm, sizeof sgm, line, lpb) == 0 &&
+                (lpb < 1 || strlen(sgm) >= sizeof sgm || strchr(sgm, '.') ||
+                 (strncmp(sgm, "down_blocks_", 12) && strncmp(sgm, "mid_block_", 10) && strncmp(sgm, "up_blocks_", 10))))
+                abort();
     }
     free(text);
     /* 3. the bytes as a checkpoint: its family from names and shapes */
