@@ -63,6 +63,7 @@ struct pf_backend {
     const char *name;            /* "cpu", "cuda" */
     const pf_backend_ops *ops;
     pf_dtype compute_dtype;      /* dtype of activations and weights on this backend */
+    int device;                  /* the CUDA device index; 0 for the CPU */
     int failed;                  /* sticky error flag, see tensor.h */
     char errmsg[512];
     void *impl;                  /* backend private state */
@@ -124,6 +125,12 @@ size_t pf_backend_mem_available(pf_backend *be);
  * Returns NULL and fills err for an unknown name or an unusable CUDA device
  * (asked for explicitly, or through $PERFLOW_DEVICE). */
 pf_backend *pf_backend_open(const char *device, int threads, pf_error *err);
+/* A backend that computes in float32 on be's device, for the modules diffusers
+ * runs in float32 beside a float16 model (SDXL's VAE with force_upcast). When be
+ * already computes in float32 (the CPU backend) it is be itself and *owned is 0;
+ * else it is a new backend (pf_backend_cuda_new_f32) that the caller frees after
+ * the tensors made on it, and *owned is 1. NULL with err set when it cannot be made. */
+pf_backend *pf_backend_f32_twin(pf_backend *be, int *owned, pf_error *err);
 /* Releases the backend (tensors made on it must be freed first). */
 void pf_backend_free(pf_backend *be);
 

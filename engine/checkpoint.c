@@ -48,6 +48,7 @@ void pf_model_parts_free(pf_model_parts *m) {
     pf_clip_text_model_free(m->text_encoder2);
     pf_unet_free(m->unet);
     pf_vae_free(m->vae);
+    if (m->vae_be) pf_backend_free(m->vae_be);
     memset(m, 0, sizeof *m);
 }
 
@@ -340,7 +341,14 @@ int pf_model_load(pf_model_parts *out, pf_backend *be, const pf_model_spec *spec
         pf_error_prefix(err, "loading unet");
         goto done;
     }
-    if (pf_vae_load(&out->vae, be, &c->vae_cfg, c->w[PF_PART_VAE], "", err)) goto done;
+    /* StableDiffusionXLPipeline: needs_upcasting = vae.dtype == float16 and force_upcast */
+    pf_backend *vae_be = be;
+    if (c->sdxl && c->vae_cfg.force_upcast) {
+        int owned;
+        if (!(vae_be = pf_backend_f32_twin(be, &owned, err))) goto done;
+        if (owned) out->vae_be = vae_be;
+    }
+    if (pf_vae_load(&out->vae, vae_be, &c->vae_cfg, c->w[PF_PART_VAE], "", err)) goto done;
     report_loras(c, spec);
     rc = check_parts(out, spec->model, err);
 done:

@@ -65,6 +65,9 @@ typedef struct pf_model_parts {
     pf_clip_text_model *text_encoder, *text_encoder2;
     pf_unet *unet;
     pf_vae *vae;
+    pf_backend *vae_be;      /* the VAE's backend when it is not the model's (an SDXL VAE with
+                                force_upcast beside a float16 model runs in float32, as diffusers
+                                upcasts it); owned, freed after the VAE. NULL: the model's */
     pf_perflow_config sched; /* the scheduler config's beta keys; the prediction type a PeRFlowScheduler
                                 config gives, else the family's PeRFlow default (SD: diff_eps, SDXL: ddim_eps) */
 } pf_model_parts;

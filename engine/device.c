@@ -47,6 +47,18 @@ static int cuda_index(const char *name) {
     return (int)v;
 }
 
+pf_backend *pf_backend_f32_twin(pf_backend *be, int *owned, pf_error *err) {
+    *owned = 0;
+    if (be->compute_dtype == PF_F32) return be;
+    pf_backend *twin = pf_backend_cuda_new_f32(be->device, err);
+    if (!twin) {
+        pf_error_prefix(err, "a float32 backend beside %s:%d", be->name, be->device);
+        return NULL;
+    }
+    *owned = 1;
+    return twin;
+}
+
 pf_backend *pf_backend_open(const char *device, int threads, pf_error *err) {
     const char *from = "--device";
     if (!device || !*device || !strcmp(device, "auto")) {

@@ -24,6 +24,7 @@ struct pf_pipeline {
     pf_clip_text_model *text_encoder, *text_encoder2;
     pf_unet *unet;
     pf_vae *vae;
+    pf_backend *vae_be;              /* owned: the VAE's float32 backend beside a float16 model, or NULL */
     pf_controlnet *nets[PF_MAX_CONTROLS]; /* attached ControlNets (pf_pipeline_set_controlnets) */
     int n_nets;
     pf_perflow_config sched;   /* from scheduler/scheduler_config.json */
@@ -46,6 +47,7 @@ void pf_pipeline_free(pf_pipeline *p) {
     pf_clip_text_model_free(p->text_encoder2);
     pf_unet_free(p->unet);
     pf_vae_free(p->vae);
+    if (p->vae_be) pf_backend_free(p->vae_be);
     for (int i = 0; i < p->n_nets; i++) pf_controlnet_free(p->nets[i]);
     free(p);
 }
@@ -64,6 +66,7 @@ int pf_pipeline_load_model(pf_pipeline **out, pf_backend *be, const pf_model_spe
     p->text_encoder2 = parts.text_encoder2;
     p->unet = parts.unet;
     p->vae = parts.vae;
+    p->vae_be = parts.vae_be;
     p->sched = parts.sched;
     *out = p;
     return 0;
@@ -75,6 +78,8 @@ int pf_pipeline_load(pf_pipeline **out, pf_backend *be, const char *model_dir, c
 }
 
 pf_family pf_pipeline_family(const pf_pipeline *p) { return p->family; }
+
+const pf_vae *pf_pipeline_vae(const pf_pipeline *p) { return p->vae; }
 
 const char *pf_family_name(pf_family f) { return f == PF_FAMILY_SDXL ? "sdxl" : "sd"; }
 
@@ -422,7 +427,7 @@ static pf_tensor *condition_tensor(pf_backend *be, const float *host, int B, int
  * images (B, H, W, 3). latents: (B, C, h, w) on the host. */
 static int decode_images(pf_pipeline *p, float *images, const float *latents, int B, int C, int h, int w,
                          pf_vae_tiling tiling, pf_error *err) {
-    pf_backend *be = p->be;
+    pf_backend *be = pf_vae_backend(p->vae);
     const int f = pf_vae_scale_factor(p->vae), H = h * f, W = w * f;
     pf_tensor *lat = pf_from_host(be, 4, (int64_t[]){B, C, h, w}, latents); /* (B, C, h, w) */
     pf_tensor *img = pf_new4(be, B, 3, H, W);                               /* (B, 3, H, W) */
@@ -820,10 +825,10 @@ int pf_pipeline_refine_batch(pf_pipeline *p, const pf_refine_params *const *jobs
 
     /* prepare_latents: vae.encode -> latent_dist.sample(generator) * scaling_factor
      * -> add_noise(latents, randn(generator), timesteps[first]) */
-    img = pf_from_host(be, 4, (int64_t[]){B, 3, H, W}, init);          /* (B, 3, H, W) in [-1, 1] */
+    img = pf_from_host(pf_vae_backend(p->vae), 4, (int64_t[]){B, 3, H, W}, init); /* (B, 3, H, W) in [-1, 1] */
     free(init);
     init = NULL;
-    mom = pf_new4(be, B, 2 * C, h, w);                                 /* (B, 2C, h, w) mean, logvar */
+    mom = pf_new4(pf_vae_backend(p->vae), B, 2 * C, h, w);                /* (B, 2C, h, w) mean, logvar */
     if (pf_vae_encode(p->vae, mom, img, prm->vae_tiling, err)) goto done;
     pf_free(img);
     img = NULL;

@@ -85,6 +85,8 @@ int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_erro
 typedef enum pf_family { PF_FAMILY_SD = 0, PF_FAMILY_SDXL = 1 } pf_family;
 /* The model family: SD-1.x/2.x (one text encoder) or SDXL (two, text_time UNet). */
 pf_family pf_pipeline_family(const pf_pipeline *p);
+/* The pipeline's VAE (its backend may differ from the model's: pf_model_parts.vae_be). */
+const pf_vae *pf_pipeline_vae(const pf_pipeline *p);
 /* The sampler settings a run takes when its prediction_type is NULL and its
  * windows 0 (the model's scheduler config, else the family's PeRFlow default),
  * and the family's default image side (512, SDXL 1024). */

@@ -130,7 +130,8 @@ int pf_vae_config_read(pf_vae_config *cfg, const char *path, pf_error *err) {
         pf_config_num(c, "scaling_factor", 0.18215, &sf, err) ||
         pf_config_num(c, "shift_factor", 0.0, &shift, err) ||
         require_bool(c, "use_quant_conv", 1, err) || require_bool(c, "use_post_quant_conv", 1, err) ||
-        require_bool(c, "mid_block_add_attention", 1, err))
+        require_bool(c, "mid_block_add_attention", 1, err) ||
+        pf_config_bool(c, "force_upcast", 1, &cfg->force_upcast, err))
         goto done;
     if (strcmp(act, "silu") && strcmp(act, "swish")) {
         pf_fail(err, "%s: \"act_fn\" is \"%s\", only silu is supported", path, act);
@@ -205,6 +206,8 @@ void pf_vae_free(pf_vae *m) {
 }
 
 const pf_vae_config *pf_vae_config_of(const pf_vae *m) { return &m->cfg; }
+
+pf_backend *pf_vae_backend(const pf_vae *m) { return m->be; }
 
 int pf_vae_scale_factor(const pf_vae *m) { return 1 << (m->cfg.num_blocks - 1); }
 

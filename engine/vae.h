@@ -25,6 +25,8 @@ typedef struct pf_vae_config {
     float scaling_factor;                         /* latents = scaling_factor * z (0.18215 for SD-1.x/2.x) */
     int sample_size;                              /* tile side in pixels of tiled passes (512 for SD-1.5):
                                                      config sample_size, the first entry of a list; absent 32 */
+    int force_upcast;                             /* config force_upcast (absent: true, diffusers' default):
+                                                     StableDiffusionXLPipeline runs such a VAE in float32 */
 } pf_vae_config;
 
 typedef struct pf_vae pf_vae;
@@ -75,6 +77,8 @@ int pf_vae_load(pf_vae **out, pf_backend *be, const pf_vae_config *cfg, pf_weigh
 int pf_vae_load_dir(pf_vae **out, pf_backend *be, const char *model_dir, pf_error *err);
 void pf_vae_free(pf_vae *m);
 const pf_vae_config *pf_vae_config_of(const pf_vae *m);
+/* The backend the VAE's weights live on: its inputs and outputs must be made there. */
+pf_backend *pf_vae_backend(const pf_vae *m);
 /* Pixels per latent along each side: 2^(num_blocks - 1), 8 for SD. */
 int pf_vae_scale_factor(const pf_vae *m);
 

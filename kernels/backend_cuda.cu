@@ -557,6 +557,7 @@ static pf_backend *cuda_new(int device, pf_dtype dt, pf_error *err) {
         be->name = "cuda";
         be->ops = dt == PF_F32 ? &cuda_ops_f32 : &cuda_ops_f16;
         be->compute_dtype = dt;
+        be->device = device;
         be->impl = st;
         return be;
     }

@@ -270,6 +270,50 @@ static void test_refine(void **state) {
     json_decref(root);
 }
 
+/* Each case's int pair field (original_size, crop_coords, target_size) into out;
+ * absent or null leaves 0, 0 (the pipeline's defaults). */
+static void pair_of(json_t *c, const char *k, int out[2]) {
+    json_t *v = json_object_get(c, k);
+    if (json_is_array(v))
+        for (int i = 0; i < 2; i++) out[i] = (int)json_integer_value(json_array_get(v, (size_t)i));
+}
+
+/* StableDiffusionXLPipeline (sdxl.json) on the GPU: text encoders and UNet in
+ * float16, the VAE (force_upcast) on a float32 twin backend as diffusers upcasts
+ * it, against the float32 diffusers goldens. */
+static void test_sdxl(void **state) {
+    (void)state;
+    NEED_GPU();
+    json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/sdxl.json"), PF_GOLDEN_VERSION,
+                                  "re-run tests/reference/make_goldens.py sdxl"), *c;
+    size_t i;
+    pf_pipeline *p;
+    pf_error err;
+    if (pf_pipeline_load(&p, g_gpu, pf_test_path("tests/data/models/tiny-sdxl"), NULL, &err)) fail_msg("%s", err.msg);
+    const pf_backend *vbe = pf_vae_backend(pf_pipeline_vae(p));
+    printf("  %-40s %s %s\n", "sdxl VAE backend (force_upcast)", vbe->name,
+           vbe->compute_dtype == PF_F32 ? "float32 ok" : "not float32 FAIL");
+    assert_true(vbe->compute_dtype == PF_F32 && vbe != g_gpu);
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        pf_txt2img_params q;
+        pf_case_params(c, &q);
+        q.prompt_2 = pf_case_str(c, "prompt_2");
+        q.negative_prompt_2 = pf_case_str(c, "negative_prompt_2");
+        pair_of(c, "original_size", q.original_size);
+        pair_of(c, "crop_coords", q.crop_coords);
+        pair_of(c, "target_size", q.target_size);
+        const size_t n = (size_t)q.num_images * q.height * q.width * 3;
+        float *got = malloc(n * sizeof *got);
+        if (pf_pipeline_txt2img(p, &q, got, &err)) fail_msg("%s: %s", pf_case_str(c, "name"), err.msg);
+        char label[96];
+        snprintf(label, sizeof label, "sdxl %s", pf_case_str(c, "name"));
+        expect_psnr(label, got, n, pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
+        free(got);
+    }
+    pf_pipeline_free(p);
+    json_decref(root);
+}
+
 /* ---- the CLI's --device ---- */
 
 static void test_cli(void **state) {
@@ -361,6 +405,7 @@ int main(void) {
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_pipelines),
         cmocka_unit_test(test_refine),
+        cmocka_unit_test(test_sdxl),
         cmocka_unit_test(test_cli),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
