@@ -74,13 +74,13 @@ static void describe_ldm(const pf_ldm_info *info, int count) {
     char found[512];
     pf_ldm_describe(found, sizeof found, info);
     printf("# LDM single-file checkpoint, family %s: %s\n", pf_ldm_family_name(info->family), found);
-    printf("# %d tensors: unet %d, vae %d, text_encoder %d; skipped on purpose %d (EMA copies %d, other %d); "
-           "unknown %d%s%s\n",
+    printf("# %d tensors: unet %d, vae %d, text_encoder %d, text_encoder_2 %d; skipped on purpose %d (EMA copies "
+           "%d, other %d); unknown %d%s%s\n",
            count, info->count[PF_PART_UNET], info->count[PF_PART_VAE], info->count[PF_PART_TEXT_ENCODER],
-           info->ema + info->skipped, info->ema, info->skipped, info->unknown, info->unknown ? ", first " : "",
+           info->count[PF_PART_TEXT_ENCODER_2], info->ema + info->skipped, info->ema, info->skipped, info->unknown, info->unknown ? ", first " : "",
            info->first_unknown);
     if (info->family == PF_LDM_UNKNOWN)
-        printf("# not SD-1.x or SD-2.x: load it with --model-config DIR (a diffusers folder of its configs)\n");
+        printf("# not SD-1.x, SD-2.x or SDXL: load it with --model-config DIR (a diffusers folder of its configs)\n");
 }
 
 /* Names are valid UTF-8 but may hold control characters ("\n" is a legal

@@ -148,15 +148,15 @@ static int open_single_file(pf_checkpoint *c, const pf_model_spec *spec, pf_erro
     if (!ldm)
         return pf_fail(err, "%s: not a single-file checkpoint (no model.diffusion_model.*, first_stage_model.* or "
                             "cond_stage_model.* keys; perflow inspect tells what it is)", path);
-    if (c->ldm.family == PF_LDM_SDXL)
-        return pf_fail(err, "%s: an SDXL checkpoint, which single-file loading does not support yet (%s)", path, found);
+    const int xl = c->ldm.family == PF_LDM_SDXL, parts = xl ? PF_NUM_PARTS : PF_LDM_PARTS;
     static const char *const what[] = {"UNet (model.diffusion_model.*)", "VAE (first_stage_model.*)",
-                                       "text encoder (cond_stage_model.*)"};
+                                       "text encoder (cond_stage_model.*)",
+                                       "second text encoder (conditioner.embedders.1.model.*)"};
     char missing[256] = "";
-    for (int p = 0; p < PF_LDM_PARTS; p++)
+    for (int p = 0; p < parts; p++)
         if (!c->ldm.count[p])
             snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "%sno %s", *missing ? " and " : "",
-                     what[p]);
+                     xl && p == PF_PART_TEXT_ENCODER ? "text encoder (conditioner.embedders.0.transformer.*)" : what[p]);
     if (*missing)
         return pf_fail(err, "%s: the checkpoint has %s%s", path, missing,
                        !c->ldm.count[PF_PART_UNET] && c->ldm.ema ? " (only model_ema.* copies)" : "");
@@ -167,20 +167,31 @@ static int open_single_file(pf_checkpoint *c, const pf_model_spec *spec, pf_erro
     if (spec->model_config) {
         if (pf_model_dir_check(spec->model_config, err)) return pf_error_prefix(err, "--model-config");
         snprintf(root, sizeof root, "%s", spec->model_config);
-    } else if (c->ldm.family == PF_LDM_SD1 || c->ldm.family == PF_LDM_SD2) {
-        snprintf(root, sizeof root, "%s/%s", pf_configs_dir(), c->ldm.family == PF_LDM_SD1 ? "sd15" : "sd21");
+    } else if (c->ldm.family != PF_LDM_UNKNOWN) {
+        snprintf(root, sizeof root, "%s/%s", pf_configs_dir(),
+                 c->ldm.family == PF_LDM_SD1 ? "sd15" : c->ldm.family == PF_LDM_SD2 ? "sd21" : "sdxl");
     } else {
-        return pf_fail(err, "%s: unknown architecture (%s); perflow recognises SD-1.x (CLIP, cross-attention 768) "
-                            "and SD-2.x (OpenCLIP, 1024): give --model-config DIR, a diffusers folder with this "
-                            "model's configs", path, found);
+        return pf_fail(err, "%s: unknown architecture (%s); perflow recognises SD-1.x (CLIP, cross-attention 768), "
+                            "SD-2.x (OpenCLIP, 1024) and SDXL (conditioner.* keys): give --model-config DIR, a "
+                            "diffusers folder with this model's configs", path, found);
     }
-    if (read_configs(c, root, err)) return -1;
+    /* the pipeline the configs describe must be the file's family */
+    if (read_index(c, root, err) || read_configs(c, root, err)) return -1;
+    if (c->sdxl != xl)
+        return pf_fail(err, "%s: %s checkpoint, but the configs of %s are for %s pipeline", path,
+                       xl ? "an SDXL" : "an SD-1.x/2.x", root, c->sdxl ? "an SDXL" : "an SD-1.x/2.x");
+    if (xl) {
+        char p2[4096];
+        if (pf_model_file(p2, sizeof p2, root, "text_encoder_2", "config.json", err) ||
+            pf_clip_text_config_read(&c->text2_cfg, p2, err))
+            return -1;
+    }
     const pf_unet_config *uc = &c->unet_cfg;
     for (int i = 1; i < uc->num_blocks; i++)
         if (uc->layers_per_block[i] != uc->layers_per_block[0])
             return pf_fail(err, "%s/unet/config.json: layers_per_block differs between blocks, which the LDM layout "
                                 "cannot number", root);
-    for (int p = 0; p < PF_LDM_PARTS; p++)
+    for (int p = 0; p < parts; p++)
         if (pf_ldm_open(&c->w[p], path, (pf_part)p, uc->layers_per_block[0], c->vae_cfg.num_blocks, err)) return -1;
     return 0;
 }

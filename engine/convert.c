@@ -30,6 +30,8 @@ const char *pf_ldm_family_name(pf_ldm_family f) {
 #define VAE_PREFIX "first_stage_model."
 #define CLIP_PREFIX "cond_stage_model.transformer."
 #define OPENCLIP_PREFIX "cond_stage_model.model."
+#define XL_CLIP_PREFIX "conditioner.embedders.0.transformer."  /* SDXL's CLIP ViT-L */
+#define XL_OPENCLIP_PREFIX "conditioner.embedders.1.model."    /* SDXL's OpenCLIP ViT-bigG */
 
 /* Keys an LDM checkpoint holds that the engine deliberately does not read.
  * An entry ending in "." is a prefix, any other an exact key. */
@@ -42,6 +44,8 @@ static const char *const ldm_skipped[] = {
     "cond_stage_model.model.logit_scale",     /* OpenCLIP's contrastive head: not used for conditioning */
     "cond_stage_model.model.text_projection",
     "cond_stage_model.model.attn_mask",       /* the causal mask, rebuilt by the model */
+    XL_CLIP_PREFIX "text_model.embeddings.position_ids", /* SDXL: the same buffer and heads */
+    XL_OPENCLIP_PREFIX "logit_scale", XL_OPENCLIP_PREFIX "attn_mask",
     /* the training noise schedule (LatentDiffusion.register_schedule): the scheduler config holds it */
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
@@ -120,7 +124,9 @@ static int unet_key(char *out, size_t n, const char *k, int lpb) {
                                    {"time_embed.2.", "time_embedding.linear_2."},
                                    {"input_blocks.0.0.", "conv_in."},
                                    {"out.0.", "conv_norm_out."},
-                                   {"out.2.", "conv_out."}};
+                                   {"out.2.", "conv_out."},
+                                   {"label_emb.0.0.", "add_embedding.linear_1."}, /* SDXL's text_time embedding */
+                                   {"label_emb.0.2.", "add_embedding.linear_2."}};
     if (renamed(out, n, "", k, fixed, sizeof fixed / sizeof *fixed) == 0) return 0;
     const char *p = k;
     int i, j;
@@ -203,14 +209,20 @@ static int vae_key(char *out, size_t n, const char *k, int nb, int *attn) {
     return -1;
 }
 
-/* convert_open_clip_checkpoint: k without "cond_stage_model.model.". *fused is
- * set for attn.in_proj_weight / in_proj_bias, which out names without its
- * q/k/v part ("...self_attn."; the caller adds q_proj.weight and so on). */
+/* convert_open_clip_checkpoint: k without "cond_stage_model.model." (or SDXL's
+ * "conditioner.embedders.1.model."). *fused is set for attn.in_proj_weight /
+ * in_proj_bias (1, 2), which out names without its q/k/v part ("...self_attn.";
+ * the caller adds q_proj.weight and so on), and for SDXL's text_projection (3),
+ * which diffusers holds transposed (SD-2.x's is skipped: its model has none). */
 static int openclip_key(char *out, size_t n, const char *k, int *fused) {
     static const name_map fixed[] = {{"token_embedding.weight", "text_model.embeddings.token_embedding.weight"},
                                    {"positional_embedding", "text_model.embeddings.position_embedding.weight"},
                                    {"ln_final.", "text_model.final_layer_norm."}};
     *fused = 0;
+    if (!strcmp(k, "text_projection")) {
+        *fused = 3;
+        return put(out, n, "text_projection.weight");
+    }
     if (!strcmp(k, "token_embedding.weight") || !strcmp(k, "positional_embedding") || starts(k, "ln_final."))
         return renamed(out, n, "", k, fixed, sizeof fixed / sizeof *fixed);
     const char *p = k;
@@ -238,7 +250,9 @@ static int ldm_part(const char *key, const char **rest, int *openclip) {
     } parts[] = {{UNET_PREFIX, PF_PART_UNET, 0},
                  {VAE_PREFIX, PF_PART_VAE, 0},
                  {CLIP_PREFIX, PF_PART_TEXT_ENCODER, 0},
-                 {OPENCLIP_PREFIX, PF_PART_TEXT_ENCODER, 1}};
+                 {OPENCLIP_PREFIX, PF_PART_TEXT_ENCODER, 1},
+                 {XL_CLIP_PREFIX, PF_PART_TEXT_ENCODER, 0},
+                 {XL_OPENCLIP_PREFIX, PF_PART_TEXT_ENCODER_2, 1}};
     if (is_skipped(key)) return -1;
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
         if (starts(key, parts[i].prefix)) {
@@ -276,9 +290,12 @@ int pf_ldm_probe(pf_ldm_info *info, const pf_safetensors *st) {
             info->in_channels = (int)t->shape[1];
         if ((!strcmp(t->name, CLIP_PREFIX "text_model.embeddings.token_embedding.weight") ||
              !strcmp(t->name, CLIP_PREFIX "embeddings.token_embedding.weight") ||
-             !strcmp(t->name, OPENCLIP_PREFIX "token_embedding.weight")) &&
+             !strcmp(t->name, OPENCLIP_PREFIX "token_embedding.weight") ||
+             !strcmp(t->name, XL_CLIP_PREFIX "text_model.embeddings.token_embedding.weight")) &&
             t->ndim == 2)
             info->text_width = (int)t->shape[1];
+        if (!strcmp(t->name, XL_OPENCLIP_PREFIX "token_embedding.weight") && t->ndim == 2)
+            info->text2_width = (int)t->shape[1];
     }
     if (te_clip && info->openclip) info->openclip = -1; /* both layouts: neither family */
     int te_ok1 = !info->count[PF_PART_TEXT_ENCODER] || (info->openclip == 0 && info->text_width == 768);
@@ -293,7 +310,7 @@ int pf_ldm_probe(pf_ldm_info *info, const pf_safetensors *st) {
 }
 
 void pf_ldm_describe(char *buf, size_t n, const pf_ldm_info *info) {
-    char unet[128] = "none", te[128] = "none", vae[64] = "none";
+    char unet[128] = "none", te[128] = "none", te2[128] = "", vae[64] = "none";
     if (info->count[PF_PART_UNET])
         snprintf(unet, sizeof unet, "cross-attention width %d, %d input channels", info->context_dim,
                  info->in_channels);
@@ -302,8 +319,12 @@ void pf_ldm_describe(char *buf, size_t n, const pf_ldm_info *info) {
                  info->openclip < 0 ? "both CLIP and OpenCLIP keys" : info->openclip ? "OpenCLIP" : "CLIP",
                  info->text_width);
     if (info->count[PF_PART_VAE]) snprintf(vae, sizeof vae, "%d tensors", info->count[PF_PART_VAE]);
-    snprintf(buf, n, "%sUNet: %s; text encoder: %s; VAE: %s", info->family == PF_LDM_SDXL ? "SDXL keys; " : "",
-             unet, te, vae);
+    if (info->family == PF_LDM_SDXL)
+        snprintf(te2, sizeof te2, "; second text encoder: %s", info->count[PF_PART_TEXT_ENCODER_2] ? "" : "none");
+    if (info->count[PF_PART_TEXT_ENCODER_2])
+        snprintf(te2 + strlen(te2), sizeof te2 - strlen(te2), "OpenCLIP, width %d", info->text2_width);
+    snprintf(buf, n, "%sUNet: %s; text encoder: %s%s; VAE: %s", info->family == PF_LDM_SDXL ? "SDXL keys; " : "",
+             unet, te, te2, vae);
 }
 
 int pf_ldm_open(pf_weights **out, const char *path, pf_part part, int layers_per_block, int vae_blocks,
@@ -342,13 +363,16 @@ int pf_ldm_open(pf_weights **out, const char *path, pf_part part, int layers_per
                 snprintf(full, sizeof full, "%s%s.%s", name, qkv[k], fused == 1 ? "weight" : "bias");
                 pf_weights_add(w, full, st, t, k * D * inner, t->ndim, (int64_t[]){D, inner});
             }
+        } else if (fused == 3 && t->ndim == 2) {
+            pf_weights_add_transposed(w, name, st, t);
         } else if (!fused) {
             pf_weights_add(w, name, st, t, 0, t->ndim, t->shape);
         }
     }
     static const char *const prefixes[] = {UNET_PREFIX "*", VAE_PREFIX "*",
-                                           CLIP_PREFIX "* or " OPENCLIP_PREFIX "*"};
-    static const char *const what[] = {"UNet", "VAE", "text encoder"};
+                                           CLIP_PREFIX "*, " OPENCLIP_PREFIX "* or " XL_CLIP_PREFIX "*",
+                                           XL_OPENCLIP_PREFIX "*"};
+    static const char *const what[] = {"UNet", "VAE", "text encoder", "second text encoder"};
     if (!found) {
         pf_fail(err, "%s: the checkpoint holds no %s (no %s keys)%s", path, what[part], prefixes[part],
                 part == PF_PART_UNET && ema ? "; its model_ema.* copies alone cannot be loaded" : "");

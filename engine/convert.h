@@ -6,7 +6,10 @@
  *   LDM single files   the original CompVis/Stability layout: model.diffusion_model.*
  *                      (UNet), first_stage_model.* (VAE), cond_stage_model.transformer.*
  *                      (SD-1.x CLIP) or cond_stage_model.model.* (SD-2.x OpenCLIP, whose
- *                      fused in_proj is split into q/k/v). The renaming is diffusers'
+ *                      fused in_proj is split into q/k/v); SDXL's conditioner.embedders.0.
+ *                      transformer.* (CLIP, text_encoder) and conditioner.embedders.1.model.*
+ *                      (OpenCLIP bigG, text_encoder_2, its text_projection transposed) and
+ *                      the UNet's label_emb (add_embedding). The renaming is diffusers'
  *                      convert_ldm_{unet,vae}_checkpoint / convert_ldm_clip_checkpoint /
  *                      convert_open_clip_checkpoint (loaders/single_file_utils.py), made
  *                      lazily: each diffusers name becomes a view of the file's tensor
@@ -29,9 +32,9 @@
 #include "weights.h"
 
 /* The components a checkpoint holds, in diffusers' folder names (the second
- * text encoder: SDXL folders only; no LDM layout here has one). */
+ * text encoder: SDXL only). */
 typedef enum pf_part { PF_PART_UNET, PF_PART_VAE, PF_PART_TEXT_ENCODER, PF_PART_TEXT_ENCODER_2, PF_NUM_PARTS } pf_part;
-#define PF_LDM_PARTS 3 /* the parts of an SD-1.x/2.x LDM file: UNet, VAE, text encoder */
+#define PF_LDM_PARTS 3 /* the parts of an SD-1.x/2.x LDM file: UNet, VAE, text encoder (SDXL: all four) */
 /* "unet", "vae", "text_encoder", "text_encoder_2". */
 const char *pf_part_name(pf_part p);
 
@@ -50,6 +53,7 @@ typedef struct pf_ldm_info {
     int context_dim;         /* the UNet's cross-attention width (attn2.to_k input), 0 when not found */
     int in_channels;         /* the UNet's input channels, 0 when not found */
     int text_width;          /* the text encoder's token-embedding width, 0 when not found */
+    int text2_width;         /* SDXL's second (OpenCLIP) text encoder's, 0 when not found */
     pf_ldm_family family;        /* SD-1.x: context 768, CLIP 768; SD-2.x: 1024, OpenCLIP 1024; 4 input channels */
 } pf_ldm_info;
 

@@ -22,6 +22,7 @@ typedef struct entry {
     const pf_safetensors *file;
     const pf_st_tensor *t;
     int64_t first;               /* first element of t in this view */
+    int transposed;              /* t is (shape[1], shape[0]): read and transposed (pf_weights_add_transposed) */
     int ndim;
     int64_t shape[PF_MAX_DIMS];
     patch *patches;
@@ -76,6 +77,12 @@ void pf_weights_add(pf_weights *w, const char *name, const pf_safetensors *st, c
     e->first = first;
     e->ndim = ndim;
     memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);
+}
+
+void pf_weights_add_transposed(pf_weights *w, const char *name, const pf_safetensors *st, const pf_st_tensor *t) {
+    PF_CHECK(t->ndim == 2);
+    pf_weights_add(w, name, st, t, 0, 2, (int64_t[]){t->shape[1], t->shape[0]});
+    w->entries[w->count - 1].transposed = 1;
 }
 
 static int by_name(const void *a, const void *b) { return strcmp(((const entry *)a)->name, ((const entry *)b)->name); }
@@ -365,7 +372,18 @@ void pf_weights_add_patch(pf_weights *w, const char *name, pf_weights_patch_fn f
 /* base + delta + patches of e into dst (numel floats). */
 static int read_entry(pf_weights *w, const entry *e, float *dst, pf_error *err) {
     int64_t n = numel_of(e->ndim, e->shape);
-    if (pf_st_read_f32_range(e->file, e->t, e->first, n, dst, err)) return -1;
+    if (e->transposed) {
+        int64_t R = e->shape[1], C = e->shape[0]; /* the file's (R, C) */
+        float *src = malloc((size_t)(n ? n : 1) * sizeof *src);
+        if (!src) return pf_fail(err, "%s: out of memory reading tensor \"%s\"", w->label, e->name);
+        int rc = pf_st_read_f32_range(e->file, e->t, 0, n, src, err);
+        for (int64_t i = 0; !rc && i < R; i++)
+            for (int64_t j = 0; j < C; j++) dst[j * R + i] = src[i * C + j];
+        free(src);
+        if (rc) return -1;
+    } else if (pf_st_read_f32_range(e->file, e->t, e->first, n, dst, err)) {
+        return -1;
+    }
     if (w->delta) {
         const entry *de = find(w->delta, e->name); /* same names and shapes: pf_weights_set_delta */
         float *dh = malloc((size_t)(n ? n : 1) * sizeof(float));

@@ -44,6 +44,10 @@ const pf_safetensors *pf_weights_add_file(pf_weights *w, pf_safetensors *st);
  * (an invariant: callers derive it from t's shape). */
 void pf_weights_add(pf_weights *w, const char *name, const pf_safetensors *st, const pf_st_tensor *t, int64_t first,
                     int ndim, const int64_t *shape);
+/* Adds entry `name`: the whole 2-D tensor t (R, C) seen transposed, (C, R);
+ * read into a copy at each load. For LDM layouts that keep a matrix as x @ P
+ * where diffusers keeps the Linear weight P^T (OpenCLIP's text_projection). */
+void pf_weights_add_transposed(pf_weights *w, const char *name, const pf_safetensors *st, const pf_st_tensor *t);
 /* Ends building: sorts the entries. Two entries with one name are an error
  * naming both sources (two tensors of a file that convert to the same name). */
 int pf_weights_seal(pf_weights *w, pf_error *err);

@@ -9,7 +9,10 @@
  * that diffusers loads each single file back into exactly the tiny model's
  * weights rounded to float16, so "equal to the folder's weights rounded to
  * float16" here is "equal to diffusers". Images: the text-to-image tolerance
- * of test_pipeline.c (float 2e-3; 8-bit <= 1 level on <= 0.1 %). */
+ * of test_pipeline.c (float 2e-3; 8-bit <= 1 level on <= 0.1 %).
+ * SDXL's single file (issue 22): tests/reference/goldens_sdxl_single.py
+ * (single-file/tiny-sdxl.safetensors, goldens/sdxl-single.json), which asserts
+ * the same of diffusers' StableDiffusionXLPipeline.from_single_file. */
 #include "pipeline_cases.h"
 
 #include <sys/stat.h>
@@ -99,6 +102,25 @@ static void test_single_file_weights(void **state) {
     }
 }
 
+/* SDXL: all four components, the second text encoder's text_projection a
+ * transposed view of OpenCLIP's x @ P matrix, the UNet's label_emb its add_embedding. */
+static void test_single_file_sdxl_weights(void **state) {
+    (void)state;
+    pf_model_spec single = {.model = model_path("single-file/tiny-sdxl.safetensors"),
+                            .model_config = model_path("tiny-sdxl")};
+    pf_model_spec folder = {.model = model_path("tiny-sdxl")};
+    pf_checkpoint *a = open_ok(&single), *b = open_ok(&folder);
+    assert_true(a->single_file && a->sdxl);
+    assert_int_equal(a->ldm.family, PF_LDM_SDXL);
+    assert_int_equal(a->ldm.unknown, 0);
+    assert_int_equal(a->ldm.skipped, 3); /* alphas_cumprod, position_ids, logit_scale */
+    assert_true(pf_weights_has(a->w[PF_PART_TEXT_ENCODER_2], "text_projection.weight"));
+    assert_true(pf_weights_has(a->w[PF_PART_UNET], "add_embedding.linear_2.weight"));
+    for (int p = 0; p < PF_NUM_PARTS; p++) same_as_folder_f16(a->w[p], b->w[p], pf_part_name((pf_part)p));
+    pf_checkpoint_close(a);
+    pf_checkpoint_close(b);
+}
+
 /* Writes a copy of the single file at src to dst, tensor by tensor (float32,
  * integer tensors left out), with keep(name) deciding and extra entries added. */
 typedef int (*keep_fn)(const char *name);
@@ -167,20 +189,22 @@ static void test_pruned(void **state) {
     pf_temp_dir_remove(dir);
 }
 
-/* A case of goldens/weights.json by name (its version checked). */
-static json_t *weights_case(json_t **root, const char *name) {
-    *root = pf_golden_json(pf_test_path("tests/data/goldens/weights.json"), "1", WEIGHTS_HINT);
+#define SDXL_SINGLE_HINT "re-run tests/reference/goldens_sdxl_single.py"
+
+/* A case of goldens/INDEX by name (its version checked). */
+static json_t *index_case(json_t **root, const char *index, const char *hint, const char *name) {
+    *root = pf_golden_json(pf_test_path(pf_pathf("tests/data/goldens/%s", index)), "1", hint);
     json_t *c;
     size_t i;
     json_array_foreach(json_object_get(*root, "cases"), i, c) if (!strcmp(pf_case_str(c, "name"), name)) return c;
-    fail_msg("weights.json has no case %s: %s", name, WEIGHTS_HINT);
+    fail_msg("%s has no case %s: %s", index, name, hint);
     return NULL;
 }
 
-/* Runs a weights.json image case through pf_pipeline_load_model and compares
- * with diffusers' images. */
-static void run_image_case(const char *name, const char *model_override) {
-    json_t *root, *c = weights_case(&root, name);
+/* Runs an image case of goldens/INDEX through pf_pipeline_load_model and
+ * compares with diffusers' images. */
+static void run_index_case(const char *index, const char *hint, const char *name, const char *model_override) {
+    json_t *root, *c = index_case(&root, index, hint, name);
     pf_lora_spec loras[4];
     json_t *l;
     size_t i;
@@ -199,20 +223,28 @@ static void run_image_case(const char *name, const char *model_override) {
     if (pf_pipeline_load_model(&pipe, be, &spec, &err)) fail_msg("%s", err.msg);
     pf_txt2img_params p;
     pf_case_params(c, &p);
+    p.prompt_2 = pf_case_str(c, "prompt_2");
     size_t n = (size_t)p.num_images * p.height * p.width * 3;
     float *got = malloc(n * sizeof *got);
     if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s: %s", name, err.msg);
-    pf_assert_case_images(name, c, got, n, WEIGHTS_HINT);
+    pf_assert_case_images(name, c, got, n, hint);
     free(got);
     pf_pipeline_free(pipe);
     pf_backend_free(be);
     json_decref(root);
 }
 
+static void run_image_case(const char *name, const char *model_override) {
+    run_index_case("weights.json", WEIGHTS_HINT, name, model_override);
+}
+
 static void test_single_file_pipelines(void **state) {
     (void)state;
     run_image_case("single-sd15", NULL);
     run_image_case("single-sd2", NULL);
+    /* StableDiffusionXLPipeline.from_single_file(path, config=tiny-sdxl) */
+    run_index_case("sdxl-single.json", SDXL_SINGLE_HINT, "plain", NULL);
+    run_index_case("sdxl-single.json", SDXL_SINGLE_HINT, "prompt2", NULL);
 }
 
 /* The shipped configs are found and read (the real SD-1.5 and SD-2.1 shapes). */
@@ -236,6 +268,31 @@ static void test_shipped_configs(void **state) {
     if (pf_tokenizer_load(&tok, pf_pathf("%s/sd15/tokenizer", pf_configs_dir()), &err)) fail_msg("%s", err.msg);
     assert_int_equal(pf_tokenizer_get_info(tok)->pad_id, 49407);
     pf_tokenizer_free(tok);
+    /* SDXL base: CLIP ViT-L and OpenCLIP bigG (projection 1280), a text_time UNet of width 2048 whose
+     * add_embedding takes 1280 + 6 * 256 features, the two tokenizers' pads */
+    pf_clip_text_config t2;
+    if (pf_unet_config_read(&u, pf_pathf("%s/sdxl/unet/config.json", pf_configs_dir()), &err) ||
+        pf_clip_text_config_read(&t, pf_pathf("%s/sdxl/text_encoder/config.json", pf_configs_dir()), &err) ||
+        pf_clip_text_config_read(&t2, pf_pathf("%s/sdxl/text_encoder_2/config.json", pf_configs_dir()), &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(u.cross_attention_dim, t.hidden_size + t2.hidden_size);
+    assert_int_equal(u.cross_attention_dim, 2048);
+    assert_true(u.text_time);
+    assert_int_equal(u.add_embed_in, t2.projection_dim + 6 * u.addition_time_embed_dim);
+    assert_int_equal(t2.num_hidden_layers, 32);
+    if (pf_tokenizer_load(&tok, pf_pathf("%s/sdxl/tokenizer_2", pf_configs_dir()), &err)) fail_msg("%s", err.msg);
+    assert_int_equal(pf_tokenizer_get_info(tok)->pad_id, 0);
+    pf_tokenizer_free(tok);
+    if (pf_tokenizer_load(&tok, pf_pathf("%s/sdxl/tokenizer", pf_configs_dir()), &err)) fail_msg("%s", err.msg);
+    assert_int_equal(pf_tokenizer_get_info(tok)->pad_id, 49407);
+    pf_tokenizer_free(tok);
+    /* an SDXL file without --model-config takes the shipped SDXL configs (the tiny one then does not fit
+     * their shapes, which pf_model_load tells tensor by tensor) */
+    pf_model_spec xl = {.model = model_path("single-file/tiny-sdxl.safetensors")};
+    pf_checkpoint *c = open_ok(&xl);
+    assert_true(c->sdxl);
+    assert_string_equal(c->config_root, pf_pathf("%s/sdxl", pf_configs_dir()));
+    pf_checkpoint_close(c);
 }
 
 /* Family recognition from names and shapes, on small synthetic files. */
@@ -272,6 +329,23 @@ static void test_probe(void **state) {
 /* Copies the single file without the keys under prefix. */
 static const char *drop_prefix;
 static int not_dropped(const char *name) { return strncmp(name, drop_prefix, strlen(drop_prefix)) != 0; }
+
+/* SDXL files: configs of the other family, a missing second text encoder. */
+static void test_bad_sdxl_checkpoints(void **state) {
+    (void)state;
+    char *dir = pf_temp_dir(), xl[4096];
+    snprintf(xl, sizeof xl, "%s", model_path("single-file/tiny-sdxl.safetensors"));
+    pf_model_spec spec = {.model = xl, .model_config = model_path("tiny-sd15")};
+    open_fails(&spec, "an SDXL checkpoint, but the configs of ");
+    spec = (pf_model_spec){.model = model_path("single-file/tiny-sd15.safetensors"), .model_config = model_path("tiny-sdxl")};
+    open_fails(&spec, "are for an SDXL pipeline");
+    drop_prefix = "conditioner.embedders.1.";
+    const char *cut = pf_pathf("%s/no-te2.safetensors", dir);
+    rewrite(xl, cut, not_dropped, NULL, 0);
+    spec = (pf_model_spec){.model = cut, .model_config = model_path("tiny-sdxl")};
+    open_fails(&spec, "no second text encoder (conditioner.embedders.1.model.*)");
+    pf_temp_dir_remove(dir);
+}
 
 static void test_bad_checkpoints(void **state) {
     (void)state;
@@ -317,7 +391,8 @@ static void test_bad_checkpoints(void **state) {
     const char *xl = pf_pathf("%s/xl.safetensors", dir);
     if (pf_st_write(xl, e, 2, NULL, &err)) fail_msg("%s", err.msg);
     pf_model_spec x = {.model = xl};
-    open_fails(&x, "an SDXL checkpoint");
+    open_fails(&x, "the checkpoint has no VAE (first_stage_model.*) and no second text encoder "
+                   "(conditioner.embedders.1.model.*)");
     /* a delta that does not fit the single file's UNet */
     pf_model_spec d = {.model = sd15, .model_config = cfg, .delta = model_path("tiny-sd2/unet")};
     open_fails(&d, "do not match the base");
@@ -494,7 +569,8 @@ int main(void) {
         cmocka_unit_test(test_single_file_pipelines), cmocka_unit_test(test_shipped_configs),
         cmocka_unit_test(test_probe),          cmocka_unit_test(test_bad_checkpoints),
         cmocka_unit_test(test_sharded),        cmocka_unit_test(test_bad_shards),
-        cmocka_unit_test(test_shard_index_parse),
+        cmocka_unit_test(test_shard_index_parse), cmocka_unit_test(test_single_file_sdxl_weights),
+        cmocka_unit_test(test_bad_sdxl_checkpoints),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
