@@ -59,7 +59,7 @@ LDLIBS_STORAGE = -lcurl -lhiredis -lssl -lcrypto -lpthread
 # the worker library holds every worker/*.c but the two programs.
 WORKER_SRC := $(filter-out worker/main.c worker/dev_broker.c,$(wildcard worker/*.c))
 WORKER_OBJ := $(WORKER_SRC:%.c=$(B)/%.o)
-LDLIBS_WORKER = -lrdkafka -lsystemd -lmicrohttpd
+LDLIBS_WORKER = -lrdkafka -lsystemd -lmicrohttpd -larchive
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)

@@ -14,6 +14,7 @@
 #include "output_key.h"
 #include "pipeline.h"
 #include "result_replay.h"
+#include "shard.h"
 #include "status.h"
 
 void pf_exec_post(pf_exec *x, const pf_job *job, const char *state, json_t *extra) {
@@ -46,6 +47,7 @@ static void fail(pf_exec_job *j, const char *code, int retryable, int dead_lette
 /* 1 when nobody wants j's images any more: abandoned, cancelled, past its
  * deadline, or already ended (rejected while the batch was prepared). */
 static int gone(pf_exec *x, pf_exec_job *j) {
+    if (j->parent && gone(x, j->parent)) return 1;
     return j->outcome != PF_OUT_NONE || atomic_load(x->abandon) || atomic_load(&j->cancel) ||
            (j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms);
 }
@@ -88,7 +90,7 @@ static void on_step(void *user, int step, int total) {
     if (step != 1 && step != total && now - g->last_post < g->x->cfg->status_interval_ms) return;
     g->last_post = now;
     for (int i = 0; i < g->n; i++)
-        if (g->jobs[i]->outcome == PF_OUT_NONE)
+        if (g->jobs[i]->outcome == PF_OUT_NONE && !g->jobs[i]->capture) /* samples: the shard reports progress */
             pf_exec_post(g->x, &g->jobs[i]->job, PF_ST_RUNNING,
                          json_pack("{s:s, s:i, s:i}", "stage", g->stage, "step", step, "steps", total));
 }
@@ -113,7 +115,7 @@ static void on_fetch(void *ctx) {
 
 /* file:// outputs only under cfg->file_output_root: jobs are hostile and must
  * not write anywhere else on the host. */
-static int dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error *err) {
+int pf_exec_dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error *err) {
     if (strncmp(dest, "file://", 7)) return 0;
     const char *root = cfg->file_output_root;
     size_t rl = strlen(root);
@@ -277,7 +279,7 @@ static void store_outputs(pf_exec *x, pf_exec_job *j, const image_set *sets, int
         for (int i = 0; i < job->num_images && !ended(x, j); i++) {
             char dest[2048];
             pf_error e;
-            if (pf_job_output_url(dest, sizeof dest, job, sets[s].stage, i, &e) || dest_allowed(x->cfg, dest, &e)) {
+            if (pf_job_output_url(dest, sizeof dest, job, sets[s].stage, i, &e) || pf_exec_dest_allowed(x->cfg, dest, &e)) {
                 j->outcome = PF_OUT_REJECTED;
                 j->dead_letter = 1;
                 snprintf(j->code, sizeof j->code, PF_ERR_INVALID);
@@ -430,7 +432,10 @@ static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
         pf_exec_job *j = jobs[i];
         if (ended(x, j)) continue;
         const size_t bytes = px * (size_t)j->job.num_images;
-        if (!j->job.refine.on) {
+        if (j->capture) {
+            memcpy(j->capture, rgb + at[i], bytes);
+            j->captured = 1;
+        } else if (!j->job.refine.on) {
             image_set set = {PF_STAGE_BASE, rgb + at[i], j->job.width, j->job.height};
             store_outputs(x, j, &set, 1);
         } else if (!(j->base_rgb = malloc(bytes))) {
@@ -657,6 +662,22 @@ static int refine_batchable(const pf_pipeline *p, const pf_exec_job *a, const pf
     return pf_refine_batchable(p, &a->rq.ref, &b->rq.ref);
 }
 
+void pf_exec_resolve(pf_exec_job *j, const pf_pipeline *p) { job_request(j, p); }
+
+void pf_exec_capture(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n) {
+    pf_exec_job **group = PF_CALLOC((size_t)n, sizeof *group);
+    for (int i = 0; i < n; i++) {
+        job_request(&jobs[i], model->pipe);
+        uint8_t *stored;
+        if (ended(x, &jobs[i]) || !pf_replay_lookup(x, model, &jobs[i], &stored)) continue;
+        memcpy(jobs[i].capture, stored, (size_t)jobs[i].job.width * jobs[i].job.height * 3 * jobs[i].job.num_images);
+        free(stored);
+        jobs[i].from_store = jobs[i].captured = 1;
+    }
+    form_calls(x, model, jobs, n, group, want_generate, txt2img_batchable, run_call);
+    free(group);
+}
+
 void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
     pf_exec_job **group = PF_CALLOC((size_t)n, sizeof *group);
     for (int i = 0; i < n; i++) {
@@ -714,6 +735,10 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
             const char *field = pf_job_refine_field(param);
             reject(&jobs[i], field, "%s: %s", field, e.msg);
         }
+    }
+    if (jobs[0].job.samples) { /* a shard job runs alone (pf_job_same_model) */
+        if (!ended(x, &jobs[0])) pf_shard_run(x, model, &jobs[0]);
+        goto done;
     }
     /* Jobs whose every image is in the result store are copied from it and leave the engine calls. */
     for (int i = 0; i < n; i++) {

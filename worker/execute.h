@@ -98,6 +98,11 @@ typedef struct pf_exec_job {
      * (NULL when the store is off or the job refines), and whether they were all found there */
     char (*store_ids)[PF_SHA256_HEX];
     int from_store;
+    /* set by pf_exec_capture's caller (worker/shard.c): the job is one sample of parent, its images go to
+     * capture (num_images x width x height x 3 bytes) instead of being uploaded, and it posts no events */
+    uint8_t *capture;
+    struct pf_exec_job *parent;
+    int captured;                   /* capture holds the images (computed, or from the store) */
 } pf_exec_job;
 
 typedef struct pf_exec {
@@ -114,6 +119,23 @@ typedef struct pf_exec {
 /* Runs jobs[0..n) (one model and size) and fills their results. Never fails
  * as a whole: each job ends with an outcome (or PF_OUT_NONE when abandoned). */
 void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n);
+
+/* Runs the text-to-image stage of jobs[0..n), which share model (loaded by
+ * the caller, in use) and the job they are samples of (their parent, whose
+ * checks passed), in engine calls of up to max_batch images, and leaves each
+ * job's 8-bit images in its capture buffer (captured 1) instead of uploading
+ * them. Each job's request is resolved here. The result store serves and
+ * records them as any job's. A job whose call failed ends FAILED as in
+ * pf_exec_batch. */
+void pf_exec_capture(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n);
+/* Fills j->rq from j's job and resolves it against the model (what
+ * pf_exec_batch and pf_exec_capture do for each job first). */
+void pf_exec_resolve(pf_exec_job *j, const pf_pipeline *p);
+
+/* 0 when dest may be written: s3:// always, file:// only under
+ * cfg->file_output_root (jobs are hostile and must not write anywhere else on
+ * the host); else -1 with err saying why. */
+int pf_exec_dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error *err);
 
 /* Sends a non-terminal status event for job (fire and forget). */
 void pf_exec_post(pf_exec *x, const pf_job *job, const char *state, json_t *extra);

@@ -15,7 +15,7 @@
 #include "pipeline.h"
 #include "url_policy.h"
 
-#define PF_JOB_MESSAGE_MAX (64 * 1024)
+#define PF_JOB_MESSAGE_MAX (960 * 1024) /* under Kafka's default message.max.bytes (1,000,000) */
 
 typedef struct ctx {
     char *field;
@@ -285,6 +285,54 @@ static int check_text(ctx *c, const char *f, const char *s) {
     return 0;
 }
 
+/* A shard job's "samples" (pf_job_sample), with its "shard" number. The job's
+ * own prompt fields and seed must be absent (each sample has its own; they
+ * then hold the first sample's, so that what checks a job checks a sample),
+ * and num_images is 1: a sample is one image. */
+static int parse_samples(ctx *c, pf_job *job, json_t *root, json_t *arr) {
+    static const char *const keys[] = {"prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "seed", "meta",
+                                       NULL};
+    static const char *const own[] = {"prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "seed",
+                                      "num_images"};
+    for (size_t i = 0; i < sizeof own / sizeof *own; i++)
+        if (json_object_get(root, own[i])) return bad(c, own[i], "not with samples (each sample has its own)");
+    if (!json_is_array(arr)) return bad(c, "samples", "must be an array");
+    size_t n = json_array_size(arr);
+    if (n < 1 || n > PF_JOB_MAX_SAMPLES) return bad(c, "samples", "must have 1 to %d samples", PF_JOB_MAX_SAMPLES);
+    long long v;
+    if (get_int(c, root, "", "shard", 0, PF_JOB_MAX_SHARD, 0, &v)) return -1;
+    job->shard = (int)v;
+    job->samples = PF_CALLOC(n, sizeof *job->samples);
+    size_t i;
+    json_t *it;
+    json_array_foreach(arr, i, it) {
+        pf_job_sample *s = &job->samples[i];
+        char f[PF_JOB_FIELD_MAX], sub[PF_JOB_FIELD_MAX];
+        snprintf(f, sizeof f, "samples[%zu]", i);
+        if (!json_is_object(it)) return bad(c, f, "must be an object");
+        if (only_keys(c, it, f, keys)) return -1;
+        const char **texts[] = {&s->prompt, &s->negative_prompt, &s->prompt_2, &s->negative_prompt_2};
+        for (int k = 0; k < 4; k++) {
+            path(sub, sizeof sub, f, keys[k]);
+            if (get_str(c, it, f, keys[k], k == 0, PF_JOB_PROMPT_MAX, texts[k]) ||
+                (*texts[k] && check_text(c, sub, *texts[k])))
+                return -1;
+        }
+        if (get_int(c, it, f, "seed", 0, INT64_MAX, 0, &v)) return -1;
+        s->seed = (uint64_t)v;
+        json_t *meta;
+        if (get_obj(c, it, f, "meta", 0, &meta)) return -1;
+        s->meta = meta;
+    }
+    job->n_samples = (int)n;
+    job->prompt = job->samples[0].prompt;
+    job->negative_prompt = job->samples[0].negative_prompt;
+    job->prompt_2 = job->samples[0].prompt_2;
+    job->negative_prompt_2 = job->samples[0].negative_prompt_2;
+    job->seed = job->samples[0].seed;
+    return 0;
+}
+
 #define STAGE_TAG "{stage}"
 
 int pf_job_output_url(char *out, size_t n, const pf_job *job, const char *stage, int index, pf_error *err) {
@@ -455,7 +503,7 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
                                        "height", "steps", "guidance", "seed", "num_images", "sampler", "clip_skip",
                                        "refiner", "refine", "output", "deadline", "priority", "batch_id",
                                        "prompt_2", "negative_prompt_2", "original_size", "crop_coords",
-                                       "target_size", "control", NULL};
+                                       "target_size", "control", "samples", "shard", NULL};
     if (only_keys(&c, root, "", keys)) goto fail;
     const char *schema;
     if (get_str(&c, root, "", "schema", 0, 64, &schema)) goto fail;
@@ -478,7 +526,14 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
 
     json_t *o;
     if (get_obj(&c, root, "", "model", 1, &o) || parse_model(&c, job, o)) goto fail;
-    if (get_str(&c, root, "", "prompt", 1, PF_JOB_PROMPT_MAX, &job->prompt) || check_text(&c, "prompt", job->prompt))
+    json_t *samples = json_object_get(root, "samples");
+    if (samples && parse_samples(&c, job, root, samples)) goto fail;
+    if (!samples && json_object_get(root, "shard")) {
+        bad(&c, "shard", "only with samples (a shard job)");
+        goto fail;
+    }
+    if (!samples &&
+        (get_str(&c, root, "", "prompt", 1, PF_JOB_PROMPT_MAX, &job->prompt) || check_text(&c, "prompt", job->prompt)))
         goto fail;
     /* absent stays NULL: SDXL's "no negative prompt" (zero embeddings) differs from "" */
     static const struct { const char *key; size_t off; } texts[] = {
@@ -486,7 +541,7 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
         {"prompt_2", offsetof(pf_job, prompt_2)},
         {"negative_prompt_2", offsetof(pf_job, negative_prompt_2)},
     };
-    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+    for (size_t i = 0; i < sizeof texts / sizeof *texts && !samples; i++) {
         const char **t = (const char **)((char *)job + texts[i].off);
         if (get_str(&c, root, "", texts[i].key, 0, PF_JOB_PROMPT_MAX, t) || (*t && check_text(&c, texts[i].key, *t)))
             goto fail;
@@ -542,6 +597,10 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
         job->has_refiner = 1;
     }
     if (get_obj(&c, root, "", "refine", 0, &o) || (o && parse_refine(&c, job, o))) goto fail;
+    if (samples && (o || job->has_refiner)) {
+        bad(&c, o ? "refine" : "refiner", "not with samples (a shard job makes text-to-image samples only)");
+        goto fail;
+    }
     if (job->refine.on && job->n_controls > PF_JOB_MAX_CONTROLS - 1) {
         bad(&c, "control", "at most %d with refine (the refiner's ControlNet is one of the %d a job may attach)",
             PF_JOB_MAX_CONTROLS - 1, PF_JOB_MAX_CONTROLS);
@@ -556,8 +615,16 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
     }
     if (get_int(&c, root, "", "priority", 0, 9, 0, &v)) goto fail;
     job->priority = (int)v;
+    if (samples) {
+        size_t ul = strlen(job->output_url);
+        if (ul < 4 || strcmp(job->output_url + ul - 4, ".tar")) {
+            bad(&c, "output.url", "a shard job's output must name a .tar file (its WebDataset shard)");
+            goto fail;
+        }
+    }
     return 0;
 fail:;
+    free(job->samples);
     char keep[PF_JOB_ID_MAX + 1];
     memcpy(keep, job->job_id, sizeof keep);
     json_decref(root);
@@ -568,6 +635,7 @@ fail:;
 
 void pf_job_free(pf_job *job) {
     if (!job) return;
+    free(job->samples);
     json_decref(job->json);
     memset(job, 0, sizeof *job);
 }
@@ -617,6 +685,7 @@ static int source_eq(const pf_job_source *a, const pf_job_source *b) {
 }
 
 int pf_job_same_model(const pf_job *a, const pf_job *b) {
+    if (a->samples || b->samples) return 0; /* a shard job runs alone: its samples are its batch */
     if (!source_eq(&a->base, &b->base) || !source_eq(&a->config, &b->config) || !source_eq(&a->delta, &b->delta) ||
         a->n_loras != b->n_loras || a->fp16 != b->fp16 || a->width != b->width || a->height != b->height ||
         a->refine.on != b->refine.on || !source_eq(&a->refine.controlnet, &b->refine.controlnet) ||

@@ -36,6 +36,20 @@
 #define PF_JOB_MAX_IMAGES 16
 #define PF_JOB_MAX_ATTEMPT 1000
 #define PF_JOB_FIELD_MAX 64
+#define PF_JOB_MAX_SAMPLES 10000   /* samples of a shard job (all within the message's 960 KiB) */
+#define PF_JOB_MAX_SHARD 999999    /* a shard job's "shard" number: keys are 6 digits of it, 4 of the sample */
+
+/* One sample of a shard job (an item of its "samples" array): the prompts and
+ * seed of one image; everything else is the job's. The strings and meta point
+ * into the job's document. */
+typedef struct pf_job_sample {
+    const char *prompt;
+    const char *negative_prompt;   /* NULL when absent (as the job's negative_prompt) */
+    const char *prompt_2;          /* SDXL, NULL when absent */
+    const char *negative_prompt_2; /* SDXL, NULL when absent */
+    uint64_t seed;
+    void *meta;                    /* the sample's free "meta" object (json_t), or NULL */
+} pf_job_sample;
 
 typedef struct pf_job_source {
     const char *url;    /* NULL when the source is absent */
@@ -111,6 +125,12 @@ typedef struct pf_job {
     const char *output_format;        /* "png" */
     long long deadline_ms;            /* ms since the epoch; 0 when none */
     int priority;                     /* 0..9, informational (priority is the topic) */
+    pf_job_sample *samples;           /* a shard job's samples (malloc'd), NULL for an ordinary job: its prompt
+                                         fields then hold the first sample's, num_images is 1, and output.url
+                                         names the one WebDataset tar of the job (worker/shard.h) */
+    int n_samples;
+    int shard;                        /* a shard job's "shard" number (0..PF_JOB_MAX_SHARD), the first digits
+                                         of its keys */
     void *json;                       /* the parsed document; the strings above point into it */
 } pf_job;
 
