@@ -16,6 +16,8 @@
  *                                      with the ERRORs in turn (names without the
  *                                      RD_KAFKA_RESP_ERR_ prefix, e.g.
  *                                      NOT_ENOUGH_REPLICAS, or numbers)
+ *   clear API                          drop the errors still pending for API (so a
+ *                                      test can heal a fault it set up to last)
  *   down BROKER | up BROKER            refuse / accept connections (-1: all brokers)
  *   rtt BROKER MS                      add round-trip latency
  *   leader TOPIC PARTITION BROKER      move a partition's leadership (with --brokers
@@ -116,6 +118,13 @@ static void command(rd_kafka_mock_cluster_t *mc, char *line, char *ans, size_t n
             }
         rd_kafka_mock_push_request_errors_array(mc, (int16_t)api, (size_t)cnt, errs);
         free(errs);
+    } else if (!strcmp(argv[0], "clear") && argc == 2) {
+        int api = parse_api(argv[1]);
+        if (api < 0) {
+            snprintf(ans, n, "error: usage: clear API");
+            return;
+        }
+        rd_kafka_mock_clear_request_errors(mc, (int16_t)api);
     } else if (!strcmp(argv[0], "down") && argc == 2) {
         e = rd_kafka_mock_broker_set_down(mc, atoi(argv[1]));
     } else if (!strcmp(argv[0], "up") && argc == 2) {
@@ -127,7 +136,7 @@ static void command(rd_kafka_mock_cluster_t *mc, char *line, char *ans, size_t n
     } else if (!strcmp(argv[0], "coordinator") && argc == 3) {
         e = rd_kafka_mock_coordinator_set(mc, "group", argv[1], atoi(argv[2]));
     } else {
-        snprintf(ans, n, "error: unknown command '%s' (topic, errors, down, up, rtt, leader, coordinator)", argv[0]);
+        snprintf(ans, n, "error: unknown command '%s' (topic, errors, clear, down, up, rtt, leader, coordinator)", argv[0]);
         return;
     }
     if (e) snprintf(ans, n, "error: %s", rd_kafka_err2str(e));

@@ -180,3 +180,22 @@ def test_private_addresses_refused_without_traffic(rig):
         assert "private" in ev["error"]["message"] or "loopback" in ev["error"]["message"] or \
             "refused" in ev["error"]["message"] or "not allowed" in ev["error"]["message"], ev
     assert w.proc.poll() is None
+
+
+def test_file_outputs_only_under_the_root(rig):
+    """file:// outputs land under file_output_root and nowhere else, not even in
+    a folder whose name merely starts with the root's (ROOT-evil/)."""
+    r = rig(partitions=1)
+    root = os.path.join(r.dir, "out")
+    os.makedirs(root)
+    os.makedirs(root + "-evil")
+    r.produce(r.job("root-in", output={"url": "file://%s/{job_id}-{index}.png" % root}))
+    r.produce(r.job("root-sibling", output={"url": "file://%s-evil/{job_id}-{index}.png" % root}))
+    w = r.start_worker(PERFLOW_FILE_OUTPUT_ROOT=root)
+    r.events.wait_terminal(["root-in", "root-sibling"], timeout=60)
+    assert r.events.terminal("root-in")[0]["state"] == "succeeded", r.events.terminal("root-in")
+    (bad,) = r.events.terminal("root-sibling")
+    assert bad["state"] == "rejected" and bad["error"]["field"] == "output.url", bad
+    assert os.listdir(root) == ["root-in-0.png"]
+    assert not os.listdir(root + "-evil")
+    assert w.proc.poll() is None
