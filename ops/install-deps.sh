@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config libarchive-dev clang libclang-rt-14-dev libopenblas-dev libjansson-dev
       libutf8proc-dev libpng-dev libjpeg62-turbo-dev libcmocka-dev python3-venv
       libcurl4-openssl-dev libhiredis-dev libssl-dev redis-server nginx-light curl openssl
-      librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps socat iproute2 util-linux
+      librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps socat iproute2 util-linux man-db
       openjdk-17-jre-headless maven"
 missing=""
 for p in $PKGS; do

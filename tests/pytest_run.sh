@@ -60,7 +60,8 @@ pytest_run() {
     trap pytest_cleanup EXIT
     trap '[ -n "$pytest_pid" ] && kill -TERM "$pytest_pid" 2>/dev/null; exit 130' INT TERM
     cd "$ROOT/tests/$suite" || exit 1
-    "$PY" -m pytest -q -p no:cacheprovider -o console_output_style=classic --durations=5 "$@" . &
+    # -rs: each skip with its reason in the summary (tests/run_tests.sh counts them)
+    "$PY" -m pytest -q -rs -p no:cacheprovider -o console_output_style=classic --durations=5 "$@" . &
     pytest_pid=$!
     wait "$pytest_pid"
 }

@@ -46,7 +46,7 @@ static char g_why[1024];      /* why the tests are skipped */
 #define NEED_GPU()                                                           \
     do {                                                                     \
         if (!g_gpu) {                                                        \
-            print_message("test_cuda_ops: skipped: %s\n", g_why);            \
+            print_message("test_cuda_ops: skipped (no GPU): %s\n", g_why);    \
             skip();                                                          \
         }                                                                    \
     } while (0)

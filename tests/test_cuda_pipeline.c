@@ -31,7 +31,7 @@ static char g_why[1024];
 #define NEED_GPU()                                                              \
     do {                                                                        \
         if (!g_gpu) {                                                           \
-            print_message("test_cuda_pipeline: skipped: %s\n", g_why);          \
+            print_message("test_cuda_pipeline: skipped (no GPU): %s\n", g_why);  \
             skip();                                                             \
         }                                                                       \
     } while (0)

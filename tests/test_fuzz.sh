@@ -7,9 +7,15 @@ ROOT=${PERFLOW_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 B=${B:-build}
 SECS=${FUZZ_SECONDS:-15}
 status=0
-for f in "$ROOT/$B"/fuzz/fuzz_*; do
-    [ -x "$f" ] || continue
-    name=$(basename "$f")
+# every target of tests/fuzz/ must be built (make fuzz; make test builds them)
+for src in "$ROOT"/tests/fuzz/fuzz_*.c; do
+    name=$(basename "$src" .c)
+    f="$ROOT/$B/fuzz/$name"
+    if [ ! -x "$f" ]; then
+        echo "FAIL: $name is not built ($f: make fuzz)"
+        status=1
+        continue
+    fi
     corpus="$ROOT/tests/fuzz/corpus_${name#fuzz_}"
     work=$(mktemp -d)
     [ -d "$corpus" ] && cp "$corpus"/* "$work"/ 2>/dev/null

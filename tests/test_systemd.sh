@@ -99,7 +99,7 @@ command -v unshare > /dev/null && command -v nsenter > /dev/null || why_not="${w
 [ -x /lib/systemd/systemd ] || why_not="${why_not:+$why_not, }no /lib/systemd/systemd"
 [ -x "$PY" ] || why_not="${why_not:+$why_not, }no .venv"
 if [ -n "$why_not" ]; then
-    echo "skipped: starting the unit under a real systemd ($why_not)"
+    echo "SKIP: starting the unit under a real systemd ($why_not)"
     [ "$failed" -eq 0 ] && echo "systemd: 2 checks passed"
     exit "$failed"
 fi
