@@ -11,6 +11,7 @@
 #   make deps-reference   also the reference stack (torch, diffusers, transformers) in .venv
 #   make demo       installs what is missing, builds, runs ops/demo.sh
 #   make chaos      the worker fleet under failure, with figures (ops/chaos.py; not part of make test)
+#   make mutate     the mutation check: planted bugs the tests must catch (tests/mutate.sh; not part of make test)
 #   make install    PREFIX=/usr/local DESTDIR=: programs, systemd units, schemas, an example
 #                   settings file, man pages from --help, docs; make uninstall removes them
 #
@@ -81,7 +82,7 @@ NVCCFLAGS = -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr $(NVCC_ARCH) \
             -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -Iengine -Ikernels -MMD -MP
 endif
 
-.PHONY: all engine worker test bench fuzz deps deps-reference demo clean asan info install uninstall chaos
+.PHONY: all engine worker test bench fuzz deps deps-reference demo clean asan info install uninstall chaos mutate
 all: info engine $(BIN)/perflow worker
 
 info:
@@ -220,6 +221,12 @@ bench: all $(BENCH_BIN)
 	@test -x $(PY) || { echo "make bench needs the reference stack: run 'make deps-reference' first"; exit 1; }
 	sh tests/bench/run_bench.sh
 
+# The mutation check (tests/mutate.sh): each tests/mutations/*.patch is applied,
+# built CPU-only in build-mutate/ and must fail the test it names; the source is
+# restored after each. Not part of make test (time). MUTATIONS= picks patches.
+mutate: $(B)/.deps-stamp
+	B=build-mutate sh tests/mutate.sh $(MUTATIONS)
+
 # The fleet under failure (ops/chaos.py): 500 jobs, 3 workers, a SIGKILL every
 # 3 s and the other faults; prints the schedule and the figures. CHAOS_ARGS adds
 # options (--jobs N --workers W --kill-every S --seed N --keep ...).
@@ -230,7 +237,7 @@ demo: $(B)/.deps-stamp all
 	PERFLOW=$(BIN)/perflow sh ops/demo.sh
 
 clean:
-	rm -rf build bin/perflow bin/perflow-worker bin/perflow-dev-broker
+	rm -rf build build-mutate bin/perflow bin/perflow-worker bin/perflow-dev-broker
 
 # ---- install ------------------------------------------------------------------
 # Units go where systemd reads them: /lib/systemd/system for PREFIX=/usr, else

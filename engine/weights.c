@@ -369,6 +369,12 @@ void pf_weights_add_patch(pf_weights *w, const char *name, pf_weights_patch_fn f
     e->patches[e->n_patches++] = (patch){fn, ctx};
 }
 
+int pf_weights_patched(const pf_weights *w) {
+    int n = 0;
+    for (int i = 0; i < w->count; i++) n += w->entries[i].n_patches > 0;
+    return n;
+}
+
 /* base + delta + patches of e into dst (numel floats). */
 static int read_entry(pf_weights *w, const entry *e, float *dst, pf_error *err) {
     int64_t n = numel_of(e->ndim, e->shape);

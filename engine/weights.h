@@ -90,6 +90,9 @@ typedef int (*pf_weights_patch_fn)(void *ctx, float *data, int ndim, const int64
  * the order added, each time the tensor is loaded or read. ctx must outlive
  * every load. */
 void pf_weights_add_patch(pf_weights *w, const char *name, pf_weights_patch_fn fn, void *ctx);
+/* The number of entries with at least one patch: the weights the LoRAs change
+ * (several LoRAs on one weight count it once). */
+int pf_weights_patched(const pf_weights *w);
 
 /* ---- sharded index files ---- */
 

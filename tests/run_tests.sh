@@ -30,7 +30,7 @@ skipped=0
 failures=""
 skips=""
 log=$(mktemp)
-trap 'rm -f "$log" "$log.rc"' EXIT
+trap 'rm -f "$log"' EXIT
 for t in "$@" "$ROOT"/tests/test_*.sh; do
     name=$(basename "$t")
     echo "=== $name"
@@ -40,12 +40,17 @@ for t in "$@" "$ROOT"/tests/test_*.sh; do
         failures="$failures $name"
         continue
     fi
-    { case "$t" in
-      *.sh) sh "$t" ;;
-      *) "$t" ;;
-      esac
-      echo $? > "$log.rc"; } 2>&1 | tee "$log"
-    rc=$(cat "$log.rc")
+    # To a file, followed as it grows (not a pipe: a server a test leaves behind
+    # would hold a pipe open), so that the skips can be read back.
+    : > "$log"
+    case "$t" in
+    *.sh) sh "$t" > "$log" 2>&1 & ;;
+    *) "$t" > "$log" 2>&1 & ;;
+    esac
+    pid=$!
+    tail -n +1 -f --pid="$pid" "$log"
+    wait "$pid"
+    rc=$?
     # this test's skips: "REASON" lines (one per skipped test; pytest's [N] counts N)
     found=$(awk '
         /^SKIP: / { sub(/^SKIP: /, ""); print 1 "\t" $0; next }

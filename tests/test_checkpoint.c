@@ -482,7 +482,7 @@ static void test_sharded(void **state) {
         if (pf_pipeline_txt2img(pipe, &p, got, &err)) fail_msg("%s", err.msg);
         pf_safetensors *st = pf_golden_open(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")));
         float *want = pf_golden_floats(st, "images", NULL);
-        pf_assert_close("sharded tiny-sd2", got, want, n, 2e-3, 0);
+        pf_assert_pipeline_close("sharded tiny-sd2", got, want, n);
         free(got);
         free(want);
         pf_st_close(st);

@@ -48,7 +48,7 @@ static void test_pipelines(void **state) {
         size_t inside = 0;
         for (size_t k = 0; k < n; k++) inside += want[k] > 0.0f && want[k] < 1.0f;
         if (inside * 10 < n * 9) fail_msg("%s: golden is saturated (%zu of %zu inside)", name, inside, n);
-        pf_assert_close(name, got, want, n, 2e-3, 0);
+        pf_assert_pipeline_close(name, got, want, n);
 
         /* ... and the seed matters: the next seed gives a clearly different image. */
         p.seed += 1;

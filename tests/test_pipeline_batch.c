@@ -111,7 +111,7 @@ static void test_batch_with_guidance(void **state) {
     float *want = pf_golden_floats(st, "images", &n_want);
     pf_st_close(st);
     assert_int_equal(n_want, (int64_t)image_floats(&b));
-    pf_assert_close("batch job 1 against diffusers", batch + image_floats(&a), want, image_floats(&b), 2e-3, 0);
+    pf_assert_pipeline_close("batch job 1 against diffusers", batch + image_floats(&a), want, image_floats(&b));
     free(want);
     free(batch);
     pf_pipeline_free(pipe);

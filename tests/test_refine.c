@@ -28,7 +28,7 @@ static void check_images(json_t *c, const float *got, size_t n) {
     size_t inside = 0;
     for (size_t k = 0; k < n; k++) inside += want[k] > 0.0f && want[k] < 1.0f;
     if (inside * 10 < n * 9) fail_msg("%s: golden is saturated (%zu of %zu inside)", name, inside, n);
-    pf_assert_close(name, got, want, n, 2e-3, 0);
+    pf_assert_pipeline_close(name, got, want, n);
     free(want);
     const int num = pf_case_int(c, "num_images");
     uint8_t *u8 = malloc(n);

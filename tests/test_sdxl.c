@@ -141,7 +141,7 @@ static void test_pipelines(void **state) {
         float *want = pf_golden_floats(st, "images", &nw);
         pf_st_close(st);
         assert_int_equal(nw, (int64_t)n);
-        pf_assert_close(name, got, want, n, 2e-3, 0);
+        pf_assert_pipeline_close(name, got, want, n);
         uint8_t *u8 = malloc(n);
         pf_image_to_u8(u8, got, (long)n);
         const size_t per = n / q.num_images;

@@ -125,6 +125,9 @@ CHAINED_CASES = [
     # text to image alone at odd latent sizes (tiny-sd15's UNet has 2 blocks): 136 x 72 -> latents 17 x 9
     ("odd-latents", dict(prompt="a wide landscape at dusk", negative="", steps=4, guidance=4.5,
                          prediction="diff_eps", windows=4, seed=9, n=1, h=72, w=136), None),
+    # a 16:9 render at 640 x 360: latents 80 x 45, an odd side (test_refine.c test_cli_16x9 through the CLI)
+    ("wide-16x9", dict(prompt="a wide landscape", negative=None, steps=4, guidance=4.5, prediction="diff_eps",
+                       windows=4, seed=5, n=1, h=360, w=640), None),
 ]
 
 
