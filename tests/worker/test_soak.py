@@ -26,6 +26,7 @@ from conftest import ROOT, redis_cli
 JOBS = int(os.environ.get("SOAK_JOBS", "300"))
 ASAN_JOBS = int(os.environ.get("SOAK_ASAN_JOBS", "100"))
 TTL = int(os.environ.get("SOAK_RESULT_TTL_S", "60"))
+RSS_GROWTH_MIB = 4  # the bound on resident memory growth after warm-up (measured: see below)
 ASAN_WORKER = os.path.join(os.path.dirname(os.environ.get("PERFLOW_ASAN") or
                                            os.path.join(ROOT, "build", "asan", "perflow")), "perflow-worker")
 
@@ -88,7 +89,10 @@ def test_soak_memory_fds_redis_flat(rig):
     warm = series[1:]  # the first sample includes loading the model
     rss = [s[1] for s in warm]
     growth_mib = (max(rss) - rss[0]) / 1024.0
-    assert growth_mib < 24, "resident memory grew %.1f MiB after warm-up: %s" % (growth_mib, rss)
+    # Measured (issue 24, the 2-core CI machine kind): 1.0 MiB of growth after warm-up over
+    # 300 jobs (44.8 -> 45.8 MiB, one step at the end) and 0.3 MiB over 1000 jobs (44.3 ->
+    # 44.6 MiB). 4 MiB is four times the larger; a leak of 4 KiB a job crosses it by 1000.
+    assert growth_mib < RSS_GROWTH_MIB, "resident memory grew %.1f MiB after warm-up: %s" % (growth_mib, rss)
     nfd = [s[2] for s in warm]
     assert max(nfd) - min(nfd) <= 2, "open file descriptors moved: %s" % nfd
     for sent, _, _, _, keys in series:
