@@ -9,7 +9,7 @@
  * that diffusers loads each single file back into exactly the tiny model's
  * weights rounded to float16, so "equal to the folder's weights rounded to
  * float16" here is "equal to diffusers". Images: the text-to-image tolerance
- * of test_pipeline.c (float 2e-3; 8-bit <= 1 level on <= 0.1 %).
+ * of test_pipeline.c (float PF_PIPELINE_ATOL; 8-bit <= 1 level on <= 0.1 %).
  * SDXL's single file (issue 22): tests/reference/goldens_sdxl_single.py
  * (single-file/tiny-sdxl.safetensors, goldens/sdxl-single.json), which asserts
  * the same of diffusers' StableDiffusionXLPipeline.from_single_file. */

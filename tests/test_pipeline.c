@@ -3,7 +3,7 @@
  * pipelines.json, made by tests/reference/make_goldens.py), and bin/perflow generate
  * against diffusers' own PNGs.
  *
- * Tolerances (from the issue): float images max abs err <= 2e-3; 8-bit images equal
+ * Tolerances: float images max abs err <= PF_PIPELINE_ATOL (pipeline_cases.h); 8-bit images equal
  * except <= 1 level on <= 0.1 % of values. The reference runs the same float32 math;
  * differences start at ~1e-6 (summation order) and grow through the steps and the
  * VAE, staying orders of magnitude below what a wrong step, seed or guidance gives

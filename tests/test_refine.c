@@ -5,7 +5,7 @@
  * tests/data/goldens/refine.json, made by tests/reference/make_goldens.py refine).
  *
  * Tolerances as for text to image (test_pipeline.c): float images max abs err
- * <= 2e-3; 8-bit images equal except <= 1 level on <= 0.1 % of values. The
+ * <= PF_PIPELINE_ATOL; 8-bit images equal except <= 1 level on <= 0.1 % of values. The
  * hand-over resize is Pillow's Lanczos byte for byte (test_image.c), so every
  * difference comes from float summation order. */
 #include "test_util.h"
@@ -275,26 +275,35 @@ static void test_cli(void **state) {
     json_decref(root);
 }
 
-/* A 16:9 render at 640 x 360 (latents 80 x 45, an odd side) runs through the
- * CLI and keeps its size (the numbers at odd latent sizes: the "odd-latents"
- * golden above and test_unet's unet_odd goldens). */
+/* A 16:9 render at 640 x 360 (latents 80 x 45, an odd side) through the CLI
+ * against diffusers' PNG of the "wide-16x9" golden (test_refine_goldens runs
+ * the same case through the library against its float images). */
 static void test_cli_16x9(void **state) {
     (void)state;
     const char *cli = pf_cli_path();
-    char *dir = pf_temp_dir(), out[4096], model[4096];
+    json_t *root = pf_refine_cases(), *c, *found = NULL;
+    size_t i;
+    json_array_foreach(json_object_get(root, "cases"), i, c) if (!strcmp(pf_case_str(c, "name"), "wide-16x9")) found = c;
+    if (!found) fail_msg("refine.json has no wide-16x9 case (re-run tests/reference/make_goldens.py refine)");
+    json_t *g = json_object_get(found, "generate");
+    assert_int_equal(pf_case_int(g, "width"), 640);
+    assert_int_equal(pf_case_int(g, "height"), 360);
+    assert_null(pf_case_str(g, "negative_prompt")); /* no --negative-prompt below */
+    char *dir = pf_temp_dir(), out[4096], model[4096], delta[4096];
     snprintf(out, sizeof out, "%s/wide.png", dir);
     snprintf(model, sizeof model, "%s", pf_test_path(PF_REFINE_MODEL));
-    char *argv[] = {(char *)cli, "generate", "--model", model, "--prompt", "a wide landscape", "--steps", "1",
-                    "--width", "640", "--height", "360", "--device", "cpu", "--out", out, NULL};
+    snprintf(delta, sizeof delta, "%s", pf_test_path(PF_REFINE_DELTA));
+    pf_case_cli a;
+    pf_case_cli_of(&a, g);
+    char *argv[] = {(char *)cli, "generate", "--model", model, "--delta", delta, "--prompt",
+                    (char *)pf_case_str(g, "prompt"), "--steps", a.steps, "--guidance", a.guidance, "--seed", a.seed,
+                    "--width", a.width, "--height", a.height, "--num-images", a.num_images, "--prediction-type",
+                    (char *)pf_case_str(g, "prediction_type"), "--windows", a.windows, "--device", "cpu", "--out", out,
+                    NULL};
     assert_int_equal(pf_run(argv, 1), 0);
-    uint8_t *rgb;
-    int w, h;
-    pf_error err;
-    if (pf_image_read(out, &rgb, &w, &h, &err)) fail_msg("%s", err.msg);
-    assert_int_equal(w, 640);
-    assert_int_equal(h, 360);
-    free(rgb);
+    pf_assert_case_pngs(found, out);
     pf_temp_dir_remove(dir);
+    json_decref(root);
 }
 
 /* The cases with their own ControlNets through the CLI's --controlnet DIR:SCALE

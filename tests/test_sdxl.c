@@ -4,7 +4,7 @@
  * pooled output), the UNet with its text_time embedding (also at an odd latent
  * size), and whole StableDiffusionXLPipeline runs with the PeRFlow sampler.
  *
- * Tolerances as for SD-1.5: models max abs err 1e-4, pipelines 2e-3 (float) and
+ * Tolerances as for SD-1.5: models max abs err 1e-4, pipelines PF_PIPELINE_ATOL (float) and
  * the 8-bit rule of test_pipeline. */
 #include "pipeline_cases.h"
 
