@@ -281,4 +281,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
 	-rmdir $(DESTDIR)$(SYSCONFDIR)/perflow 2>/dev/null
 
--include $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(STORAGE_OBJ:.o=.d) $(WORKER_OBJ:.o=.d)
+# The two programs' mains and the test binaries too: a header that changes
+# (worker_config.h's layout) must rebuild every object that includes it.
+-include $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(STORAGE_OBJ:.o=.d) $(WORKER_OBJ:.o=.d) \
+    $(B)/worker/main.d $(B)/worker/dev_broker.d $(TEST_BIN:=.d)

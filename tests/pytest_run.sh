@@ -8,9 +8,10 @@
 #                                      TOOL is on the PATH or in /usr/sbin
 #   pytest_perflow                     exports PERFLOW (default bin/perflow) as an
 #                                      absolute path
-#   pytest_run SUITE SIGNAL [ARG...]   runs pytest on tests/SUITE with ARGs; its
-#                                      summary line is printed and its exit status
-#                                      returned (the wrapper's last command)
+#   pytest_run SUITE SIGNAL [ARG...]   runs pytest on tests/SUITE with ARGs in a
+#                                      scratch folder of its own; its summary line
+#                                      (and each skip's reason) is printed and its
+#                                      exit status returned (the wrapper's last command)
 # The servers the suites start register their pids in $PERFLOW_TEST_PIDDIR;
 # pytest_run sends SIGNAL to the process group of each that a crashed or
 # interrupted run left behind, on the way out.
@@ -60,8 +61,16 @@ pytest_run() {
     trap pytest_cleanup EXIT
     trap '[ -n "$pytest_pid" ] && kill -TERM "$pytest_pid" 2>/dev/null; exit 130' INT TERM
     cd "$ROOT/tests/$suite" || exit 1
+    # A scratch folder of this run's own: pytest's default one under /tmp keeps
+    # only the last three runs of a user, so concurrent runs delete each other's
+    # live files. Kept when the run fails (its logs), removed when it passes.
+    pytest_tmp=$(mktemp -d "${TMPDIR:-/tmp}/perflow-pytest.XXXXXX")
     # -rs: each skip with its reason in the summary (tests/run_tests.sh counts them)
-    "$PY" -m pytest -q -rs -p no:cacheprovider -o console_output_style=classic --durations=5 "$@" . &
+    "$PY" -m pytest -q -rs -p no:cacheprovider -o console_output_style=classic --durations=5 \
+        --basetemp="$pytest_tmp/t" "$@" . &
     pytest_pid=$!
     wait "$pytest_pid"
+    pytest_rc=$?
+    if [ "$pytest_rc" -eq 0 ]; then rm -rf "$pytest_tmp"; else echo "scratch files kept in $pytest_tmp"; fi
+    return "$pytest_rc"
 }

@@ -105,7 +105,7 @@ def test_undelivered_status_keeps_offset_lease_and_note(rig, faults):
     assert redis_cli(r.redis, "GET", "pf:job:order-status:result"), "the result was not recorded first"
     lease = redis_cli(r.redis, "GET", "pf:job:order-status:lease")
     assert lease.startswith(w.lines()[0]["worker_id"] + ":"), "lease not held: %r" % lease
-    assert redis_cli(r.redis, "SCARD", "pf:job:order-status:answered") == "0", "noted as answered before its status"
+    assert redis_cli(r.redis, "SCARD", "pf:job:order-status:acked") == "0", "noted as answered before its status"
     w.proc.kill()
     w.wait(10)
     faults.heal_produce()
@@ -118,6 +118,8 @@ def test_undelivered_status_keeps_offset_lease_and_note(rig, faults):
     (ev,) = r.events.terminal("order-status")
     assert ev["state"] == "succeeded" and ev["replayed"] is True, ev
     assert w2.events("job.replayed", "order-status")
+    # the note the check above looked for, written once the status went out
+    assert redis_cli(r.redis, "SCARD", "pf:job:order-status:acked") == "1"
 
 
 def test_unrecorded_result_keeps_offset(rig, own_redis):
