@@ -129,7 +129,7 @@ $(BIN)/perflow-worker: $(B)/worker/main.o $(B)/libperflow_worker.a $(B)/libperfl
 
 $(BIN)/perflow-dev-broker: $(B)/worker/dev_broker.o
 	@mkdir -p $(BIN)
-	$(CC) $(CFLAGS) -o $@ $^ -lrdkafka
+	$(CC) $(CFLAGS) -o $@ $^ $(EXTRA_LDFLAGS) -lrdkafka
 
 $(B)/tests/test_worker_%: tests/test_worker_%.c $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a tests/test_util.h
 	@mkdir -p $(dir $@)

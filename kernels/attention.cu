@@ -6,7 +6,8 @@
 // Memory is O(tile), whatever the sequence length (4096 tokens at 512px, 16384
 // at 1024px; the score matrix would be 64 MiB / 1 GiB per head in float).
 //
-// Two kernels compute the same function:
+// Two kernels here compute the same function (and a third, attention_mma.cu,
+// is the default where it applies: fp16, not causal, head dims up to 160):
 //  - attn_wmma: tensor cores through nvcuda::wmma (fp16 in, fp32 accumulate).
 //    NW warps of 16 query rows each, BK keys per step: 4 x 64 for head dims up
 //    to 256 (SD's UNet), 2 x 32 up to 512 (the VAE's single 512-wide head)
@@ -24,6 +25,7 @@
 #include <mma.h>
 
 #include "attention.cuh"
+#include "attention_mma.cuh"
 
 using namespace nvcuda;
 
@@ -325,7 +327,7 @@ static cudaError_t launch_generic(T *out, const T *q, const T *k, const T *v, in
 
 template <typename T>
 cudaError_t pf_cuda_attention(T *out, const T *q, const T *k, const T *v, int64_t batch,
-                              int64_t lq, int64_t lk, int64_t c, int heads, int causal, int force_generic,
+                              int64_t lq, int64_t lk, int64_t c, int heads, int causal, int kernel,
                               cudaStream_t stream) {
     const int64_t n = batch * lq * c;
     if (n == 0) return cudaSuccess;
@@ -343,7 +345,9 @@ cudaError_t pf_cuda_attention(T *out, const T *q, const T *k, const T *v, int64_
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess) return e;
     if constexpr (std::is_same<T, __half>::value) { // tensor cores: fp16 only
-        if (!force_generic &&
+        if (kernel == PF_ATTN_DEFAULT && pf_cuda_attention_mma_fits(d, causal))
+            return pf_cuda_attention_mma(out, q, k, v, bh, lq, lk, c, heads, d, scale, stream);
+        if (kernel != PF_ATTN_GENERIC &&
             (launch_wmma<4, 64>(&e, smem_optin, out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream) ||
              launch_wmma<2, 32>(&e, smem_optin, out, q, k, v, bh, lq, lk, c, heads, d, scale, causal, stream)))
             return e;

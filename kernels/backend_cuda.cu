@@ -10,7 +10,8 @@
 // Where a faster kernel path replaced an earlier one, the earlier one stays
 // reachable, read once when the backend is made, so that a path failing on
 // some GPU can be bypassed without a rebuild (tests/test_cuda_ops.c runs both):
-//   PERFLOW_CUDA_ATTENTION=generic  CUDA-core attention instead of wmma
+//   PERFLOW_CUDA_ATTENTION=generic  CUDA-core attention instead of the tensor-core kernels
+//   PERFLOW_CUDA_ATTENTION=wmma     the wmma kernel (attention.cu) instead of attention_mma.cu
 //   PERFLOW_CUDA_CONV=legacy        conv2d with per-call 64 MiB scratch, scalar im2col
 //   PERFLOW_CUDA_VECTOR=0           scalar (2-byte) elementwise, bias and group-norm kernels
 //
@@ -75,7 +76,7 @@ typedef struct cuda_state {
     cublasHandle_t blas;
     void *blas_ws;
     pf_cuda_allocator *alloc;
-    int generic_attention; // PERFLOW_CUDA_ATTENTION=generic
+    int attention_kernel;  // PF_ATTN_*: PERFLOW_CUDA_ATTENTION=generic|wmma, else the default
     int legacy_conv;       // PERFLOW_CUDA_CONV=legacy: per-call 64 MiB scratch, scalar im2col
     int vec;               // 16-byte elementwise kernels; PERFLOW_CUDA_VECTOR=0 turns them off
     void *col;             // conv2d's column scratch (default path), col_bytes bytes
@@ -391,7 +392,7 @@ static void cuda_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *
     }
     ok(be,
        pf_cuda_attention(P<T>(out), P<T>(q), P<T>(k), P<T>(v), bsz, lq, lk, c, heads, causal,
-                         st_of(be)->generic_attention, stream_of(out)),
+                         st_of(be)->attention_kernel, stream_of(out)),
        "attention");
 }
 
@@ -534,7 +535,10 @@ static pf_backend *cuda_new(int device, pf_dtype dt, pf_error *err) {
     cuda_state *st = (cuda_state *)PF_CALLOC(1, sizeof *st);
     st->device = device;
     const char *attn = getenv("PERFLOW_CUDA_ATTENTION");
-    st->generic_attention = attn && !strcmp(attn, "generic");
+    st->attention_kernel = !attn                     ? PF_ATTN_DEFAULT
+                           : !strcmp(attn, "generic") ? PF_ATTN_GENERIC
+                           : !strcmp(attn, "wmma")    ? PF_ATTN_WMMA
+                                                      : PF_ATTN_DEFAULT;
     const char *conv = getenv("PERFLOW_CUDA_CONV"), *vec = getenv("PERFLOW_CUDA_VECTOR");
     st->legacy_conv = conv && !strcmp(conv, "legacy");
     st->vec = !(vec && !strcmp(vec, "0"));

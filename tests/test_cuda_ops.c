@@ -41,6 +41,7 @@ static pf_backend *g_cpu;     /* the reference */
 static pf_backend *g_gpu;     /* CUDA, default kernels */
 static pf_backend *g_legacy;  /* CUDA with the earlier paths: generic attention, legacy conv2d, scalar kernels */
 static pf_backend *g_f32;     /* CUDA, compute dtype float32 */
+static pf_backend *g_wmma;    /* CUDA with PERFLOW_CUDA_ATTENTION=wmma: the earlier tensor-core attention */
 static char g_why[1024];      /* why the tests are skipped */
 
 #define NEED_GPU()                                                           \
@@ -483,6 +484,13 @@ static void attn_case(int64_t b, int64_t lq, int64_t lk, int64_t c, int heads, i
     snprintf(what, sizeof what, "B%lld Lq%lld Lk%lld D%lld h%d%s %s", (long long)b, (long long)lq, (long long)lk,
              (long long)(c / heads), heads, causal ? " causal" : "", note);
     check("attention", what, attn_fn, &a, NMSE_BOUND, 1);
+    if (g_wmma) { /* the kernel attention_mma.cu replaced, kept behind the switch */
+        pf_tensor *r = attn_fn(g_cpu, &a);
+        float *ref = down(r);
+        check_on(g_wmma, " [wmma]", "attention", what, attn_fn, &a, ref, pf_numel(r), NMSE_BOUND);
+        pf_free(r);
+        free(ref);
+    }
     free(a.q), free(a.k), free(a.v);
 }
 
@@ -504,6 +512,10 @@ static void test_attention(void **state) {
     attn_case(1, 50, 50, 21, 3, 1, 1, "D 7: scalar loads");
     attn_case(3, 1, 5, 16, 2, 0, 1, "one query");
     attn_case(1, 200, 200, 64, 1, 0, 8, "peaked softmax");
+    attn_case(3, 130, 77, 480, 3, 0, 1, "D 160, partial query and key tiles");
+    attn_case(2, 70, 200, 240, 3, 0, 1, "D 80, Lk > Lq");
+    attn_case(1, 65, 65, 100, 1, 0, 1, "D 100: padded to 112, scalar loads");
+    attn_case(2, 300, 300, 1280, 20, 0, 1, "SDXL (D 64, 20 heads)");
 }
 
 /* ---- elementwise ---- */
@@ -847,6 +859,10 @@ int main(void) {
         unsetenv("PERFLOW_CUDA_CONV");
         unsetenv("PERFLOW_CUDA_VECTOR");
         if (!g_legacy) fprintf(stderr, "test_cuda_ops: second CUDA backend: %s\n", err.msg);
+        setenv("PERFLOW_CUDA_ATTENTION", "wmma", 1);
+        g_wmma = pf_backend_cuda_new(0, &err);
+        unsetenv("PERFLOW_CUDA_ATTENTION");
+        if (!g_wmma) fprintf(stderr, "test_cuda_ops: wmma-attention CUDA backend: %s\n", err.msg);
         g_f32 = pf_backend_cuda_new_f32(0, &err);
         if (!g_f32) fprintf(stderr, "test_cuda_ops: float32 CUDA backend: %s\n", err.msg);
     }
@@ -859,6 +875,7 @@ int main(void) {
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     pf_backend_free(g_f32);
+    pf_backend_free(g_wmma);
     pf_backend_free(g_legacy);
     pf_backend_free(g_gpu);
     pf_backend_free(g_cpu);
