@@ -7,8 +7,8 @@
 # no GPU on this machine, for the CUDA tests).
 #
 # What counts as a skip, in a test's output: a line "SKIP: REASON" (the shell
-# tests), "[  SKIPPED ] NAME" (cmocka; the test prints its reason on a line
-# before it) and pytest's "SKIPPED [N] WHERE: REASON" (-rs, tests/pytest_run.sh).
+# tests), "[  SKIPPED ] NAME" (cmocka, as it runs: not its closing list; the
+# test prints its reason on a line before it) and pytest's "SKIPPED [N] WHERE: REASON" (-rs, tests/pytest_run.sh).
 # A test that is missing (a binary not built) fails.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PERFLOW_ROOT="$ROOT"
@@ -55,7 +55,8 @@ for t in "$@" "$ROOT"/tests/test_*.sh; do
     found=$(awk '
         /^SKIP: / { sub(/^SKIP: /, ""); print 1 "\t" $0; next }
         /^SKIPPED \[[0-9]+\] / { n = $2; gsub(/[^0-9]/, "", n); sub(/^SKIPPED \[[0-9]+\] /, ""); print n "\t" $0; next }
-        /\[  SKIPPED \] / { sub(/.*\[  SKIPPED \] /, ""); print 1 "\t" $0 " (" why ")"; next }
+        /\[  SKIPPED \] [0-9]+ test\(s\), listed below/ { listing = 1; next }
+        /\[  SKIPPED \] / && !listing { sub(/.*\[  SKIPPED \] /, ""); print 1 "\t" $0 " (" why ")"; next }
         /: skipped/ { why = $0; sub(/.*: skipped:? */, "", why) }' "$log")
     bad=0
     if [ -n "$found" ]; then
