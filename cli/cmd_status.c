@@ -185,15 +185,25 @@ static int one_batch(pf_wredis *r, const char *batch, int as_json, int list, con
     pf_manifest *m = NULL;
     json_t *settings = json_deep_copy(json_object_get(meta, "settings"));
     json_object_del(settings, "schema");
+    if (manifest && json_object_get(meta, "shards")) {
+        json_decref(settings);
+        pf_fail(err, "batch %s is a dataset: its manifest (a line per shard) is written by perflow submit --wait "
+                     "beside the shards", batch);
+        goto fail;
+    }
     if (manifest && pf_manifest_open(&m, manifest, err)) {
         json_decref(settings);
         goto fail;
     }
     int bad = 0;
+    long samples = 0, samples_done = 0; /* a dataset's (perflow submit --shard-size): its jobs are shards */
     for (long i = 0; i < n; i++) {
         json_t *final;
         const char *state = job_state(rec.result[i], rec.noted[i], rec.lease[i] ? "" : NULL, &final);
         for (int s = 0; s < 7; s++) counts[s] += !strcmp(state, names[s]);
+        long ns = (long)json_integer_value(json_object_get(es[i].e, "samples"));
+        samples += ns;
+        if (!strcmp(state, "succeeded")) samples_done += ns;
         if (list && as_json) print_json(es[i].id, state, final, rec.lease[i] != NULL, rec.cancel[i]);
         else if (list) print_job(es[i].id, state, final, rec.noted[i], rec.cancel[i]);
         if (m && !bad)
@@ -209,6 +219,11 @@ static int one_batch(pf_wredis *r, const char *batch, int as_json, int list, con
     if (as_json && !list) {
         json_t *o = json_pack("{s:s, s:I}", "batch_id", batch, "jobs", (json_int_t)n);
         for (int s = 0; s < 7; s++) json_object_set_new(o, names[s], json_integer(counts[s]));
+        if (json_object_get(meta, "shards")) {
+            json_object_set_new(o, "shards", json_integer(n));
+            json_object_set_new(o, "samples", json_integer(samples));
+            json_object_set_new(o, "samples_done", json_integer(samples_done));
+        }
         char *s = json_dumps(o, JSON_COMPACT);
         printf("%s\n", s);
         free(s);
@@ -222,6 +237,9 @@ static int one_batch(pf_wredis *r, const char *batch, int as_json, int list, con
                "%ld running, %ld retrying, %ld queued\n",
                batch, n, n == 1 ? "" : "s", when, counts[0], counts[1], counts[2], counts[3], counts[4], counts[5],
                counts[6]);
+        if (json_object_get(meta, "shards"))
+            printf("dataset %s: %ld shard%s, %ld of %ld samples done (%ld of %ld shards succeeded)\n", batch, n,
+                   n == 1 ? "" : "s", samples_done, samples, counts[0], n);
     }
     if (manifest) printf("manifest: %s (%ld line%s)\n", manifest, lines, lines == 1 ? "" : "s");
     rc = pf_cli_flush_stdout("status");

@@ -42,6 +42,7 @@
 #include "submit_manifest.h"
 #include "submit_prompts.h"
 #include "submit_redis.h"
+#include "submit_shards.h"
 #include "worker_config.h"
 
 #define MAX_JOBS 5000000L /* jobs of one submit (about 200 bytes each while it runs) */
@@ -76,6 +77,9 @@ static void usage(FILE *f) {
             "                        header row (prompt[,negative_prompt][,seed]); --prompts-format jsonl|csv\n"
             "                        when the extension does not say. A row's seed pins it to that seed.\n"
             "  --seeds A-B           every prompt with every seed from A to B (inclusive)\n"
+            "  --shard-size N        a dataset: every N samples (prompt x seed) are one job writing one WebDataset\n"
+            "                        tar at --output with {shard} (zero-padded: s3://b/p/{shard}.tar); --wait\n"
+            "                        then writes manifest.jsonl beside the shards (one line per shard)\n"
             "  --batch-id ID         the batch's id (default: made from the jobs, so a re-run is the same batch)\n"
             "  --rate N              send at most N jobs per second\n"
             "  --wait                follow the status topic with a progress line (done, failed, running,\n"
@@ -105,7 +109,7 @@ typedef struct options {
     const char *model_url, *delta_url, *delta_sha, *cn_url, *cn_sha, *output, *prompt, *negative, *prompts,
         *prompts_format, *seeds, *batch_id, *manifest, *config, *brokers, *topic, *status_topic, *redis, *deadline,
         *prediction_type, *refine_prompt, *refine_negative;
-    long steps, width, height, num_images, windows, clip_skip, refine_size, refine_steps;
+    long steps, width, height, num_images, windows, clip_skip, refine_size, refine_steps, shard_size;
     double guidance, refine_guidance, refine_strength, cn_scale, rate, timeout;
     uint64_t seed;
     int has_seed, refine, keep_base, fp16, wait, dry_run, no_redis;
@@ -552,7 +556,7 @@ static int parse_options(options *o, int argc, char **argv) {
     enum { O_MODEL_URL = 256, O_DELTA_URL, O_DELTA_SHA, O_CN_URL, O_CN_SHA, O_OUTPUT, O_PROMPTS, O_PFORMAT, O_SEEDS,
            O_BATCH, O_RATE, O_WAIT, O_TIMEOUT, O_MANIFEST, O_CONFIG, O_BROKERS, O_TOPIC, O_STATUS_TOPIC, O_REDIS,
            O_NO_REDIS, O_DRY, O_DEADLINE, O_REFINE, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH,
-           O_CNSCALE, O_KEEP_BASE, O_FP16, O_NOT_HERE };
+           O_CNSCALE, O_KEEP_BASE, O_FP16, O_SHARD_SIZE, O_NOT_HERE };
     static const struct option opts[] = {
         {"model-url", required_argument, 0, O_MODEL_URL},     {"delta-url", required_argument, 0, O_DELTA_URL},
         {"delta-sha256", required_argument, 0, O_DELTA_SHA},  {"controlnet-url", required_argument, 0, O_CN_URL},
@@ -580,6 +584,7 @@ static int parse_options(options *o, int argc, char **argv) {
         {"controlnet", required_argument, 0, O_NOT_HERE},     {"out", required_argument, 0, O_NOT_HERE},
         {"grid", no_argument, 0, O_NOT_HERE},                 {"device", required_argument, 0, O_NOT_HERE},
         {"threads", required_argument, 0, O_NOT_HERE},        {"vae-tiling", required_argument, 0, O_NOT_HERE},
+        {"shard-size", required_argument, 0, O_SHARD_SIZE},
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
@@ -615,6 +620,9 @@ static int parse_options(options *o, int argc, char **argv) {
         case O_PROMPTS: o->prompts = optarg; break;
         case O_PFORMAT: o->prompts_format = optarg; break;
         case O_SEEDS: o->seeds = optarg; break;
+        case O_SHARD_SIZE:
+            if (pf_cli_int(optarg, "--shard-size", 1, PF_JOB_MAX_SAMPLES, &o->shard_size)) return 2;
+            break;
         case O_BATCH: o->batch_id = optarg; break;
         case O_RATE: if (pf_cli_number_in(optarg, "--rate", 0.001, 1e6, &o->rate)) return 2; break;
         case O_WAIT: o->wait = 1; break;
@@ -748,6 +756,12 @@ int cmd_submit(int argc, char **argv) {
     }
     if (o->batch_id) snprintf(b.batch_id, sizeof b.batch_id, "%s", o->batch_id);
     b.tmpl = template_job(o);
+    if (o->shard_size) { /* a dataset: shard jobs written as WebDataset tars (submit_shards.h) */
+        pf_shard_plan_in in = {&b.rows, o->negative, b.source, b.tmpl, seed_lo, seed_hi, o->shard_size, o->output,
+                               o->batch_id, o->wait, o->dry_run, o->timeout, redis_addr};
+        rc = pf_submit_shards(&in, &cfg, jobs_topic);
+        goto out;
+    }
     if (plan(&b, seed_lo, seed_hi, &err)) goto fail;
     if (o->dry_run) {
         for (long j = 0; j < b.n; j++) {

@@ -275,9 +275,10 @@ void pf_shard_run(pf_exec *x, pf_model *model, pf_exec_job *j) {
         long long t1 = pf_now_ms();
         pf_s3_result res;
         if (!upload(x, j, path, dest, &res)) {
-            j->outputs = json_pack("[{s:s, s:s, s:I, s:i, s:I, s:s, s:i, s:i}]", "url", dest, "sha256", res.sha256,
-                                   "size", (json_int_t)res.size, "index", 0, "seed", (json_int_t)job->seed, "stage",
-                                   PF_STAGE_BASE, "samples", total, "samples_from_store", hits);
+            j->outputs = json_pack("[{s:s, s:s, s:I, s:i, s:I, s:s, s:i, s:i, s:o}]", "url", dest, "sha256",
+                                   res.sha256, "size", (json_int_t)res.size, "index", 0, "seed", (json_int_t)job->seed,
+                                   "stage", PF_STAGE_BASE, "samples", total, "samples_from_store", hits, "model",
+                                   model_doc(job, model, x->numerics));
             j->outcome = PF_OUT_SUCCEEDED;
             pf_metrics_images(PF_STAGE_BASE, total);
         }
