@@ -187,6 +187,39 @@ def test_sdxl_job_and_families_never_batched_together(rig):
     check_statuses(r.events)
 
 
+def test_sdxl_single_file_with_sdxl_loras(rig):
+    """An SDXL single file (the original layout) with model.config, and the same with kohya's
+    SDXL LoRA (original block numbering, lora_te1_/lora_te2_) and a PEFT one of the UNet and both
+    text encoders: each equals the CLI; every LoRA tensor matched."""
+    r = rig(partitions=1)
+    two = (("sdxl-kohya.safetensors", 0.8), ("sdxl-peft.safetensors", -0.5))
+    for job_id, loras in (("xl-single", ()), ("xl-single-loras", two)):
+        m = {"base": {"url": url(r, "single-file/tiny-sdxl.safetensors")}, "config": {"url": url(r, "tiny-sdxl")}}
+        if loras:
+            m["loras"] = [{"url": url(r, "loras/" + name), "scale": scale} for name, scale in loras]
+        j = r.job(job_id, model=m, prompt="a red boat", prompt_2="oil painting", seed=7)
+        jsonschema.validate(j, JOB_SCHEMA)
+        r.produce(j)
+    w = r.start_worker()
+    ids = ["xl-single", "xl-single-loras"]
+    r.events.wait_terminal(ids, timeout=120)
+    for i in ids:
+        assert r.events.terminal(i)[0]["state"] == "succeeded", r.events.terminal(i)
+    assert [e["family"] for e in w.events("model.loaded")] == ["sdxl", "sdxl"]
+    assert {(e["field"], e["format"]) for e in w.events("model.lora")} == {("model.loras[0]", "kohya"),
+                                                                             ("model.loras[1]", "PEFT")}
+    assert not w.events("model.lora_unmatched")
+    base = ["--model", os.path.join(MODELS, "single-file", "tiny-sdxl.safetensors"), "--model-config",
+            os.path.join(MODELS, "tiny-sdxl"), "--prompt", "a red boat", "--prompt-2", "oil painting"]
+    got = {i: job_images(r, i)[0][0] for i in ids}
+    (want,) = cli_images(r, base, 7)
+    assert_u8_close("xl-single", got["xl-single"], want)
+    (want,) = cli_images(r, base + lora_args(two), 7)
+    assert_u8_close("xl-single-loras", got["xl-single-loras"], want)
+    assert got["xl-single"] != got["xl-single-loras"]  # the LoRAs took effect
+    check_statuses(r.events)
+
+
 def test_sharded_model_fetched_through_the_cache(rig):
     """A diffusers folder whose text encoder and VAE are sharded: the cache fetches each
     index and its shards; the job equals the CLI on the same folder."""
