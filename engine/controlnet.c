@@ -38,11 +38,8 @@ int pf_controlnet_config_read(pf_controlnet_config *cfg, const char *path, pf_er
     long v[PF_CONTROLNET_MAX_COND_BLOCKS], cc;
     char order[16];
     if (pf_unet_config_parse(&cfg->unet, c, 0, err)) goto done;
-    if (cfg->unet.text_time) {
-        pf_fail(err, "%s: SDXL ControlNets (addition_embed_type \"text_time\") are not supported yet", path);
-        goto done;
-    }
-    /* ControlNetModel ignores time_embedding_dim: its embedding is 4 C0 wide. */
+    /* ControlNetModel ignores time_embedding_dim: its embedding is 4 C0 wide (SDXL's
+     * text_time add_embedding too: TimestepEmbedding(projection_class_embeddings_input_dim, 4 C0)). */
     cfg->unet.time_embed_dim = 4 * cfg->unet.block_out_channels[0];
     if (pf_config_bool(c, "global_pool_conditions", 0, &global_pool, err) ||
         pf_config_str(c, "controlnet_conditioning_channel_order", "rgb", order, sizeof order, err) ||
@@ -187,6 +184,12 @@ int pf_controlnet_num_residuals(const pf_controlnet *m) { return m->nres; }
 
 int pf_controlnet_check_unet(const pf_controlnet *m, const pf_unet *unet, int vae_scale, pf_error *err) {
     const pf_unet_config *a = &m->cfg.unet, *b = pf_unet_get_config(unet);
+    if (a->text_time != b->text_time) /* the families first: the shapes below would differ anyway */
+        return pf_fail(err, "%s ControlNet on %s UNet", a->text_time ? "an SDXL" : "an SD-1.x/2.x",
+                       b->text_time ? "an SDXL" : "an SD-1.x/2.x");
+    if (a->text_time && a->add_embed_in != b->add_embed_in)
+        return pf_fail(err, "controlnet's add_embedding takes %d features, the UNet's %d", a->add_embed_in,
+                       b->add_embed_in);
     if (a->in_channels != b->in_channels)
         return pf_fail(err, "controlnet takes %d latent channels, the UNet %d", a->in_channels, b->in_channels);
     if (a->cross_attention_dim != b->cross_attention_dim)
@@ -261,8 +264,8 @@ static pf_tensor *flip_channels(pf_backend *be, const pf_tensor *cond) {
 }
 
 int pf_controlnet_forward(pf_controlnet *m, pf_tensor **down_out, pf_tensor **mid_out, const pf_tensor *x,
-                          const float *timesteps, const pf_tensor *context, const pf_tensor *cond, float scale,
-                          pf_error *err) {
+                          const float *timesteps, const pf_tensor *context, const pf_unet_added *added,
+                          const pf_tensor *cond, float scale, pf_error *err) {
     const pf_unet_config *c = &m->cfg.unet;
     pf_backend *be = m->be;
     const int f = pf_controlnet_cond_scale(m);
@@ -283,7 +286,12 @@ int pf_controlnet_forward(pf_controlnet *m, pf_tensor **down_out, pf_tensor **mi
                        pf_shape_str(cond, s1, sizeof s1), (long long)B, m->cfg.conditioning_channels,
                        (long long)(H * f), (long long)(W * f), pf_shape_str(x, s2, sizeof s2));
 
-    pf_tensor *temb = pf_unet_time_embed(m->enc, timesteps, B, NULL); /* (B, T) */
+    if (c->text_time && (!added || !added->text_embeds || !added->time_ids || added->text_embeds->ndim != 2 ||
+                         added->text_embeds->shape[0] != B ||
+                         added->text_embeds->shape[1] != c->add_embed_in - 6 * c->addition_time_embed_dim))
+        return pf_fail(err, "controlnet: this ControlNet (addition_embed_type \"text_time\") needs text_embeds "
+                            "(%lld, %d) and time_ids", (long long)B, c->add_embed_in - 6 * c->addition_time_embed_dim);
+    pf_tensor *temb = pf_unet_time_embed(m->enc, timesteps, B, c->text_time ? added : NULL); /* (B, T) */
     pf_tensor *h = pf_unet_conv_in(m->enc, x);                     /* (B, C0, H, W) */
     pf_tensor *flipped = m->cfg.bgr ? flip_channels(be, cond) : NULL;
     pf_tensor *e = cond_embed(m, flipped ? flipped : cond);        /* (B, C0, H, W) */

@@ -44,15 +44,16 @@ int pf_controlnet_check_unet(const pf_controlnet *m, const pf_unet *unet, int va
 int pf_controlnet_cond_scale(const pf_controlnet *m);
 
 /* ControlNetModel.forward(sample, t, context, cond, conditioning_scale), guess
- * mode off: x (B, Cin, H, W), timesteps B host floats, context (B, L, X), cond
+ * mode off: x (B, Cin, H, W), timesteps B host floats, context (B, L, X), added
+ * SDXL's text_embeds and time_ids for a text_time ControlNet (else NULL), cond
  * (B, conditioning_channels, H f, W f) with values in [0, 1], f =
  * pf_controlnet_cond_scale. Fills down_out[pf_unet_num_skips] and *mid_out with
  * new tensors (caller frees) shaped as the UNet's skips and mid output, each
  * multiplied by scale. Returns 0, or -1 with err set (shapes, memory); nothing
  * is left allocated on error. */
 int pf_controlnet_forward(pf_controlnet *m, pf_tensor **down_out, pf_tensor **mid_out, const pf_tensor *x,
-                          const float *timesteps, const pf_tensor *context, const pf_tensor *cond, float scale,
-                          pf_error *err);
+                          const float *timesteps, const pf_tensor *context, const pf_unet_added *added,
+                          const pf_tensor *cond, float scale, pf_error *err);
 /* Number of residual tensors in down_out (diffusers' down_block_res_samples). */
 int pf_controlnet_num_residuals(const pf_controlnet *m);
 

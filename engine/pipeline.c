@@ -154,8 +154,6 @@ int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_erro
                                         prm->original_size[1] || prm->crop_coords[0] || prm->crop_coords[1] ||
                                         prm->target_size[0] || prm->target_size[1]))
         return pf_fail(err, "prompt_2, negative_prompt_2 and the size conditions are for SDXL models only");
-    if (p->family == PF_FAMILY_SDXL && prm->n_controls)
-        return pf_fail(err, "ControlNets with SDXL models are not supported yet");
     pf_perflow_config cfg;
     return run_config(p, prm, &cfg, err);
 }
@@ -310,9 +308,10 @@ static int control_residuals(const denoise_run *r, pf_tensor **down, pf_tensor *
     const int nres = pf_controlnet_num_residuals(r->nets[0]);
     pf_tensor *d[64], *m;
     PF_CHECK(nres <= 64);
+    pf_unet_added added = {r->pooled, r->time_ids}; /* SDXL's, as the UNet's (guess mode off) */
     for (int c = 0; c < r->n_ctrl; c++) {
-        if (pf_controlnet_forward(r->nets[c], c ? d : down, c ? &m : mid, x, times, r->ctx, r->conds[c],
-                                  r->scales[c], err)) {
+        if (pf_controlnet_forward(r->nets[c], c ? d : down, c ? &m : mid, x, times, r->ctx,
+                                  r->pooled ? &added : NULL, r->conds[c], r->scales[c], err)) {
             for (int k = 0; c && k < nres; k++) pf_free(down[k]);
             if (c) pf_free(*mid);
             return -1;

@@ -196,7 +196,7 @@ static void check_controlnet(void) {
     float *t = pf_golden_floats(st, "timesteps", NULL);
     const int n = pf_controlnet_num_residuals(m);
     pf_tensor **down = calloc((size_t)n, sizeof *down), *mid;
-    if (pf_controlnet_forward(m, down, &mid, x, t, ctx, cond, 0.7f, &err)) fail_msg("%s", err.msg);
+    if (pf_controlnet_forward(m, down, &mid, x, t, ctx, NULL, cond, 0.7f, &err)) fail_msg("%s", err.msg);
     char what[64], name[32];
     for (int i = 0; i < n; i++) {
         snprintf(what, sizeof what, "tiny-sd15 controlnet down %d", i);

@@ -188,6 +188,60 @@ static void copy_model(const char *dir) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* StableDiffusionXLControlNetPipeline (goldens: tests/reference/goldens_sdxl_controlnet.py):
+ * one text_time ControlNet, and two summed (MultiControlNetModel) with condition images of
+ * other sizes; a ControlNet of the other family is one line naming both. */
+static void test_controlnets(void **state) {
+    (void)state;
+    const char *hint = "re-run tests/reference/goldens_sdxl_controlnet.py";
+    json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/sdxl-controlnet.json"), "1", hint), *c;
+    size_t i;
+    int ran = 0;
+    pf_backend *be = pf_backend_cpu_new(0);
+    pf_pipeline *p;
+    pf_error err;
+    if (pf_pipeline_load(&p, be, pf_test_path(MODEL), NULL, &err)) fail_msg("%s", err.msg);
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        json_t *list = json_object_get(c, "controls"), *it;
+        size_t k;
+        char dirs[PF_MAX_CONTROLS][4096];
+        const char *dp[PF_MAX_CONTROLS];
+        pf_control ctl[PF_MAX_CONTROLS];
+        uint8_t *rgb[PF_MAX_CONTROLS];
+        json_array_foreach(list, k, it) {
+            snprintf(dirs[k], sizeof dirs[k], "%s",
+                     pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(it, "controlnet"))));
+            dp[k] = dirs[k];
+            int w, h;
+            if (pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", pf_case_str(it, "image"))), &rgb[k], &w,
+                              &h, &err))
+                fail_msg("%s", err.msg);
+            ctl[k] = (pf_control){(int)k, rgb[k], w, h, (float)json_number_value(json_object_get(it, "scale"))};
+        }
+        if (pf_pipeline_set_controlnets(p, dp, (int)json_array_size(list), &err)) fail_msg("%s", err.msg);
+        pf_txt2img_params q;
+        pf_case_params(c, &q);
+        q.prompt_2 = pf_case_str(c, "prompt_2");
+        q.controls = ctl;
+        q.n_controls = (int)json_array_size(list);
+        const size_t n = (size_t)q.num_images * q.height * q.width * 3;
+        float *got = malloc(n * sizeof *got);
+        if (pf_pipeline_txt2img(p, &q, got, &err)) fail_msg("%s: %s", pf_case_str(c, "name"), err.msg);
+        pf_assert_case_images(pf_case_str(c, "name"), c, got, n, hint);
+        free(got);
+        for (k = 0; k < json_array_size(list); k++) free(rgb[k]);
+        ran++;
+    }
+    assert_int_equal(ran, 2);
+    const char *sd15_net = pf_test_path("tests/data/models/tiny-sd15-controlnet");
+    assert_int_equal(pf_pipeline_set_controlnets(p, &sd15_net, 1, &err), -1);
+    assert_non_null(strstr(err.msg, "an SD-1.x/2.x ControlNet on an SDXL UNet"));
+    assert_null(strchr(err.msg, '\n'));
+    pf_pipeline_free(p);
+    pf_backend_free(be);
+    json_decref(root);
+}
+
 static void test_bad_models(void **state) {
     (void)state;
     pf_backend *be = pf_backend_cpu_new(1);
@@ -266,6 +320,7 @@ int main(void) {
         cmocka_unit_test(test_unet),
         cmocka_unit_test(test_pipelines),
         cmocka_unit_test(test_bad_models),
+        cmocka_unit_test(test_controlnets),
         cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

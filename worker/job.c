@@ -722,7 +722,6 @@ int pf_job_same_images(const pf_job *a, const pf_job *b) {
 int pf_job_family_check(const pf_job *job, int sdxl, char *field, size_t n, pf_error *err) {
     ctx c = {field, n, err};
     if (sdxl) {
-        if (job->n_controls) return bad(&c, "control", "ControlNets with SDXL models are not supported yet");
         if (job->refine.on) return bad(&c, "refine", "the refiner runs SD-1.x/2.x models (this model is SDXL)");
         return 0;
     }

@@ -19,7 +19,7 @@ static int step(void *ctx, pf_error *err) {
     const float t[2] = {999.0f, 999.0f};
     const int n = pf_controlnet_num_residuals(r->cn);
     pf_tensor *down[64], *mid;
-    if (pf_controlnet_forward(r->cn, down, &mid, r->x, t, r->ctx, r->cond, 1.0f, err)) return -1;
+    if (pf_controlnet_forward(r->cn, down, &mid, r->x, t, r->ctx, NULL, r->cond, 1.0f, err)) return -1;
     int rc = pf_unet_forward(r->unet, r->out, r->x, t, r->ctx, (const pf_tensor *const *)down, mid, err);
     for (int i = 0; i < n; i++) pf_free(down[i]);
     pf_free(mid);

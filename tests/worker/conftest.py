@@ -53,12 +53,12 @@ def redis_cli(redis, *args):
 
 def start_model_server(work):
     """nginx serving the tiny models (tests/data/models: SD-1.5 with its delta and ControlNets, a
-    single-file checkpoint, LoRAs, SD-2 sharded, SDXL) and control images over http."""
+    single-file checkpoint, LoRAs, SD-2 sharded, SDXL and its ControlNet) and control images over http."""
     www = os.path.join(work, "www")
     os.makedirs(www)
     models = os.path.join(ROOT, "tests", "data", "models")
     for name in ("tiny-sd15", "tiny-sd15-delta", "tiny-sd15-controlnet", "tiny-sd15-controlnet-b", "single-file",
-                 "loras", "tiny-sd2-sharded", "tiny-sdxl"):
+                 "loras", "tiny-sd2-sharded", "tiny-sdxl", "tiny-sdxl-controlnet"):
         os.symlink(os.path.join(models, name), os.path.join(www, name))
     images = os.path.join(www, "images")  # control images (the refine goldens') and a file that is not one
     os.makedirs(images)

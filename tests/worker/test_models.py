@@ -220,6 +220,28 @@ def test_sdxl_single_file_with_sdxl_loras(rig):
     check_statuses(r.events)
 
 
+def test_sdxl_controlnet_equals_the_cli(rig):
+    """An SDXL job with an SDXL (text_time) ControlNet and its control image equals the CLI."""
+    r = rig(partitions=1)
+    control = [{"controlnet": {"url": url(r, "tiny-sdxl-controlnet")}, "image": {"url": url(r, "images/control.png")},
+                "scale": 0.8}]
+    j = r.job("xl-cn", model={"base": {"url": url(r, "tiny-sdxl")}}, prompt="a house by a lake", control=control,
+              seed=12)
+    jsonschema.validate(j, JOB_SCHEMA)
+    r.produce(j)
+    r.start_worker()
+    r.events.wait_terminal(["xl-cn"], timeout=120)
+    assert r.events.terminal("xl-cn")[0]["state"] == "succeeded", r.events.terminal("xl-cn")
+    ((rgb, text),) = job_images(r, "xl-cn")
+    base = ["--model", os.path.join(MODELS, "tiny-sdxl"), "--prompt", "a house by a lake"]
+    (want,) = cli_images(r, base + ["--controlnet", os.path.join(MODELS, "tiny-sdxl-controlnet") + ":0.8",
+                                    "--control-image", os.path.join(GOLDENS, "refine-control-1-control-0.png")], 12)
+    assert_u8_close("xl-cn", rgb, want)
+    (plain,) = cli_images(r, base, 12)
+    assert plain != want  # the ControlNet took effect
+    check_statuses(r.events)
+
+
 def test_sharded_model_fetched_through_the_cache(rig):
     """A diffusers folder whose text encoder and VAE are sharded: the cache fetches each
     index and its shards; the job equals the CLI on the same folder."""
