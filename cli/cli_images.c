@@ -241,30 +241,31 @@ int pf_cli_is_png_path(const char *path) {
     return n >= 5 && !strcmp(path + n - 4, ".png");
 }
 
-int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const char **text,
+int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_provenance *prov,
                       pf_error *err) {
     const size_t px = (size_t)w * h * 3, olen = strlen(out);
-    char index[16];
-    int last = 0;
-    while (text[2 * last]) last++;
-    PF_CHECK(last > 0 && !strcmp(text[2 * (last - 1)], "index"));
-    text[2 * last - 1] = index;
+    pf_provenance_text *text = PF_MALLOC(sizeof *text);
+    int rc = -1;
     if (n == 1 || grid) {
         int gw = w, gh = h;
         uint8_t *sheet = n > 1 ? pf_image_grid(rgb, n, w, h, &gw, &gh) : NULL;
-        snprintf(index, sizeof index, "%s", n > 1 ? "grid" : "0");
-        int rc = pf_png_write(out, sheet ? sheet : rgb, gw, gh, (const char *const *)text, err);
+        pf_provenance_fill(text, prov, n > 1 ? "grid" : "0");
+        rc = pf_png_write(out, sheet ? sheet : rgb, gw, gh, text->kv, err);
         free(sheet);
-        if (rc) return -1;
-        printf("%s\n", out);
-        return 0;
+        if (!rc) printf("%s\n", out);
+        free(text);
+        return rc;
     }
     for (int i = 0; i < n; i++) {
-        char path[4096];
+        char path[4096], index[16];
         snprintf(path, sizeof path, "%.*s-%d.png", (int)(olen - 4), out, i);
         snprintf(index, sizeof index, "%d", i);
-        if (pf_png_write(path, rgb + px * i, w, h, (const char *const *)text, err)) return -1;
+        pf_provenance_fill(text, prov, index);
+        if (pf_png_write(path, rgb + px * i, w, h, text->kv, err)) goto done;
         printf("%s\n", path);
     }
-    return 0;
+    rc = 0;
+done:
+    free(text);
+    return rc;
 }

@@ -10,6 +10,7 @@
 #include "checkpoint.h"
 #include "error.h"
 #include "pipeline.h"
+#include "provenance.h"
 #include "vae.h"
 
 /* Option values. Each prints "perflow: NAME must be ... (got 'S')" on stderr and
@@ -97,10 +98,9 @@ void pf_cli_on_progress(void *user, int step, int total);
 
 /* Writes n w x h 8-bit RGB images to out (a .png path): one file when n is 1,
  * one contact sheet when grid, else OUT-0.png, OUT-1.png, ...; each path is
- * printed on stdout. text: key, value pairs for the PNG (see pf_png_write)
- * whose last pair must be "index", NULL-valued slot that this fills in.
+ * printed on stdout. Each PNG's text is prov's (provenance.h) with its index.
  * Returns 0, or -1 with err set. */
-int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const char **text,
+int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_provenance *prov,
                       pf_error *err);
 
 /* 1 when path ends in ".png" and has a name before it. */

@@ -236,54 +236,15 @@ int cmd_generate(int argc, char **argv) {
         pf_image_to_u8(rgb, images, (long)(out_px * prm->num_images));
     }
 
-    char seed[32], steps[16], guidance[32], size[32], windows[16], skip[16], rsize[32], rsteps[16], rguid[32],
-        rstrength[32], cnscale[32], loras[4096], controls_text[4096];
+    char loras[4096], controls_text[4096];
     const char *tile = NULL;
     pf_cli_model_describe(&m, loras, sizeof loras);
     pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm->seed);
-    snprintf(steps, sizeof steps, "%d", prm->steps);
-    snprintf(guidance, sizeof guidance, "%g", (double)prm->guidance);
-    snprintf(size, sizeof size, "%dx%d", prm->width, prm->height);
-    snprintf(windows, sizeof windows, "%d", prm->windows);
-    snprintf(skip, sizeof skip, "%d", prm->clip_skip);
-    snprintf(rsize, sizeof rsize, "%dx%d", W, H);
-    snprintf(rsteps, sizeof rsteps, "%d", ref->steps);
-    snprintf(rguid, sizeof rguid, "%g", (double)ref->guidance);
-    snprintf(rstrength, sizeof rstrength, "%g", (double)ref->strength);
-    snprintf(cnscale, sizeof cnscale, "%g", (double)ref->controlnet_scale);
-    const char *text[64] = {"Software", "perflow", "prompt", prm->prompt,
-                            "negative_prompt", prm->negative_prompt ? prm->negative_prompt : "",
-                            "seed", seed, "steps", steps, "guidance", guidance, "size", size,
-                            "prediction_type", prm->prediction_type, "windows", windows, "clip_skip", skip,
-                            "model", m.spec.model, "model_config", m.spec.model_config ? m.spec.model_config : "",
-                            "delta", m.spec.delta ? m.spec.delta : "", "loras", loras, "controlnets", controls_text};
-    int nt = 0;
-    while (text[nt]) nt++;
-    if (pf_pipeline_family(pipe) == PF_FAMILY_SDXL) {
-        static char sizes[3][40];
-        snprintf(sizes[0], sizeof sizes[0], "%dx%d", prm->original_size[1] ? prm->original_size[1] : prm->width,
-                 prm->original_size[0] ? prm->original_size[0] : prm->height);
-        snprintf(sizes[1], sizeof sizes[1], "%d,%d", prm->crop_coords[1], prm->crop_coords[0]);
-        snprintf(sizes[2], sizeof sizes[2], "%dx%d", prm->target_size[1] ? prm->target_size[1] : prm->width,
-                 prm->target_size[0] ? prm->target_size[0] : prm->height);
-        const char *more[] = {"family", "sdxl", "prompt_2", prm->prompt_2 ? prm->prompt_2 : "",
-                              "negative_prompt_2", prm->negative_prompt_2 ? prm->negative_prompt_2 : "",
-                              "original_size", sizes[0], "crop_coords", sizes[1], "target_size", sizes[2]};
-        for (size_t i = 0; i < sizeof more / sizeof *more; i++) text[nt++] = more[i];
-    }
-    if (refine) {
-        const char *more[] = {"refine_controlnet", tile, "refine_size", rsize, "refine_steps", rsteps,
-                              "refine_prompt", ref->prompt ? ref->prompt : PF_REFINE_PROMPT,
-                              "refine_negative_prompt",
-                              ref->negative_prompt ? ref->negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
-                              "refine_guidance", rguid, "refine_strength", rstrength, "controlnet_scale", cnscale};
-        for (size_t i = 0; i < sizeof more / sizeof *more; i++) text[nt++] = more[i];
-    }
-    text[nt++] = "index";
-    text[nt++] = NULL; /* filled by pf_cli_write_pngs */
-    text[nt] = NULL;
-    if (pf_cli_write_pngs(out, rgb, prm->num_images, W, H, grid, text, &err)) goto done;
+    const pf_provenance prov = {.rq = &rq, .sdxl = pf_pipeline_family(pipe) == PF_FAMILY_SDXL,
+                                .model = m.spec.model, .model_config = m.spec.model_config,
+                                .delta = m.spec.delta, .loras = loras, .controlnets = controls_text,
+                                .refine_controlnet = tile, .out_width = W, .out_height = H};
+    if (pf_cli_write_pngs(out, rgb, prm->num_images, W, H, grid, &prov, &err)) goto done;
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);

@@ -160,27 +160,14 @@ int cmd_refine(int argc, char **argv) {
     if (pf_pipeline_refine(pipe, prm, images, &err)) goto done;
     pf_image_to_u8(rgb, images, (long)px);
 
-    char seed[32], steps[16], guidance[32], size[32], windows[16], strength[32], cnscale[32], loras[4096],
-        controls_text[4096];
+    char loras[4096], controls_text[4096];
     const char *tile = NULL;
     pf_cli_model_describe(&m, loras, sizeof loras);
     pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)prm->seed);
-    snprintf(steps, sizeof steps, "%d", prm->steps);
-    snprintf(guidance, sizeof guidance, "%g", (double)prm->guidance);
-    snprintf(size, sizeof size, "%dx%d", W, H);
-    snprintf(windows, sizeof windows, "%d", prm->windows);
-    snprintf(strength, sizeof strength, "%g", (double)prm->strength);
-    snprintf(cnscale, sizeof cnscale, "%g", (double)prm->controlnet_scale);
-    const char *text[] = {"Software", "perflow", "prompt", prm->prompt ? prm->prompt : PF_REFINE_PROMPT,
-                          "negative_prompt", prm->negative_prompt ? prm->negative_prompt : PF_REFINE_NEGATIVE_PROMPT,
-                          "seed", seed, "steps", steps, "guidance", guidance, "strength", strength,
-                          "controlnet_scale", cnscale, "size", size, "prediction_type", prm->prediction_type,
-                          "windows", windows, "model", m.spec.model,
-                          "model_config", m.spec.model_config ? m.spec.model_config : "",
-                          "delta", m.spec.delta ? m.spec.delta : "", "loras", loras, "controlnet", tile,
-                          "controlnets", controls_text, "input", image, "index", NULL, NULL};
-    if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, text, &err)) goto done;
+    const pf_provenance prov = {.rq = &rq, .model = m.spec.model, .model_config = m.spec.model_config,
+                                .delta = m.spec.delta, .loras = loras, .controlnets = controls_text,
+                                .refine_controlnet = tile, .input = image, .out_width = W, .out_height = H};
+    if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, &prov, &err)) goto done;
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);

@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "output_key.h"
 #include "pipeline.h"
+#include "provenance.h"
 #include "result_replay.h"
 #include "shard.h"
 #include "status.h"
@@ -133,25 +134,18 @@ typedef struct image_set {
     int w, h;
 } image_set;
 
-/* The PNG's text: what the job asked for and the sampler settings it ran with
- * (resolved from the model as perflow generate resolves them), so that a job
- * run twice (a redelivery after a crash) writes identical bytes. Images of jobs that do not
- * refine carry exactly the keys they had before the refiner came (no stage),
- * so that their bytes did not change with it; refine jobs' images say their
- * stage and, when refined, the refine settings (cli/cmd_generate.c's keys). */
-typedef struct png_text {
-    char seed[32], steps[16], guidance[32], size[32], windows[16], index[16];
-    char rsize[32], rsteps[16], rguidance[32], rstrength[32], cnscale[32];
-    char sizes[3][40];
-    char loras[2048], controls[4096];
-    const char *kv[64];
-} png_text;
+/* The sources of a job's images as its PNG text names them (provenance.h):
+ * "URL:SCALE, ..." of its LoRAs, "URL:SCALE=IMAGE URL, ..." of its
+ * ControlNets (the CLI's "loras" and "controlnets" with URLs), and A1111's
+ * model hash when the job pins a single-file checkpoint. The model's URL is
+ * not written: a presigned URL carries a signature. */
+typedef struct sources {
+    char loras[2048], controls[4096], hash[11];
+} sources;
 
-/* "URL:SCALE, ..." of the job's LoRAs, "URL:SCALE=IMAGE URL, ..." of its
- * ControlNets: the CLI's "loras" and "controlnets" keys, with URLs. */
-static void describe_sources(png_text *t, const pf_job *job) {
+static void describe_sources(sources *t, const pf_job *job) {
     size_t used = 0;
-    t->loras[0] = t->controls[0] = '\0';
+    t->loras[0] = t->controls[0] = t->hash[0] = '\0';
     for (int i = 0; i < job->n_loras && used < sizeof t->loras; i++)
         used += (size_t)snprintf(t->loras + used, sizeof t->loras - used, "%s%s:%g", i ? ", " : "", job->loras[i].url,
                                  (double)job->loras[i].scale);
@@ -160,71 +154,7 @@ static void describe_sources(png_text *t, const pf_job *job) {
         used += (size_t)snprintf(t->controls + used, sizeof t->controls - used, "%s%s:%g=%s", i ? ", " : "",
                                  job->control[i].controlnet.url, (double)job->control[i].scale,
                                  job->control[i].image.url);
-}
-
-static void png_text_fill(png_text *t, const pf_exec_job *j, const image_set *set, int index) {
-    const pf_job *job = &j->job;
-    const pf_job_refine *r = &job->refine;
-    snprintf(t->seed, sizeof t->seed, "%llu", (unsigned long long)job->seed);
-    snprintf(t->steps, sizeof t->steps, "%d", job->steps);
-    snprintf(t->guidance, sizeof t->guidance, "%g", (double)job->guidance);
-    snprintf(t->size, sizeof t->size, "%dx%d", job->width, job->height);
-    snprintf(t->windows, sizeof t->windows, "%d", j->rq.gen.windows);
-    snprintf(t->index, sizeof t->index, "%d", index);
-    /* the sampler settings as resolved (request.h), as perflow generate records them */
-    const char *head[] = {"Software", "perflow", "job_id", job->job_id, "prompt", job->prompt,
-                          "negative_prompt", job->negative_prompt ? job->negative_prompt : "", "seed", t->seed,
-                          "steps", t->steps, "guidance", t->guidance, "size", t->size,
-                          "prediction_type", j->rq.gen.prediction_type, "windows", t->windows};
-    int n = 0;
-    for (size_t i = 0; i < sizeof head / sizeof *head; i++) t->kv[n++] = head[i];
-    /* the newer fields only when the job has them, so that older jobs' bytes stay as they were */
-    describe_sources(t, job);
-    if (job->n_loras) {
-        t->kv[n++] = "loras";
-        t->kv[n++] = t->loras;
-    }
-    if (job->n_controls) {
-        t->kv[n++] = "controlnets";
-        t->kv[n++] = t->controls;
-    }
-    if (job->prompt_2) {
-        t->kv[n++] = "prompt_2";
-        t->kv[n++] = job->prompt_2;
-    }
-    if (job->negative_prompt_2) {
-        t->kv[n++] = "negative_prompt_2";
-        t->kv[n++] = job->negative_prompt_2;
-    }
-    /* as the CLI writes them: W x H and X,Y */
-    static const char *const ids[] = {"original_size", "crop_coords", "target_size"};
-    const int *vals[] = {job->original_size, job->crop_coords, job->target_size};
-    for (int k = 0; k < 3; k++) {
-        if (!json_object_get(job->json, ids[k])) continue;
-        snprintf(t->sizes[k], sizeof t->sizes[k], k == 1 ? "%d,%d" : "%dx%d", vals[k][1], vals[k][0]);
-        t->kv[n++] = ids[k];
-        t->kv[n++] = t->sizes[k];
-    }
-    if (r->on) {
-        t->kv[n++] = "stage";
-        t->kv[n++] = set->stage;
-    }
-    if (r->on && !strcmp(set->stage, PF_STAGE_REFINED)) {
-        snprintf(t->rsize, sizeof t->rsize, "%dx%d", set->w, set->h);
-        snprintf(t->rsteps, sizeof t->rsteps, "%d", r->steps);
-        snprintf(t->rguidance, sizeof t->rguidance, "%g", (double)r->guidance);
-        snprintf(t->rstrength, sizeof t->rstrength, "%g", (double)r->strength);
-        snprintf(t->cnscale, sizeof t->cnscale, "%g", (double)r->controlnet_scale);
-        const char *more[] = {"refine_controlnet", r->controlnet.url, "refine_size", t->rsize,
-                              "refine_steps", t->rsteps, "refine_prompt", r->prompt,
-                              "refine_negative_prompt", r->negative_prompt, "refine_guidance", t->rguidance,
-                              "refine_strength", t->rstrength, "controlnet_scale", t->cnscale};
-        for (size_t i = 0; i < sizeof more / sizeof *more; i++) t->kv[n++] = more[i];
-    }
-    t->kv[n++] = "index";
-    t->kv[n++] = t->index;
-    t->kv[n] = NULL;
-    PF_CHECK(n < (int)(sizeof t->kv / sizeof *t->kv));
+    if (job->base_file && job->base.sha256) snprintf(t->hash, sizeof t->hash, "%.10s", job->base.sha256);
 }
 
 /* Writes one image and uploads it to dest with retries; appends its output or
@@ -236,9 +166,21 @@ static int store_one(pf_exec *x, pf_exec_job *j, const image_set *set, int i, co
     pf_error e;
     snprintf(path, sizeof path, "%s/perflow-%d-%s-%s-%d.png", cfg->work_dir, (int)getpid(), job->job_id, set->stage,
              i);
-    png_text text;
-    png_text_fill(&text, j, set, i);
-    if (pf_png_write(path, set->rgb + (size_t)set->w * set->h * 3 * i, set->w, set->h, text.kv, &e)) {
+    /* the same text whenever the job runs, so that a redelivery writes identical bytes */
+    sources src;
+    describe_sources(&src, job);
+    const pf_provenance prov = {.rq = &j->rq, .sdxl = j->family && !strcmp(j->family, "sdxl"),
+                                .job_id = job->job_id, .model_hash = src.hash, .loras = src.loras,
+                                .controlnets = src.controls, .refine_controlnet = job->refine.controlnet.url,
+                                .stage = job->refine.on ? set->stage : NULL, .out_width = set->w,
+                                .out_height = set->h};
+    pf_provenance_text *text = PF_MALLOC(sizeof *text);
+    char index[16];
+    snprintf(index, sizeof index, "%d", i);
+    pf_provenance_fill(text, &prov, index);
+    int bad = pf_png_write(path, set->rgb + (size_t)set->w * set->h * 3 * i, set->w, set->h, text->kv, &e);
+    free(text);
+    if (bad) {
         fail(j, PF_ERR_INTERNAL, 1, 0, "writing the image: %s", e.msg);
         return -1;
     }
@@ -386,128 +328,99 @@ static void call_ended(pf_exec_job **jobs, int n, int refine, long long t0, long
     }
 }
 
-/* One text-to-image call for jobs[0..n), which pf_txt2img_batchable admits
- * together. Jobs that ask for the same images (pf_job_same_images) are one
- * item of the engine's batch and get the same pixels; the others are an item
- * each. Jobs that do not refine are stored at once; refine jobs keep their
- * 8-bit images in base_rgb for the refine stage. */
-static void run_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
-    const pf_txt2img_params **items = PF_CALLOC((size_t)n, sizeof *items);
+/* The engine call of a stage (refine or text-to-image) over the items of
+ * jobs[0..n) (item_of: plan_items). Item 0 is jobs[0]'s request; a copy of it
+ * carries the callbacks that serve the whole call (g). Returns as
+ * pf_pipeline_txt2img_batch / pf_pipeline_refine_batch. */
+static int engine_call(pf_model *model, int refine, pf_exec_job **jobs, int n, const int *item_of, int nitems,
+                       group_ctx *g, float *images, pf_error *e) {
+    const pf_txt2img_params **gen = PF_CALLOC((size_t)nitems, sizeof *gen);
+    const pf_refine_params **ref = PF_CALLOC((size_t)nitems, sizeof *ref);
+    for (int i = 0; i < n; i++) {
+        jobs[i]->rq.ref.images = jobs[i]->base_rgb;
+        if (item_of[i] >= 0) {
+            gen[item_of[i]] = &jobs[i]->rq.gen;
+            ref[item_of[i]] = &jobs[i]->rq.ref;
+        }
+    }
+    pf_txt2img_params gen0 = jobs[0]->rq.gen;
+    pf_refine_params ref0 = jobs[0]->rq.ref;
+    gen0.progress = ref0.progress = on_step;
+    gen0.cancelled = ref0.cancelled = on_cancel_check;
+    gen0.user = ref0.user = g;
+    gen[0] = &gen0;
+    ref[0] = &ref0;
+    int rc = refine ? pf_pipeline_refine_batch(model->pipe, ref, nitems, images, e)
+                    : pf_pipeline_txt2img_batch(model->pipe, gen, nitems, images, e);
+    free(gen);
+    free(ref);
+    return rc;
+}
+
+/* One engine call of a stage for jobs[0..n), which the stage's batchable
+ * admits together: text-to-image, or refine for jobs with base_rgb. Jobs that
+ * ask for the same images (pf_job_same_images) are one item of the engine's
+ * batch and get the same pixels; the others are an item each. After
+ * text-to-image, jobs that do not refine are stored at once and refine jobs
+ * keep their 8-bit images in base_rgb for the refine stage; after refine each
+ * job's refined images are stored, and its base images too with keep_base. */
+static void run_stage(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n, int refine) {
+    const char *stage = refine ? "refine" : "generate";
     size_t *at = PF_CALLOC((size_t)n, sizeof *at); /* job i's first value in images */
     int *item_of = PF_CALLOC((size_t)n, sizeof *item_of);
-    const size_t px = (size_t)jobs[0]->job.width * jobs[0]->job.height * 3;
+    int W = jobs[0]->job.width, H = jobs[0]->job.height;
+    if (refine) pf_refine_output_size(&jobs[0]->rq.ref, &W, &H); /* the same for all (pf_refine_batchable) */
+    const size_t px = (size_t)W * H * 3;
     size_t count;
     int nimages;
     int nitems = plan_items(jobs, n, px, item_of, at, &count, &nimages);
-    for (int i = 0; i < n; i++)
-        if (item_of[i] >= 0) items[item_of[i]] = &jobs[i]->rq.gen;
-    group_ctx g = {x, jobs, n, 0, "generate", 1, 0, 0};
-    pf_txt2img_params first = jobs[0]->rq.gen; /* items[0]: its callbacks serve the batch */
-    first.progress = on_step;
-    first.cancelled = on_cancel_check;
-    first.user = &g;
-    items[0] = &first;
+    group_ctx g = {x, jobs, n, 0, stage, 1, 0, 0};
     float *images = malloc(count * sizeof *images);
     uint8_t *rgb = malloc(count);
     if (!images || !rgb) {
-        for (int i = 0; i < n; i++) fail(jobs[i], PF_ERR_INTERNAL, 1, 0, "out of memory for the images");
+        for (int i = 0; i < n; i++)
+            fail(jobs[i], PF_ERR_INTERNAL, 1, 0, "out of memory for the %simages", refine ? "refined " : "");
         goto done;
     }
     long long t0 = pf_now_ms();
-    pf_wlog(PF_LOG_INFO, "engine.start", jobs[0]->job.job_id,
-            json_pack("{s:s, s:i, s:i, s:i}", "stage", "generate", "jobs", n, "items", nitems, "images", nimages),
-            NULL);
+    json_t *start = json_pack("{s:s, s:i, s:i, s:i}", "stage", stage, "jobs", n, "items", nitems, "images", nimages);
+    if (refine) {
+        json_object_set_new(start, "width", json_integer(W));
+        json_object_set_new(start, "height", json_integer(H));
+    }
+    pf_wlog(PF_LOG_INFO, "engine.start", jobs[0]->job.job_id, start, NULL);
     pf_error e;
-    int rc = pf_pipeline_txt2img_batch(model->pipe, items, nitems, images, &e);
+    int rc = engine_call(model, refine, jobs, n, item_of, nitems, &g, images, &e);
     long long t1 = pf_now_ms();
     pf_wlog(PF_LOG_INFO, "engine.end", jobs[0]->job.job_id,
-            json_pack("{s:s, s:i, s:I, s:i}", "stage", "generate", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc),
+            json_pack("{s:s, s:i, s:I, s:i}", "stage", stage, "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc),
             NULL);
-    call_ended(jobs, n, 0, t0, t1, rc, &e, &g, nimages);
+    call_ended(jobs, n, refine, t0, t1, rc, &e, &g, nimages);
     if (rc == -1) goto done;
     pf_image_to_u8(rgb, images, (long)count);
-    for (int i = 0; i < n; i++) /* recorded whatever becomes of the job: the images were computed */
+    for (int i = 0; i < n && !refine; i++) /* recorded whatever becomes of the job: the images were computed */
         pf_replay_record(x, jobs[i], rgb + at[i]);
     for (int i = 0; i < n; i++) {
         pf_exec_job *j = jobs[i];
         if (ended(x, j)) continue;
         const size_t bytes = px * (size_t)j->job.num_images;
-        if (j->capture) {
+        image_set sets[2] = {{refine ? PF_STAGE_REFINED : PF_STAGE_BASE, rgb + at[i], W, H},
+                             {PF_STAGE_BASE, j->base_rgb, j->job.width, j->job.height}};
+        if (!refine && j->capture) { /* a shard's sample: the caller takes the pixels */
             memcpy(j->capture, rgb + at[i], bytes);
             j->captured = 1;
-        } else if (!j->job.refine.on) {
-            image_set set = {PF_STAGE_BASE, rgb + at[i], j->job.width, j->job.height};
-            store_outputs(x, j, &set, 1);
-        } else if (!(j->base_rgb = malloc(bytes))) {
+        } else if (refine || !j->job.refine.on)
+            store_outputs(x, j, sets, refine && j->job.refine.keep_base ? 2 : 1);
+        else if (!(j->base_rgb = malloc(bytes)))
             fail(j, PF_ERR_INTERNAL, 1, 0, "out of memory for the images");
-        } else {
+        else
             memcpy(j->base_rgb, rgb + at[i], bytes);
-        }
     }
 done:
     free(images);
     free(rgb);
     free(item_of);
     free(at);
-    free(items);
-}
-
-/* One refine call for jobs[0..n) (all with base_rgb), which
- * pf_refine_batchable admits together; items as in run_call. Stores each
- * job's refined images, and its base images too with keep_base. */
-static void run_refine_call(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n) {
-    const pf_refine_params **items = PF_CALLOC((size_t)n, sizeof *items);
-    size_t *at = PF_CALLOC((size_t)n, sizeof *at);
-    int *item_of = PF_CALLOC((size_t)n, sizeof *item_of);
-    int W, H;
-    pf_refine_output_size(&jobs[0]->rq.ref, &W, &H); /* the same for all (pf_refine_batchable) */
-    const size_t px = (size_t)W * H * 3;
-    size_t count;
-    int nimages;
-    int nitems = plan_items(jobs, n, px, item_of, at, &count, &nimages);
-    for (int i = 0; i < n; i++) {
-        jobs[i]->rq.ref.images = jobs[i]->base_rgb;
-        if (item_of[i] >= 0) items[item_of[i]] = &jobs[i]->rq.ref;
-    }
-    group_ctx g = {x, jobs, n, 0, "refine", 1, 0, 0};
-    pf_refine_params first = jobs[0]->rq.ref; /* items[0]: its callbacks serve the batch */
-    first.progress = on_step;
-    first.cancelled = on_cancel_check;
-    first.user = &g;
-    items[0] = &first;
-    float *images = malloc(count * sizeof *images);
-    uint8_t *rgb = malloc(count);
-    if (!images || !rgb) {
-        for (int i = 0; i < n; i++) fail(jobs[i], PF_ERR_INTERNAL, 1, 0, "out of memory for the refined images");
-        goto done;
-    }
-    long long t0 = pf_now_ms();
-    pf_wlog(PF_LOG_INFO, "engine.start", jobs[0]->job.job_id,
-            json_pack("{s:s, s:i, s:i, s:i, s:i, s:i}", "stage", "refine", "jobs", n, "items", nitems, "images",
-                      nimages, "width", W, "height", H),
-            NULL);
-    pf_error e;
-    int rc = pf_pipeline_refine_batch(model->pipe, items, nitems, images, &e);
-    long long t1 = pf_now_ms();
-    pf_wlog(PF_LOG_INFO, "engine.end", jobs[0]->job.job_id,
-            json_pack("{s:s, s:i, s:I, s:i}", "stage", "refine", "jobs", n, "ms", (json_int_t)(t1 - t0), "rc", rc),
-            NULL);
-    call_ended(jobs, n, 1, t0, t1, rc, &e, &g, nimages);
-    if (rc == -1) goto done;
-    pf_image_to_u8(rgb, images, (long)count);
-    for (int i = 0; i < n; i++) {
-        pf_exec_job *j = jobs[i];
-        if (ended(x, j)) continue;
-        image_set sets[2] = {{PF_STAGE_REFINED, rgb + at[i], W, H},
-                             {PF_STAGE_BASE, j->base_rgb, j->job.width, j->job.height}};
-        store_outputs(x, j, sets, j->job.refine.keep_base ? 2 : 1);
-    }
-done:
-    free(images);
-    free(rgb);
-    free(item_of);
-    free(at);
-    free(items);
 }
 
 /* Gets something for jobs of the batch (all: their group) with cfg->retries
@@ -620,23 +533,26 @@ static void get_control_images(pf_exec *x, pf_exec_job *jobs, int n) {
     }
 }
 
-/* Forms engine calls in arrival order: each takes the first job not yet run
- * (and wanted by want) and every later one that batchable admits with it, up
- * to max_batch distinct images (a job that alone asks for more runs alone),
- * and hands them to call. */
-static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf_exec_job **group,
-                       int (*want)(const pf_exec_job *),
-                       int (*batchable)(const pf_pipeline *, const pf_exec_job *, const pf_exec_job *),
-                       void (*call)(pf_exec *, pf_model *, pf_exec_job **, int)) {
+/* 1 when a and b can share an engine call of the stage: their engine
+ * requests (request.h, as resolved) admit one batch. */
+static int batchable(const pf_pipeline *p, int refine, const pf_exec_job *a, const pf_exec_job *b) {
+    return refine ? pf_refine_batchable(p, &a->rq.ref, &b->rq.ref) : pf_txt2img_batchable(p, &a->rq.gen, &b->rq.gen);
+}
+
+/* Forms the engine calls of a stage in arrival order: each takes the first
+ * job not yet run (not served from the result store; in the refine stage: with
+ * base images) and every later one
+ * that batchable admits with it, up to max_batch distinct images (a job that
+ * alone asks for more runs alone), and runs them (run_stage). */
+static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf_exec_job **group, int refine) {
     int *done = PF_CALLOC((size_t)n, sizeof *done);
+    for (int i = 0; i < n; i++) done[i] = refine ? !jobs[i].base_rgb : jobs[i].from_store;
     for (int i = 0; i < n && !atomic_load(x->abandon); i++) {
-        if (done[i] || ended(x, &jobs[i]) || !want(&jobs[i])) continue;
+        if (done[i] || ended(x, &jobs[i])) continue;
         group[0] = &jobs[i];
         int k = 1, images = jobs[i].job.num_images;
         for (int j = i + 1; j < n; j++) {
-            if (done[j] || ended(x, &jobs[j]) || !want(&jobs[j]) ||
-                !batchable(model->pipe, &jobs[i], &jobs[j]))
-                continue;
+            if (done[j] || ended(x, &jobs[j]) || !batchable(model->pipe, refine, &jobs[i], &jobs[j])) continue;
             int m = 0;
             while (m < k && !pf_job_same_images(&group[m]->job, &jobs[j].job)) m++;
             int more = m < k ? 0 : jobs[j].job.num_images; /* the same images cost nothing more */
@@ -645,21 +561,9 @@ static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf
             group[k++] = &jobs[j];
             images += more;
         }
-        call(x, model, group, k);
+        run_stage(x, model, group, k, refine);
     }
     free(done);
-}
-
-static int want_generate(const pf_exec_job *j) { return !j->from_store; }
-static int want_refine(const pf_exec_job *j) { return j->base_rgb != NULL; }
-
-/* Batch forming compares the jobs' engine requests (request.h), as resolved. */
-static int txt2img_batchable(const pf_pipeline *p, const pf_exec_job *a, const pf_exec_job *b) {
-    return pf_txt2img_batchable(p, &a->rq.gen, &b->rq.gen);
-}
-
-static int refine_batchable(const pf_pipeline *p, const pf_exec_job *a, const pf_exec_job *b) {
-    return pf_refine_batchable(p, &a->rq.ref, &b->rq.ref);
 }
 
 void pf_exec_resolve(pf_exec_job *j, const pf_pipeline *p) { job_request(j, p); }
@@ -674,7 +578,7 @@ void pf_exec_capture(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n) {
         free(stored);
         jobs[i].from_store = jobs[i].captured = 1;
     }
-    form_calls(x, model, jobs, n, group, want_generate, txt2img_batchable, run_call);
+    form_calls(x, model, jobs, n, group, 0);
     free(group);
 }
 
@@ -749,8 +653,8 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
         store_outputs(x, &jobs[i], &set, 1);
         free(stored);
     }
-    form_calls(x, model, jobs, n, group, want_generate, txt2img_batchable, run_call);
-    if (refine) form_calls(x, model, jobs, n, group, want_refine, refine_batchable, run_refine_call);
+    form_calls(x, model, jobs, n, group, 0);
+    if (refine) form_calls(x, model, jobs, n, group, 1);
 done:
     for (int i = 0; i < n; i++) {
         free(jobs[i].base_rgb);

@@ -10,6 +10,7 @@ takes diff_eps, SDXL ddim_eps, 4 windows. No flag names a prediction type or win
 SDXL has no refiner (ControlNet-Tile is an SD-1.5 model): its paths are generate and submit."""
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -111,6 +112,23 @@ def test_same_settings_same_image_on_every_path(rig, case, name, config, predict
         got = image(os.path.join(out_root, job_id, "refined-0.png"))
         same_pixels(case + ": submit + worker (refined) vs generate --refine", got[0], fine[0])
         recorded["worker (refined)"] = got[1]
-    # every path records the prediction type and windows it ran with: the model's
+    # every path records the prediction type and windows it ran with: the model's, also in
+    # the A1111 "parameters" text, read as A1111's own parser reads it
     for path, text in recorded.items():
         assert (text.get("prediction_type"), text.get("windows")) == (prediction, "4"), (case, path, text)
+        params = a1111_settings(text["parameters"])
+        assert (params["Prediction type"], params["Windows"]) == (prediction, "4"), (case, path, params)
+    first = a1111_settings(recorded["generate"]["parameters"])
+    assert first["Steps"] == "3" and first["Seed"] == "11" and first["Size"] == "64x64" and first["CFG scale"] == "5"
+    assert recorded["generate"]["parameters"].startswith("a photo of a cat\nNegative prompt: blurry\nSteps: 3, ")
+    worker = a1111_settings(recorded["worker"]["parameters"])  # the worker does not name the model
+    assert {k: v for k, v in worker.items() if k != "Model"} == {k: v for k, v in first.items() if k != "Model"}
+
+
+def a1111_settings(parameters):
+    """The settings line of an A1111 "parameters" text as modules/infotext_utils.py splits it."""
+    line = parameters.splitlines()[-1]
+    out = {}
+    for k, v in re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', line):
+        out[k] = json.loads(v) if v.startswith('"') else v
+    return out
