@@ -123,6 +123,7 @@ int pf_cache_config_from_env(pf_cache_config *cfg, pf_error *err) {
     if (max && *max && pf_parse_size(max, &cfg->fetch.max_bytes, err))
         return pf_error_prefix(err, "PERFLOW_FETCH_MAX_BYTES");
     cfg->fetch.policy.allow_hosts = getenv("PERFLOW_FETCH_ALLOW_HOSTS");
+    cfg->fetch.token_hosts = getenv("PERFLOW_HUB_TOKEN_HOSTS");
     const char *ca = getenv("PERFLOW_CA_BUNDLE");
     if (ca && *ca) cfg->fetch.ca_bundle = ca;
     return 0;
@@ -432,6 +433,7 @@ static void reconcile(pf_cache *c) {
 int pf_cache_open(pf_cache **out, const pf_cache_config *cfg, pf_error *err) {
     *out = NULL;
     if (pf_curl_init(err)) return -1;
+    if (pf_fetch_token_check(&cfg->fetch, err)) return -1;
     if (!cfg->root || !*cfg->root) return pf_fail(err, "cache: no directory configured");
     if (strlen(cfg->root) > 1024) return pf_fail(err, "cache: directory path longer than 1024 bytes");
     pf_cache *c = PF_CALLOC(1, sizeof *c);

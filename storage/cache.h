@@ -65,9 +65,10 @@ void pf_cache_config_default(pf_cache_config *cfg);
  *   PERFLOW_FETCH_ALLOW_HTTP=1, PERFLOW_FETCH_ALLOW_PRIVATE=1 (development only),
  *   PERFLOW_FETCH_ALLOW_HOSTS, PERFLOW_FETCH_MAX_BYTES, PERFLOW_FETCH_ATTEMPTS,
  *   PERFLOW_FETCH_RETRY_BASE_MS, PERFLOW_FETCH_LOW_SPEED_TIME, PERFLOW_FETCH_PARALLEL,
- *   PERFLOW_CA_BUNDLE.
+ *   PERFLOW_CA_BUNDLE, PERFLOW_HUB_TOKEN_HOSTS (the hosts the hub token may go to).
  * Error on a malformed value, naming the variable. The bearer token is not
- * read here: pass pf_credentials' hub_token in cfg->fetch.bearer_token. */
+ * read here: pass pf_credentials' hub_token in cfg->fetch.bearer_token;
+ * pf_cache_open refuses a token without token hosts (pf_fetch_token_check). */
 int pf_cache_config_from_env(pf_cache_config *cfg, pf_error *err);
 /* Parses "123", "10K", "512M", "20G", "1T" (powers of 1024) into *out. */
 int pf_parse_size(const char *s, uint64_t *out, pf_error *err);

@@ -45,6 +45,13 @@ void pf_fetch_options_default(pf_fetch_options *o) {
     o->max_bytes = 32ull << 30;
 }
 
+int pf_fetch_token_check(const pf_fetch_options *o, pf_error *err) {
+    if (o->bearer_token && *o->bearer_token && !(o->token_hosts && *o->token_hosts))
+        return pf_fail(err, "a hub token is set but hub_token_hosts (PERFLOW_HUB_TOKEN_HOSTS) is not: name the hosts "
+                            "the token may be sent to");
+    return 0;
+}
+
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc;
 static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
@@ -290,9 +297,11 @@ static xfer_outcome transfer(CURL *curl, xfer *x, const pf_url *origin, pf_fetch
                 }
             }
         }
-        /* The token goes to the origin asked for only, and never in clear text
-         * unless plain http was allowed for development. */
-        if (o->bearer_token && pf_url_same_origin(&u, origin) &&
+        /* The token goes only to the hosts the operator named for it, on
+         * every hop (a job names its URLs, so the origin asked for proves
+         * nothing), and never in clear text unless plain http was allowed
+         * for development. */
+        if (o->bearer_token && o->token_hosts && pf_url_host_listed(u.host, o->token_hosts) &&
             (!strcmp(u.scheme, "https") || o->policy.allow_http)) {
             snprintf(auth, sizeof auth, "Authorization: Bearer %s", o->bearer_token);
             headers = curl_slist_append(headers, auth);

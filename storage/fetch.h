@@ -29,8 +29,10 @@ typedef struct pf_fetch_options {
     long retry_base_ms;       /* first backoff (default 500), doubling, with full jitter ... */
     long retry_max_ms;        /* ... up to this (default 15000) */
     uint64_t max_bytes;       /* size cap (default 32 GiB) */
-    const char *bearer_token; /* NULL: none. Sent only to the origin of the URL asked for,
-                                 never to a redirect target on another host */
+    const char *bearer_token; /* NULL: none. Sent only to hosts in token_hosts, over https
+                                 (or http when allowed), on every hop of a redirect chain */
+    const char *token_hosts;  /* hosts the token may go to (pf_url_host_listed's list, the
+                                 hub_token_hosts setting); NULL or "": the token goes nowhere */
     const char *ca_bundle;    /* NULL: the system's CA certificates */
     /* Called about once a second and at every chunk; nonzero stops the transfer
      * (the cache renews its download lock here). NULL: none. */
@@ -52,6 +54,12 @@ typedef struct pf_fetch_result {
 
 /* Sets the defaults above (https only, public addresses only, no token). */
 void pf_fetch_options_default(pf_fetch_options *o);
+
+/* Error naming the hub_token_hosts setting when o has a bearer token but no
+ * hosts to send it to: such a configuration would either send the token
+ * nowhere (a private hub fails obscurely) or, as before this check, to any
+ * host a job names; the worker and `perflow cache fetch` refuse to start. */
+int pf_fetch_token_check(const pf_fetch_options *o, pf_error *err);
 
 /* Initializes libcurl once per process (thread-safe; called by every entry
  * point of the storage layer, so callers need not). */

@@ -151,8 +151,7 @@ void pf_url_for_log(char *out, size_t n, const pf_url *u) {
         snprintf(out, n, "%s://%s%s%s%s", u->scheme, v6 ? "[" : "", u->host, v6 ? "]" : "", path);
 }
 
-/* Does host match one comma-separated entry of list? */
-static int host_listed(const char *host, const char *list) {
+int pf_url_host_listed(const char *host, const char *list) {
     size_t hl = strlen(host);
     for (const char *p = list; *p;) {
         while (*p == ',' || *p == ' ') p++;
@@ -181,7 +180,7 @@ int pf_url_check(const pf_url *u, const pf_url_policy *p, pf_error *err) {
         return pf_fail(err, "refused: scheme '%s://' is not allowed (https%s only)", u->scheme,
                        p->allow_http ? " and http" : "");
     }
-    if (p->allow_hosts && *p->allow_hosts && !host_listed(u->host, p->allow_hosts))
+    if (p->allow_hosts && *p->allow_hosts && !pf_url_host_listed(u->host, p->allow_hosts))
         return pf_fail(err, "refused: host '%s' is not in the allowed hosts", u->host);
     return 0;
 }

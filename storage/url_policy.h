@@ -50,6 +50,10 @@ void pf_url_for_log(char *out, size_t n, const pf_url *u);
 /* Checks the scheme (https, or http when allowed) and the host allowlist. The
  * address check comes later, at connect time. */
 int pf_url_check(const pf_url *u, const pf_url_policy *p, pf_error *err);
+/* 1 when host matches an entry of list: comma- or space-separated host
+ * names, ".example.com" matching the domain and its subdomains; 0 for an
+ * empty list. Used for the allowlist and for the hosts a token may go to. */
+int pf_url_host_listed(const char *host, const char *list);
 /* 1 when both URLs name the same scheme, host and port (a bearer token goes
  * only back to the origin it was meant for). */
 int pf_url_same_origin(const pf_url *a, const pf_url *b);

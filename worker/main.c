@@ -10,6 +10,7 @@
 
 #include "backend.h"
 #include "cache.h"
+#include "fetch.h"
 #include "worker_config.h"
 #include "credentials.h"
 #include "log.h"
@@ -136,6 +137,12 @@ int main(int argc, char **argv) {
     }
     if (!cc.redis_addr || !*cc.redis_addr) cc.redis_addr = cfg.redis; /* one Redis for both unless told */
     cc.fetch.bearer_token = cred.hub_token;
+    if (cfg.hub_token_hosts[0]) cc.fetch.token_hosts = cfg.hub_token_hosts;
+    if (pf_fetch_token_check(&cc.fetch, &err)) {
+        pf_wlog(PF_LOG_ERROR, "worker.config_error", NULL, NULL, "%s", err.msg);
+        rc = 2;
+        goto out;
+    }
     cc.fetch.log = s3.log = pf_wlog_sink(cfg.log_level);
     cc.log = pf_metrics_storage_sink(cc.fetch.log); /* counts the disk cache's downloads and evictions */
     if (!(be = pf_backend_open(cfg.device[0] ? cfg.device : NULL, cfg.threads, &err)) ||

@@ -45,6 +45,10 @@ static const setting settings[] = {
     S(device, "", "engine device: cpu, cuda, cuda:N (\"\": auto, see PERFLOW_DEVICE)"),
     S(work_dir, "", "scratch folder for result files (\"\": $RUNTIME_DIRECTORY or /tmp)"),
     S(file_output_root, "", "file:// outputs are allowed only under this folder (\"\": refused)"),
+    S(hub_token_hosts, "", "hosts the hub token is sent to, comma-separated, .domain for subdomains "
+      "(required with a token)"),
+    S(s3_output_prefixes, "", "s3:// outputs are allowed only under these bucket/prefix entries, comma-separated "
+      "(\"\": refused)"),
     S(metrics_listen, "", "serve /metrics, /healthz, /readyz on HOST:PORT, :PORT (\"\": off)"),
     S(result_store_url, "",
       "result store: computed images kept by identity at s3://bucket/prefix or file:///folder (\"\": off)"),

@@ -37,6 +37,8 @@ typedef struct pf_worker_config {
     char device[32];              /* pf_backend_open: "" (auto), cpu, cuda, cuda:N */
     char work_dir[1024];          /* where result files are written before upload */
     char file_output_root[1024];  /* file:// outputs allowed under this folder only ("": refused) */
+    char hub_token_hosts[1024];   /* hosts the hub token may be sent to (required with a token) */
+    char s3_output_prefixes[1024];/* s3:// outputs allowed under these bucket/prefix entries only ("": refused) */
     char metrics_listen[128];     /* HOST:PORT of /metrics, /healthz, /readyz ("": no HTTP server) */
     char result_store_url[1024];  /* the result store's objects, s3://bucket/prefix or file:///folder ("": off) */
     char result_store_prefix[64]; /* its Redis index key prefix */

@@ -87,6 +87,7 @@ def test_size_cap_with_and_without_content_length(env, faults):
 
 def test_bearer_token_sent_to_origin_only(env, faults, nginx, www, tmp_path):
     env["PERFLOW_HUB_TOKEN"] = HUB_TOKEN_MARK
+    env["PERFLOW_HUB_TOKEN_HOSTS"] = "127.0.0.1"
     r = perflow(["cache", "fetch", url(faults, "auth/%s/f3.bin" % HUB_TOKEN_MARK)], env)
     assert r.returncode == 0, r.stderr
     assert open(r.stdout.strip(), "rb").read() == open(os.path.join(www, "f3.bin"), "rb").read()
@@ -110,6 +111,63 @@ def test_bearer_token_sent_to_origin_only(env, faults, nginx, www, tmp_path):
     hits = nginx_hits(nginx, "/f6.bin")
     assert hits and all("auth=0" in h for h in hits), hits
     assert any(s["auth"] for s in requests_for(fault_stats(faults), "/redirect?to=" + target))
+
+
+def fresh_file(www, tag):
+    """A file of its own under www (the nginx log is shared by the run, so each
+    check reads the hits of a path no other test asks for)."""
+    name = "tok-%s-%s.bin" % (tag, os.urandom(4).hex())
+    with open(os.path.join(www, name), "wb") as f:
+        f.write(os.urandom(5000))
+    return name
+
+
+def test_hub_token_only_to_named_hosts(env, faults, nginx, www):
+    """The review's reproduction: a token and a job URL on any https host. The
+    token goes only to hosts in hub_token_hosts, on every hop of a redirect;
+    with a token and no such setting `cache fetch` refuses to start."""
+    env["PERFLOW_HUB_TOKEN"] = HUB_TOKEN_MARK
+    env["PERFLOW_CA_BUNDLE"] = nginx.cert
+
+    def https(host, name):
+        return "https://%s:%d/%s" % (host, nginx.tls_port, name)
+
+    def auth_of(name):
+        hits = nginx_hits(nginx, "/" + name)
+        assert hits, name
+        return {h.split("auth=")[1].split()[0] for h in hits}
+
+    # a token without hub_token_hosts: refused before any request, one line naming the setting
+    name = fresh_file(www, "unset")
+    r = perflow(["cache", "fetch", https("127.0.0.1", name)], env)
+    assert r.returncode != 0
+    assert "hub_token_hosts" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert HUB_TOKEN_MARK not in r.stderr
+    assert nginx_hits(nginx, "/" + name) == []
+    # a stand-in for an attacker's host: not named, so no token
+    env["PERFLOW_HUB_TOKEN_HOSTS"] = "hub.example.com,.cdn.example.com"
+    name = fresh_file(www, "other")
+    r = perflow(["cache", "fetch", https("127.0.0.1", name)], env)
+    assert r.returncode == 0, r.stderr
+    assert auth_of(name) == {"0"}
+    # the named host gets it; another name for the same server does not
+    env["PERFLOW_HUB_TOKEN_HOSTS"] = "127.0.0.1"
+    name = fresh_file(www, "named")
+    r = perflow(["cache", "fetch", https("127.0.0.1", name)], env)
+    assert r.returncode == 0, r.stderr
+    assert auth_of(name) == {"1"}
+    name = fresh_file(www, "alias")
+    r = perflow(["cache", "fetch", https("localhost", name)], env)
+    assert r.returncode == 0, r.stderr
+    assert auth_of(name) == {"0"}
+    # redirects keep the rule: a named host's redirect to an unnamed one drops the
+    # token, to a named one (the hub's CDN) keeps it
+    for hosts, want in (("127.0.0.1", "0"), ("127.0.0.1,localhost", "1")):
+        env["PERFLOW_HUB_TOKEN_HOSTS"] = hosts
+        name = fresh_file(www, "redir")
+        r = perflow(["cache", "fetch", url(faults, "redirect?to=" + https("localhost", name))], env)
+        assert r.returncode == 0, r.stderr
+        assert auth_of(name) == {want}, hosts
 
 
 def test_redirect_loop_is_bounded(env, faults):

@@ -21,8 +21,9 @@ def test_no_credential_in_any_output(env, moto, s3proxy, faults, nginx, tmp_path
     (creds / "aws_access_key_id").write_text(moto.key_id)
     (creds / "aws_secret_access_key").write_text(SECRET_KEY_MARK)
     (creds / "hub_token").write_text(HUB_TOKEN_MARK)
-    from_dir = dict(env, CREDENTIALS_DIRECTORY=str(creds), AWS_ENDPOINT_URL=moto.endpoint)
-    hub = dict(env, PERFLOW_HUB_TOKEN=HUB_TOKEN_MARK)
+    from_dir = dict(env, CREDENTIALS_DIRECTORY=str(creds), AWS_ENDPOINT_URL=moto.endpoint,
+                    PERFLOW_HUB_TOKEN_HOSTS="127.0.0.1")
+    hub = dict(env, PERFLOW_HUB_TOKEN=HUB_TOKEN_MARK, PERFLOW_HUB_TOKEN_HOSTS="127.0.0.1")
     fp, np_ = faults.port, nginx.port
     runs = [
         (["put", "-v", str(f), "s3://%s/s/ok.png" % BUCKET], good, 0),
