@@ -721,6 +721,31 @@ static int connection(pf_worker_config *cfg, const options *o, const char **jobs
     return 0;
 }
 
+/* --dry-run: a warning when the workers' allow lists, as far as this host's
+ * settings know them (file_output_root, s3_output_prefixes from --config or
+ * the environment), would reject the output template. Placeholders are
+ * expanded to "x" (job ids hold no '/', so this decides the folder). Nothing
+ * is said when neither list is set here: the workers' own may differ. */
+static void warn_output_outside(const pf_worker_config *cfg, const char *tmpl) {
+    if (!cfg->file_output_root[0] && !cfg->s3_output_prefixes[0]) return;
+    char dest[2048];
+    size_t n = 0;
+    for (const char *p = tmpl; *p && n + 2 < sizeof dest; p++) {
+        const char *close = *p == '{' ? strchr(p, '}') : NULL;
+        if (close) {
+            dest[n++] = 'x';
+            p = close;
+        } else {
+            dest[n++] = *p;
+        }
+    }
+    dest[n] = '\0';
+    pf_error e;
+    if (pf_output_allowed(dest, cfg->file_output_root, cfg->s3_output_prefixes, &e))
+        fprintf(stderr, "perflow: submit: warning: --output: %s; workers with these settings reject the jobs\n",
+                e.msg);
+}
+
 int cmd_submit(int argc, char **argv) {
     batch b;
     memset(&b, 0, sizeof b);
@@ -764,6 +789,7 @@ int cmd_submit(int argc, char **argv) {
     }
     if (plan(&b, seed_lo, seed_hi, &err)) goto fail;
     if (o->dry_run) {
+        warn_output_outside(&cfg, o->output);
         for (long j = 0; j < b.n; j++) {
             if (b.jobs[j].state == J_DUPLICATE) continue;
             char *s = job_json(&b, &b.jobs[j]);

@@ -383,7 +383,7 @@ def main():
             "PERFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS": "500",
             "AWS_ACCESS_KEY_ID": moto.key_id, "AWS_SECRET_ACCESS_KEY": moto.secret,
             "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:%d" % s3proxy.port, "AWS_REGION": "us-east-1",
-            "PERFLOW_S3_RETRY_BASE_MS": "100",
+            "PERFLOW_S3_RETRY_BASE_MS": "100", "PERFLOW_S3_OUTPUT_PREFIXES": BUCKET,
         })
         # ---- the jobs and the schedule -----------------------------------------
         jobs, expect = [], {}

@@ -54,3 +54,33 @@ int pf_output_key(char *out, size_t n, const char *tmpl, const char *job_id, int
     out[o] = '\0';
     return 0;
 }
+
+/* 1 when path is under the folder named by the n bytes at root (trailing
+ * slashes ignored): root itself followed by '/'. */
+static int under(const char *path, const char *root, size_t n) {
+    while (n > 1 && root[n - 1] == '/') n--;
+    return n && !strncmp(path, root, n) && path[n] == '/';
+}
+
+int pf_output_allowed(const char *dest, const char *file_root, const char *s3_prefixes, pf_error *err) {
+    if (!strncmp(dest, "file://", 7)) {
+        if (!file_root || !*file_root)
+            return pf_fail(err, "file:// outputs are disabled on this worker (file_output_root is not set)");
+        if (!under(dest + 7, file_root, strlen(file_root)))
+            return pf_fail(err, "file:// outputs must be under %s (file_output_root)", file_root);
+        return 0;
+    }
+    if (!strncmp(dest, "s3://", 5)) {
+        if (!s3_prefixes || !*s3_prefixes)
+            return pf_fail(err, "s3:// outputs are disabled on this worker (s3_output_prefixes is not set)");
+        for (const char *p = s3_prefixes; *p;) {
+            while (*p == ',' || *p == ' ') p++;
+            const char *e = p;
+            while (*e && *e != ',' && *e != ' ') e++;
+            if (e > p && under(dest + 5, p, (size_t)(e - p))) return 0;
+            p = e;
+        }
+        return pf_fail(err, "s3:// outputs must be under one of %s (s3_output_prefixes)", s3_prefixes);
+    }
+    return pf_fail(err, "outputs must be s3:// (s3_output_prefixes) or file:// (file_output_root) URLs");
+}

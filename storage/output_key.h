@@ -23,4 +23,15 @@ int pf_job_id_ok(const char *s);
  * negative index or a result that does not fit. */
 int pf_output_key(char *out, size_t n, const char *tmpl, const char *job_id, int index, uint64_t seed, pf_error *err);
 
+/* Checks a destination (an expanded template) against the operator's allow
+ * lists: a file:///PATH only under file_root (a folder), an s3://BUCKET/KEY
+ * only under one entry of s3_prefixes (comma-separated "bucket" or
+ * "bucket/prefix" entries, each a folder: "renders/out" allows
+ * s3://renders/out/... but not s3://renders/outside). A NULL or empty list
+ * refuses its scheme; the error names the setting to set (file_output_root,
+ * s3_output_prefixes), and any other scheme is refused. Jobs are hostile: a
+ * job may otherwise overwrite any object the worker's credentials can write,
+ * the model bucket included. */
+int pf_output_allowed(const char *dest, const char *file_root, const char *s3_prefixes, pf_error *err);
+
 #endif

@@ -9,6 +9,7 @@
 
 #include "backoff.h"
 #include "image.h"
+#include "job_limits.h"
 #include "log.h"
 #include "metrics.h"
 #include "output_key.h"
@@ -50,7 +51,7 @@ static void fail(pf_exec_job *j, const char *code, int retryable, int dead_lette
 static int gone(pf_exec *x, pf_exec_job *j) {
     if (j->parent && gone(x, j->parent)) return 1;
     return j->outcome != PF_OUT_NONE || atomic_load(x->abandon) || atomic_load(&j->cancel) ||
-           (j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms);
+           (j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms) || (j->t_limit && pf_now_ms() > j->t_limit);
 }
 
 /* Ends a job that was cancelled or ran out of time; returns 1 if it did. */
@@ -63,6 +64,11 @@ static int ended(pf_exec *x, pf_exec_job *j) {
     }
     if (j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms) {
         fail(j, "deadline", 0, 0, "the job's deadline passed");
+        return 1;
+    }
+    if (j->t_limit && pf_now_ms() > j->t_limit) {
+        fail(j, PF_ERR_TIMEOUT, 0, 1, "the job ran longer than this worker's max_job_seconds (%ld s)",
+             x->cfg->max_job_seconds);
         return 1;
     }
     return 0;
@@ -114,17 +120,11 @@ static void on_fetch(void *ctx) {
     for (int i = 0; i < g->n; i++) pf_exec_post(g->x, &g->jobs[i]->job, PF_ST_DOWNLOADING, NULL);
 }
 
-/* file:// outputs only under cfg->file_output_root: jobs are hostile and must
- * not write anywhere else on the host. */
+/* Outputs only where the operator allows them (pf_output_allowed: file://
+ * under file_output_root, s3:// under s3_output_prefixes): jobs are hostile
+ * and must not write anywhere else. */
 int pf_exec_dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error *err) {
-    if (strncmp(dest, "file://", 7)) return 0;
-    const char *root = cfg->file_output_root;
-    size_t rl = strlen(root);
-    while (rl > 1 && root[rl - 1] == '/') rl--;
-    if (!rl) return pf_fail(err, "file:// outputs are disabled on this worker (file_output_root is not set)");
-    if (strncmp(dest + 7, root, rl) || dest[7 + rl] != '/')
-        return pf_fail(err, "file:// outputs must be under %.*s", (int)rl, root);
-    return 0;
+    return pf_output_allowed(dest, cfg->file_output_root, cfg->s3_output_prefixes, err);
 }
 
 /* One stage's images of a job, as store_outputs uploads them. */
@@ -605,12 +605,16 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
         jobs[i].family = model->family;
         job_request(&jobs[i], model->pipe);
     }
-    /* Fields the family does not take are the job's fault, named before anything is fetched for it. */
+    /* Fields the family does not take are the job's fault, named before
+     * anything is fetched for it; so are sizes (the family's, now known) over
+     * the worker's limits. */
     for (int i = 0; i < n; i++) {
         char field[PF_JOB_FIELD_MAX];
         if (!ended(x, &jobs[i]) &&
             pf_job_family_check(&jobs[i].job, pf_pipeline_family(model->pipe) == PF_FAMILY_SDXL, field, sizeof field,
                                 &e))
+            reject(&jobs[i], field, "%s", e.msg);
+        else if (!ended(x, &jobs[i]) && pf_job_limits_check(&jobs[i].job, x->cfg, field, sizeof field, &e))
             reject(&jobs[i], field, "%s", e.msg);
     }
     /* A batch attaches one set of ControlNets, or none (pf_job_same_model). */

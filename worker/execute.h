@@ -68,6 +68,7 @@ typedef struct pf_exec_job {
     atomic_int cancel;              /* a cancel request was seen */
     long long t_received;           /* monotonic ms: the message taken up (before the Redis checks) */
     long long t_accepted;           /* monotonic ms: lease held, "accepted" sent */
+    long long t_limit;              /* monotonic ms: max_job_seconds after t_accepted; 0: none */
     /* results */
     pf_outcome outcome;
     int retryable;                  /* FAILED: another attempt may succeed */
@@ -132,9 +133,10 @@ void pf_exec_capture(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n);
  * pf_exec_batch and pf_exec_capture do for each job first). */
 void pf_exec_resolve(pf_exec_job *j, const pf_pipeline *p);
 
-/* 0 when dest may be written: s3:// always, file:// only under
- * cfg->file_output_root (jobs are hostile and must not write anywhere else on
- * the host); else -1 with err saying why. */
+/* 0 when dest may be written: file:// only under cfg->file_output_root,
+ * s3:// only under cfg->s3_output_prefixes (pf_output_allowed; jobs are
+ * hostile and must not write anywhere else); else -1 with err saying why,
+ * naming the setting. */
 int pf_exec_dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error *err);
 
 /* Sends a non-terminal status event for job (fire and forget). */

@@ -14,6 +14,7 @@
 #include "execute.h"
 #include "image_identity.h"
 #include "job.h"
+#include "job_limits.h"
 #include "lease.h"
 #include "log.h"
 #include "metrics.h"
@@ -503,7 +504,7 @@ static prep_result take_message(pf_worker *w, const rd_kafka_message_t *m, pf_jo
         pf_job_free(job);
         return PREP_LATER;
     }
-    if (pf_job_supported(job, field, sizeof field, &e)) {
+    if (pf_job_supported(job, field, sizeof field, &e) || pf_job_limits_check(job, w->cfg, field, sizeof field, &e)) {
         if (first) reject(w, m, job->job_id, job->attempt, PF_ERR_UNSUPPORTED, PF_ERR_UNSUPPORTED, field, e.msg);
         pf_job_free(job);
         return first ? PREP_DONE : PREP_LATER;
@@ -688,6 +689,7 @@ static void admit(pf_worker *w, rd_kafka_message_t *m, pf_job *job, long long t_
     j->job = *job;
     j->t_received = t_received;
     j->t_accepted = pf_now_ms();
+    if (w->cfg->max_job_seconds) j->t_limit = j->t_accepted + w->cfg->max_job_seconds * 1000;
     w->msgs[w->nbatch++] = m;
     long long queued = -1;
     rd_kafka_timestamp_type_t tt;

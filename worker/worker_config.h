@@ -44,6 +44,10 @@ typedef struct pf_worker_config {
     char result_store_prefix[64]; /* its Redis index key prefix */
     int result_store;             /* 0: the store is off even with a url */
     long result_store_retention_s; /* an identity's index entry lives this long after its last hit */
+    long max_pixels;              /* width x height of a job's images (and of refined ones) */
+    int max_steps;                /* steps of either stage */
+    int max_images;               /* images of one job */
+    long max_job_seconds;         /* from acceptance to the end; 0: no limit */
     int threads;                  /* CPU backend threads (0: all cores) */
     int max_batch;                /* images per engine call */
     long batch_wait_ms;           /* how long to wait for more jobs to join a batch */

@@ -279,6 +279,7 @@ class Rig:
             "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:%d" % self.s3proxy.port,
             "AWS_REGION": "us-east-1",
             "PERFLOW_S3_RETRY_BASE_MS": "50",
+            "PERFLOW_S3_OUTPUT_PREFIXES": BUCKET,
         })
         e.update({k: str(v) for k, v in extra.items()})
         return e

@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 
-from conftest import WORKER, servers
+from conftest import BUCKET, WORKER, servers
 
 
 def run_worker(env, timeout=30):
@@ -23,3 +23,62 @@ def test_token_without_hub_token_hosts_refuses_to_start(tmp_path):
     line = json.loads(lines[0])
     assert line["event"] == "worker.config_error" and "hub_token_hosts" in line["msg"], line
     assert "hub-token-never-sent" not in r.stderr
+
+
+def test_output_allow_lists_and_job_limits(rig):
+    """s3:// outputs only under s3_output_prefixes (the review: a job could
+    overwrite the model bucket), and a job over max_pixels, max_steps or
+    max_images rejected naming the field and the limit."""
+    r = rig(partitions=1)
+    cases = [  # (job id, changes, field, words of the message)
+        ("s-models", {"output": {"url": "s3://models/{job_id}.png"}}, "output.url", "s3_output_prefixes"),
+        ("s-pixels", {"width": 128}, "width", "max_pixels of 4096"),
+        ("s-steps", {"steps": 9}, "steps", "max_steps of 8"),
+        ("s-images", {"num_images": 3, "output": {"url": "s3://%s/{job_id}/{index}.png" % BUCKET}}, "num_images",
+         "max_images of 2"),
+    ]
+    for job_id, change, _, _ in cases:
+        r.produce(r.job(job_id, **change))
+    r.produce(r.job("s-good"))
+    r.start_worker(PERFLOW_MAX_PIXELS="4096", PERFLOW_MAX_STEPS="8", PERFLOW_MAX_IMAGES="2")
+    r.events.wait_terminal([c[0] for c in cases] + ["s-good"], timeout=120)
+    for job_id, _, field, words in cases:
+        ev = r.events.terminal(job_id)[0]
+        assert ev["state"] == "rejected" and ev["error"]["field"] == field, ev
+        assert words in ev["error"]["message"], ev
+    assert r.events.terminal("s-good")[0]["state"] == "succeeded"
+    # neither allow list set: every output is refused, naming the settings
+    r2 = rig(partitions=1)
+    r2.produce(r2.job("s-unset"))
+    r2.start_worker(PERFLOW_S3_OUTPUT_PREFIXES="")
+    r2.events.wait_terminal(["s-unset"], timeout=120)
+    ev = r2.events.terminal("s-unset")[0]
+    assert ev["state"] == "rejected" and ev["error"]["field"] == "output.url", ev
+    assert "s3_output_prefixes" in ev["error"]["message"], ev
+
+
+def test_job_over_max_job_seconds_fails_with_timeout(rig):
+    r = rig(partitions=1)
+    r.produce(r.job("s-slow", width=384, height=384, steps=50))
+    w = r.start_worker(PERFLOW_MAX_JOB_SECONDS="1")
+    r.events.wait_terminal(["s-slow"], timeout=120)
+    ev = r.events.terminal("s-slow")[0]
+    assert ev["state"] == "failed" and ev["error"]["code"] == "timeout", ev
+    assert "max_job_seconds" in ev["error"]["message"] and not ev["error"]["retryable"]
+    assert w.proc.poll() is None
+
+
+def test_submit_dry_run_warns_outside_output_allow_lists():
+    perflow = os.path.join(os.path.dirname(WORKER), "perflow")
+    args = [perflow, "submit", "--model-url", "https://hub.example.com/m", "--prompt", "a cat", "--dry-run",
+            "--no-redis", "--output"]
+    env = servers.clean_env()
+    # nothing known here: no warning (the workers' own settings decide)
+    r = subprocess.run(args + ["s3://models/{job_id}.png"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    env["PERFLOW_S3_OUTPUT_PREFIXES"] = "renders/out"
+    r = subprocess.run(args + ["s3://models/{job_id}.png"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert "warning" in r.stderr and "s3_output_prefixes" in r.stderr, r.stderr
+    r = subprocess.run(args + ["s3://renders/out/{job_id}.png"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr

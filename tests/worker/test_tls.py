@@ -66,6 +66,7 @@ class Secured:
         self.env.update({
             "CREDENTIALS_DIRECTORY": self.cred,
             "PERFLOW_HUB_TOKEN_HOSTS": "127.0.0.1",
+            "PERFLOW_S3_OUTPUT_PREFIXES": BUCKET,
             "PERFLOW_BROKERS": kafka.bootstrap if kafka else "127.0.0.1:9",
             "PERFLOW_KAFKA_SECURITY_PROTOCOL": "ssl",
             "PERFLOW_KAFKA_SSL_CA_LOCATION": certs.path("ca.pem"),

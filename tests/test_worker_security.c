@@ -1,0 +1,93 @@
+/* test_worker_security.c - the pure parts of the security review's fixes
+ * (issue 19): the output allow lists, the worker's per-job limits, the size
+ * caps of the files the engine reads, image pixel caps. The end-to-end halves
+ * (a worker, real servers) are tests/worker/test_security.py and
+ * tests/storage/test_fetch.py. */
+#include "test_util.h"
+
+#include "job.h"
+#include "job_limits.h"
+#include "output_key.h"
+#include "worker_config.h"
+
+/* s3_output_prefixes: folders of a bucket; with the list unset, s3:// is refused
+ * naming the setting (the review: a job could overwrite the model bucket). */
+static void test_output_allow_lists(void **state) {
+    (void)state;
+    pf_error err = {""};
+    assert_int_equal(pf_output_allowed("s3://models/unet.safetensors", "", "", &err), -1);
+    assert_non_null(strstr(err.msg, "s3_output_prefixes"));
+    assert_int_equal(pf_output_allowed("s3://models/unet.safetensors", "", "renders", &err), -1);
+    assert_non_null(strstr(err.msg, "s3_output_prefixes"));
+    assert_int_equal(pf_output_allowed("s3://renders/j/0.png", "", "renders", &err), 0);
+    assert_int_equal(pf_output_allowed("s3://renders/j/0.png", NULL, "models/x, renders/", &err), 0);
+    assert_int_equal(pf_output_allowed("s3://renders-b/j/0.png", "", "renders", &err), -1);
+    assert_int_equal(pf_output_allowed("s3://renders/out/j.png", "", "renders/out", &err), 0);
+    assert_int_equal(pf_output_allowed("s3://renders/outside/j.png", "", "renders/out", &err), -1);
+    assert_int_equal(pf_output_allowed("s3://renders", "", "renders", &err), -1);
+    /* file:// keeps file_output_root's rule; other schemes are refused */
+    assert_int_equal(pf_output_allowed("file:///srv/out/a.png", "/srv/out/", "", &err), 0);
+    assert_int_equal(pf_output_allowed("file:///srv/outx/a.png", "/srv/out", "", &err), -1);
+    assert_int_equal(pf_output_allowed("file:///srv/out/a.png", "", "renders", &err), -1);
+    assert_non_null(strstr(err.msg, "file_output_root"));
+    assert_int_equal(pf_output_allowed("gs://renders/a.png", "/srv", "renders", &err), -1);
+}
+
+/* Parses a job made of the minimal one and extra fields (a JSON fragment). */
+static void parse_job(pf_job *job, const char *extra) {
+    char doc[1024], field[PF_JOB_FIELD_MAX];
+    pf_error err = {""};
+    snprintf(doc, sizeof doc,
+             "{\"job_id\": \"j-1\", \"model\": {\"base\": {\"url\": \"https://hub/m\"}}, \"prompt\": \"a cat\", "
+             "\"output\": {\"url\": \"s3://b/{job_id}/{index}.png\"}%s}",
+             extra);
+    if (pf_job_parse(job, doc, strlen(doc), field, sizeof field, &err)) fail_msg("%s: %s", field, err.msg);
+}
+
+/* The review: per-job cost was bounded only by compile-time constants. */
+static void test_job_limits(void **state) {
+    (void)state;
+    pf_worker_config cfg;
+    pf_worker_config_defaults(&cfg);
+    assert_int_equal(cfg.max_pixels, 2048 * 2048);
+    assert_int_equal(cfg.max_steps, 100);
+    assert_int_equal(cfg.max_images, 16);
+    assert_int_equal(cfg.max_job_seconds, 3600);
+    pf_error err = {""};
+    assert_int_equal(pf_worker_config_set(&cfg, "max_pixels", "262144", &err), 0); /* 512 x 512 */
+    assert_int_equal(pf_worker_config_set(&cfg, "max_steps", "8", &err), 0);
+    assert_int_equal(pf_worker_config_set(&cfg, "max_images", "2", &err), 0);
+    static const struct { const char *extra, *field, *limit; } cases[] = {
+        {"", NULL, NULL},
+        {", \"width\": 512, \"height\": 512, \"steps\": 8, \"num_images\": 2", NULL, NULL},
+        {", \"width\": 1024, \"height\": 512", "width", "max_pixels of 262144"},
+        {", \"width\": 512, \"height\": 1024", "height", "max_pixels of 262144"},
+        {", \"steps\": 9", "steps", "max_steps of 8"},
+        {", \"num_images\": 3", "num_images", "max_images of 2"},
+        {", \"width\": 256, \"height\": 512, \"refine\": {\"controlnet\": {\"url\": \"https://hub/c\"}, "
+         "\"size\": 512}", "refine.size", "max_pixels"},
+        {", \"refine\": {\"controlnet\": {\"url\": \"https://hub/c\"}, \"steps\": 20}", "refine.steps", "max_steps"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        pf_job job;
+        char field[PF_JOB_FIELD_MAX];
+        parse_job(&job, cases[i].extra);
+        int rc = pf_job_limits_check(&job, &cfg, field, sizeof field, &err);
+        if (!cases[i].field) {
+            if (rc) fail_msg("case %zu: %s", i, err.msg);
+        } else {
+            assert_int_equal(rc, -1);
+            assert_string_equal(field, cases[i].field);
+            if (!strstr(err.msg, cases[i].limit)) fail_msg("case %zu: '%s' lacks '%s'", i, err.msg, cases[i].limit);
+        }
+        pf_job_free(&job);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_output_allow_lists),
+        cmocka_unit_test(test_job_limits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
