@@ -64,7 +64,15 @@ static void usage(FILE *f) {
             "  --height H --num-images 1 --prediction-type T --windows K --clip-skip 0\n"
             "  (a job carries only the flags given; the worker resolves sizes, prediction type and windows\n"
             "  from the model as perflow generate does: see perflow generate --help)\n"
-            "  --refine --controlnet-url URL [--controlnet-sha256 HEX] --refine-size 1024 --refine-steps 4\n"
+            "  SDXL: --prompt-2 TEXT --negative-prompt-2 TEXT --original-size W,H --crop-coords X,Y\n"
+            "  --target-size W,H\n"
+            "  --lora-url URL[:SCALE] [--lora-sha256 HEX]   a LoRA .safetensors (repeatable, in order)\n"
+            "  --controlnet-url URL[:SCALE] [--controlnet-sha256 HEX] --control-image-url URL\n"
+            "  [--control-image-sha256 HEX]   a text-to-image ControlNet and its condition image (repeatable\n"
+            "  as pairs; a --control-image-url and each -sha256 belong to the URL flag just before them;\n"
+            "  a net's scale is its :SCALE, else --controlnet-scale; the scale is what follows the last ':'\n"
+            "  when it is a number)\n"
+            "  --refine --controlnet-url URL[:SCALE] [--controlnet-sha256 HEX] --refine-size 1024 --refine-steps 4\n"
             "  --refine-prompt TEXT --refine-negative-prompt TEXT --refine-guidance 7.5\n"
             "  --refine-strength 1.0 --controlnet-scale 1.0 [--keep-base]\n"
             "Where the fleet finds the model and puts the images:\n"
@@ -97,7 +105,8 @@ static void usage(FILE *f) {
             "  --redis ADDR          the workers' Redis (default $PERFLOW_REDIS): jobs it has a result for\n"
             "                        are not sent again, and the batch is indexed for perflow status --batch;\n"
             "                        --no-redis: neither\n"
-            "Not here (the workers' settings): --model, --delta, --controlnet (use the -url forms), --out,\n"
+            "Not here (the workers' settings): --model, --delta, --lora, --controlnet, --control-image (use\n"
+            "the -url forms), --out,\n"
             "--grid, --device, --threads, --vae-tiling.\n"
             "Exit status: 0 when every job was sent (and with --wait succeeded), 1 otherwise, 2 on usage\n"
             "errors.\n");
@@ -105,10 +114,29 @@ static void usage(FILE *f) {
 
 static int usage_error(const char *fmt, const char *arg) { return pf_cli_usage_error("submit", fmt, arg); }
 
+/* A URL[:SCALE] flag's URL (pf_cli_split_scale), its scale and its sha256 flag. */
+typedef struct url_arg {
+    char url[2048];
+    double scale;
+    int has_scale;
+    const char *sha;                  /* NULL when not given */
+} url_arg;
+
 typedef struct options {
     const char *model_url, *delta_url, *delta_sha, *cn_url, *cn_sha, *output, *prompt, *negative, *prompts,
         *prompts_format, *seeds, *batch_id, *manifest, *config, *brokers, *topic, *status_topic, *redis, *deadline,
-        *prediction_type, *refine_prompt, *refine_negative;
+        *prediction_type, *refine_prompt, *refine_negative, *prompt_2, *negative_2;
+    long orig[2], crop[2], target[2]; /* SDXL's time ids, as --original-size W,H and friends; 0: not given */
+    int has_orig, has_crop, has_target;
+    url_arg loras[PF_MAX_LORAS];      /* --lora-url URL[:SCALE] [--lora-sha256 HEX] */
+    int n_loras;
+    struct {                          /* --controlnet-url URL[:SCALE] [--controlnet-sha256 HEX] */
+        url_arg net;                  /* [--control-image-url URL [--control-image-sha256 HEX]] */
+        const char *image, *image_sha; /* image NULL: the refiner's tile */
+    } nets[PF_MAX_CONTROLS];
+    int n_nets;
+    double cn_tile_scale;             /* the tile's :SCALE when it has one */
+    int has_tile_scale;
     long steps, width, height, num_images, windows, clip_skip, refine_size, refine_steps, shard_size;
     double guidance, refine_guidance, refine_strength, cn_scale, rate, timeout;
     uint64_t seed;
@@ -186,6 +214,16 @@ static json_t *template_job(const options *o) {
         json_object_set_new(model, "delta", d);
     }
     if (o->fp16) json_object_set_new(model, "fp16", json_true());
+    if (o->n_loras) {
+        json_t *ls = json_array();
+        for (int i = 0; i < o->n_loras; i++) {
+            json_t *l = json_pack("{s:s}", "url", o->loras[i].url);
+            if (o->loras[i].sha) json_object_set_new(l, "sha256", json_string(o->loras[i].sha));
+            if (o->loras[i].has_scale) json_object_set_new(l, "scale", json_real(o->loras[i].scale));
+            json_array_append_new(ls, l);
+        }
+        json_object_set_new(model, "loras", ls);
+    }
     json_t *t = json_pack("{s:s, s:o, s:I, s:f, s:I, s:I, s:{s:s}}", "schema", PF_JOB_SCHEMA, "model", model,
                           "steps", (json_int_t)o->steps, "guidance", o->guidance, "num_images",
                           (json_int_t)o->num_images, "clip_skip", (json_int_t)o->clip_skip, "output", "url",
@@ -193,6 +231,26 @@ static json_t *template_job(const options *o) {
     PF_CHECK(t);
     /* what the model decides (request.h) is left to the worker, which resolves
      * it as perflow generate does: a job carries only what its flags set */
+    if (o->prompt_2) json_object_set_new(t, "prompt_2", json_string(o->prompt_2));
+    if (o->negative_2) json_object_set_new(t, "negative_prompt_2", json_string(o->negative_2));
+    if (o->has_orig) json_object_set_new(t, "original_size", json_pack("[I,I]", (json_int_t)o->orig[0], (json_int_t)o->orig[1]));
+    if (o->has_crop) json_object_set_new(t, "crop_coords", json_pack("[I,I]", (json_int_t)o->crop[0], (json_int_t)o->crop[1]));
+    if (o->has_target)
+        json_object_set_new(t, "target_size", json_pack("[I,I]", (json_int_t)o->target[0], (json_int_t)o->target[1]));
+    json_t *control = json_array();
+    for (int i = 0; i < o->n_nets; i++) {
+        if (!o->nets[i].image) continue; /* the tile: refine.controlnet */
+        json_t *c = json_pack("{s:{s:s}, s:{s:s}}", "controlnet", "url", o->nets[i].net.url, "image", "url",
+                              o->nets[i].image);
+        if (o->nets[i].net.sha) json_object_set_new(json_object_get(c, "controlnet"), "sha256", json_string(o->nets[i].net.sha));
+        if (o->nets[i].image_sha) json_object_set_new(json_object_get(c, "image"), "sha256", json_string(o->nets[i].image_sha));
+        /* as perflow generate: the net's :SCALE, else --controlnet-scale */
+        if (o->nets[i].net.has_scale || o->has_cnscale)
+            json_object_set_new(c, "scale", json_real(o->nets[i].net.has_scale ? o->nets[i].net.scale : o->cn_scale));
+        json_array_append_new(control, c);
+    }
+    if (json_array_size(control)) json_object_set_new(t, "control", control);
+    else json_decref(control);
     if (o->width) json_object_set_new(t, "width", json_integer(o->width));
     if (o->height) json_object_set_new(t, "height", json_integer(o->height));
     if (o->prediction_type || o->windows) {
@@ -208,7 +266,8 @@ static json_t *template_job(const options *o) {
         if (o->has_rsteps) json_object_set_new(r, "steps", json_integer(o->refine_steps));
         if (o->has_rguidance) json_object_set_new(r, "guidance", json_real(o->refine_guidance));
         if (o->has_rstrength) json_object_set_new(r, "strength", json_real(o->refine_strength));
-        if (o->has_cnscale) json_object_set_new(r, "controlnet_scale", json_real(o->cn_scale));
+        if (o->has_tile_scale || o->has_cnscale)
+            json_object_set_new(r, "controlnet_scale", json_real(o->has_tile_scale ? o->cn_tile_scale : o->cn_scale));
         if (o->refine_prompt) json_object_set_new(r, "prompt", json_string(o->refine_prompt));
         if (o->refine_negative) json_object_set_new(r, "negative_prompt", json_string(o->refine_negative));
         if (o->keep_base) json_object_set_new(r, "keep_base", json_true());
@@ -552,11 +611,27 @@ static int read_file(const char *path, char **data, size_t *len, pf_error *err) 
     return 0;
 }
 
+/* Fills a from a URL[:SCALE] argument (the scale as perflow generate's
+ * PATH[:SCALE], in [-10, 10]); prints the usage error and returns -1 when the
+ * URL is too long or the scale out of range. */
+static int url_arg_set(url_arg *a, const char *arg, const char *flag) {
+    char *url;
+    pf_cli_split_scale(arg, &url, &a->scale, &a->has_scale);
+    int long_url = strlen(url) >= sizeof a->url;
+    snprintf(a->url, sizeof a->url, "%s", url);
+    free(url);
+    if (long_url) return pf_cli_usage_error("submit", "%s: the URL is longer than 2047 bytes", flag);
+    if (a->has_scale && !(a->scale >= -10 && a->scale <= 10))
+        return pf_cli_usage_error("submit", "%s: the scale must be in [-10, 10]", flag);
+    return 0;
+}
+
 static int parse_options(options *o, int argc, char **argv) {
     enum { O_MODEL_URL = 256, O_DELTA_URL, O_DELTA_SHA, O_CN_URL, O_CN_SHA, O_OUTPUT, O_PROMPTS, O_PFORMAT, O_SEEDS,
            O_BATCH, O_RATE, O_WAIT, O_TIMEOUT, O_MANIFEST, O_CONFIG, O_BROKERS, O_TOPIC, O_STATUS_TOPIC, O_REDIS,
            O_NO_REDIS, O_DRY, O_DEADLINE, O_REFINE, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH,
-           O_CNSCALE, O_KEEP_BASE, O_FP16, O_SHARD_SIZE, O_NOT_HERE };
+           O_CNSCALE, O_KEEP_BASE, O_FP16, O_SHARD_SIZE, O_NOT_HERE, O_PROMPT2, O_NEG2, O_ORIG, O_CROP, O_TARGET,
+           O_LORA_URL, O_LORA_SHA, O_CIMG_URL, O_CIMG_SHA };
     static const struct option opts[] = {
         {"model-url", required_argument, 0, O_MODEL_URL},     {"delta-url", required_argument, 0, O_DELTA_URL},
         {"delta-sha256", required_argument, 0, O_DELTA_SHA},  {"controlnet-url", required_argument, 0, O_CN_URL},
@@ -585,6 +660,12 @@ static int parse_options(options *o, int argc, char **argv) {
         {"grid", no_argument, 0, O_NOT_HERE},                 {"device", required_argument, 0, O_NOT_HERE},
         {"threads", required_argument, 0, O_NOT_HERE},        {"vae-tiling", required_argument, 0, O_NOT_HERE},
         {"shard-size", required_argument, 0, O_SHARD_SIZE},
+        {"prompt-2", required_argument, 0, O_PROMPT2},        {"negative-prompt-2", required_argument, 0, O_NEG2},
+        {"original-size", required_argument, 0, O_ORIG},      {"crop-coords", required_argument, 0, O_CROP},
+        {"target-size", required_argument, 0, O_TARGET},      {"lora-url", required_argument, 0, O_LORA_URL},
+        {"lora-sha256", required_argument, 0, O_LORA_SHA},    {"control-image-url", required_argument, 0, O_CIMG_URL},
+        {"control-image-sha256", required_argument, 0, O_CIMG_SHA},
+        {"lora", required_argument, 0, O_NOT_HERE},           {"control-image", required_argument, 0, O_NOT_HERE},
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
@@ -600,8 +681,50 @@ static int parse_options(options *o, int argc, char **argv) {
         case O_MODEL_URL: o->model_url = optarg; break;
         case O_DELTA_URL: o->delta_url = optarg; break;
         case O_DELTA_SHA: o->delta_sha = optarg; break;
-        case O_CN_URL: o->cn_url = optarg; break;
-        case O_CN_SHA: o->cn_sha = optarg; break;
+        case O_CN_URL:
+            if (o->n_nets == PF_MAX_CONTROLS) return usage_error("at most %s --controlnet-url", "8");
+            if (url_arg_set(&o->nets[o->n_nets].net, optarg, "--controlnet-url")) return 2;
+            o->n_nets++;
+            break;
+        case O_CN_SHA: /* belongs to the --controlnet-url just before it */
+            if (!o->n_nets || o->nets[o->n_nets - 1].net.sha)
+                return usage_error("%s", "--controlnet-sha256 follows the --controlnet-url it pins (one each)");
+            o->nets[o->n_nets - 1].net.sha = optarg;
+            break;
+        case O_CIMG_URL: /* as perflow generate's --control-image: the --controlnet-url just before it */
+            if (!o->n_nets || o->nets[o->n_nets - 1].image)
+                return usage_error("%s", "--control-image-url follows the --controlnet-url it conditions (one each)");
+            o->nets[o->n_nets - 1].image = optarg;
+            break;
+        case O_CIMG_SHA:
+            if (!o->n_nets || !o->nets[o->n_nets - 1].image || o->nets[o->n_nets - 1].image_sha)
+                return usage_error("%s", "--control-image-sha256 follows the --control-image-url it pins (one each)");
+            o->nets[o->n_nets - 1].image_sha = optarg;
+            break;
+        case O_LORA_URL:
+            if (o->n_loras == PF_MAX_LORAS) return usage_error("at most %s --lora-url", "8");
+            if (url_arg_set(&o->loras[o->n_loras], optarg, "--lora-url")) return 2;
+            o->n_loras++;
+            break;
+        case O_LORA_SHA:
+            if (!o->n_loras || o->loras[o->n_loras - 1].sha)
+                return usage_error("%s", "--lora-sha256 follows the --lora-url it pins (one each)");
+            o->loras[o->n_loras - 1].sha = optarg;
+            break;
+        case O_PROMPT2: o->prompt_2 = optarg; break;
+        case O_NEG2: o->negative_2 = optarg; break;
+        case O_ORIG:
+            if (pf_cli_pair(optarg, "--original-size", 1, 16384, o->orig)) return 2;
+            o->has_orig = 1;
+            break;
+        case O_CROP:
+            if (pf_cli_pair(optarg, "--crop-coords", 0, 16384, o->crop)) return 2;
+            o->has_crop = 1;
+            break;
+        case O_TARGET:
+            if (pf_cli_pair(optarg, "--target-size", 1, 16384, o->target)) return 2;
+            o->has_target = 1;
+            break;
         case O_OUTPUT: o->output = optarg; break;
         case 'p': o->prompt = optarg; break;
         case 'n': o->negative = optarg; break;
@@ -663,10 +786,12 @@ static int parse_options(options *o, int argc, char **argv) {
         case O_FP16: o->fp16 = 1; break;
         case O_NOT_HERE: {
             const char *name = opts[idx].name;
-            if (!strcmp(name, "model") || !strcmp(name, "delta") || !strcmp(name, "controlnet")) {
+            if (!strcmp(name, "model") || !strcmp(name, "delta") || !strcmp(name, "controlnet") ||
+                !strcmp(name, "lora") || !strcmp(name, "control-image")) {
                 char msg[160];
-                snprintf(msg, sizeof msg, "--%s names a local folder; the fleet fetches models: use --%s-url", name,
-                         name);
+                int file = !strcmp(name, "lora") || !strcmp(name, "control-image");
+                snprintf(msg, sizeof msg, "--%s names a local %s; the fleet fetches models: use --%s-url", name,
+                         file ? "file" : "folder", name);
                 return usage_error("%s", msg);
             }
             if (!strcmp(name, "out")) return usage_error("%s", "--out is for local runs: use --output URL-TEMPLATE");
@@ -683,9 +808,21 @@ static int parse_options(options *o, int argc, char **argv) {
     if (!o->output) return usage_error("%s", "needs --output URL-TEMPLATE (s3://BUCKET/{job_id}-{index}.png, ...)");
     if (!o->prompt == !o->prompts) return usage_error("%s", "needs --prompt TEXT or --prompts FILE (one of them)");
     if (o->has_seed && o->seeds) return usage_error("%s", "--seed and --seeds: give one of them");
-    if (o->refine != (o->cn_url != NULL))
+    /* as perflow generate: a --controlnet-url without a --control-image-url is the refiner's tile */
+    int tiles = 0;
+    for (int i = 0; i < o->n_nets; i++)
+        if (!o->nets[i].image) {
+            tiles++;
+            o->cn_url = o->nets[i].net.url;
+            o->cn_sha = o->nets[i].net.sha;
+            o->has_tile_scale = o->nets[i].net.has_scale;
+            o->cn_tile_scale = o->nets[i].net.scale;
+        }
+    if (tiles > 1) return usage_error("%s", "one --controlnet-url without a --control-image-url (the refiner's tile)");
+    if (o->refine != (tiles == 1))
         return usage_error("%s", o->refine ? "--refine needs --controlnet-url URL (the ControlNet-Tile folder)"
-                                           : "--controlnet-url is used by --refine only");
+                                           : "a --controlnet-url without --control-image-url is the refiner's tile: "
+                                             "give --refine, or the net's --control-image-url");
     if (o->timeout && !o->wait) return usage_error("%s", "--timeout is for --wait");
     if (o->redis && o->no_redis) return usage_error("%s", "--redis and --no-redis: give one of them");
     if (o->prompts_format && strcmp(o->prompts_format, "jsonl") && strcmp(o->prompts_format, "csv"))

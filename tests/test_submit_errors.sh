@@ -97,6 +97,32 @@ expect 2 "--batch-id '../x' must be" $S --prompt cat --batch-id ../x
 expect 2 "--timeout is for --wait" $S --prompt cat --timeout 3
 expect 2 "--steps must be" $S --prompt cat --steps 0
 expect 2 "unknown option" $S --prompt cat --frobnicate
+# SDXL prompts, LoRAs and ControlNets by URL (issue 22): each -sha256 and image belongs to the URL flag before it
+expect 2 "--control-image-url follows the --controlnet-url" $S --prompt cat --control-image-url https://h/c.png
+expect 2 "--control-image-url follows the --controlnet-url" $S --prompt cat --controlnet-url https://h/cn \
+    --control-image-url https://h/a.png --control-image-url https://h/b.png
+expect 2 "is the refiner's tile: give --refine" $S --prompt cat --controlnet-url https://h/cn
+expect 2 "one --controlnet-url without a --control-image-url" $S --prompt cat --refine --controlnet-url https://h/a \
+    --controlnet-url https://h/b
+expect 2 "--lora-sha256 follows the --lora-url" $S --prompt cat --lora-sha256 abc
+expect 2 "--control-image-sha256 follows the --control-image-url" $S --prompt cat --controlnet-url https://h/cn \
+    --control-image-sha256 abc
+expect 2 "--lora-url: the scale must be in [-10, 10]" $S --prompt cat --lora-url https://h/l.safetensors:99
+expect 2 "--lora names a local file" $S --prompt cat --lora /x.safetensors
+expect 2 "--original-size must be two integers" $S --prompt cat --original-size 0,5
+expect 1 "job: model.loras[0].sha256: must be 64 lower-case hex digits" $S --prompt cat \
+    --lora-url https://h/l.safetensors --lora-sha256 xyz
+expect 1 "job: model.loras[0].url: must name a .safetensors" $S --prompt cat --lora-url https://h/l.bin
+H64=$(printf '%064d' 0 | tr 0 a)
+out=$($S --prompt cat --prompt-2 oil --negative-prompt-2 dull --original-size 1024,768 --crop-coords 8,4 \
+    --target-size 1024,1024 --lora-url https://h:8443/l.safetensors:0.5 --lora-sha256 "$H64" \
+    --lora-url https://h/m.safetensors --controlnet-url https://h/cn:0.25 --control-image-url https://h/c.png \
+    --control-image-sha256 "$H64" 2> "$T/err")
+case "$out" in
+*'"loras":[{"url":"https://h:8443/l.safetensors","sha256":"'"$H64"'","scale":0.5},{"url":"https://h/m.safetensors"}]'*'"prompt_2":"oil","negative_prompt_2":"dull","original_size":[1024,768],"crop_coords":[8,4],"target_size":[1024,1024],"control":[{"controlnet":{"url":"https://h/cn"},"image":{"url":"https://h/c.png","sha256":"'"$H64"'"},"scale":0.25}]'*)
+    echo "ok: submit --dry-run: SDXL prompts and time ids, LoRAs and a ControlNet by URL in the job" ;;
+*) echo "FAIL: submit --dry-run printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
+esac
 # Nothing listens: a clear error within the connect timeout, never a hang.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 expect 1 "no broker of 127.0.0.1:$port answered" timeout 60 $P submit --brokers "127.0.0.1:$port" \
