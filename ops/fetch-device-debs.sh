@@ -25,7 +25,7 @@ PKGS_WORKER="librdkafka1 librdkafka-dev libhiredis0.14 libhiredis-dev libcurl4 l
       libssl3 libssl-dev libsystemd0 libsystemd-dev libmicrohttpd12 libmicrohttpd-dev
       libssh2-1 libldap-2.5-0 libsasl2-2 libsasl2-modules-db
       redis-server redis-tools libjemalloc2 liblzf1
-      libarchive13 libarchive-dev libxml2 libicu72 libacl1 libnettle8"
+      libarchive13 libarchive-dev libxml2 libicu72 libacl1"
 mkdir -p .debs
 cd .debs
 rm -f ./*.deb
