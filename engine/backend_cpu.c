@@ -445,14 +445,18 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void softmax
     for (int64_t j = 0; j < n; j++) row[j] *= inv;
 }
 
-/* One key block of the running softmax: row[0, n) becomes exp(row - m_new)
- * with m_new = max(m_old, max(row)); *l becomes *l * exp(m_old - m_new) + the
- * sum of the new values. Returns m_new. Clones as softmax_row. */
-__attribute__((target_clones("avx512f", "avx2", "default"))) static float softmax_block(float *row, int64_t n,
-                                                                                         float m_old, float *l) {
+/* One key block of the running softmax: row[0, n) is first scaled by scale,
+ * then becomes exp(row - m_new) with m_new = max(m_old, max(row)); *l becomes
+ * *l * exp(m_old - m_new) + the sum of the new values. Returns m_new. Clones
+ * as softmax_row. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static float
+softmax_block(float *row, int64_t n, float scale, float m_old, float *l) {
     float mx = m_old;
 #pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int64_t j = 0; j < n; j++) {
+        row[j] *= scale;
+        mx = row[j] > mx ? row[j] : mx;
+    }
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; j++) {
@@ -472,17 +476,6 @@ static void cpu_softmax(pf_tensor *y, const pf_tensor *x) {
         softmax_row((float *)y->data + r * c, (const float *)x->data + r * c, c);
 }
 
-/* Work items are (batch, head, block of query rows); each thread owns one
- * score buffer [qb, Lk] and runs single-threaded sgemms on it. Heads are
- * strided views of q/k/v (row stride C), which sgemm's lda expresses directly,
- * so nothing is transposed or copied. */
-/* s[r, j] = scale * sum_e q[r, e] kt[e, j] for r < rows, j < kn: the score
- * block of attention_blocked. kt is the key block transposed, (d, ldk), zero past
- * kn up to a multiple of 64, so that 64 keys' columns of it (d x 64 floats) stay
- * in L1 while every query row
- * runs over them: each step is a broadcast of one query value and four vector
- * FMAs, where a library GEMM with an inner size of 40 (SD's head width) spends
- * its time packing. The sum over e runs in the order of the head's channels. */
 /* 16 floats; on AVX-512 one register, on AVX2 two, otherwise four (GCC splits it). */
 typedef float v16f __attribute__((vector_size(64)));
 
@@ -490,37 +483,75 @@ typedef float v16f __attribute__((vector_size(64)));
  * vector has an ABI that differs by target */
 #define LOAD16(v, p) memcpy(&(v), (p), sizeof(v))
 
-/* Multiply-adds fused (FMA) in the score kernel: GCC contracts nothing under -std=c11 */
+/* Multiply-adds fused (FMA) in the block kernels: GCC contracts nothing under -std=c11 */
 #if defined(__clang__)
 #define PF_FP_CONTRACT
 #else
 #define PF_FP_CONTRACT __attribute__((optimize("fp-contract=fast")))
 #endif
 
+/* Complete unrolling of the register-tile loops, so that the accumulators stay
+ * in registers (-O2 does not unroll them by itself). */
+#define PF_UNROLL _Pragma("GCC unroll 4")
+
+/* c[r, e] = (add ? c[r, e] : 0) + sum_j a[r, j] * b[j, e] for r < NR, e < 16 * NV, j < k: one
+ * register tile of mm_block (NR x NV accumulators, 16 on AVX-512), summing
+ * over j in order. NR and NV are constants where it is inlined. */
+static inline __attribute__((always_inline)) void mm_tile(float *c, int64_t ldc, const float *a, int64_t lda,
+                                                          const float *b, int64_t ldb, int64_t k, int add,
+                                                          const int nr, const int nv) {
+    v16f acc[4][4];
+    PF_UNROLL for (int r = 0; r < nr; r++)
+        PF_UNROLL for (int u = 0; u < nv; u++) {
+            acc[r][u] = (v16f){0};
+            if (add) LOAD16(acc[r][u], c + r * ldc + 16 * u);
+        }
+    for (int64_t j = 0; j < k; j++) {
+        v16f bv[4];
+        PF_UNROLL for (int u = 0; u < nv; u++) LOAD16(bv[u], b + j * ldb + 16 * u);
+        PF_UNROLL for (int r = 0; r < nr; r++) {
+            const v16f x = (v16f){0} + a[r * lda + j];
+            PF_UNROLL for (int u = 0; u < nv; u++) acc[r][u] += x * bv[u];
+        }
+    }
+    PF_UNROLL for (int r = 0; r < nr; r++)
+        PF_UNROLL for (int u = 0; u < nv; u++) memcpy(c + r * ldc + 16 * u, &acc[r][u], sizeof(v16f));
+}
+
+/* c[rows, n] = (add ? c : 0) + a[rows, k] @ b[k, n], n a multiple of 16, all row-major with
+ * the given row strides: the two products of attention_blocked, whose sizes
+ * suit a library GEMM badly. The scores q @ k^T have an inner size of 40 (SD's
+ * head width), and the values p @ v an outer one of 40: sgemm spends as long
+ * packing its operands as multiplying them. Here a is read in place, four rows
+ * at a time against up to 64 columns of b held in registers, and b (a key
+ * block: the keys transposed, or the values) stays in L1/L2 across the rows.
+ * Built for AVX-512, AVX2 and plain x86-64, chosen at load by the CPU (GCC's
+ * target_clones). */
 __attribute__((target_clones("avx512f", "avx2", "default"))) PF_FP_CONTRACT static void
-qk_block(float *s, const float *q, int64_t ldq, const float *kt, int64_t ldk, int rows, int kn, int64_t d,
-         float scale) {
-    for (int j0 = 0; j0 < kn; j0 += 64) {
-        const int w = kn - j0 < 64 ? kn - j0 : 64;
-        /* two query rows at a time: eight independent sums per key load */
-        for (int r = 0; r < rows; r += 2) {
-            const int two = r + 1 < rows;
-            const float *q0 = q + (int64_t)r * ldq, *q1 = two ? q0 + ldq : q0, *kr = kt + j0;
-            v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
-            for (int64_t e = 0; e < d; e++, kr += ldk) {
-                const v16f x = (v16f){0} + q0[e], y = (v16f){0} + q1[e];
-                v16f k0, k1, k2, k3;
-                LOAD16(k0, kr), LOAD16(k1, kr + 16), LOAD16(k2, kr + 32), LOAD16(k3, kr + 48);
-                a0 += x * k0, a1 += x * k1, a2 += x * k2, a3 += x * k3;
-                b0 += y * k0, b1 += y * k1, b2 += y * k2, b3 += y * k3;
+mm_block(float *c, int64_t ldc, const float *a, int64_t lda, const float *b, int64_t ldb, int add, int rows,
+         int64_t k, int64_t n) {
+    for (int64_t e0 = 0; e0 < n; e0 += 64) {
+        const int nv = (int)min64(4, (n - e0) / 16);
+        int r = 0;
+        for (; r + 4 <= rows; r += 4) {
+            float *cr = c + r * ldc + e0;
+            const float *ar = a + r * lda, *be = b + e0;
+            switch (nv) {
+            case 1: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 4, 1); break;
+            case 2: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 4, 2); break;
+            case 3: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 4, 3); break;
+            default: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 4, 4); break;
             }
-            float out[2][64];
-            a0 *= scale, a1 *= scale, a2 *= scale, a3 *= scale;
-            b0 *= scale, b1 *= scale, b2 *= scale, b3 *= scale;
-            memcpy(out[0], &a0, 64), memcpy(out[0] + 16, &a1, 64), memcpy(out[0] + 32, &a2, 64);
-            memcpy(out[0] + 48, &a3, 64), memcpy(out[1], &b0, 64), memcpy(out[1] + 16, &b1, 64);
-            memcpy(out[1] + 32, &b2, 64), memcpy(out[1] + 48, &b3, 64);
-            for (int i = 0; i <= two; i++) memcpy(s + (int64_t)(r + i) * FLASH_KB + j0, out[i], (size_t)w * sizeof(float));
+        }
+        for (; r < rows; r++) {
+            float *cr = c + r * ldc + e0;
+            const float *ar = a + r * lda, *be = b + e0;
+            switch (nv) {
+            case 1: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 1, 1); break;
+            case 2: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 1, 2); break;
+            case 3: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 1, 3); break;
+            default: mm_tile(cr, ldc, ar, lda, be, ldb, k, add, 1, 4); break;
+            }
         }
     }
 }
@@ -534,10 +565,11 @@ static void attention_blocked(pf_tensor *out, const pf_tensor *q, const pf_tenso
     const int64_t bsz = q->shape[0], lq = q->shape[1], lk = k->shape[1], c = q->shape[2], d = c / heads;
     const int64_t qb = min64(lq, FLASH_QB), nblk = (lq + qb - 1) / qb, tasks = bsz * heads * nblk;
     const int parts = (int)min64(nt, tasks);
-    /* per thread: scores (qb, FLASH_KB), the accumulator (qb, d), m and l (qb); shared:
-     * the keys transposed per head, (B, heads, d, nkb * FLASH_KB), zero past Lk so that
-     * the score kernel may read whole blocks */
-    const int64_t per = qb * FLASH_KB + qb * d + 2 * qb, nkb = (lk + FLASH_KB - 1) / FLASH_KB;
+    /* per thread: scores (qb, FLASH_KB), the accumulator (qb, dp), m and l (qb), the
+     * key block's values (FLASH_KB, dp); shared: the keys transposed per head, (B, heads,
+     * d, nkb * FLASH_KB), zero past Lk so that the score kernel may read whole blocks */
+    const int64_t dp = (d + 15) / 16 * 16;
+    const int64_t per = qb * FLASH_KB + qb * dp + 2 * qb + FLASH_KB * dp, nkb = (lk + FLASH_KB - 1) / FLASH_KB;
     const int64_t lkp = nkb * FLASH_KB;
     float *scratch = cache_alloc(out->be->impl, (size_t)(parts * per + bsz * heads * d * lkp) * sizeof(float));
     if (!scratch) {
@@ -563,8 +595,8 @@ static void attention_blocked(pf_tensor *out, const pf_tensor *q, const pf_tenso
     PF_CHECK(lk <= INT_MAX && c <= INT_MAX);
 #pragma omp parallel num_threads(parts) if (parts > 1)
     {
-        float *s = scratch + (int64_t)omp_get_thread_num() * per, *acc = s + qb * FLASH_KB, *m = acc + qb * d,
-              *l = m + qb;
+        float *s = scratch + (int64_t)omp_get_thread_num() * per, *acc = s + qb * FLASH_KB, *m = acc + qb * dp,
+              *l = m + qb, *vb = l + qb;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; t++) {
             const int64_t b = t / (heads * nblk), h = (t / nblk) % heads, i0 = (t % nblk) * qb;
@@ -575,31 +607,40 @@ static void attention_blocked(pf_tensor *out, const pf_tensor *q, const pf_tenso
             for (int64_t j0 = 0; j0 < lk; j0 += FLASH_KB) {
                 const int kn = (int)min64(FLASH_KB, lk - j0);
                 const float *vp = (const float *)v->data + (b * lk + j0) * c + h * d;
-                /* s[rows, kn] = scale * q_h[rows, d] @ k_h[kn, d]^T */
-                qk_block(s, qp, c, ktall + ((b * heads + h) * nkb + j0 / FLASH_KB) * d * FLASH_KB, FLASH_KB, rows,
-                         kn, d, scale);
+                /* s[rows, kn] = q_h[rows, d] @ k_h[kn, d]^T (scaled by the softmax), in
+                 * whole vectors: the transposed keys are zero past Lk */
+                mm_block(s, FLASH_KB, qp, c, ktall + ((b * heads + h) * nkb + j0 / FLASH_KB) * d * FLASH_KB, FLASH_KB,
+                         0, rows, d, (kn + 15) / 16 * 16);
                 for (int r = 0; r < rows; r++) {
                     float *row = s + (int64_t)r * FLASH_KB;
-                    const float mn = softmax_block(row, kn, m[r], &l[r]);
+                    const float mn = softmax_block(row, kn, scale, m[r], &l[r]);
                     /* rescale what the earlier key blocks gave this row */
                     const float corr = j0 ? exp_neg(m[r] - mn) : 0.0f;
-                    float *a = acc + (int64_t)r * d;
-                    for (int64_t e = 0; e < d; e++) a[e] = j0 ? a[e] * corr : 0.0f;
+                    float *a = acc + (int64_t)r * dp;
+                    for (int64_t e = 0; e < dp; e++) a[e] = j0 ? a[e] * corr : 0.0f;
                     m[r] = mn;
                 }
-                /* acc[rows, d] += p[rows, kn] @ v_h[kn, d] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, (int)d, kn, 1.0f, s, FLASH_KB, vp,
-                            (int)c, 1.0f, acc, (int)d);
+                /* vb[kn, dp] = v_h[kn, d], zero past d */
+                for (int j = 0; j < kn; j++) {
+                    memcpy(vb + j * dp, vp + (int64_t)j * c, (size_t)d * sizeof(float));
+                    for (int64_t e = d; e < dp; e++) vb[j * dp + e] = 0.0f;
+                }
+                /* acc[rows, dp] += p[rows, kn] @ vb[kn, dp] */
+                mm_block(acc, dp, s, FLASH_KB, vb, dp, 1, rows, kn, dp);
             }
             for (int r = 0; r < rows; r++) {
                 const float inv = 1.0f / l[r];
-                for (int64_t e = 0; e < d; e++) op[(int64_t)r * c + e] = acc[(int64_t)r * d + e] * inv;
+                for (int64_t e = 0; e < d; e++) op[(int64_t)r * c + e] = acc[(int64_t)r * dp + e] * inv;
             }
         }
     }
     cache_release(out->be->impl, scratch);
 }
 
+/* Work items are (batch, head, block of query rows); each thread owns one
+ * score buffer [qb, Lk] and runs single-threaded sgemms on it. Heads are
+ * strided views of q/k/v (row stride C), which sgemm's lda expresses directly,
+ * so nothing is transposed or copied. */
 static void cpu_attention(pf_tensor *out, const pf_tensor *q, const pf_tensor *k,
                           const pf_tensor *v, int heads, int causal) {
     int nt = team(out);

@@ -330,6 +330,7 @@ static void attention_cases(pf_backend *be) {
     attention_case(be, 1, 77, 77, 32, 4, 1); /* CLIP shape, scaled down */
     attention_case(be, 1, 300, 4100, 16, 2, 0); /* key blocks with a running softmax, short last ones */
     attention_case(be, 2, 70, 2600, 80, 2, 0);  /* the same with SD's head width 40 */
+    attention_case(be, 1, 37, 2100, 320, 2, 0); /* head width 160: values in 64 + 64 + 32 columns */
     attention_case(be, 1, 600, 2050, 8, 1, 1);  /* causal over several query blocks */
 }
 
