@@ -2,7 +2,8 @@
 # run_bench.sh - `make bench`: each benchmark timed for PyTorch and for perflow in the
 # same run on the same machine, with the ratio (perflow / torch: < 1 is faster).
 # Models are real-size shapes with random weights, made once under build/bench/models.
-# Env: BENCH_REPEAT (default 5), BENCH_REFINE_REPEAT (default 3), BENCH_THREADS (default: all cores).
+# Env: BENCH_REPEAT (default 5), BENCH_REFINE_REPEAT (default 3), BENCH_THREADS (default: all cores),
+# BENCH_ONLY (names among clip vae unet refine sdxl load storage worker: run only those).
 # RSS: each process's peak resident memory, weights included. Below the CPU rows: the
 # kernels each side ran on (perflow: the OpenBLAS core engine/blas_core.c chose from
 # CPUID; PyTorch: its CPU capability), as the last benchmark reported them.
@@ -15,7 +16,9 @@ MODELS=$B/bench/models
 mkdir -p "$MODELS"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); threads $THREADS; median of $REPEAT"
 printf "%-44s %10s %12s %7s %11s %11s\n" benchmark "torch (s)" "perflow (s)" ratio "torch RSS" "ours RSS"
+only() { [ -z "${BENCH_ONLY:-}" ] || case " $BENCH_ONLY " in *" $1 "*) ;; *) return 1 ;; esac; }
 run() { # name, python what, C binary, model subdir[, repeat]
+    only "$2" || return 0
     rep=${5:-$REPEAT}
     ref=$(.venv/bin/python tests/reference/bench_reference.py "$2" --models "$MODELS" --repeat "$rep" --threads "$THREADS")
     ours=$(OMP_NUM_THREADS=$THREADS "$B/bench/$3" "$MODELS/$4" "$rep" "$THREADS")
@@ -42,8 +45,9 @@ run "SDXL UNet, B=2, 64x64, fp32" sdxl bench_sdxl sdxl-unet "${BENCH_SDXL_REPEAT
 run "load SD-1.5 single file + 2 LoRAs, fp32" load bench_load sd15-single "${BENCH_LOAD_REPEAT:-3}"
 cat "$KERNELS"
 # Storage: 2 GiB from a local nginx into the model cache vs curl, cache-hit open times.
-B=$B sh tests/bench/bench_storage.sh
+only storage && B=$B sh tests/bench/bench_storage.sh
 # The worker's own cost per job (no PyTorch side): real broker, Redis, nginx and S3
 # processes on 127.0.0.1, the tiny model, BENCH_WORKER_JOBS jobs (default 200).
+only worker || exit 0
 echo
 PATH="$PATH:/usr/sbin" .venv/bin/python tests/bench/bench_worker.py "${BENCH_WORKER_JOBS:-200}"
