@@ -23,7 +23,7 @@ MAKE="make -j${JOBS:-2} NVCC= B=$B BIN=$BIN"
 
 applied=
 restore() {
-    [ -n "$applied" ] && patch -p1 -R -s < "$applied" && echo "restored the source ($applied)"
+    [ -n "$applied" ] && patch -p1 -R -s --no-backup-if-mismatch < "$applied" && echo "restored the source ($applied)"
     applied=
 }
 trap 'restore' EXIT
@@ -37,7 +37,11 @@ run_test() { # the test's exit status; its output goes to $B/mutate-logs/
     eval "timeout ${MUTATE_TIMEOUT:-900} $1" > "$2" 2>&1
 }
 
-mkdir -p "$B/mutate-logs"
+rm -rf "$B/mutate-logs" "$B/mutate-tmp"
+mkdir -p "$B/mutate-logs" "$B/mutate-tmp"
+# the scratch folders a failing test keeps (every caught mutation) stay in $B
+case "$B" in /*) TMPDIR="$B/mutate-tmp" ;; *) TMPDIR="$ROOT/$B/mutate-tmp" ;; esac
+export TMPDIR
 echo "=== building the unmutated code in $B"
 targets=
 for p in "$@"; do targets="$targets $(built_of "$(test_of "$p")")"; done
@@ -59,11 +63,11 @@ for p in "$@"; do
     t=$(test_of "$p")
     what=$(sed -n 's/^Mutation: //p' "$p" | head -n 1)
     log="$B/mutate-logs/$name.log"
-    if ! patch -p1 --dry-run -s < "$p" > "$log" 2>&1; then
+    if ! patch -p1 --dry-run -s --no-backup-if-mismatch < "$p" > "$log" 2>&1; then
         res="broken (does not apply)"
         broken=$((broken + 1))
     else
-        patch -p1 -s < "$p"
+        patch -p1 -s --no-backup-if-mismatch < "$p"
         applied=$p
         if ! $MAKE all $(built_of "$t") >> "$log" 2>&1; then
             res="broken (does not build)"
