@@ -49,6 +49,25 @@ static inline void pf_case_params(json_t *c, pf_txt2img_params *p) {
     p->width = pf_case_int(c, "width");
 }
 
+/* A case's int pair field (original_size, crop_coords, target_size) into out;
+ * absent or null leaves 0, 0 (the pipeline's defaults). */
+static inline void pf_case_pair(json_t *c, const char *k, int out[2]) {
+    json_t *v = json_object_get(c, k);
+    if (json_is_array(v))
+        for (int i = 0; i < 2; i++) out[i] = (int)json_integer_value(json_array_get(v, (size_t)i));
+}
+
+/* pf_case_params and an SDXL case's own fields (sdxl.json): prompt_2,
+ * negative_prompt_2 and the size conditioning. */
+static inline void pf_sdxl_case_params(json_t *c, pf_txt2img_params *p) {
+    pf_case_params(c, p);
+    p->prompt_2 = pf_case_str(c, "prompt_2");
+    p->negative_prompt_2 = pf_case_str(c, "negative_prompt_2");
+    pf_case_pair(c, "original_size", p->original_size);
+    pf_case_pair(c, "crop_coords", p->crop_coords);
+    pf_case_pair(c, "target_size", p->target_size);
+}
+
 /* The numeric fields of a case as the values of `perflow generate`'s options
  * (--steps, --guidance with every digit of the double, --seed, ...). */
 typedef struct pf_case_cli {

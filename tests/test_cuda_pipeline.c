@@ -270,14 +270,6 @@ static void test_refine(void **state) {
     json_decref(root);
 }
 
-/* Each case's int pair field (original_size, crop_coords, target_size) into out;
- * absent or null leaves 0, 0 (the pipeline's defaults). */
-static void pair_of(json_t *c, const char *k, int out[2]) {
-    json_t *v = json_object_get(c, k);
-    if (json_is_array(v))
-        for (int i = 0; i < 2; i++) out[i] = (int)json_integer_value(json_array_get(v, (size_t)i));
-}
-
 /* StableDiffusionXLPipeline (sdxl.json) on the GPU: text encoders and UNet in
  * float16, the VAE (force_upcast) on a float32 twin backend as diffusers upcasts
  * it, against the float32 diffusers goldens. */
@@ -296,12 +288,7 @@ static void test_sdxl(void **state) {
     assert_true(vbe->compute_dtype == PF_F32 && vbe != g_gpu);
     json_array_foreach(json_object_get(root, "cases"), i, c) {
         pf_txt2img_params q;
-        pf_case_params(c, &q);
-        q.prompt_2 = pf_case_str(c, "prompt_2");
-        q.negative_prompt_2 = pf_case_str(c, "negative_prompt_2");
-        pair_of(c, "original_size", q.original_size);
-        pair_of(c, "crop_coords", q.crop_coords);
-        pair_of(c, "target_size", q.target_size);
+        pf_sdxl_case_params(c, &q);
         const size_t n = (size_t)q.num_images * q.height * q.width * 3;
         float *got = malloc(n * sizeof *got);
         if (pf_pipeline_txt2img(p, &q, got, &err)) fail_msg("%s: %s", pf_case_str(c, "name"), err.msg);

@@ -103,14 +103,6 @@ static void test_unet(void **state) {
     pf_st_close(st);
 }
 
-/* Each case's int pair field (original_size, crop_coords, target_size) into out;
- * absent or null leaves 0, 0 (the pipeline's defaults). */
-static void pair_of(json_t *c, const char *k, int out[2]) {
-    json_t *v = json_object_get(c, k);
-    if (json_is_array(v))
-        for (int i = 0; i < 2; i++) out[i] = (int)json_integer_value(json_array_get(v, (size_t)i));
-}
-
 /* Whole StableDiffusionXLPipeline runs (sdxl.json): no negative prompt (the
  * zeros of force_zeros_for_empty_prompt), an empty one, a real one, prompt_2
  * and negative_prompt_2 with two images, a non-square size with explicit time ids. */
@@ -126,12 +118,7 @@ static void test_pipelines(void **state) {
     assert_int_equal(pf_pipeline_family(p), PF_FAMILY_SDXL);
     json_array_foreach(json_object_get(root, "cases"), i, c) {
         pf_txt2img_params q;
-        pf_case_params(c, &q);
-        q.prompt_2 = pf_case_str(c, "prompt_2");
-        q.negative_prompt_2 = pf_case_str(c, "negative_prompt_2");
-        pair_of(c, "original_size", q.original_size);
-        pair_of(c, "crop_coords", q.crop_coords);
-        pair_of(c, "target_size", q.target_size);
+        pf_sdxl_case_params(c, &q);
         const char *name = pf_case_str(c, "name");
         const size_t n = (size_t)q.num_images * q.height * q.width * 3;
         float *got = malloc(n * sizeof *got);
@@ -301,7 +288,7 @@ static void test_cli(void **state) {
         for (size_t f = 0; f < 3; f++) {
             int v[2] = {0, 0};
             if (!json_is_array(json_object_get(c, pair_flags[f][0]))) continue;
-            pair_of(c, pair_flags[f][0], v); /* diffusers' (h, w) / (top, left): the CLI takes W,H / X,Y */
+            pf_case_pair(c, pair_flags[f][0], v); /* diffusers' (h, w) / (top, left): the CLI takes W,H / X,Y */
             snprintf(pairs[f], sizeof pairs[f], "%d,%d", v[1], v[0]);
             argv[k++] = (char *)pair_flags[f][1];
             argv[k++] = pairs[f];
