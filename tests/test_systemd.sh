@@ -79,6 +79,20 @@ else
     fail "systemd-analyze verify: $out"
 fi
 
+# ---- 1b. what the unit must carry (issue 19) -------------------------------------
+# every credential ops/README.md lists, no core dumps, per-instance limits
+creds=$(sed -n '/^Credentials can also come as files/,/^sets)/p' "$ROOT/ops/README.md" | grep -o '`[a-z_.]*`' | tr -d '`')
+[ -n "$creds" ] || fail "no credential list found in ops/README.md"
+for c in $creds; do
+    grep -qx "LoadCredential=$c" "$ROOT/systemd/perflow-worker@.service" || fail "the unit does not load credential $c"
+done
+for line in LimitCORE=0 'MemoryMax=[0-9]*[KMGT]' 'TasksMax=[0-9]*'; do
+    grep -qx "$line" "$ROOT/systemd/perflow-worker@.service" || fail "the unit lacks $line"
+done
+grep -q '^#*Environment=PERFLOW_METRICS_LISTEN=0\.0\.0\.0' "$ROOT/systemd/perflow-worker@.service" &&
+    fail "the unit's metrics example binds every interface"
+[ "$failed" -eq 0 ] && echo "ok: the unit loads every listed credential ($(echo $creds | wc -w)), LimitCORE=0, MemoryMax, TasksMax"
+
 # ---- 2. security ---------------------------------------------------------------
 systemd-analyze security --offline=yes --threshold=25 --no-pager "$work/units/perflow-worker@.service" \
     > "$work/security.txt" 2>&1

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "output_key.h"
+#include "scratch.h"
 #include "pipeline.h"
 #include "provenance.h"
 #include "result_replay.h"
@@ -164,8 +165,10 @@ static int store_one(pf_exec *x, pf_exec_job *j, const image_set *set, int i, co
     const pf_worker_config *cfg = x->cfg;
     char path[4096];
     pf_error e;
-    snprintf(path, sizeof path, "%s/perflow-%d-%s-%s-%d.png", cfg->work_dir, (int)getpid(), job->job_id, set->stage,
-             i);
+    if (pf_scratch_file(path, sizeof path, cfg->work_dir, job->job_id, ".png", &e)) {
+        fail(j, PF_ERR_INTERNAL, 1, 0, "writing the image: %s", e.msg);
+        return -1;
+    }
     /* the same text whenever the job runs, so that a redelivery writes identical bytes */
     sources src;
     describe_sources(&src, job);

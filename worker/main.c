@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -16,6 +18,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "s3.h"
+#include "scratch.h"
 #include "worker.h"
 
 static void usage(FILE *f) {
@@ -90,6 +93,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "perflow-worker: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    /* No core dump and no ptrace by other processes of the user: the process
+     * holds the S3 secret, the hub token and the Kafka and Redis passwords
+     * (the unit also sets LimitCORE=0). */
+    (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    (void)setrlimit(RLIMIT_CORE, &(struct rlimit){0, 0});
     static pf_worker_config cfg;
     pf_error err = {{0}};
     pf_worker_config_defaults(&cfg);
@@ -116,6 +124,14 @@ int main(int argc, char **argv) {
         if (colon) *colon = '\0';
     }
     pf_wlog_init(cfg.worker_id, cfg.log_level);
+    /* Scratch files go to a directory of our own (scratch.h), never straight
+     * into a shared /tmp. */
+    static char scratch[sizeof cfg.work_dir];
+    if (pf_scratch_dir_create(scratch, sizeof scratch, cfg.work_dir, &err)) {
+        pf_wlog(PF_LOG_ERROR, "worker.config_error", NULL, NULL, "%s", err.msg);
+        return 2;
+    }
+    snprintf(cfg.work_dir, sizeof cfg.work_dir, "%s", scratch);
 
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -153,6 +169,7 @@ int main(int argc, char **argv) {
     rc = pf_worker_run(w);
 out:
     pf_worker_close(w);
+    pf_scratch_dir_remove(scratch);
     pf_cache_close(cache);
     pf_backend_free(be);
     pf_credentials_free(&cred);

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "result_store.h"
+#include "scratch.h"
 
 void pf_replay_identity(char hex[PF_SHA256_HEX], const pf_exec *x, const pf_model *model, const pf_exec_job *j,
                         int index) {
@@ -50,8 +51,8 @@ static int read_whole(const char *path, uint8_t **out, size_t *len, pf_error *er
 int pf_replay_png(const pf_exec *x, const uint8_t *rgb, int w, int h, const char *tag, uint8_t **png, size_t *len,
                   pf_error *err) {
     char path[2048];
-    snprintf(path, sizeof path, "%s/perflow-%d-%s.png", x->cfg->work_dir, (int)getpid(), tag);
     *png = NULL;
+    if (pf_scratch_file(path, sizeof path, x->cfg->work_dir, "replay", ".png", err)) return -1;
     if (pf_png_write(path, rgb, w, h, NULL, err)) return -1;
     int rc = read_whole(path, png, len, err);
     unlink(path);

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "result_replay.h"
+#include "scratch.h"
 #include "status.h"
 
 void pf_shard_key(char *out, size_t n, int shard, int index) { snprintf(out, n, "%06d%04d", shard, index); }
@@ -232,7 +233,10 @@ void pf_shard_run(pf_exec *x, pf_model *model, pf_exec_job *j) {
         shard_fail(j, PF_OUT_REJECTED, PF_ERR_INVALID, 0, "output.url", "output.url: %s", e.msg);
         return;
     }
-    snprintf(path, sizeof path, "%s/perflow-%d-%s.tar", cfg->work_dir, (int)getpid(), job->job_id);
+    if (pf_scratch_file(path, sizeof path, cfg->work_dir, job->job_id, ".tar", &e)) {
+        shard_fail(j, PF_OUT_FAILED, PF_ERR_INTERNAL, 1, NULL, "%s", e.msg);
+        return;
+    }
     struct archive *a = archive_write_new();
     if (!a || archive_write_set_format_pax_restricted(a) != ARCHIVE_OK ||
         archive_write_open_filename(a, path) != ARCHIVE_OK) {

@@ -82,3 +82,27 @@ def test_submit_dry_run_warns_outside_output_allow_lists():
     assert "warning" in r.stderr and "s3_output_prefixes" in r.stderr, r.stderr
     r = subprocess.run(args + ["s3://renders/out/{job_id}.png"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+def test_scratch_files_in_a_private_directory(rig, tmp_path):
+    """The review: /tmp/perflow-<pid>-<job>-...png, a predictable name opened with
+    fopen("wb") in a shared folder. Now the worker works in a 0700 directory of
+    its own inside work_dir (mkdtemp), with files made by mkstemps, and removes
+    it at exit; its process is not dumpable (no core file holds a secret)."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    r = rig(partitions=1)
+    w = r.start_worker(PERFLOW_WORK_DIR=str(shared))
+    w.wait_event("worker.started")
+    entries = os.listdir(shared)
+    assert len(entries) == 1 and entries[0].startswith("perflow-worker-"), entries
+    private = shared / entries[0]
+    assert os.stat(private).st_mode & 0o777 == 0o700
+    assert open("/proc/%d/limits" % w.proc.pid).read().split("Max core file size")[1].split()[0] == "0"
+    r.produce(r.job("s-scratch"))
+    r.events.wait_terminal(["s-scratch"], timeout=120)
+    assert r.events.terminal("s-scratch")[0]["state"] == "succeeded"
+    assert os.listdir(shared) == [entries[0]] and os.listdir(private) == []
+    w.stop()
+    assert os.listdir(shared) == []
