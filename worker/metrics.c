@@ -519,7 +519,8 @@ static int parse_listen(struct sockaddr_storage *ss, const char *listen, pf_erro
     } else {
         v4->sin_family = AF_INET;
         v4->sin_port = htons((uint16_t)port);
-        if (!host[0]) v4->sin_addr.s_addr = htonl(INADDR_ANY);
+        /* ":PORT" is loopback: serving every interface is a choice to write out (0.0.0.0:PORT) */
+        if (!host[0]) v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         else if (inet_pton(AF_INET, host, &v4->sin_addr) != 1)
             return pf_fail(err, "metrics_listen '%s': '%s' is not an IPv4 address (names are not resolved)", listen,
                            host);
@@ -531,12 +532,19 @@ int pf_metrics_start(pf_metrics_server **out, const char *listen, int *port, pf_
     *out = NULL;
     struct sockaddr_storage ss;
     if (parse_listen(&ss, listen, err)) return -1;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    /* One event loop (MHD_USE_AUTO: epoll here), so idle connections cost a
+     * descriptor, not a thread. A client may hold PER_IP connections, all
+     * clients together MAX_CONNS, and a connection that says nothing for
+     * IDLE_S seconds is closed: with 16 in all and 10 s, 16 idle connections
+     * locked the health probe out and got healthy workers killed. */
+    enum { MAX_CONNS = 256, PER_IP = 8, IDLE_S = 5 };
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     /* A scrape is small and quick: a few connections, a short timeout, so a
      * stuck client cannot hold the thread. */
     struct MHD_Daemon *d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
-                                            (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
-                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+                                            (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)MAX_CONNS,
+                                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)PER_IP,
+                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_S, MHD_OPTION_END);
     if (!d) return pf_fail(err, "metrics_listen %s: cannot listen there (address in use or not local?)", listen);
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     if (port) *port = info ? info->port : 0;

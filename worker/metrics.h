@@ -113,9 +113,10 @@ int pf_metrics_ready(char *why, size_t n);
 typedef struct pf_metrics_server pf_metrics_server;
 
 /* Serves /metrics, /healthz and /readyz on listen: "HOST:PORT" with HOST an
- * IPv4 address, "[IPv6]:PORT", or ":PORT" for every IPv4 interface; PORT 0
- * picks a free port (*port receives the one bound). Error on a malformed
- * address or when the port cannot be bound. */
+ * IPv4 address, "[IPv6]:PORT", or ":PORT" for 127.0.0.1 ("0.0.0.0:PORT" for
+ * every interface); PORT 0 picks a free port (*port receives the one bound).
+ * At most 8 connections per client address, 256 in all, closed after 5 s
+ * idle. Error on a malformed address or when the port cannot be bound. */
 int pf_metrics_start(pf_metrics_server **out, const char *listen, int *port, pf_error *err);
 /* Stops serving (waits for the HTTP thread) and frees; NULL is fine. */
 void pf_metrics_stop(pf_metrics_server *s);

@@ -49,7 +49,7 @@ static const setting settings[] = {
       "(required with a token)"),
     S(s3_output_prefixes, "", "s3:// outputs are allowed only under these bucket/prefix entries, comma-separated "
       "(\"\": refused)"),
-    S(metrics_listen, "", "serve /metrics, /healthz, /readyz on HOST:PORT, :PORT (\"\": off)"),
+    S(metrics_listen, "", "serve /metrics, /healthz, /readyz on HOST:PORT, :PORT (127.0.0.1) (\"\": off)"),
     S(result_store_url, "",
       "result store: computed images kept by identity at s3://bucket/prefix or file:///folder (\"\": off)"),
     S(result_store_prefix, "pf:rs", "result store: Redis index key prefix <prefix>:<identity>"),

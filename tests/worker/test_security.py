@@ -4,6 +4,7 @@ counts and the metrics endpoint's limits. Each test reproduces a finding."""
 import json
 import os
 import subprocess
+import time
 
 from conftest import BUCKET, WORKER, servers
 
@@ -106,3 +107,57 @@ def test_scratch_files_in_a_private_directory(rig, tmp_path):
     assert os.listdir(shared) == [entries[0]] and os.listdir(private) == []
     w.stop()
     assert os.listdir(shared) == []
+
+
+def listening_on(port):
+    """The local addresses (hex, as /proc/net/tcp writes them) listening on port."""
+    out = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.split(":")[1], 16) == port:
+                    out.append(local.split(":")[0])
+    return out
+
+
+def test_metrics_idle_clients_do_not_lock_out_healthz(rig):
+    """The review: 16 idle connections locked /healthz out (a health probe then
+    kills a healthy worker), and ":PORT" served every interface."""
+    import socket
+    import urllib.request
+    r = rig(partitions=1)
+    port = servers.free_port()
+    w = r.start_worker(PERFLOW_METRICS_LISTEN=":%d" % port)
+    w.wait_event("metrics.listening")
+    assert listening_on(port) == ["0100007F"], listening_on(port)  # 127.0.0.1 only
+    idle = []
+    try:
+        # 64 idle clients: 56 from one address (over the per-address limit), 8 from others
+        for i in range(64):
+            s = socket.socket()
+            s.bind(("127.0.0.2" if i < 56 else "127.0.1.%d" % (i - 55), 0))
+            s.settimeout(5)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                pass
+            idle.append(s)
+        time.sleep(0.5)
+        t0 = time.time()
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=3) as resp:
+            assert resp.status == 200 and resp.read() == b"ok\n"
+        assert time.time() - t0 < 3
+        # idle connections are closed after a short time (5 s)
+        time.sleep(7)
+        closed = 0
+        for s in idle[56:]:
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed == 8, closed
+    finally:
+        for s in idle:
+            s.close()
+    assert w.proc.poll() is None
