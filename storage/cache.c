@@ -114,6 +114,9 @@ int pf_cache_config_from_env(pf_cache_config *cfg, pf_error *err) {
         env_long("PERFLOW_FETCH_ATTEMPTS", 1, 100, &attempts, err) ||
         env_long("PERFLOW_FETCH_RETRY_BASE_MS", 1, 600000, &cfg->fetch.retry_base_ms, err) ||
         env_long("PERFLOW_FETCH_LOW_SPEED_TIME", 1, 3600, &cfg->fetch.low_speed_time_s, err) ||
+        env_long("PERFLOW_FETCH_MAX_SECONDS", 0, 30 * 86400L, &cfg->fetch.max_seconds, err) ||
+        env_long("PERFLOW_FETCH_MIN_AVG_RATE", 0, 1L << 40, &cfg->fetch.min_avg_rate, err) ||
+        env_long("PERFLOW_FETCH_MIN_RATE_GRACE_S", 1, 86400, &cfg->fetch.min_rate_grace_s, err) ||
         env_flag("PERFLOW_FETCH_ALLOW_HTTP", &cfg->fetch.policy.allow_http, err) ||
         env_flag("PERFLOW_FETCH_ALLOW_PRIVATE", &cfg->fetch.policy.allow_private, err))
         return -1;

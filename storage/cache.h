@@ -65,6 +65,7 @@ void pf_cache_config_default(pf_cache_config *cfg);
  *   PERFLOW_FETCH_ALLOW_HTTP=1, PERFLOW_FETCH_ALLOW_PRIVATE=1 (development only),
  *   PERFLOW_FETCH_ALLOW_HOSTS, PERFLOW_FETCH_MAX_BYTES, PERFLOW_FETCH_ATTEMPTS,
  *   PERFLOW_FETCH_RETRY_BASE_MS, PERFLOW_FETCH_LOW_SPEED_TIME, PERFLOW_FETCH_PARALLEL,
+ *   PERFLOW_FETCH_MAX_SECONDS, PERFLOW_FETCH_MIN_AVG_RATE, PERFLOW_FETCH_MIN_RATE_GRACE_S,
  *   PERFLOW_CA_BUNDLE, PERFLOW_HUB_TOKEN_HOSTS (the hosts the hub token may go to).
  * Error on a malformed value, naming the variable. The bearer token is not
  * read here: pass pf_credentials' hub_token in cfg->fetch.bearer_token;

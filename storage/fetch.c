@@ -43,6 +43,9 @@ void pf_fetch_options_default(pf_fetch_options *o) {
     o->retry_base_ms = 500;
     o->retry_max_ms = 15000;
     o->max_bytes = 32ull << 30;
+    o->max_seconds = 21600;
+    o->min_avg_rate = 262144;
+    o->min_rate_grace_s = 60;
 }
 
 int pf_fetch_token_check(const pf_fetch_options *o, pf_error *err) {
@@ -85,7 +88,31 @@ typedef struct xfer {
     char fail[256];     /* set by the write callback */
     int local_error;    /* fail is about our disk, not the server */
     int stopped;
+    /* per call (all tries): the total-time and average-rate limits */
+    long long t0;       /* monotonic ms at the start of the call */
+    uint64_t have0;     /* bytes in the file then */
+    char slow[200];     /* set by the progress hook when a limit stopped the call */
 } xfer;
+
+/* The call's limits: nonzero (and x->slow says which) when the call has run
+ * past max_seconds, or averaged under min_avg_rate after its grace time. A
+ * trickling server otherwise held a worker for days (1 KB/s passes the
+ * low-speed floor). */
+static int too_slow(xfer *x) {
+    const pf_fetch_options *o = x->o;
+    long long ms = pf_now_ms() - x->t0;
+    if (o->max_seconds > 0 && ms > o->max_seconds * 1000) {
+        snprintf(x->slow, sizeof x->slow, "took longer than %ld s (PERFLOW_FETCH_MAX_SECONDS)", o->max_seconds);
+        return 1;
+    }
+    if (o->min_avg_rate > 0 && ms > o->min_rate_grace_s * 1000 &&
+        (double)(x->have - x->have0) * 1000.0 / (double)ms < (double)o->min_avg_rate) {
+        snprintf(x->slow, sizeof x->slow, "averaged %.0f bytes/s, under %ld (PERFLOW_FETCH_MIN_AVG_RATE)",
+                 (double)(x->have - x->have0) * 1000.0 / (double)ms, o->min_avg_rate);
+        return 1;
+    }
+    return 0;
+}
 
 static void reset_response(xfer *x) {
     x->status = 0;
@@ -222,6 +249,7 @@ static size_t on_body(char *data, size_t size, size_t nitems, void *ctx) {
 
 static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
     xfer *x = ctx;
+    if (too_slow(x)) return 1;
     uint64_t total = x->keep_body && dltotal > 0 && x->have >= (uint64_t)dlnow
                          ? x->have - (uint64_t)dlnow + (uint64_t)dltotal
                          : 0;
@@ -343,6 +371,11 @@ static xfer_outcome transfer(CURL *curl, xfer *x, const pf_url *origin, pf_fetch
         curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
         if (status) res->http_status = status;
         if (x->sent_range && x->have > start && x->status == 206) res->resumed++;
+        if (x->slow[0]) {
+            res->too_slow = 1;
+            snprintf(msg, msgn, "GET %s: stopped: %s; the partial file is kept for a resume", logurl, x->slow);
+            return XFER_FAIL;
+        }
         if (x->stopped) {
             res->stopped = 1;
             snprintf(msg, msgn, "GET %s: stopped", logurl);
@@ -441,7 +474,8 @@ static int fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const ch
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) return pf_fail(err, "fetch: destination is not a regular file");
     /* from here on, failures of our own (disk, libcurl) are worth another try */
-    xfer x = {.o = o, .fd = fd, .have = (uint64_t)st.st_size, .flushed = (uint64_t)st.st_size, .hash = pf_sha256_new()};
+    xfer x = {.o = o, .fd = fd, .have = (uint64_t)st.st_size, .flushed = (uint64_t)st.st_size, .hash = pf_sha256_new(),
+              .t0 = pf_now_ms(), .have0 = (uint64_t)st.st_size};
     char logurl[600];
     pf_url_for_log(logurl, sizeof logurl, &origin);
     if (x.have > o->max_bytes && restart_file(&x)) {
@@ -471,6 +505,12 @@ static int fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const ch
         long retry_after = 0;
         out = transfer(curl, &x, &origin, res, msg, sizeof msg, &retry_after);
         if (out != XFER_RETRY || attempt == max_attempts) break;
+        if (too_slow(&x)) {
+            res->too_slow = 1;
+            snprintf(msg, sizeof msg, "GET %s: stopped: %s; the partial file is kept for a resume", logurl, x.slow);
+            out = XFER_FAIL;
+            break;
+        }
         long wait = pf_backoff_ms(attempt, o->retry_base_ms, o->retry_max_ms);
         if (retry_after > wait && retry_after <= o->retry_max_ms) wait = retry_after;
         pf_secret_scrub(msg, sizeof msg);

@@ -29,6 +29,10 @@ typedef struct pf_fetch_options {
     long retry_base_ms;       /* first backoff (default 500), doubling, with full jitter ... */
     long retry_max_ms;        /* ... up to this (default 15000) */
     uint64_t max_bytes;       /* size cap (default 32 GiB) */
+    long max_seconds;         /* a call (all its tries) taking longer is stopped (default 21600; 0: none) */
+    long min_avg_rate;        /* bytes/s: a call averaging less after its first min_rate_grace_s is stopped
+                                 (default 262144; 0: none). Both keep what arrived, for a later resume */
+    long min_rate_grace_s;    /* default 60 */
     const char *bearer_token; /* NULL: none. Sent only to hosts in token_hosts, over https
                                  (or http when allowed), on every hop of a redirect chain */
     const char *token_hosts;  /* hosts the token may go to (pf_url_host_listed's list, the
@@ -50,6 +54,7 @@ typedef struct pf_fetch_result {
     int digest_mismatch;        /* the content did not match expect_sha256 */
     int refused;                /* the policy refused a URL, redirect or address (never retried) */
     int stopped;                /* the progress callback stopped it */
+    int too_slow;               /* max_seconds or min_avg_rate stopped it (not retried) */
 } pf_fetch_result;
 
 /* Sets the defaults above (https only, public addresses only, no token). */

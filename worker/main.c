@@ -154,6 +154,7 @@ int main(int argc, char **argv) {
     if (!cc.redis_addr || !*cc.redis_addr) cc.redis_addr = cfg.redis; /* one Redis for both unless told */
     cc.fetch.bearer_token = cred.hub_token;
     if (cfg.hub_token_hosts[0]) cc.fetch.token_hosts = cfg.hub_token_hosts;
+    cc.cancel = &pf_worker_download_stop; /* a running job's cancel, deadline and max_job_seconds */
     if (pf_fetch_token_check(&cc.fetch, &err)) {
         pf_wlog(PF_LOG_ERROR, "worker.config_error", NULL, NULL, "%s", err.msg);
         rc = 2;

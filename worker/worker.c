@@ -32,6 +32,7 @@
 #define HEALTH_EVERY_MS 5000 /* how often /readyz's broker and Redis checks run (metrics on) */
 
 volatile sig_atomic_t pf_worker_signals;
+volatile int pf_worker_download_stop;
 
 struct pf_worker {
     const pf_worker_config *cfg;
@@ -561,6 +562,14 @@ static void supervise(pf_worker *w) {
                     atomic_store(&w->jobs[i].cancel, 1);
                 }
             }
+            /* a download for nobody is stopped (pf_worker_download_stop) */
+            int wanted = 0;
+            for (int i = 0; i < w->nbatch && !wanted; i++) {
+                const pf_exec_job *j = &w->jobs[i];
+                wanted = !atomic_load(&j->cancel) && !(j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms) &&
+                         !(j->t_limit && now > j->t_limit);
+            }
+            pf_worker_download_stop = !wanted || atomic_load(&w->abandon);
         }
     }
 }
@@ -762,6 +771,7 @@ static void handle(pf_worker *w, rd_kafka_message_t *m) {
     pf_metrics_state(PF_WSTATE_RUNNING);
     pf_metrics_jobs_running(w->nbatch);
     atomic_store(&w->thread_done, 0);
+    pf_worker_download_stop = 0;
     pthread_t th;
     if (pthread_create(&th, NULL, job_thread, w)) {
         pf_wlog(PF_LOG_ERROR, "worker.thread_failed", NULL, NULL, "could not start the job thread");

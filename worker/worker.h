@@ -49,6 +49,11 @@
 
 /* Incremented by the process's SIGTERM / SIGINT handler. */
 extern volatile sig_atomic_t pf_worker_signals;
+/* Set while a batch runs once every job of it is cancelled, past its deadline
+ * or past max_job_seconds (checked every cancel_poll_ms), cleared when a batch
+ * starts. main hands it to the cache (pf_cache_config.cancel), so such jobs
+ * stop a running download at once; the partial file stays for a resume. */
+extern volatile int pf_worker_download_stop;
 
 typedef struct pf_worker pf_worker;
 

@@ -206,3 +206,32 @@ def test_failures_are_classed_for_the_worker(env, faults, nginx, www):
     for args, want in cases:
         r = perflow(["cache", "-v", "fetch", *args], env)
         assert r.returncode == 1 and ("this failure is " + want) in r.stderr, (args, r.stderr)
+
+
+def test_download_time_and_average_rate_limits(env, faults, www):
+    """The review: a server trickling at 1 KB/s passed the low-speed floor and held
+    a worker for days. A call now stops after PERFLOW_FETCH_MAX_SECONDS, or when it
+    averages under PERFLOW_FETCH_MIN_AVG_RATE after its grace time, keeping the
+    partial file for a resume."""
+    name = fresh_file(www, "trickle")
+    with open(os.path.join(www, name), "wb") as f:
+        f.write(os.urandom(200000))
+    u = url(faults, "slow/20000/" + name)  # about 10 s
+    env["PERFLOW_FETCH_MAX_SECONDS"] = "2"
+    r = perflow(["cache", "fetch", u], env, timeout=30)
+    assert r.returncode == 1 and "PERFLOW_FETCH_MAX_SECONDS" in r.stderr, r.stderr
+    parts = os.listdir(os.path.join(env["PERFLOW_CACHE_DIR"], "tmp"))
+    assert len(parts) == 1 and parts[0].endswith(".part"), parts
+    assert 0 < os.path.getsize(os.path.join(env["PERFLOW_CACHE_DIR"], "tmp", parts[0])) < 200000
+    assert blobs(env) == []
+    del env["PERFLOW_FETCH_MAX_SECONDS"]
+    env["PERFLOW_FETCH_MIN_AVG_RATE"] = "50000"
+    env["PERFLOW_FETCH_MIN_RATE_GRACE_S"] = "1"
+    r = perflow(["cache", "fetch", u], env, timeout=30)
+    assert r.returncode == 1 and "PERFLOW_FETCH_MIN_AVG_RATE" in r.stderr, r.stderr
+    # without the limits the kept part resumes
+    env["PERFLOW_FETCH_MIN_AVG_RATE"] = "0"
+    r = perflow(["cache", "-v", "fetch", u], env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "resuming at byte" in r.stderr, r.stderr
+    assert open(r.stdout.strip(), "rb").read() == open(os.path.join(www, name), "rb").read()

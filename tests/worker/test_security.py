@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from conftest import BUCKET, WORKER, servers
+from conftest import BUCKET, ROOT, WORKER, redis_cli, servers
 
 
 def run_worker(env, timeout=30):
@@ -161,3 +161,35 @@ def test_metrics_idle_clients_do_not_lock_out_healthz(rig):
         for s in idle:
             s.close()
     assert w.proc.poll() is None
+
+
+def test_cancel_stops_a_running_download(rig, work, tmp_path):
+    """The review: the cache's progress hook checked a flag the worker never set,
+    so a cancelled (or late) job's download ran on. Now the cancel is seen within
+    cancel_poll_ms and the partial file stays for a resume."""
+    import shutil
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copy(os.path.join(ROOT, "tests", "data", "models", "tiny-sd15-delta", "unet",
+                             "diffusion_pytorch_model.safetensors"), www / "delta.safetensors")
+    faults = servers.start_fault_server(str(tmp_path), www=str(www))
+    try:
+        r = rig(partitions=1)
+        cache = os.path.join(r.dir, "cache")
+        job = r.job("s-cancel-dl")
+        # the delta (1.6 MB) at 20 kB/s: over a minute
+        job["model"]["delta"]["url"] = "http://127.0.0.1:%d/slow/20000/delta.safetensors" % faults.port
+        r.produce(job)
+        r.start_worker(PERFLOW_CACHE_DIR=cache)
+        r.events.wait(lambda: r.events.of("s-cancel-dl", "downloading"), 60, "downloading")
+        time.sleep(2)
+        redis_cli(r.redis, "SET", "pf:job:s-cancel-dl:cancel", "1", "EX", "600")
+        t0 = time.time()
+        r.events.wait_terminal(["s-cancel-dl"], timeout=20)
+        ev = r.events.terminal("s-cancel-dl")[0]
+        assert ev["state"] == "cancelled", ev.get("error")
+        assert time.time() - t0 < 10
+        parts = [p for p in os.listdir(os.path.join(cache, "tmp")) if p.endswith(".part")]
+        assert parts and all(os.path.getsize(os.path.join(cache, "tmp", p)) > 0 for p in parts), parts
+    finally:
+        faults.stop()
