@@ -25,7 +25,10 @@ static void usage(FILE *f) {
 
 /* What a set of tensor names is, as a diffusers component; NULL when none. */
 static const char *component_kind(int (*has)(const void *, const char *), const void *x) {
-    if (has(x, "controlnet_cond_embedding.conv_in.weight")) return "diffusers ControlNetModel weights";
+    if (has(x, "controlnet_cond_embedding.conv_in.weight"))
+        return has(x, "add_embedding.linear_1.weight")
+                   ? "diffusers ControlNetModel weights with SDXL's text_time embedding (an SDXL ControlNet)"
+                   : "diffusers ControlNetModel weights (an SD-1.x/2.x ControlNet)";
     if (has(x, "conv_in.weight") && has(x, "time_embedding.linear_1.weight"))
         return has(x, "add_embedding.linear_1.weight")
                    ? "diffusers UNet2DConditionModel weights with SDXL's text_time embedding (or a PeRFlow delta)"

@@ -173,6 +173,11 @@ case "$out" in
 *"family SDXL"*"second text encoder: OpenCLIP, width 40"*"text_encoder_2 65"*"unknown 0"*) echo "ok: inspect of an SDXL single file" ;;
 *) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
 esac
+out=$("$P" inspect --summary "$ROOT/tests/data/models/tiny-sdxl-controlnet/diffusion_pytorch_model.safetensors" 2> "$T/err")
+case "$out" in
+*"ControlNetModel weights with SDXL's text_time embedding (an SDXL ControlNet)"*) echo "ok: inspect of an SDXL ControlNet" ;;
+*) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
+esac
 expect 1 "an SDXL checkpoint, but the configs of" $P generate --model "$ROOT/tests/data/models/single-file/tiny-sdxl.safetensors" \
     --model-config "$M" --prompt cat --width 64 --height 64 --out "$T/x.png"
 expect 1 "an SD-1.x/2.x LoRA on an SDXL model: " $P generate --model "$XL" --lora "$L/kohya-sd15.safetensors" \
