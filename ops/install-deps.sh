@@ -7,7 +7,7 @@
 # Installs only what is missing, so it is cheap to run again.
 set -e
 cd "$(dirname "$0")/.."
-PKGS="build-essential pkg-config libarchive-dev clang libclang-rt-14-dev libopenblas-dev libjansson-dev
+PKGS="build-essential pkg-config libarchive-dev clang libclang-rt-14-dev libomp-14-dev libopenblas-dev libjansson-dev
       libutf8proc-dev libpng-dev libjpeg62-turbo-dev libcmocka-dev python3-venv
       libcurl4-openssl-dev libhiredis-dev libssl-dev redis-server nginx-light curl openssl
       librdkafka-dev libsystemd-dev libmicrohttpd-dev systemd procps socat iproute2 util-linux man-db
