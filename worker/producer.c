@@ -190,3 +190,24 @@ int pf_producer_reachable(pf_producer *p, int timeout_ms, pf_error *err) {
     if (e) return pf_fail(err, "kafka: no broker answered within %d ms: %s", timeout_ms, rd_kafka_err2str(e));
     return 0;
 }
+
+int pf_producer_topic_ok(pf_producer *p, const char *topic, const char *acl, int timeout_ms, pf_error *err) {
+    rd_kafka_topic_t *t = rd_kafka_topic_new(p->rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(p->rk, 0, t, &md, timeout_ms);
+    rd_kafka_topic_destroy(t);
+    int rc = 0;
+    if (!e && md->topic_cnt == 1) {
+        rd_kafka_resp_err_t te = md->topics[0].err;
+        if (te == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+            rc = pf_fail(err, "kafka: not authorized for topic '%s': the worker's user needs the %s ACL on it "
+                              "(Broker: Topic authorization failed)", topic, acl);
+        else if (te == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || (!te && md->topics[0].partition_cnt < 1))
+            rc = pf_fail(err, "kafka: topic '%s' does not exist (topics are not created on first use: "
+                              "create it with its partitions before starting workers)", topic);
+        else if (te)
+            rc = pf_fail(err, "kafka: topic '%s': %s", topic, rd_kafka_err2str(te));
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    return rc;
+}

@@ -51,6 +51,12 @@ void pf_delivery_release(pf_producer *p, pf_delivery *d);
 /* Asks a broker for metadata, waiting up to timeout_ms: 0 when one answered,
  * else -1 with err saying why (for the worker's readiness check). Main loop only. */
 int pf_producer_reachable(pf_producer *p, int timeout_ms, pf_error *err);
+/* Whether the brokers have topic and let this client see it (metadata for that topic
+ * alone, waiting up to timeout_ms): 0 when they do, else -1 with err naming the topic:
+ * missing (real brokers here create no topic on first use), or not authorized, naming
+ * acl, the ACL operation the worker needs on it ("READ", "WRITE"). A broker that does
+ * not answer is not an error here (the readiness check reports that). Main loop only. */
+int pf_producer_topic_ok(pf_producer *p, const char *topic, const char *acl, int timeout_ms, pf_error *err);
 /* 1 (and why, n bytes) once librdkafka reported a TLS or SASL failure
  * (a certificate that does not verify, a refused password): configuration
  * that waiting will not fix. Any thread. */

@@ -826,6 +826,17 @@ static int check_kafka(pf_worker *w, pf_error *err) {
     return 0;
 }
 
+/* Every topic the worker uses exists and may be used: a missing or forbidden one is a
+ * start error naming it (a worker that waited would never get a job or post a status). */
+static int check_topics(pf_worker *w, const char *const *topics, int ntopics, pf_error *err) {
+    for (int i = 0; i < ntopics; i++)
+        if (pf_producer_topic_ok(w->producer, topics[i], "READ", 5000, err)) return -1;
+    if (pf_producer_topic_ok(w->producer, w->cfg->status_topic, "WRITE", 5000, err)) return -1;
+    if (w->cfg->dead_letter_topic[0] && pf_producer_topic_ok(w->producer, w->cfg->dead_letter_topic, "WRITE", 5000, err))
+        return -1;
+    return 0;
+}
+
 int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache, pf_backend *be,
                    const pf_s3_config *s3, const pf_credentials *cred, pf_error *err) {
     *out = NULL;
@@ -844,7 +855,7 @@ int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache
              rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
     if (pf_worker_config_topics(cfg, buf, sizeof buf, topics, PF_WORKER_MAX_TOPICS, &ntopics, err) ||
         pf_wredis_open(&w->redis, cfg->redis, cfg->job_prefix, 2000, err) || pf_producer_open(&w->producer, cfg, err) ||
-        check_kafka(w, err) || pf_consumer_open(&w->consumer, cfg, topics, ntopics, err)) {
+        check_kafka(w, err) || check_topics(w, topics, ntopics, err) || pf_consumer_open(&w->consumer, cfg, topics, ntopics, err)) {
         pf_worker_close(w);
         return -1;
     }

@@ -1,6 +1,7 @@
 """conftest.py - fixtures of the worker tests: real processes on 127.0.0.1 (redis-server,
-the dev broker, nginx serving the tiny model, its delta and its ControlNet, moto's S3
-behind the fault proxy), the
+Apache Kafka 4.x (ops/kafka.sh: one broker for the session; the dev broker, librdkafka's
+mock cluster, only where a test injects protocol errors only it can inject), nginx serving
+the tiny model, its delta and its ControlNet, moto's S3 behind the fault proxy), the
 worker started as bin/perflow-worker, and independent clients: confluent-kafka to
 produce jobs and read statuses and dead letters, boto3 to read outputs, redis-cli.
 
@@ -9,6 +10,7 @@ servers are shared. The servers come from tests/storage/servers.py."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +80,8 @@ def nginx(work):
 
 
 class Broker:
-    """perflow-dev-broker: the bootstrap address it prints, and its fault-injection commands."""
+    """perflow-dev-broker: the bootstrap address it prints, and its fault-injection commands
+    (only the mock can fail chosen requests: test_broker_errors_recovered uses it)."""
 
     def __init__(self, work):
         self.proc = subprocess.Popen([BROKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -98,14 +101,108 @@ class Broker:
         answer = self.proc.stdout.readline().strip()
         assert answer == "ok", "%s: %s" % (line, answer)
 
+    def topic(self, name, partitions):
+        self.command("topic %s %d" % (name, partitions))
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
 
 
 @pytest.fixture(scope="session")
-def broker(work):
+def dev_broker(work):
     b = Broker(work)
+    yield b
+    b.stop()
+
+
+KAFKA_SH = os.path.join(ROOT, "ops", "kafka.sh")
+
+
+class Kafka:
+    """Apache Kafka 4.x, one KRaft node started by ops/kafka.sh in DIR: bootstrap (PLAINTEXT,
+    whose anonymous user is a super user: topics, SCRAM users and ACLs are made through it)
+    and, with certificates, sasl_bootstrap (SASL_SSL, SCRAM-SHA-512, the standard authorizer).
+    Topics are never created automatically: topic() makes them. kill() and start() are the
+    chaos run's broker crash and restart (same ports, same log)."""
+
+    def __init__(self, d, certs=None):
+        from confluent_kafka.admin import AdminClient
+        self.dir = d
+        self.tls = ["--tls-cert", certs.path("server.pem"), "--tls-key", certs.path("server.key")] if certs else []
+        self.start()
+        self.admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+
+    def start(self):
+        r = subprocess.run(["sh", KAFKA_SH, "start", "--dir", self.dir, "--owner", str(os.getpid()), *self.tls],
+                           capture_output=True, text=True, timeout=200)
+        if r.returncode:
+            raise RuntimeError("ops/kafka.sh start failed: %s" % (r.stderr.strip() or r.stdout.strip()))
+        found = dict(line.split("=", 1) for line in r.stdout.split() if "=" in line)
+        self.bootstrap = found["bootstrap.servers"]
+        self.sasl_bootstrap = found.get("sasl_ssl.servers")
+        with open(os.path.join(self.dir, "broker.pid")) as f:
+            self.pid = int(f.read())
+        piddir = os.environ.get("PERFLOW_TEST_PIDDIR")
+        if piddir:
+            with open(os.path.join(piddir, "kafka.%d" % self.pid), "w") as f:
+                f.write(str(self.pid))
+
+    def _forget_pid(self):
+        piddir = os.environ.get("PERFLOW_TEST_PIDDIR")
+        if piddir and os.path.exists(os.path.join(piddir, "kafka.%d" % self.pid)):
+            os.unlink(os.path.join(piddir, "kafka.%d" % self.pid))
+
+    def topic(self, name, partitions):
+        from confluent_kafka.admin import NewTopic
+        for f in self.admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30).values():
+            f.result(60)
+        self.wait_leaders(name, partitions)
+
+    def add_partitions(self, name, total):
+        from confluent_kafka.admin import NewPartitions
+        for f in self.admin.create_partitions([NewPartitions(name, total)], operation_timeout=30).values():
+            f.result(60)
+        self.wait_leaders(name, total)
+
+    def wait_leaders(self, name, partitions, timeout=30):
+        """Until the broker serves every partition of the topic (a topic made by the
+        controller is led a moment later)."""
+        end = time.time() + timeout
+        while time.time() < end:
+            t = self.admin.list_topics(name, timeout=10).topics.get(name)
+            if t and not t.error and len(t.partitions) == partitions and all(
+                    p.leader >= 0 for p in t.partitions.values()):
+                return
+            time.sleep(0.1)
+        raise AssertionError("topic %s: %d partitions not led within %ds" % (name, partitions, timeout))
+
+    def kill(self):
+        subprocess.run(["sh", KAFKA_SH, "kill", "--dir", self.dir], check=True, timeout=60)
+        self._forget_pid()
+
+    def stop(self):
+        subprocess.run(["sh", KAFKA_SH, "stop", "--dir", self.dir], timeout=60)
+        self._forget_pid()
+
+
+def kafka_unavailable():
+    """Why Apache Kafka cannot run here ("" when it can)."""
+    import shutil
+    if not shutil.which("java"):
+        return "java (OpenJDK 17) is not installed: run 'sh ops/install-deps.sh'"
+    if not os.path.isdir(os.path.join(ROOT, ".kafka", "libs")):
+        return "Apache Kafka is not installed in .kafka/libs: run 'sh ops/install-deps.sh'"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def broker(work, certs):
+    """The session's Apache Kafka broker, with its SASL_SSL listener."""
+    why = kafka_unavailable()
+    if why:
+        pytest.fail(why)
+    b = Kafka(os.path.join(work, "kafka"), certs)
     yield b
     b.stop()
 
@@ -239,9 +336,9 @@ class Rig:
         self.jobs_topics = ["jobs-%s-%d" % (tag, i) for i in range(topics)]
         self.status_topic, self.dlq_topic = "status-" + tag, "dlq-" + tag
         for t in self.jobs_topics:
-            broker.command("topic %s %d" % (t, partitions))
-        broker.command("topic %s 2" % self.status_topic)
-        broker.command("topic %s 1" % self.dlq_topic)
+            broker.topic(t, partitions)
+        broker.topic(self.status_topic, 2)
+        broker.topic(self.dlq_topic, 1)
         self.group = "g-" + tag
         self.dir = os.path.join(work, tag)
         os.makedirs(self.dir)
@@ -334,8 +431,9 @@ class Rig:
 def rig(request, work, broker, redis, nginx, moto, s3proxy):
     made = []
 
-    def make(**kw):
-        r = Rig(request.node.name[5:40].replace("_", "-"), work, broker, redis, nginx, moto, s3proxy, **kw)
+    def make(on=None, **kw):
+        """A rig on the session's Kafka, or on the broker given (the dev broker)."""
+        r = Rig(re.sub(r"[^A-Za-z0-9.-]", "-", request.node.name[5:40]), work, on or broker, redis, nginx, moto, s3proxy, **kw)
         made.append(r)
         return r
     yield make

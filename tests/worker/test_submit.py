@@ -156,7 +156,26 @@ def test_submit_rejections_and_status_states(rig, tmp_path):
     assert status(r, "--batch", "no-such-batch")[0] == 1
     # --timeout bounds the wait: no worker reads this topic.
     env = r.env(PERFLOW_JOBS_TOPICS=r.jobs_topics[0] + "-unread")
-    r.broker.command("topic %s 1" % (r.jobs_topics[0] + "-unread"))
+    r.broker.topic(r.jobs_topics[0] + "-unread", 1)
     rc, out, err = submit(r, "--model-url", r.model, "--prompt", "nobody", "--output", "s3://%s/{job_id}.png" % BUCKET,
                           "--wait", "--timeout", "2", env=env, timeout=60)
     assert rc == 1 and "gave up waiting after 2 s: 1 job not finished" in err, out + err
+
+
+def test_missing_topics_named_by_worker_and_submit(rig):
+    """Kafka creates no topic on first use here (as most production clusters): a worker
+    whose jobs, status or dead-letter topic is missing does not start and names the
+    topic; perflow submit names a missing jobs or status topic."""
+    r = rig()
+    for var in ("PERFLOW_JOBS_TOPICS", "PERFLOW_STATUS_TOPIC", "PERFLOW_DEAD_LETTER_TOPIC"):
+        w = r.start_worker(**{var: "no-such-topic-" + var[8:].lower().replace("_", "-")})
+        assert w.wait(30) == 1, var
+        msg = w.events("worker.start_failed")[0]["msg"]
+        assert "topic 'no-such-topic-%s' does not exist" % var[8:].lower().replace("_", "-") in msg, msg
+        assert "\n" not in msg
+    args = ("--model-url", r.model, "--prompt", "x", "--output", "s3://%s/{job_id}.png" % BUCKET, "--no-redis")
+    rc, out, err = submit(r, *args, env=r.env(PERFLOW_JOBS_TOPICS="no-such-jobs"), timeout=60)
+    assert rc == 1 and "topic 'no-such-jobs' does not exist" in err, out + err
+    rc, out, err = submit(r, *args, "--wait", "--timeout", "5", env=r.env(PERFLOW_STATUS_TOPIC="no-such-status"),
+                          timeout=60)
+    assert rc == 1 and "topic 'no-such-status' does not exist" in err, out + err

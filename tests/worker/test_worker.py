@@ -394,8 +394,8 @@ def test_three_workers_twenty_jobs_each_once(rig):
     assert len({r.events.terminal(i)[0]["worker_id"] for i in ids}) >= 2  # the work was shared
 
 
-def test_broker_errors_recovered(rig):
-    r = rig()
+def test_broker_errors_recovered(rig, dev_broker):
+    r = rig(on=dev_broker)  # only the mock fails chosen requests
     w = r.start_worker(PERFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS=500)
     w.wait_event("kafka.assigned")
     # Produce requests fail (the idempotent producer retries them without duplicates) ...
