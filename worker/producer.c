@@ -58,13 +58,27 @@ static int is_security_error(int err, const char *reason) {
            (err == RD_KAFKA_RESP_ERR__TRANSPORT && reason && strstr(reason, "SSL routines") && strstr(reason, "alert"));
 }
 
+/* librdkafka before 2.6.1 sends the server's nonce twice in its SCRAM client-final
+ * message; Kafka 4.x checks the nonce strictly (RFC 5802) and refuses every SCRAM login
+ * of such a client as "invalid credentials", right password or not (librdkafka#4895;
+ * found by tests/worker/test_sasl.py against Kafka 4.1). Debian 12 ships 2.0.2: the
+ * refusal then says so, as no password will help. */
+static const char *scram_hint(int err, const char *reason) {
+    if (err != RD_KAFKA_RESP_ERR__AUTHENTICATION || !reason || !strstr(reason, "SCRAM") ||
+        rd_kafka_version() >= 0x020601ff)
+        return "";
+    return "; note: this librdkafka (before 2.6.1) fails every SCRAM login to Kafka 4.x brokers, "
+           "even with the right password (librdkafka#4895): run the worker with librdkafka 2.6.1 or later";
+}
+
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     pf_producer *p = opaque;
     (void)rk;
     int security = is_security_error(err, reason);
     if (security && p) {
         pthread_mutex_lock(&p->lock);
-        snprintf(p->security_error, sizeof p->security_error, "%s: %s", rd_kafka_err2name(err), reason);
+        snprintf(p->security_error, sizeof p->security_error, "%s: %s%s", rd_kafka_err2name(err), reason,
+                 scram_hint(err, reason));
         pthread_mutex_unlock(&p->lock);
     }
     pf_wlog(err == RD_KAFKA_RESP_ERR__FATAL || security ? PF_LOG_ERROR : PF_LOG_WARN, "kafka.error", NULL,

@@ -7,11 +7,11 @@ wrong certificate and the wrong password of each: a clear error, the worker
 does not start (Kafka, Redis) or fails the job naming the problem (the model
 host, S3), and no secret value appears in any log line, status or dead letter.
 
-What these servers cannot show: SASL. The dev broker (librdkafka's mock
-cluster) answers no SASL handshake, so a refused SASL password cannot be
-tested here; what is tested is that the SASL password is read from its
-credential file, never logged, and that a broker that does not complete SASL
-stops the worker at start with the reason."""
+The dev broker (librdkafka's mock cluster) answers no SASL handshake: what is
+tested here is that the SASL password is read from its credential file, never
+logged, and that a broker that does not complete SASL stops the worker at start
+with the reason. SCRAM users, refused passwords and ACLs against Apache Kafka
+are in test_sasl.py."""
 import hashlib
 import json
 import os
