@@ -1,6 +1,6 @@
 """test_whole_path.py - one request across the seam (issue 18): the same settings through
 `perflow generate`, through `perflow generate --refine` and `perflow refine` of generate's
-PNG, and through `perflow submit` into bin/perflow-worker (the dev broker, the model fetched
+PNG, and through `perflow submit` into bin/perflow-worker (Apache Kafka, the model fetched
 from nginx, file:// outputs) give pixel-identical images and record the same prediction type
 and windows. Each for a model folder whose scheduler config is a PeRFlowScheduler's and for a
 copy whose scheduler config is the base model's own (a PNDMScheduler without a prediction
