@@ -8,6 +8,7 @@
 
 #include "worker_config.h"
 #include "log.h"
+#include "metrics.h"
 
 /* How long a lower-priority message waits while a higher-priority topic is
  * known to have a backlog: long enough for that client to fetch again after a
@@ -123,6 +124,41 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
     pf_wlog(l, "kafka.log", NULL, json_pack("{s:s, s:s}", "client", rd_kafka_name(rk), "facility", fac), "%s", buf);
 }
 
+/* librdkafka's statistics (every statistics.interval.ms, from the consumer poll):
+ * the lag of each assigned partition of the client's one topic, for
+ * perflow_consumer_lag. consumer_lag is the high watermark minus the group's
+ * committed offset; before the first commit (-1) the backlog is counted from the
+ * log start, as auto.offset.reset is earliest. Returns 0: librdkafka frees json. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    (void)rk;
+    (void)opaque;
+    json_t *root = json_loadb(json, len, 0, NULL);
+    json_t *topics = json_object_get(root, "topics");
+    const char *name;
+    json_t *topic;
+    json_object_foreach(topics, name, topic) {
+        int parts[256];
+        long long lags[256];
+        int n = 0;
+        const char *key;
+        json_t *p;
+        json_object_foreach(json_object_get(topic, "partitions"), key, p) {
+            json_int_t id = json_integer_value(json_object_get(p, "partition"));
+            if (id < 0 || n == 256 || !json_is_true(json_object_get(p, "desired"))) continue;
+            json_int_t lag = json_integer_value(json_object_get(p, "consumer_lag"));
+            json_int_t hi = json_integer_value(json_object_get(p, "hi_offset"));
+            json_int_t lo = json_integer_value(json_object_get(p, "lo_offset"));
+            if (lag < 0 && hi >= 0) lag = hi - (lo > 0 ? lo : 0);
+            if (lag < 0) continue; /* nothing fetched yet: unknown, not 0 */
+            parts[n] = (int)id;
+            lags[n++] = lag;
+        }
+        pf_metrics_consumer_lag(name, parts, lags, n);
+    }
+    json_decref(root);
+    return 0;
+}
+
 static int set(rd_kafka_conf_t *conf, const char *k, const char *v, pf_error *err) {
     char es[512];
     if (rd_kafka_conf_set(conf, k, v, es, sizeof es) != RD_KAFKA_CONF_OK) return pf_fail(err, "kafka %s: %s", k, es);
@@ -141,7 +177,9 @@ static int open_one(pf_consumer *c, int i, const pf_worker_config *cfg, const ch
         set(conf, "enable.partition.eof", "false", err) ||
         /* A resumed partition is fetched again only after the fetch in flight
          * returns: a short long-poll keeps the pause between jobs short. */
-        set(conf, "fetch.wait.max.ms", "100", err))
+        set(conf, "fetch.wait.max.ms", "100", err) ||
+        /* perflow_consumer_lag (kafka.statistics.interval.ms changes it; 0: off) */
+        set(conf, "statistics.interval.ms", "5000", err))
         goto fail;
     if (cfg->instance_id[0]) {
         char iid[300];
@@ -162,6 +200,7 @@ static int open_one(pf_consumer *c, int i, const pf_worker_config *cfg, const ch
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_stats_cb(conf, on_stats);
     char es[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, es, sizeof es);
     if (!rk) {

@@ -22,7 +22,7 @@
 
 enum { F_JOBS, F_REQUEUED, F_REPLAYED, F_DLQ, F_STAGE, F_IMAGES, F_BATCH_JOBS, F_BATCH_IMAGES, F_HITS, F_MISSES,
        F_DOWNLOADS, F_DOWNLOAD_BYTES, F_EVICTIONS, F_EVICTED_BYTES, F_LOADS, F_MODEL_EVICTIONS, F_MODELS,
-       F_MODEL_BYTES, F_DEVICE_MEM, F_RUNNING, F_STATE, F_INFO, F_READY, F_RS_HITS, F_RS_MISSES, F_RS_ERRORS, F_COUNT };
+       F_MODEL_BYTES, F_DEVICE_MEM, F_RUNNING, F_STATE, F_INFO, F_READY, F_RS_HITS, F_RS_MISSES, F_RS_ERRORS, F_LAG, F_COUNT };
 
 typedef struct family {
     const char *name, *type, *help;
@@ -64,6 +64,9 @@ static const family families[F_COUNT] = {
                      "Images looked up in the result store and not found (then computed)."},
     [F_RS_ERRORS] = {"perflow_result_store_errors_total", "counter",
                      "Result store lookups or records that failed (the image was computed, or not recorded)."},
+    [F_LAG] = {"perflow_consumer_lag", "gauge",
+               "Messages of an assigned jobs partition not yet committed by the group (high watermark minus "
+               "committed offset), as librdkafka last saw them."},
 };
 
 #define MAX_SAMPLES 256
@@ -321,6 +324,30 @@ void pf_metrics_state(pf_worker_state st) {
 
 void pf_metrics_jobs_running(int n) {
     set(F_RUNNING, "", n);
+}
+
+void pf_metrics_consumer_lag(const char *topic, const int *partitions, const long long *lags, int n) {
+    char prefix[320];
+    one_label(prefix, sizeof prefix, "topic", topic);
+    size_t np = strlen(prefix);
+    pthread_mutex_lock(&lock);
+    seed();
+    /* The topic's samples go (a revoked partition is no longer this worker's lag) ... */
+    int k = 0;
+    for (int i = 0; i < nsamples; i++)
+        if (!(samples[i].fam == F_LAG && !strncmp(samples[i].labels, prefix, np) && samples[i].labels[np] == ','))
+            samples[k++] = samples[i];
+    nsamples = k;
+    /* ... and the assigned partitions' come back. */
+    for (int i = 0; i < n; i++) {
+        char l[192], part[16];
+        snprintf(l, sizeof l, "%s", prefix);
+        snprintf(part, sizeof part, "%d", partitions[i]);
+        add_label(l, sizeof l, "partition", part);
+        sample *x = get(F_LAG, l);
+        if (x) x->v = (double)lags[i];
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 void pf_metrics_health(int kafka, int redis, const char *why) {

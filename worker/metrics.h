@@ -35,6 +35,11 @@
  *   worker_state{state}                  1 for the current state, 0 for the others
  *   worker_info{worker_id,backend}       1
  *   ready                                1 when /readyz answers 200
+ *   consumer_lag{topic,partition}        per assigned jobs partition: messages not
+ *                                         yet committed by the group (high watermark
+ *                                         minus committed offset; from the log start
+ *                                         while nothing is committed), from
+ *                                         librdkafka's statistics every 5 s
  *
  * Every recording function is thread-safe (the job thread and the main loop
  * both record) and cheap; none fails. Before pf_metrics_init they record into
@@ -95,6 +100,9 @@ void pf_metrics_state(pf_worker_state s);
 void pf_metrics_jobs_running(int n);
 /* What the main loop's last checks found: kafka_ok, redis_ok, and why not
  * (NULL or "" when both are fine). */
+/* The consumer lag of topic's assigned partitions now (n of them; lags[i] of
+ * partitions[i]): replaces what was recorded for topic before. */
+void pf_metrics_consumer_lag(const char *topic, const int *partitions, const long long *lags, int n);
 void pf_metrics_health(int kafka_ok, int redis_ok, const char *why);
 
 /* A storage log sink that counts the disk cache's downloads and evictions

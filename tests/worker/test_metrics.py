@@ -2,6 +2,7 @@
 over HTTP and parsed with an independent parser of the Prometheus text format
 (prometheus_client); the counters must match what the worker's log and the model
 cache say ran. /readyz must fail when Redis goes away."""
+import json
 import time
 import urllib.error
 import urllib.request
@@ -119,3 +120,40 @@ def test_metrics_off_by_default_and_bad_address(rig):
     bad = r.start_worker(PERFLOW_METRICS_LISTEN="localhost:9")  # names are not resolved
     assert bad.wait(30) == 1
     assert "is not an IPv4 address" in bad.events("worker.start_failed")[0]["msg"]
+
+
+def test_consumer_lag_per_partition(rig):
+    """perflow_consumer_lag{topic,partition}: the backlog of each assigned jobs partition
+    (high watermark minus the group's committed offset), as an autoscaler reads it: the
+    jobs waiting while one runs, then 0 once they are done and committed; Kafka's own
+    view (the group's committed offsets) agrees."""
+    r = rig(partitions=2)
+    jobs = [r.job("lag-%d" % i, steps=8, prompt="lag %d" % i) for i in range(6)]
+    for i, j in enumerate(jobs):  # 4 on partition 0 and 2 on 1, by explicit partition
+        r.producer.produce(r.jobs_topics[0], key=j["job_id"], value=json.dumps(j), partition=0 if i < 4 else 1)
+    r.producer.flush(10)
+    w = r.start_worker(PERFLOW_METRICS_LISTEN="127.0.0.1:0", PERFLOW_MAX_BATCH=1,
+                       PERFLOW_KAFKA_STATISTICS_INTERVAL_MS=500)
+    (ev,) = w.wait_event("metrics.listening")
+    base = "http://127.0.0.1:%d" % ev["port"]
+    topic = r.jobs_topics[0]
+    seen = []
+    end = time.time() + 60
+    while time.time() < end and not (seen and seen[-1][0] + seen[-1][1] >= 4):
+        s = scrape(base)
+        seen.append((value(s, "perflow_consumer_lag", topic=topic, partition="0"),
+                     value(s, "perflow_consumer_lag", topic=topic, partition="1")))
+        time.sleep(0.3)
+    assert seen and seen[-1][0] + seen[-1][1] >= 4, seen  # a backlog while the first jobs run
+    r.events.wait_terminal([j["job_id"] for j in jobs], timeout=120)
+    end = time.time() + 30
+    while time.time() < end:
+        s = scrape(base)
+        lag = {k[1]: v for k, v in s.items() if k[0] == "perflow_consumer_lag"}
+        if sorted(lag) == [(("partition", "0"), ("topic", topic)), (("partition", "1"), ("topic", topic))] and \
+                not any(lag.values()):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("lag not 0 on both partitions: %s" % lag)
+    assert r.committed(partitions=2) == {0: 4, 1: 2}
