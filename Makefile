@@ -227,11 +227,14 @@ bench: all $(BENCH_BIN)
 mutate: $(B)/.deps-stamp
 	B=build-mutate sh tests/mutate.sh $(MUTATIONS)
 
-# The fleet under failure (ops/chaos.py): 500 jobs, 3 workers, a SIGKILL every
-# 3 s and the other faults; prints the schedule and the figures. CHAOS_ARGS adds
-# options (--jobs N --workers W --kill-every S --seed N --keep ...).
+# The fleet under failure (ops/chaos.py) against Apache Kafka (ops/kafka.sh): 500
+# jobs, 3 workers, a SIGKILL every 3 s, the broker killed and restarted, a worker
+# stopped past its session, partitions added, and the other faults; prints the
+# schedule and the figures. CHAOS_ARGS adds options (--jobs N --workers W
+# --kill-every S --seed N --keep ...); CHAOS_BROKER= runs the dev broker's form.
+CHAOS_BROKER ?= --kafka
 chaos: $(B)/.deps-stamp all
-	$(PY) ops/chaos.py --bin $(BIN) $(CHAOS_ARGS)
+	$(PY) ops/chaos.py --bin $(BIN) $(CHAOS_BROKER) $(CHAOS_ARGS)
 
 demo: $(B)/.deps-stamp all
 	PERFLOW=$(BIN)/perflow sh ops/demo.sh

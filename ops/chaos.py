@@ -24,6 +24,15 @@ servers could not be started.
     .venv/bin/python ops/chaos.py                    # make chaos: 500 jobs, 3 workers
     .venv/bin/python ops/chaos.py --short            # the short form make test runs
     .venv/bin/python ops/chaos.py --jobs 200 --kill-every 3 --keep   # keep logs
+    .venv/bin/python ops/chaos.py --kafka            # against Apache Kafka (ops/kafka.sh)
+
+With --kafka the broker is Apache Kafka 4.x, one KRaft node that ops/kafka.sh starts,
+and the faults only the mock can inject (request errors, leader moves, one of three
+brokers down) give way to those only a real broker has: the broker SIGKILLed and
+restarted (every cycle, so at least 3 times in a default run), a worker SIGSTOPped past
+its session timeout (its partitions move; when it resumes it must not post a second
+terminal event for a job another worker finished) and partitions added to the jobs
+topic mid-run.
 
 Each job is a small text-to-image job (64 x 64, 4 steps) with its own prompt
 and seed; 2 % are invalid (expected: rejected) and 1 % pin a wrong digest for
@@ -124,6 +133,42 @@ class Broker:
                 self.proc.wait()
 
 
+class Kafka:
+    """Apache Kafka 4.x by ops/kafka.sh in work/kafka: the topics made through the admin
+    client, and the crash (SIGKILL, then a start on the same ports and log)."""
+
+    def __init__(self, work, topics):
+        from confluent_kafka.admin import AdminClient, NewTopic
+        self.dir = os.path.join(work, "kafka")
+        self.lock = threading.Lock()
+        self.start()
+        self.admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        for f in self.admin.create_topics([NewTopic(t, n, 1) for t, n in topics], operation_timeout=30).values():
+            f.result(60)
+
+    def start(self):
+        r = subprocess.run(["sh", os.path.join(ROOT, "ops", "kafka.sh"), "start", "--dir", self.dir,
+                            "--owner", str(os.getpid())], capture_output=True, text=True, timeout=200)
+        if r.returncode:
+            raise RuntimeError("ops/kafka.sh start: %s" % r.stderr.strip())
+        self.bootstrap = r.stdout.split("bootstrap.servers=", 1)[1].split()[0]
+
+    def crash(self, down_s):
+        with self.lock:
+            subprocess.run(["sh", os.path.join(ROOT, "ops", "kafka.sh"), "kill", "--dir", self.dir], check=True,
+                           timeout=60)
+            time.sleep(down_s)
+            self.start()
+
+    def add_partitions(self, topic, total):
+        from confluent_kafka.admin import NewPartitions
+        for f in self.admin.create_partitions([NewPartitions(topic, total)], operation_timeout=30).values():
+            f.result(60)
+
+    def stop(self):
+        subprocess.run(["sh", os.path.join(ROOT, "ops", "kafka.sh"), "stop", "--dir", self.dir], timeout=60)
+
+
 class Fleet:
     """W worker slots; each slot's processes log to worker-<slot>-<generation>.log."""
 
@@ -161,6 +206,14 @@ class Fleet:
         p.kill()
         p.wait(10)
         self.start(i)
+
+    def pause(self, i, seconds):
+        """SIGSTOP for seconds (past the session timeout: the group moves its partitions), then SIGCONT."""
+        with self.lock:
+            p = self.procs[i]
+        p.send_signal(signal.SIGSTOP)
+        time.sleep(seconds)
+        p.send_signal(signal.SIGCONT)
 
     def drain(self, i, timeout):
         """SIGTERM, wait for the clean exit (bounded), start a new one. Returns the exit status."""
@@ -254,26 +307,40 @@ def try_mount(path, size_mb):
     return False, (r.stderr.strip() or "mount failed")
 
 
-def make_schedule(rng, duration, kill_every, nworkers, partitions, fill_ok):
-    """[(t, kind, arg)], sorted: the kills, then a cycle of the other faults every 33 s."""
+def make_schedule(rng, duration, kill_every, nworkers, partitions, fill_ok, kafka=False, session_ms=3000):
+    """[(t, kind, arg)], sorted: the kills, then a cycle of the other faults every 33 s
+    (with kafka, the real broker's faults instead of the mock's, and partitions added once)."""
     ev = []
     t = kill_every
     while t < duration:
         ev.append((t, "sigkill", rng.randrange(nworkers)))
         t += kill_every
-    cycle = [
-        (4.0, "broker_errors", "Produce 5 NOT_ENOUGH_REPLICAS"),
-        (7.0, "s3_5xx", 4),
-        (10.0, "sigterm", None),
-        (13.0, "leader_move", None),
-        (16.0, "model_cut", 2),
-        (19.0, "redis_restart", 1.0),
-        (22.0, "s3_slow", (5, 1500)),
-        (25.0, "broker_down", (3, 2.0)),
-        (28.0, "cache_full", 4.0),
-        (31.0, "broker_errors", "OffsetCommit 3 REQUEST_TIMED_OUT"),
-        (32.0, "broker_errors", "Fetch 3 NOT_LEADER_FOR_PARTITION"),
-    ]
+    if kafka:
+        cycle = [
+            (4.0, "sigstop", session_ms / 1000.0 * 2 + 1),
+            (7.0, "s3_5xx", 4),
+            (10.0, "sigterm", None),
+            (13.0, "kafka_kill", 2.0),
+            (16.0, "model_cut", 2),
+            (19.0, "redis_restart", 1.0),
+            (22.0, "s3_slow", (5, 1500)),
+            (28.0, "cache_full", 4.0),
+        ]
+        ev.append((duration / 2, "add_partitions", partitions + 2))
+    else:
+        cycle = [
+            (4.0, "broker_errors", "Produce 5 NOT_ENOUGH_REPLICAS"),
+            (7.0, "s3_5xx", 4),
+            (10.0, "sigterm", None),
+            (13.0, "leader_move", None),
+            (16.0, "model_cut", 2),
+            (19.0, "redis_restart", 1.0),
+            (22.0, "s3_slow", (5, 1500)),
+            (25.0, "broker_down", (3, 2.0)),
+            (28.0, "cache_full", 4.0),
+            (31.0, "broker_errors", "OffsetCommit 3 REQUEST_TIMED_OUT"),
+            (32.0, "broker_errors", "Fetch 3 NOT_LEADER_FOR_PARTITION"),
+        ]
     base = 0.0
     while base < duration:
         for off, kind, arg in cycle:
@@ -283,6 +350,8 @@ def make_schedule(rng, duration, kill_every, nworkers, partitions, fill_ok):
                 continue
             if kind == "sigterm":
                 arg = rng.randrange(nworkers)
+            if kind == "sigstop":
+                arg = (rng.randrange(nworkers), arg)
             if kind == "leader_move":
                 arg = (rng.randrange(partitions), 2 + rng.randrange(2))  # to broker 2 or 3
             if kind == "broker_down":
@@ -305,6 +374,9 @@ def describe(kind, arg):
         "s3_slow": lambda: "S3: next %d PUTs delayed %d ms" % arg,
         "broker_down": lambda: "broker %d down %.1f s (partition leaders move)" % arg,
         "cache_full": lambda: "cache disk full for %.1f s (cache emptied first)" % arg,
+        "kafka_kill": lambda: "Kafka: the broker SIGKILLed, restarted after %.1f s" % arg,
+        "sigstop": lambda: "SIGSTOP worker %d for %.1f s (past its session timeout), then SIGCONT" % arg,
+        "add_partitions": lambda: "Kafka: the jobs topic grows to %d partitions" % arg,
     }[kind]()
 
 
@@ -325,6 +397,8 @@ def main():
     ap.add_argument("--static", type=int, default=0,
                     help="static group membership (1, as the systemd unit sets it); off by default: the dev "
                          "broker's group coordinator asserts when a static member rejoins mid-join under churn")
+    ap.add_argument("--kafka", action="store_true",
+                    help="Apache Kafka (ops/kafka.sh) instead of the dev broker, with the real broker's faults")
     ap.add_argument("--bin", default=os.path.join(ROOT, "bin"))
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs) and print its path")
     a = ap.parse_args()
@@ -351,13 +425,16 @@ def main():
         jobs_topic, status_topic, dlq_topic = "perflow.jobs", "perflow.status", "perflow.jobs.dlq"
         try:
             redis = Redis(work)
-            broker = Broker(os.path.join(binary, "perflow-dev-broker"), work, 3,
-                            ["%s:%d" % (jobs_topic, partitions), "%s:3" % status_topic, dlq_topic])
+            if a.kafka:
+                broker = Kafka(work, [(jobs_topic, partitions), (status_topic, 3), (dlq_topic, 1)])
+            else:
+                broker = Broker(os.path.join(binary, "perflow-dev-broker"), work, 3,
+                                ["%s:%d" % (jobs_topic, partitions), "%s:3" % status_topic, dlq_topic])
+                # Broker 1 coordinates the group and is spared the outages: the mock
+                # cluster's coordinator asserts (and the dev broker dies) when a member
+                # whose join is pending joins again after its connection broke.
+                broker.command("coordinator chaos 1")
             moto = servers.start_s3(work, "chaos", BUCKET)
-            # Broker 1 coordinates the group and is spared the outages: the mock
-            # cluster's coordinator asserts (and the dev broker dies) when a member
-            # whose join is pending joins again after its connection broke.
-            broker.command("coordinator chaos 1")
             moto.client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
             s3proxy = servers.start_fault_server(work, proxy=moto.endpoint)
             www = os.path.join(work, "www")
@@ -403,7 +480,8 @@ def main():
                 expect[jid] = "succeeded"
             jobs.append(j)
         send_s = a.jobs / a.rate
-        schedule = make_schedule(rng, send_s + 10, a.kill_every or 1e9, a.workers, partitions, mounted)
+        schedule = make_schedule(rng, send_s + 10, a.kill_every or 1e9, a.workers, partitions, mounted, a.kafka,
+                                 a.session_ms)
         if a.no_faults:
             schedule = [e for e in schedule if e[1] == "sigkill"]
         if a.kill_every <= 0:
@@ -457,6 +535,12 @@ def main():
                         post(s3proxy.port, "/_control/fail_puts/%d" % arg)
                     elif kind == "s3_slow":
                         post(s3proxy.port, "/_control/slow_puts/%d/%d" % arg)
+                    elif kind == "kafka_kill":
+                        broker.crash(arg)
+                    elif kind == "sigstop":
+                        threading.Thread(target=fleet.pause, args=arg, daemon=True).start()
+                    elif kind == "add_partitions":
+                        broker.add_partitions(jobs_topic, arg)
                     elif kind == "broker_down":
                         broker.command("down %d" % arg[0])
                         time.sleep(arg[1])
