@@ -34,8 +34,10 @@ class DevBrokerFaults:
 
 
 @pytest.fixture
-def faults(broker):
-    f = DevBrokerFaults(broker)
+def faults(dev_broker):
+    """Kafka cannot be told to fail a topic's produce requests with a retriable error:
+    the tests that need it run their rig on the dev broker (rig(on=faults.broker))."""
+    f = DevBrokerFaults(dev_broker)
     yield f
     f.heal_produce()
 
@@ -86,7 +88,7 @@ def test_undelivered_status_keeps_offset_lease_and_note(rig, faults):
     not noted as answered; a kill then redelivers it and the redelivery
     replays the record (without waiting for the dead worker's lease): one
     terminal event."""
-    r = rig(partitions=1)
+    r = rig(on=faults.broker, partitions=1)
     # A lease that outlives the wait (it is renewed only while the job runs), so
     # that a lease released too early shows.
     w = r.start_worker(PERFLOW_LEASE_TTL_MS=120000, **GATED)
