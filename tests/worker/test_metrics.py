@@ -10,6 +10,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 import servers
+from servers import fail_puts
 
 
 def get(url):
@@ -132,19 +133,26 @@ def test_consumer_lag_per_partition(rig):
     for i, j in enumerate(jobs):  # 4 on partition 0 and 2 on 1, by explicit partition
         r.producer.produce(r.jobs_topics[0], key=j["job_id"], value=json.dumps(j), partition=0 if i < 4 else 1)
     r.producer.flush(10)
-    w = r.start_worker(PERFLOW_METRICS_LISTEN="127.0.0.1:0", PERFLOW_MAX_BATCH=1,
-                       PERFLOW_KAFKA_STATISTICS_INTERVAL_MS=500)
-    (ev,) = w.wait_event("metrics.listening")
-    base = "http://127.0.0.1:%d" % ev["port"]
-    topic = r.jobs_topics[0]
-    seen = []
-    end = time.time() + 60
-    while time.time() < end and not (seen and seen[-1][0] + seen[-1][1] >= 4):
-        s = scrape(base)
-        seen.append((value(s, "perflow_consumer_lag", topic=topic, partition="0"),
-                     value(s, "perflow_consumer_lag", topic=topic, partition="1")))
-        time.sleep(0.3)
-    assert seen and seen[-1][0] + seen[-1][1] >= 4, seen  # a backlog while the first jobs run
+    # The first job is held in its upload (every PUT fails, the worker retries) until the
+    # backlog has been seen, so that the tiny jobs cannot all end between two scrapes.
+    fail_puts(r.s3proxy, 1000)
+    try:
+        w = r.start_worker(PERFLOW_METRICS_LISTEN="127.0.0.1:0", PERFLOW_MAX_BATCH=1,
+                           PERFLOW_KAFKA_STATISTICS_INTERVAL_MS=500, PERFLOW_S3_ATTEMPTS=1, PERFLOW_RETRIES=20,
+                           PERFLOW_RETRY_MAX_MS=1000)
+        (ev,) = w.wait_event("metrics.listening")
+        base = "http://127.0.0.1:%d" % ev["port"]
+        topic = r.jobs_topics[0]
+        seen = []
+        end = time.time() + 60
+        while time.time() < end and not (seen and seen[-1][0] + seen[-1][1] >= 5):
+            s = scrape(base)
+            seen.append((value(s, "perflow_consumer_lag", topic=topic, partition="0"),
+                         value(s, "perflow_consumer_lag", topic=topic, partition="1")))
+            time.sleep(0.3)
+        assert seen and seen[-1][0] + seen[-1][1] >= 5, seen  # the backlog while the first job is held
+    finally:
+        fail_puts(r.s3proxy, 0)
     r.events.wait_terminal([j["job_id"] for j in jobs], timeout=120)
     end = time.time() + 30
     while time.time() < end:
