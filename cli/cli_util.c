@@ -20,8 +20,8 @@ void pf_cli_log_line(void *ctx, int level, const char *line) {
 int pf_cli_fail(const char *cmd, pf_error *err, int verbose) {
     pf_secret_scrub(err->msg, sizeof err->msg);
     fprintf(stderr, "perflow: %s: %s\n", cmd, err->msg);
-    if (verbose && pf_storage_failure() != PF_STORAGE_OK)
-        fprintf(stderr, "perflow: this failure is %s\n", pf_storage_failure_name(pf_storage_failure()));
+    if (verbose && (err->kind == PF_ERROR_TRANSIENT || err->kind == PF_ERROR_PERMANENT))
+        fprintf(stderr, "perflow: this failure is %s\n", pf_error_kind_name(err->kind));
     return 1;
 }
 

@@ -20,7 +20,7 @@ void pf_cli_log_line(void *ctx, int level, const char *line);
 
 /* Reports the failure in err: its message, with this process's secrets
  * scrubbed out of err->msg in place, and when verbose and the last storage call
- * failed, whether the failure is transient or permanent (failure.h). Returns 1. */
+ * failed, whether the failure is transient or permanent (err->kind). Returns 1. */
 int pf_cli_fail(const char *cmd, pf_error *err, int verbose);
 
 /* Flushes stdout. Returns 0, or 1 after saying that writing it failed (a full

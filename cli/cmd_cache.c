@@ -167,7 +167,7 @@ int cmd_cache(int argc, char **argv) {
     if (!strcmp(sub, "fetch") && !url) return usage_error("%s", "fetch needs a URL");
     if (cmd_at >= 0 && cmd_at == argc) return usage_error("%s", "-- needs a command");
     uint64_t target = 0;
-    pf_error err = {""};
+    pf_error err = {0};
     if (to && pf_parse_size(to, &target, &err)) return usage_error("--to: %s", err.msg);
 
     pf_credentials cred;

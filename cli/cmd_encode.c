@@ -64,7 +64,7 @@ int cmd_encode(int argc, char **argv) {
         return 2;
     }
 
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_backend *be = pf_backend_open(device, threads, &err);
     pf_tokenizer *tok = NULL;
     pf_clip_text_model *te = NULL;

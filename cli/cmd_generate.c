@@ -107,7 +107,7 @@ int cmd_generate(int argc, char **argv) {
     long v, threads = 0, pair[2];
     double d;
     int grid = 0, refine = 0, c, rc = 2;
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_cli_model m;
     pf_cli_model_init(&m);
     pf_cli_controls nets = {0};

@@ -135,7 +135,7 @@ int cmd_inspect(int argc, char **argv) {
         return 2;
     }
 
-    pf_error err = {""};
+    pf_error err = {0};
     size_t len = strlen(path);
     if (len >= 5 && !strcmp(path + len - 5, ".json")) { /* a sharded set: its entries across the shards */
         pf_weights *w;

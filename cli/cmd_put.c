@@ -54,7 +54,7 @@ int cmd_put(int argc, char **argv) {
     if (!file || !dest) return usage_error("%s", "needs FILE and DEST");
     if (strncmp(dest, "s3://", 5) && strncmp(dest, "file://", 7))
         return usage_error("DEST must be s3://BUCKET/KEY or file:///PATH, not '%s'", dest);
-    pf_error err = {""};
+    pf_error err = {0};
     pf_s3_config cfg;
     if (pf_s3_config_from_env(&cfg, &err)) return pf_cli_fail("put", &err, verbose);
     if (endpoint) {

@@ -71,7 +71,7 @@ int cmd_refine(int argc, char **argv) {
     long v, threads = 0;
     double d;
     int c, rc = 2;
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_cli_model m;
     pf_cli_model_init(&m);
     pf_cli_controls nets = {0};

@@ -287,7 +287,7 @@ int cmd_status(int argc, char **argv) {
         return usage_error("'%s' is not a job or batch id (1 to 128 of [A-Za-z0-9._-], not starting with '.')", id);
     if ((list || manifest) && !batch) return usage_error("%s", "--jobs and --manifest go with --batch");
     static pf_worker_config cfg;
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_worker_config_defaults(&cfg);
     const char *file = config ? config : getenv("PERFLOW_CONFIG");
     if ((file && *file && pf_worker_config_load_file(&cfg, file, &err)) || pf_worker_config_from_env(&cfg, &err) ||

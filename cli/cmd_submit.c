@@ -889,7 +889,7 @@ int cmd_submit(int argc, char **argv) {
     int rc = parse_options(&b.o, argc, argv);
     if (rc >= 0) return rc;
     const options *o = &b.o;
-    pf_error err = {{0}};
+    pf_error err = {0};
     static pf_worker_config cfg;
     char topics_buf[1024];
     const char *jobs_topic = NULL, *redis_addr = NULL;

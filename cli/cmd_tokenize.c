@@ -70,7 +70,7 @@ int cmd_tokenize(int argc, char **argv) {
     if (!dir) return usage_error("%s", "missing --tokenizer DIR");
     if (first_text >= argc) return usage_error("%s", "missing TEXT");
 
-    pf_error err = {""};
+    pf_error err = {0};
     pf_tokenizer *tok;
     if (pf_tokenizer_load(&tok, dir, &err)) {
         fprintf(stderr, "perflow: %s\n", err.msg);

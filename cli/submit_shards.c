@@ -271,7 +271,7 @@ int pf_submit_shards(const pf_shard_plan_in *in, const pf_worker_config *cfg, co
     shard *sh = NULL;
     long n = 0, total = 0;
     char batch_id[PF_JOB_BATCH_ID_MAX + 1];
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_submit_kafka *k = NULL;
     int rc = 1;
     if (plan(in, &sh, &n, batch_id, sizeof batch_id, &err)) goto fail;

@@ -26,6 +26,21 @@ int pf_error_prefix(pf_error *err, const char *fmt, ...) {
     return -1;
 }
 
+int pf_error_set_kind(pf_error *err, pf_error_kind kind, const char *field) {
+    if (err) {
+        err->kind = kind;
+        snprintf(err->field, sizeof err->field, "%s", field ? field : "");
+    }
+    return -1;
+}
+
+pf_error_kind pf_error_kind_of(const pf_error *err) { return err ? err->kind : PF_ERROR_NONE; }
+
+const char *pf_error_kind_name(pf_error_kind kind) {
+    static const char *const names[] = {"none", "transient", "permanent", "invalid", "model"};
+    return (unsigned)kind < sizeof names / sizeof *names ? names[kind] : "none";
+}
+
 void *pf_xmalloc(size_t n, const char *file, int line) {
     void *p = malloc(n ? n : 1);
     if (!p) {

@@ -18,7 +18,6 @@
 
 #include "backoff.h"
 #include "credentials.h"
-#include "failure.h"
 #include "fileio.h"
 
 #define REF_MAX_BYTES 8192
@@ -185,7 +184,7 @@ pf_redis_index *pf_cache_redis(pf_cache *c) {
     if (c->redis_up) {
         r = c->redis;
     } else if (pf_now_ms() >= c->redis_retry_at_ms) {
-        pf_error e = {""};
+        pf_error e = {0};
         int ok = c->redis ? !pf_redis_index_reconnect(c->redis, &e)
                           : !pf_redis_index_open(&c->redis, c->cfg.redis_addr, c->ns, c->cfg.redis_timeout_ms, &e);
         if (ok) {
@@ -356,7 +355,7 @@ void pf_cache_touch(pf_cache *c, const char *digest, int fd) {
         (void)futimens(fd, ts);
     }
     pf_redis_index *r = pf_cache_redis(c);
-    pf_error e = {""};
+    pf_error e = {0};
     if (r && pf_redis_lru_touch(r, digest, now, &e)) pf_cache_redis_failed(c, &e);
 }
 
@@ -365,7 +364,7 @@ void pf_cache_touch(pf_cache *c, const char *digest, int fd) {
 /* Drops index entries that the disk contradicts, and old temporary files. */
 static void reconcile(pf_cache *c) {
     pf_redis_index *r = pf_cache_redis(c);
-    pf_error e = {""};
+    pf_error e = {0};
     if (r) {
         char(*keys)[PF_SHA256_HEX] = NULL;
         size_t n = 0;
@@ -539,7 +538,7 @@ static int on_download_progress(void *ctx, uint64_t have, uint64_t total) {
     if ((d->cancel && *d->cancel) || (d->c->cfg.cancel && *d->c->cfg.cancel)) return 1;
     long long now = pf_now_ms();
     if (d->r && now - d->last_renew_ms >= d->c->cfg.lock_ttl_ms / 3) {
-        pf_error e = {""};
+        pf_error e = {0};
         int held = 1;
         if (pf_redis_lock_renew(d->r, d->key, d->token, d->c->cfg.lock_ttl_ms, &held, &e)) {
             pf_cache_redis_failed(d->c, &e);
@@ -587,7 +586,7 @@ static void index_hit(pf_cache *c, const char *key, const char *url, const pf_ca
     if (!r) return;
     pf_index_entry ent;
     int found;
-    pf_error e = {""};
+    pf_error e = {0};
     long long now = pf_wall_ms();
     if (pf_redis_entry_get(r, key, &ent, &found, &e)) {
         pf_cache_redis_failed(c, &e);
@@ -640,7 +639,7 @@ int pf_cache_acquire_url(pf_cache *c, const char *url_in, const char *expect, co
     if ((expect && !pf_sha256_hex_valid(expect)) || pf_url_parse(&u, url_in, err) ||
         pf_url_format(url, sizeof url, &u, err)) {
         if (expect && !pf_sha256_hex_valid(expect)) pf_fail(err, "expected sha256 must be 64 lower-case hex digits");
-        pf_storage_set_failure(PF_STORAGE_PERMANENT);
+        pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL);
         return -1;
     }
     pf_url_for_log(logurl, sizeof logurl, &u);
@@ -663,7 +662,7 @@ int pf_cache_acquire_url(pf_cache *c, const char *url_in, const char *expect, co
     for (;;) {
         if ((cancel && *cancel) || (c->cfg.cancel && *c->cfg.cancel)) return pf_fail(err, "GET %s: cancelled", logurl);
         pf_redis_index *r = pf_cache_redis(c);
-        pf_error e = {""};
+        pf_error e = {0};
         int got_lock = 0;
         if (r && pf_redis_lock_try(r, key, token, c->cfg.lock_ttl_ms, &got_lock, &e)) {
             pf_cache_redis_failed(c, &e);
@@ -802,7 +801,7 @@ int pf_cache_store_bytes(pf_cache *c, const void *data, size_t n, pf_cache_got *
 
 int pf_cache_acquire(pf_cache_lease **out, pf_cache *c, const pf_model_source *src, pf_error *err) {
     *out = NULL;
-    pf_storage_set_failure(PF_STORAGE_OK);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     pf_cache_lease *l = PF_CALLOC(1, sizeof *l);
     l->c = c;
     int rc;
@@ -822,7 +821,7 @@ int pf_cache_acquire(pf_cache_lease **out, pf_cache *c, const pf_model_source *s
         pf_cache_release(l);
         if (err) pf_secret_scrub(err->msg, sizeof err->msg);
         /* what no step classified (the disk, a wait) may well work later */
-        if (pf_storage_failure() == PF_STORAGE_OK) pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+        if (pf_error_kind_of(err) == PF_ERROR_NONE) pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
         return -1;
     }
     *out = l;

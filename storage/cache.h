@@ -31,7 +31,6 @@
 #include <stdint.h>
 
 #include "error.h"
-#include "failure.h"
 #include "fetch.h"
 #include "model_source.h"
 #include "storage_log.h"
@@ -97,7 +96,8 @@ int pf_cache_status(pf_cache *c, char *line, size_t n);
  * A cached model opens without any network access. Afterwards the disk budget
  * is enforced, evicting least recently used unpinned blobs.
  * On error *out is NULL, nothing is pinned, err has one line (no secrets), and
- * pf_storage_failure() says whether trying later may help (failure.h); a
+ * err->kind says whether trying later may help (PF_ERROR_TRANSIENT or
+ * PF_ERROR_PERMANENT, error.h); a
  * digest mismatch leaves nothing in the cache. Blocks while downloading or
  * waiting for another worker's download; cfg->cancel stops it. */
 int pf_cache_acquire(pf_cache_lease **out, pf_cache *c, const pf_model_source *src, pf_error *err);

@@ -91,7 +91,7 @@ static int scan_blobs(pf_cache *c, blob_info **out, size_t *n, uint64_t *total, 
         bi->size = (uint64_t)st.st_size;
         bi->last_use_ms = (long long)st.st_atim.tv_sec * 1000 + st.st_atim.tv_nsec / 1000000;
         long long when;
-        pf_error e = {""};
+        pf_error e = {0};
         int known = r ? pf_redis_lru_get(r, bi->digest, &when, &e) : 0;
         if (known < 0) {
             pf_cache_redis_failed(c, &e);
@@ -128,7 +128,7 @@ static int remove_unpinned(pf_cache *c, const char *digest) {
     close(fd);
     if (removed) {
         pf_redis_index *r = pf_cache_redis(c);
-        pf_error e = {""};
+        pf_error e = {0};
         if (r && pf_redis_lru_remove(r, digest, &e)) pf_cache_redis_failed(c, &e);
     }
     return removed;
@@ -155,7 +155,7 @@ static void drop_dangling(pf_cache *c) {
         if (!ok) {
             unlink(path);
             pf_redis_index *r = pf_cache_redis(c);
-            pf_error e = {""};
+            pf_error e = {0};
             if (r && pf_redis_entry_del(r, de->d_name, &e)) pf_cache_redis_failed(c, &e);
         }
     }
@@ -233,7 +233,7 @@ int pf_cache_evict(pf_cache *c, uint64_t target_bytes, int *evicted, uint64_t *f
 void pf_cache_enforce_budget(pf_cache *c) {
     if (!c->cfg.budget_bytes) return;
     uint64_t remaining = 0;
-    pf_error e = {""};
+    pf_error e = {0};
     if (evict_to(c, c->cfg.budget_bytes, NULL, NULL, &remaining, &e)) {
         pf_slog(&c->cfg.log, PF_LOG_WARN, "cache: enforcing the budget: %s", e.msg);
     } else if (remaining > c->cfg.budget_bytes) {
@@ -255,7 +255,7 @@ int pf_cache_verify(pf_cache *c, void (*each)(void *ctx, const char *digest, uin
         char path[PF_CACHE_PATH], hex[PF_SHA256_HEX];
         uint64_t size;
         pf_cache_blob_path(path, sizeof path, c, b[i].digest);
-        pf_error e = {""};
+        pf_error e = {0};
         const char *status = "ok";
         if (pf_sha256_file(hex, &size, path, &e)) {
             struct stat st;
@@ -314,7 +314,7 @@ int pf_cache_list(pf_cache *c, void (*each)(void *ctx, const pf_cache_entry *e),
         if (present) {
             e->last_use_ms = (long long)st.st_atim.tv_sec * 1000 + st.st_atim.tv_nsec / 1000000;
             long long when;
-            pf_error re = {""};
+            pf_error re = {0};
             int known = r ? pf_redis_lru_get(r, e->digest, &when, &re) : 0;
             if (known < 0) {
                 pf_cache_redis_failed(c, &re);
@@ -344,7 +344,7 @@ int pf_cache_list(pf_cache *c, void (*each)(void *ctx, const pf_cache_entry *e),
         snprintf(e->url, sizeof e->url, "(url key %s)", key);
         pf_index_entry ent;
         int found = 0;
-        pf_error re = {""};
+        pf_error re = {0};
         if (r && pf_redis_entry_get(r, key, &ent, &found, &re)) {
             pf_cache_redis_failed(c, &re);
             r = NULL;

@@ -23,7 +23,6 @@
 
 #include "cache_internal.h"
 #include "credentials.h"
-#include "failure.h"
 
 #define MANIFEST_MAX_BYTES (1 << 20)
 
@@ -142,7 +141,6 @@ typedef struct batch {
     volatile int cancel;
     int failed;
     pf_error err;
-    pf_storage_failure_class failure; /* of the first error, from the thread that met it */
 } batch;
 
 /* Fetches plan entry i: its path, else (weights) its sharded form, then the
@@ -161,7 +159,7 @@ static int fetch_one(batch *b, int i, pf_error *err) {
     }
     /* a component's digest is its weights file's (whichever variant is fetched); an index cannot stand for shards */
     const int pinned = b->src->kind == PF_SOURCE_COMPONENT && b->src->sha256[0] && f->weights;
-    pf_error first = {""};
+    pf_error first = {0};
     for (int t = 0; t < nt; t++) {
         char url[PF_URL_MAX];
         const int is_index = pf_model_is_shard_index(tries[t]);
@@ -170,7 +168,7 @@ static int fetch_one(batch *b, int i, pf_error *err) {
                                   err)) {
             if (pinned && is_index) {
                 close(b->got[i].fd);
-                pf_storage_set_failure(PF_STORAGE_PERMANENT);
+                pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL);
                 return pf_fail(err, "%s: the weights are sharded, and a sha256 names one weights file: it cannot "
                                     "pin the shards (leave it out)", url);
             }
@@ -187,7 +185,7 @@ static int fetch_one(batch *b, int i, pf_error *err) {
     if (err && nt > 1) /* the first name is the one people look for; say the others were tried */
         pf_fail(err, "%s (and %s)", first.msg,
                 f->weights ? "its other variant and sharded forms" : "its other variant");
-    pf_storage_set_failure(PF_STORAGE_PERMANENT);
+    pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL);
     return -1;
 }
 
@@ -198,13 +196,12 @@ static void *fetch_worker(void *arg) {
         int i = b->cancel ? b->n : b->next++;
         pthread_mutex_unlock(&b->lock);
         if (i >= b->n) break;
-        pf_error e = {""};
+        pf_error e = {0};
         if (fetch_one(b, i, &e)) {
             pthread_mutex_lock(&b->lock);
             if (!b->failed) {
                 b->failed = 1;
                 b->err = e;
-                b->failure = pf_storage_failure();
             }
             b->cancel = 1; /* the model cannot be complete: stop the other downloads */
             pthread_mutex_unlock(&b->lock);
@@ -233,7 +230,7 @@ static void plan_shards(batch *b) {
         if (!b->present[i] || !pf_model_is_shard_index(b->files[i].path)) continue;
         char *text = NULL, url[PF_URL_MAX] = "";
         size_t len;
-        pf_error e = {""};
+        pf_error e = {0};
         pf_model_source_file_url(url, sizeof url, b->src, b->files[i].path, NULL);
         int rc = pf_cache_read_fd(&text, &len, b->got[i].fd, PF_SHARD_INDEX_MAX_BYTES, &e);
         if (rc) pf_error_prefix(&e, "%s", url);
@@ -249,7 +246,7 @@ static void plan_shards(batch *b) {
         if (rc) {
             b->failed = 1;
             b->err = e;
-            b->failure = PF_STORAGE_PERMANENT;
+            pf_error_set_kind(&b->err, PF_ERROR_PERMANENT, NULL);
             pf_error_prefix(&b->err, "model %s", b->src->url);
         }
     }
@@ -268,7 +265,7 @@ static int plan_from_index(pf_cache *c, const pf_model_source *src, int configs,
     size_t len;
     if (pf_cache_read_fd(&text, &len, idx->fd, PF_MODEL_INDEX_MAX_BYTES, err)) {
         pf_error_prefix(err, "%s", url);
-        if (configs || idx->size > PF_MODEL_INDEX_MAX_BYTES) pf_storage_set_failure(PF_STORAGE_PERMANENT);
+        if (configs || idx->size > PF_MODEL_INDEX_MAX_BYTES) pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL);
         close(idx->fd);
         return -1;
     }
@@ -277,7 +274,7 @@ static int plan_from_index(pf_cache *c, const pf_model_source *src, int configs,
     free(text);
     if (rc) {
         close(idx->fd);
-        pf_storage_set_failure(PF_STORAGE_PERMANENT); /* the server's model index is unusable */
+        pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL); /* the server's model index is unusable */
         return pf_error_prefix(err, "model%s %s", configs ? " configs" : "", src->url);
     }
     PF_CHECK(!strcmp(plan[0].path, "model_index.json"));
@@ -329,7 +326,6 @@ int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lea
     n = b.n;
     int rc = b.failed ? -1 : 0;
     if (rc && err) *err = b.err;
-    if (rc) pf_storage_set_failure(b.failure);
 
     pf_manifest_file *files = PF_CALLOC((size_t)n, sizeof *files);
     int nf = 0;

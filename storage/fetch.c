@@ -22,7 +22,6 @@
 
 #include "backoff.h"
 #include "credentials.h"
-#include "failure.h"
 
 /* Where the resume validator (ETag or Last-Modified) of a partial file is
  * kept, so that another process taking over the download can send If-Range.
@@ -297,7 +296,7 @@ static xfer_outcome transfer(CURL *curl, xfer *x, const pf_url *origin, pf_fetch
     const pf_fetch_options *o = x->o;
     pf_url u = *origin;
     char url[PF_URL_MAX], logurl[600], errbuf[CURL_ERROR_SIZE];
-    pf_error e = {""};
+    pf_error e = {0};
     *retry_after_ms = 0;
     for (int hop = 0;; hop++) {
         pf_url_for_log(logurl, sizeof logurl, &u);
@@ -454,9 +453,9 @@ static int fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const ch
 
 int pf_fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const char *url, int fd,
                    const char *expect_sha256, pf_error *err) {
-    pf_storage_set_failure(PF_STORAGE_OK);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     int rc = fetch_to_fd(res, o, url, fd, expect_sha256, err);
-    if (rc && pf_storage_failure() == PF_STORAGE_OK) pf_storage_set_failure(PF_STORAGE_PERMANENT);
+    if (rc && pf_error_kind_of(err) == PF_ERROR_NONE) pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL);
     return rc;
 }
 
@@ -464,7 +463,7 @@ static int fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const ch
                        const char *expect_sha256, pf_error *err) {
     memset(res, 0, sizeof *res);
     if (pf_curl_init(err)) {
-        pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+        pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
         return -1;
     }
     if (expect_sha256 && !pf_sha256_hex_valid(expect_sha256))
@@ -479,13 +478,13 @@ static int fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const ch
     char logurl[600];
     pf_url_for_log(logurl, sizeof logurl, &origin);
     if (x.have > o->max_bytes && restart_file(&x)) {
-        pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+        pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
         pf_sha256_free(x.hash);
         return pf_fail(err, "GET %s: %s", logurl, x.fail);
     }
     if (x.have > 0) {
         if (pf_sha256_fd(x.hash, fd, x.have, err)) {
-            pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+            pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
             pf_sha256_free(x.hash);
             return pf_error_prefix(err, "GET %s: hashing the partial file", logurl);
         }
@@ -493,7 +492,7 @@ static int fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const ch
     }
     CURL *curl = curl_easy_init();
     if (!curl) {
-        pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+        pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
         pf_sha256_free(x.hash);
         return pf_fail(err, "GET %s: libcurl could not start a transfer", logurl);
     }
@@ -522,11 +521,11 @@ static int fetch_to_fd(pf_fetch_result *res, const pf_fetch_options *o, const ch
     int rc = 0;
     if (out != XFER_OK) {
         rc = pf_fail(err, "%s%s", msg, out == XFER_RETRY ? " (gave up after retries)" : "");
-        pf_storage_set_failure(out == XFER_RETRY || res->stopped || x.local_error ? PF_STORAGE_TRANSIENT
-                                                                                    : PF_STORAGE_PERMANENT);
+        pf_error_set_kind(err, out == XFER_RETRY || res->stopped || x.local_error ? PF_ERROR_TRANSIENT
+                                                                                  : PF_ERROR_PERMANENT, NULL);
     } else if (ftruncate(fd, (off_t)x.have) || fsync(fd)) {
         rc = pf_fail(err, "GET %s: syncing the file: %s", logurl, strerror(errno));
-        pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+        pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
     } else {
         pf_sha256_final_hex(x.hash, res->sha256);
         res->size = x.have;

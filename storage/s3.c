@@ -19,18 +19,14 @@
 #include <unistd.h>
 
 #include "backoff.h"
-#include "failure.h"
 #include "fetch.h"
 
 #define MIN_PART (5ull << 20)
 #define MAX_PARTS 10000
 #define MAX_RESPONSE (64 * 1024)
 
-/* Marks the failure as one that trying again will not cure; returns -1. */
-static int permanent(void) {
-    pf_storage_set_failure(PF_STORAGE_PERMANENT);
-    return -1;
-}
+/* Marks the failure in err as one that trying again will not cure; returns -1. */
+static int permanent(pf_error *err) { return pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL); }
 
 void pf_s3_config_default(pf_s3_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
@@ -416,7 +412,7 @@ static int request(s3_ctx *s, response *resp, const char *method, const char *bu
                     !strcmp(code, "SlowDown") || !strcmp(code, "InternalError");
         }
         pf_secret_scrub(msg, sizeof msg);
-        pf_storage_set_failure(retry ? PF_STORAGE_TRANSIENT : PF_STORAGE_PERMANENT);
+        pf_error_set_kind(err, retry ? PF_ERROR_TRANSIENT : PF_ERROR_PERMANENT, NULL);
         if (!retry || attempt == attempts) break;
         long wait = pf_backoff_ms(attempt, cfg->retry_base_ms, cfg->retry_max_ms);
         s->retries++;
@@ -435,14 +431,14 @@ static int put_local(pf_s3_result *res, const char *dest, const char *src, pf_er
     const char *path = dest + 7; /* file:// */
     if (path[0] != '/') {
         pf_fail(err, "file:// destination must be an absolute path (file:///...)");
-        return permanent();
+        return permanent(err);
     }
     if (strstr(path, "/../") || strstr(path, "/./") || strchr(path, '%') || strchr(path, '?'))
-        return pf_fail(err, "file:// destination must be a plain absolute path"), permanent();
+        return pf_fail(err, "file:// destination must be a plain absolute path"), permanent(err);
     char dir[4096], tmp[4200];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
-    if (!slash[1]) return pf_fail(err, "file:// destination names a folder, not a file"), permanent();
+    if (!slash[1]) return pf_fail(err, "file:// destination names a folder, not a file"), permanent(err);
     *slash = '\0';
     for (char *p = dir + 1; *p; p++) { /* mkdir -p */
         if (*p != '/') continue;
@@ -453,7 +449,7 @@ static int put_local(pf_s3_result *res, const char *dest, const char *src, pf_er
     if (dir[0] && mkdir(dir, 0755) && errno != EEXIST) return pf_fail(err, "creating %s: %s", dir, strerror(errno));
     snprintf(tmp, sizeof tmp, "%s/.perflow-put.XXXXXX", dir[0] ? dir : "/");
     int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0) return pf_fail(err, "%s: %s", src, strerror(errno)), permanent();
+    if (in < 0) return pf_fail(err, "%s: %s", src, strerror(errno)), permanent(err);
     int out = mkostemp(tmp, O_CLOEXEC);
     if (out < 0) {
         close(in);
@@ -508,15 +504,13 @@ static int put_local(pf_s3_result *res, const char *dest, const char *src, pf_er
 static void abort_multipart(s3_ctx *s, const char *bucket, const char *key, const char *query, const char *what) {
     response r;
     body none = {.mem = ""};
-    pf_error e = {""};
+    pf_error e = {0};
     char w[1200];
     snprintf(w, sizeof w, "%s (abort)", what);
-    pf_storage_failure_class failure = pf_storage_failure(); /* the upload's, not the abort's */
     if (!request(s, &r, "DELETE", bucket, key, query, &none, w, &e))
         free(r.text);
     else
         pf_slog(&s->cfg->log, PF_LOG_WARN, "%s", e.msg);
-    pf_storage_set_failure(failure);
 }
 
 static int put_multipart(s3_ctx *s, pf_s3_result *res, const char *bucket, const char *key, int fd, uint64_t size,
@@ -587,10 +581,10 @@ static int put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credent
 
 int pf_s3_put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credentials *cred, const char *dest,
                    const char *path, pf_error *err) {
-    pf_storage_set_failure(PF_STORAGE_OK);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     int rc = put_file(res, cfg, cred, dest, path, err);
     /* what no step classified (the local disk, libcurl itself) may well work later */
-    if (rc && pf_storage_failure() == PF_STORAGE_OK) pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+    if (rc && pf_error_kind_of(err) == PF_ERROR_NONE) pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
     if (rc && err) pf_secret_scrub(err->msg, sizeof err->msg);
     return rc;
 }
@@ -600,24 +594,24 @@ static int put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credent
     memset(res, 0, sizeof *res);
     if (!strncmp(dest, "file://", 7)) return put_local(res, dest, path, err);
     char bucket[64], key[1100], what[1200];
-    if (pf_s3_parse_dest(bucket, sizeof bucket, key, sizeof key, dest, err)) return permanent();
+    if (pf_s3_parse_dest(bucket, sizeof bucket, key, sizeof key, dest, err)) return permanent(err);
     snprintf(what, sizeof what, "PUT s3://%s/%.200s", bucket, key);
     if (!cred->access_key_id || !cred->secret_access_key) {
         pf_fail(err, "%s: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put "
                      "aws_access_key_id and aws_secret_access_key in $CREDENTIALS_DIRECTORY", what);
-        return permanent();
+        return permanent(err);
     }
     if (pf_curl_init(err)) return -1;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         pf_fail(err, "%s: %s", path, strerror(errno));
-        return permanent();
+        return permanent(err);
     }
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
         close(fd);
         pf_fail(err, "%s: not a regular file", path);
-        return permanent();
+        return permanent(err);
     }
     uint64_t size = (uint64_t)st.st_size;
     s3_ctx s = {.cfg = cfg, .cred = cred, .curl = curl_easy_init()};
@@ -639,7 +633,7 @@ static int put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credent
         }
     }
     if (!rc) {
-        pf_error e = {""};
+        pf_error e = {0};
         if (pf_sha256_file(res->sha256, &res->size, path, &e)) res->sha256[0] = '\0';
         res->size = size;
     }
@@ -654,7 +648,7 @@ static int put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credent
 static int get_local(uint8_t **data, size_t *len, int *found, const char *src, size_t max, pf_error *err) {
     const char *path = src + 7; /* file:// */
     if (path[0] != '/' || strstr(path, "/../") || strstr(path, "/./") || strchr(path, '%') || strchr(path, '?'))
-        return pf_fail(err, "file:// source must be a plain absolute path (file:///...)"), permanent();
+        return pf_fail(err, "file:// source must be a plain absolute path (file:///...)"), permanent(err);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT) return 0; /* *found stays 0 */
@@ -663,7 +657,7 @@ static int get_local(uint8_t **data, size_t *len, int *found, const char *src, s
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
         close(fd);
-        return pf_fail(err, "%s: not a regular file of at most %zu bytes", path, max), permanent();
+        return pf_fail(err, "%s: not a regular file of at most %zu bytes", path, max), permanent(err);
     }
     uint8_t *buf = PF_MALLOC((size_t)st.st_size + 1);
     size_t got = 0;
@@ -688,12 +682,12 @@ static int get_object(uint8_t **data, size_t *len, int *found, const pf_s3_confi
                       const char *src, size_t max, pf_error *err) {
     if (!strncmp(src, "file://", 7)) return get_local(data, len, found, src, max, err);
     char bucket[64], key[1100], what[1200];
-    if (pf_s3_parse_dest(bucket, sizeof bucket, key, sizeof key, src, err)) return permanent();
+    if (pf_s3_parse_dest(bucket, sizeof bucket, key, sizeof key, src, err)) return permanent(err);
     snprintf(what, sizeof what, "GET s3://%s/%.200s", bucket, key);
     if (!cred->access_key_id || !cred->secret_access_key) {
         pf_fail(err, "%s: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put "
                      "aws_access_key_id and aws_secret_access_key in $CREDENTIALS_DIRECTORY", what);
-        return permanent();
+        return permanent(err);
     }
     if (pf_curl_init(err)) return -1;
     s3_ctx s = {.cfg = cfg, .cred = cred, .curl = curl_easy_init()};
@@ -705,14 +699,14 @@ static int get_object(uint8_t **data, size_t *len, int *found, const pf_s3_confi
     curl_easy_cleanup(s.curl);
     if (rc) {
         if (r.status == 404) { /* NoSuchKey: not an error, just absent */
-            pf_storage_set_failure(PF_STORAGE_OK);
+            pf_error_set_kind(err, PF_ERROR_NONE, NULL);
             return 0;
         }
         return -1;
     }
     if (r.len > max) {
         free(r.text);
-        return pf_fail(err, "%s: larger than %zu bytes", what, max), permanent();
+        return pf_fail(err, "%s: larger than %zu bytes", what, max), permanent(err);
     }
     *data = (uint8_t *)(r.text ? r.text : PF_MALLOC(1));
     *len = r.len;
@@ -725,9 +719,9 @@ int pf_s3_get(uint8_t **data, size_t *len, int *found, const pf_s3_config *cfg, 
     *data = NULL;
     *len = 0;
     *found = 0;
-    pf_storage_set_failure(PF_STORAGE_OK);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     int rc = get_object(data, len, found, cfg, cred, src, max, err);
-    if (rc && pf_storage_failure() == PF_STORAGE_OK) pf_storage_set_failure(PF_STORAGE_TRANSIENT);
+    if (rc && pf_error_kind_of(err) == PF_ERROR_NONE) pf_error_set_kind(err, PF_ERROR_TRANSIENT, NULL);
     if (rc && err) pf_secret_scrub(err->msg, sizeof err->msg);
     return rc;
 }

@@ -20,7 +20,6 @@
 #include "credentials.h"
 #include "digest.h"
 #include "error.h"
-#include "failure.h"
 #include "storage_log.h"
 
 typedef struct pf_s3_config {
@@ -66,7 +65,7 @@ int pf_s3_object_url(char *out, size_t n, const pf_s3_config *cfg, const char *b
 /* Uploads the file at path to dest: "s3://bucket/key" (needs credentials'
  * access key pair) or "file:///absolute/path" (temp file, fsync, rename;
  * parent folders created). On error err has one line without any credential,
- * pf_storage_failure() says whether trying later may help (failure.h), and an
+ * err->kind says whether trying later may help (error.h), and an
  * interrupted multipart upload has been aborted. */
 int pf_s3_put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credentials *cred, const char *dest,
                    const char *path, pf_error *err);
@@ -74,7 +73,7 @@ int pf_s3_put_file(pf_s3_result *res, const pf_s3_config *cfg, const pf_credenti
 /* Reads the object at src ("s3://bucket/key" or "file:///absolute/path")
  * into *data (malloc'd, caller frees; *len bytes). An absent object is no
  * error: 0 with *found 0 and *data NULL. An object over max bytes is an
- * error. On error err has one line and pf_storage_failure() says whether
+ * error. On error err has one line and err->kind says whether
  * trying later may help. */
 int pf_s3_get(uint8_t **data, size_t *len, int *found, const pf_s3_config *cfg, const pf_credentials *cred,
               const char *src, size_t max, pf_error *err);

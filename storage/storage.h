@@ -7,14 +7,14 @@
  *   cache.h         the shared model cache: blobs, pins, LRU budget, Redis index (redis_index.h)
  *   s3.h            uploads to S3-compatible storage or file://
  *   output_key.h    result keys from a template and the job
- *   failure.h       after a failure: transient (retry the job later) or permanent
+ * After a failure err->kind (error.h) says transient (retry the job later) or permanent.
  * Typical use by a worker:
  *   pf_credentials cred;  pf_credentials_load(&cred, &err);
  *   pf_cache_config cc;   pf_cache_config_from_env(&cc, &err); cc.fetch.bearer_token = cred.hub_token;
  *   pf_cache *cache;      pf_cache_open(&cache, &cc, &err);
  *   per job:  pf_model_source_init(&src, PF_SOURCE_AUTO, url, sha256, fp16, &err);
  *             pf_cache_acquire(&lease, cache, &src, &err);  ... load pf_cache_lease_path(lease) ...
- *             (on failure, pf_storage_failure() says whether a retry may help)
+ *             (on failure, err.kind says whether a retry may help)
  *             pf_output_key(key, sizeof key, template, job_id, i, seed, &err);
  *             pf_s3_put_file(&res, &s3cfg, &cred, key, png_path, &err);
  *             pf_cache_release(lease);
@@ -24,7 +24,6 @@
 
 #include "cache.h"
 #include "credentials.h"
-#include "failure.h"
 #include "fetch.h"
 #include "model_index.h"
 #include "model_source.h"

@@ -38,7 +38,7 @@ static pf_checkpoint *open_ok(const pf_model_spec *spec) {
 /* The error pf_checkpoint_open gives for spec, which must contain want. */
 static void open_fails(const pf_model_spec *spec, const char *want) {
     pf_checkpoint *c;
-    pf_error err = {""};
+    pf_error err = {0};
     if (pf_checkpoint_open(&c, spec, &err) == 0) fail_msg("%s opened, expected an error with \"%s\"", spec->model, want);
     assert_null(c);
     if (!strstr(err.msg, want)) fail_msg("error \"%s\" lacks \"%s\"", err.msg, want);
@@ -548,7 +548,7 @@ static void test_shard_index_parse(void **state) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         pf_shard_index idx;
-        pf_error err = {""};
+        pf_error err = {0};
         int rc = pf_shard_index_parse(&idx, cases[i].json, strlen(cases[i].json), "index.json", &err);
         if (!cases[i].want) {
             assert_int_equal(rc, 0);

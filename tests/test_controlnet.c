@@ -151,7 +151,7 @@ static void test_errors(void **state) {
         char *dir = pf_temp_dir();
         write_variant(dir, cases[i].from, cases[i].to);
         pf_controlnet *m = NULL;
-        pf_error err = {{0}};
+        pf_error err = {0};
         assert_int_equal(pf_controlnet_load_dir(&m, be, dir, &err), -1);
         assert_null(m);
         if (!strstr(err.msg, cases[i].needle)) fail_msg("case %zu: error \"%s\" lacks %s", i, err.msg, cases[i].needle);

@@ -96,7 +96,7 @@ static pf_tensor *out_nan(pf_backend *be, int ndim, const int64_t *shape) {
 }
 
 static void assert_ok(pf_backend *be) {
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_synchronize(be);
     if (pf_backend_ok(be, &err)) fail_msg("%s backend failed: %s", be->name, err.msg);
 }
@@ -257,7 +257,7 @@ static void test_allocator(void **state) {
 static void test_errors(void **state) {
     (void)state;
     NEED_GPU();
-    pf_error err = {{0}};
+    pf_error err = {0};
     assert_null(pf_backend_cuda_new(999, &err));
     assert_non_null(strstr(err.msg, "does not exist"));
     assert_null(pf_backend_cuda_new_f32(999, &err));
@@ -775,7 +775,7 @@ static void test_data_movement(void **state) {
  * Runs on every machine. */
 static void test_f32_backend(void **state) {
     (void)state;
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_backend *be = pf_backend_cuda_new_f32(0, &err);
 #ifndef PF_HAVE_CUDA
     assert_null(be);
@@ -846,7 +846,7 @@ static void test_f32_range(void **state) {
 
 int main(void) {
     g_cpu = pf_backend_cpu_new(0);
-    pf_error err = {{0}};
+    pf_error err = {0};
     g_gpu = pf_backend_cuda_new(0, &err);
     if (!g_gpu) {
         snprintf(g_why, sizeof g_why, "%s", err.msg);

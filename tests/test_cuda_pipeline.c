@@ -385,7 +385,7 @@ static void test_cli(void **state) {
 }
 
 int main(void) {
-    pf_error err = {{0}};
+    pf_error err = {0};
     g_gpu = pf_backend_cuda_new(0, &err);
     if (!g_gpu) snprintf(g_why, sizeof g_why, "%s", err.msg);
     const struct CMUnitTest tests[] = {

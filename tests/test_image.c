@@ -113,7 +113,7 @@ static void test_decode_cases(void **state) {
 
         uint8_t *got;
         int w, h;
-        pf_error err = {""};
+        pf_error err = {0};
         if (pf_image_read(data_path(file), &got, &w, &h, &err)) fail_msg("%s: %s", file, err.msg);
         if (w != ww || h != wh) fail_msg("%s: got %dx%d, Pillow %dx%d", file, w, h, ww, wh);
         if (diff_rgb(file, got, want, w, h)) fail_msg("%s (%s) differs from Pillow", file, str(c, "what"));
@@ -155,7 +155,7 @@ static void test_png_read_wrapper(void **state) {
     (void)state;
     uint8_t *a, *b;
     int w, h, w2, h2;
-    pf_error err = {""};
+    pf_error err = {0};
     const char *path = data_path("png/rgba8.png");
     assert_int_equal(pf_png_read(path, &a, &w, &h, &err), 0);
     assert_int_equal(pf_image_read(path, &b, &w2, &h2, &err), 0);
@@ -179,7 +179,7 @@ static void test_truncated(void **state) {
         assert_true((size_t)cut < n);
         uint8_t *got;
         int w, h;
-        pf_error err = {""};
+        pf_error err = {0};
         const char *name = pf_pathf("%s[:%d]", file, cut);
         int rc = decode_exact(bytes, (size_t)cut, name, &got, &w, &h, &err);
         if (!strcmp(verdict, "error")) {
@@ -209,7 +209,7 @@ static void test_hostile_files(void **state) {
         const char *path = data_path(str(c, "file"));
         uint8_t *got = (uint8_t *)"untouched";
         int w = -1, h = -1;
-        pf_error err = {""};
+        pf_error err = {0};
         if (!pf_image_read(path, &got, &w, &h, &err)) fail_msg("%s: decoded as %dx%d, should be refused", path, w, h);
         assert_null(got);
         assert_error_line(&err, path, str(c, "error"));
@@ -235,7 +235,7 @@ static void test_hostile_buffers(void **state) {
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) {
         uint8_t *got;
         int w, h;
-        pf_error err = {""};
+        pf_error err = {0};
         if (!decode_exact((const uint8_t *)bufs[i].bytes, bufs[i].n, bufs[i].what, &got, &w, &h, &err))
             fail_msg("%s: decoded", bufs[i].what);
         assert_null(got);
@@ -246,7 +246,7 @@ static void test_hostile_buffers(void **state) {
     const char *txt = pf_temp_write(dir, "notes.png", "just some text\n", 15);
     uint8_t *got;
     int w, h;
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_image_read(txt, &got, &w, &h, &err), -1);
     assert_error_line(&err, txt, "not a PNG or JPEG image");
     const char *missing = pf_pathf("%s/absent.jpg", dir);
@@ -267,7 +267,7 @@ static void test_sweeps(void **state) {
         uint8_t *bytes = (uint8_t *)pf_read_file(data_path(files[f]), &n);
         uint8_t *full, *got;
         int fw, fh, w, h;
-        pf_error err = {""};
+        pf_error err = {0};
         assert_int_equal(decode_exact(bytes, n, files[f], &full, &fw, &fh, &err), 0);
         int decoded_prefixes = 0;
         for (size_t cut = 0; cut < n; cut++) {
@@ -306,14 +306,14 @@ static void test_sweeps(void **state) {
 
 static uint8_t *read_rgb(const char *rel, int *w, int *h) {
     uint8_t *rgb;
-    pf_error err = {""};
+    pf_error err = {0};
     if (pf_image_read(data_path(rel), &rgb, w, h, &err)) fail_msg("%s", err.msg);
     return rgb;
 }
 
 static uint8_t *resize(const uint8_t *src, int sw, int sh, int dw, int dh) {
     uint8_t *dst = malloc((size_t)dw * dh * 3);
-    pf_error err = {""};
+    pf_error err = {0};
     if (pf_resize_lanczos(dst, dw, dh, src, sw, sh, &err)) fail_msg("%s", err.msg);
     return dst;
 }
@@ -353,7 +353,7 @@ static void test_lanczos_cases(void **state) {
 static void test_lanczos_errors(void **state) {
     (void)state;
     uint8_t px[3 * 4] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, out[3 * 4];
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_resize_lanczos(out, 0, 2, px, 2, 2, &err), -1);
     assert_non_null(strstr(err.msg, "sizes must be 1 to 16384"));
     assert_int_equal(pf_resize_lanczos(out, 2, 2, px, 2, PF_IMAGE_MAX_SIDE + 1, &err), -1);

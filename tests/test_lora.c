@@ -230,7 +230,7 @@ static void load_fails(const char *model, const char *lora, float scale, const c
     pf_lora_spec ls = {l, scale};
     pf_model_spec spec = {.model = m, .loras = &ls, .n_loras = 1};
     pf_checkpoint *c;
-    pf_error err = {""};
+    pf_error err = {0};
     if (pf_checkpoint_open(&c, &spec, &err) == 0) fail_msg("%s with %s loaded, expected \"%s\"", model, lora, want);
     if (!strstr(err.msg, want)) fail_msg("error \"%s\" lacks \"%s\"", err.msg, want);
     assert_null(strchr(err.msg, '\n'));

@@ -56,7 +56,7 @@ static pf_tensor *out_nan(pf_backend *be, int ndim, const int64_t *shape) {
 #define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
 
 static void assert_ok(pf_backend *be) {
-    pf_error err = {{0}};
+    pf_error err = {0};
     if (pf_backend_ok(be, &err) != 0) {
         print_error("backend failed: %s\n", err.msg);
         fail();
@@ -602,7 +602,7 @@ static void test_embedding_copy(void **state) {
     pf_tensor *t2 = up(be, 2, SHAPE(2, 2), small), *y2 = out_nan(be, 2, SHAPE(1, 2));
     const int32_t bad[1] = {2};
     pf_embedding(y2, t2, bad, 1);
-    pf_error err = {{0}};
+    pf_error err = {0};
     assert_int_equal(pf_backend_ok(be, &err), -1);
     assert_non_null(strstr(err.msg, "embedding"));
     pf_free(t2), pf_free(y2);
@@ -781,7 +781,7 @@ static void test_sticky_error(void **state) {
     float ones[6] = {1, 1, 1, 1, 1, 1};
     pf_tensor *x = up(be, 2, SHAPE(2, 3), ones);
     pf_tensor *w = up(be, 2, SHAPE(3, 3), (float[9]){0});
-    pf_error err = {{0}};
+    pf_error err = {0};
     assert_int_equal(pf_backend_ok(be, &err), 0);
 
     /* 2^60 floats: no machine has this; the allocation fails cleanly */

@@ -79,7 +79,7 @@ static int64_t compare(const char *what, const float *got, const json_t *want, s
 static void must_init(pf_perflow_sampler *s, const pf_perflow_config *c) {
     pf_perflow_config defaults;
     pf_perflow_config_default(&defaults);
-    pf_error err = {""};
+    pf_error err = {0};
     if (!c) c = &defaults;
     if (pf_perflow_init(s, c, &err)) {
         print_error("pf_perflow_init: %s\n", err.msg);
@@ -107,7 +107,7 @@ static void test_golden_cases(void **state) {
     size_t ci;
     const json_t *cs;
     json_array_foreach(cases, ci, cs) {
-        pf_error err = {""};
+        pf_error err = {0};
         pf_perflow_config c;
         pf_perflow_config_default(&c);
         c.num_time_windows = (int)json_integer_value(json_object_get(cs, "num_time_windows"));
@@ -184,7 +184,7 @@ static void expect_parse_error(const char *text, const char *needle) {
     pf_perflow_config c;
     pf_perflow_config_default(&c);
     c.num_time_windows = 7; /* must survive a failed parse */
-    pf_error err = {""};
+    pf_error err = {0};
     if (parse(&c, text, &err) == 0) {
         print_error("accepted %s\n", text);
         fail();
@@ -205,7 +205,7 @@ static int same_config(const pf_perflow_config *a, const pf_perflow_config *b) {
 
 static void test_config(void **state) {
     (void)state;
-    pf_error err = {""};
+    pf_error err = {0};
     pf_perflow_config c, d;
     pf_perflow_config_default(&d);
 
@@ -267,7 +267,7 @@ static void test_config(void **state) {
 
 static void test_timesteps(void **state) {
     (void)state;
-    pf_error err = {""};
+    pf_error err = {0};
     pf_perflow_sampler s;
     must_init(&s, NULL);
     assert_int_equal(pf_perflow_set_timesteps(&s, 0, &err), -1);

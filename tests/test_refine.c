@@ -127,7 +127,7 @@ static void test_refine_errors(void **state) {
         case 3: q.controlnet_scale = (float)cases[i].value; break;
         case 4: q.size = 0, q.image_width = (int)cases[i].value; break;
         }
-        pf_error err = {{0}};
+        pf_error err = {0};
         const char *param = NULL;
         if (pf_refine_check(p, &q, &param, &err) != -1) fail_msg("case %zu (%s) passed the check", i, cases[i].needle);
         assert_string_equal(param, cases[i].param);

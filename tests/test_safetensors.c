@@ -27,7 +27,7 @@ static const pf_st_tensor *find(const pf_safetensors *st, const char *name, pf_s
 static void expect_values(const pf_safetensors *st, const pf_st_tensor *t, const float *want, size_t n) {
     assert_int_equal(pf_st_numel(t), (int64_t)n);
     float got[8];
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_st_read_f32(st, t, got, &err), 0);
     pf_assert_close(t->name, got, want, n, 0, 0);
 }
@@ -36,7 +36,7 @@ static void test_valid_from_python(void **state) {
     (void)state;
     const char *rel = "tests/data/safetensors/valid.safetensors", *path = pf_test_path(rel);
     pf_safetensors *st = pf_golden_open_version(rel, CASES_VERSION, REGEN);
-    pf_error err = {""};
+    pf_error err = {0};
     assert_string_equal(pf_st_meta(st, "format"), "perflow-cases");
     assert_null(pf_st_meta(st, "absent"));
     assert_int_equal(st->meta_count, 3);
@@ -75,7 +75,7 @@ static void test_valid_unaligned(void **state) {
     (void)state;
     pf_safetensors *st =
         pf_golden_open_version("tests/data/safetensors/valid_unaligned.safetensors", CASES_VERSION, REGEN);
-    pf_error err = {""};
+    pf_error err = {0};
     const pf_st_tensor *h = find(st, "h", PF_ST_F16, 1, (int64_t[]){3});
     assert_int_equal((uintptr_t)(st->data + h->begin) & 1, 1); /* the point of this file */
     expect_values(st, h, (const float[]){1.5f, -0.25f, 8.0f}, 3);
@@ -107,7 +107,7 @@ static void test_malformed(void **state) {
         const char *path = pf_test_path(rel);
 
         pf_safetensors *st = (pf_safetensors *)1;
-        pf_error err = {""};
+        pf_error err = {0};
         int rc = pf_st_open(&st, path, &err);
         /* Messages start with the file's name, hold the phrase and stay on one line. */
         int ok = rc == -1 && st == NULL && strncmp(err.msg, path, strlen(path)) == 0 &&
@@ -120,7 +120,7 @@ static void test_malformed(void **state) {
         /* The same image from memory names itself as told. */
         size_t n;
         char *buf = pf_read_file(path, &n);
-        pf_error err2 = {""};
+        pf_error err2 = {0};
         rc = pf_st_parse(&st, (const uint8_t *)buf, n, "memory", &err2);
         if (rc != -1 || st != NULL || strncmp(err2.msg, "memory: ", 8) || !strstr(err2.msg, phrase)) {
             print_error("%s from memory: want '%s', got rc %d: %s\n", file, phrase, rc, err2.msg);
@@ -144,7 +144,7 @@ static void test_truncations(void **state) {
         uint8_t *copy = malloc(len ? len : 1);
         memcpy(copy, buf, len);
         pf_safetensors *st;
-        pf_error err = {""};
+        pf_error err = {0};
         assert_int_equal(pf_st_parse(&st, copy, len, "cut", &err), -1);
         assert_null(st);
         assert_true(strlen(err.msg) > 5);
@@ -156,7 +156,7 @@ static void test_truncations(void **state) {
 static void test_open_errors(void **state) {
     (void)state;
     pf_safetensors *st;
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_st_open(&st, "/nonexistent/x.safetensors", &err), -1);
     assert_non_null(strstr(err.msg, "/nonexistent/x.safetensors: cannot open"));
     assert_int_equal(pf_st_open(&st, pf_test_path("tests"), &err), -1);
@@ -182,7 +182,7 @@ static void test_write_round_trip(void **state) {
     const char *meta[] = {"format", "pt", "note", "d\xc3\xa9j\xc3\xa0 vu", NULL};
     char *dir = pf_temp_dir(), path[4096];
     snprintf(path, sizeof path, "%s/out.safetensors", dir);
-    pf_error err = {""};
+    pf_error err = {0};
     for (int pass = 0; pass < 2; pass++) /* the second pass replaces the file */
         if (pf_st_write(path, entries, 5, meta, &err)) fail_msg("%s", err.msg);
     assert_int_equal(access(pf_pathf("%s.tmp", path), F_OK), -1);
@@ -233,7 +233,7 @@ static void test_write_round_trip(void **state) {
 static void test_write_errors(void **state) {
     (void)state;
     const float x[2] = {1, 2};
-    pf_error err = {""};
+    pf_error err = {0};
     char *dir = pf_temp_dir(), path[4096];
     snprintf(path, sizeof path, "%s/bad.safetensors", dir);
     const pf_st_entry dup[] = {{"a", PF_F32, 1, (int64_t[]){2}, x}, {"a", PF_F32, 1, (int64_t[]){2}, x}};

@@ -20,7 +20,7 @@
 static void test_url_parse(void **state) {
     (void)state;
     pf_url u;
-    pf_error err = {""};
+    pf_error err = {0};
     char out[PF_URL_MAX];
     assert_int_equal(pf_url_parse(&u, "HTTPS://Example.COM/a/b.safetensors?x=1", &err), 0);
     assert_string_equal(u.scheme, "https");
@@ -79,7 +79,7 @@ static void test_url_parse(void **state) {
 static void test_url_policy(void **state) {
     (void)state;
     pf_url u;
-    pf_error err = {""};
+    pf_error err = {0};
     pf_url_policy strict = {0, 0, NULL}, dev = {1, 1, NULL}, listed = {0, 0, "huggingface.co, .hf.co"};
     assert_int_equal(pf_url_parse(&u, "http://example.com/x", &err), 0);
     assert_int_equal(pf_url_check(&u, &strict, &err), -1);
@@ -157,7 +157,7 @@ static void test_ssrf_address_classes(void **state) {
 static void test_model_source(void **state) {
     (void)state;
     pf_model_source s;
-    pf_error err = {""};
+    pf_error err = {0};
     char url[PF_URL_MAX];
     assert_int_equal(pf_model_source_init(&s, PF_SOURCE_AUTO, "https://h.co/org/m/resolve/main/", NULL, 1, &err), 0);
     assert_int_equal(s.kind, PF_SOURCE_DIFFUSERS);
@@ -184,7 +184,7 @@ static void test_model_index_plan(void **state) {
     (void)state;
     pf_model_file f[PF_MODEL_MAX_FILES];
     int n;
-    pf_error err = {""};
+    pf_error err = {0};
     const char *sd = "{\"_class_name\": \"StableDiffusionPipeline\", \"feature_extractor\": [null, null],"
                      " \"requires_safety_checker\": false, \"safety_checker\": [\"stable_diffusion\","
                      " \"StableDiffusionSafetyChecker\"], \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],"
@@ -241,7 +241,7 @@ static void test_model_index_plan(void **state) {
 static void test_shard_plan(void **state) {
     (void)state;
     char name[PF_RELPATH_MAX];
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_model_shard_index_name(name, sizeof name, "unet/diffusion_pytorch_model.safetensors", &err), 0);
     assert_string_equal(name, "unet/diffusion_pytorch_model.safetensors.index.json");
     assert_int_equal(pf_model_shard_index_name(name, sizeof name, "text_encoder/model.fp16.safetensors", &err), 0);
@@ -320,7 +320,7 @@ static void test_manifest(void **state) {
     char *json = pf_manifest_format(in, 2, "https://h.co/m");
     pf_manifest_file out[4];
     int n;
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_manifest_parse(out, &n, 4, json, strlen(json), &err), 0);
     assert_int_equal(n, 2);
     assert_string_equal(out[1].path, "unet/config.json");
@@ -346,7 +346,7 @@ static void test_manifest(void **state) {
 static void test_output_key(void **state) {
     (void)state;
     char out[256];
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_output_key(out, sizeof out, "s3://b/{job_id}/{index}-{seed}.png", "job-7.a_b", 3,
                                    18446744073709551615ull, &err),
                      0);
@@ -367,7 +367,7 @@ static void test_s3_urls(void **state) {
     pf_s3_config cfg;
     pf_s3_config_default(&cfg);
     char url[4096], bucket[64], key[1100];
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_s3_object_url(url, sizeof url, &cfg, "outputs", "a b/c+d/é.png", NULL, &err), 0);
     assert_string_equal(url, "https://outputs.s3.us-east-1.amazonaws.com/a%20b/c%2Bd/%C3%A9.png");
     snprintf(cfg.endpoint, sizeof cfg.endpoint, "http://127.0.0.1:9000/");
@@ -412,7 +412,7 @@ static void test_secret_scrub(void **state) {
 static void test_sizes_and_backoff(void **state) {
     (void)state;
     uint64_t v;
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_parse_size("512M", &v, &err), 0);
     assert_int_equal(v, 512ull << 20);
     assert_int_equal(pf_parse_size("20GiB", &v, &err), 0);

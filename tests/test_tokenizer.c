@@ -18,7 +18,7 @@
 static pf_tokenizer *clip_tok(void) {
     static pf_tokenizer *tok;
     if (!tok) {
-        pf_error err = {""};
+        pf_error err = {0};
         if (pf_tokenizer_load(&tok, pf_test_path("tests/data/clip-tokenizer"), &err)) {
             print_error("loading tests/data/clip-tokenizer: %s\n", err.msg);
             fail();
@@ -67,7 +67,7 @@ static int check_cases(pf_tokenizer *tok, json_t *cases, int max_length) {
     json_t *c;
     json_array_foreach(cases, i, c) {
         const char *text = json_string_value(json_object_get(c, "text"));
-        pf_error err = {""};
+        pf_error err = {0};
         int32_t *tokens;
         size_t n;
         assert_non_null(text);
@@ -127,7 +127,7 @@ static void test_photo_of_a_cat(void **state) {
     assert_int_equal(info->eos_id, 49407);
     assert_int_equal(info->pad_id, 49407);
     int32_t ids[77];
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_tokenizer_encode(clip_tok(), "a photo of a cat", ids, 77, &err), 0);
     const int32_t want[7] = {49406, 320, 1125, 539, 320, 2368, 49407};
     for (int i = 0; i < 77; i++) assert_int_equal(ids[i], i < 7 ? want[i] : 49407);
@@ -171,7 +171,7 @@ static void test_pad_token_variants(void **state) {
     json_array_foreach(variants, i, v) {
         char *d = clip_dir_with(json_object_get(v, "files"));
         pf_tokenizer *tok;
-        pf_error err = {""};
+        pf_error err = {0};
         if (pf_tokenizer_load(&tok, d, &err)) {
             print_error("%s: %s\n", json_string_value(json_object_get(v, "name")), err.msg);
             fail();
@@ -221,7 +221,7 @@ static void expect_error(int rc, const pf_error *err, const char *fragment) {
 
 static void test_malformed_files(void **state) {
     (void)state;
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(load_tiny(TINY_VOCAB, TINY_MERGES, strlen(TINY_MERGES), NULL, &err), 0);
 
     pf_tokenizer *tok = (pf_tokenizer *)1;
@@ -267,7 +267,7 @@ static void test_tiny_vocabulary(void **state) {
     write_str(d, "tokenizer_config.json",
               "{\"model_max_length\": 1000000000000000019884624838656, \"unk_token\": \"zz\"}");
     pf_tokenizer *tok;
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_tokenizer_load(&tok, d, &err), 0);
     const pf_tokenizer_info *info = pf_tokenizer_get_info(tok);
     assert_int_equal(info->model_max_length, 77); /* transformers' VERY_LARGE_INTEGER: unset */
@@ -302,7 +302,7 @@ static void test_invalid_utf8(void **state) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int32_t ids[77], *all = (int32_t *)1;
         size_t n;
-        pf_error err = {""};
+        pf_error err = {0};
         expect_error(pf_tokenizer_encode(clip_tok(), bad[i], ids, 77, &err), &err, "not valid UTF-8");
         expect_error(pf_tokenizer_tokenize(clip_tok(), bad[i], &all, &n, &err), &err, "offset");
         assert_null(all);
@@ -326,7 +326,7 @@ static void test_huge_text(void **state) {
     for (size_t i = 0; i < 1u << 20; i++) word[i] = "abcdefghij"[i * 7 % 10];
     word[1u << 20] = 0;
 
-    pf_error err = {""};
+    pf_error err = {0};
     int32_t ids[77], *all;
     size_t count;
     double t0 = now();

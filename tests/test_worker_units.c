@@ -268,7 +268,7 @@ static void test_invalid_fields(void **state) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         pf_job job;
         char field[PF_JOB_FIELD_MAX];
-        pf_error err = {""};
+        pf_error err = {0};
         int rc = parse(&job, cases[i].json, field, &err);
         if (rc != -1 || strcmp(field, cases[i].field) || (job.job_id[0] != 0) != cases[i].has_id)
             fail_msg("case %zu %s: rc %d, field '%s' (want '%s'), job_id '%s': %s", i, cases[i].json, rc, field,
@@ -443,7 +443,7 @@ static void test_refine_invalid(void **state) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         pf_job job;
         char field[PF_JOB_FIELD_MAX];
-        pf_error err = {""};
+        pf_error err = {0};
         int rc = parse(&job, cases[i].json, field, &err);
         if (rc != -1 || strcmp(field, cases[i].field))
             fail_msg("case %zu %s: rc %d, field '%s' (want '%s'): %s", i, cases[i].json, rc, field, cases[i].field,

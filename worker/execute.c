@@ -428,24 +428,26 @@ done:
 
 /* Gets something for jobs of the batch (all: their group) with cfg->retries
  * tries while the failure is transient, backing off between them:
- * get(arg, &fault, err) is pf_models_get, pf_models_controlnets or a control
- * image. Returns 0, or -1 with *fault and err (PF_MODEL_OK when everyone in
- * the group left meanwhile). */
-static int get_retrying(pf_exec *x, group_ctx *all, const char *what,
-                        int (*get)(void *arg, pf_model_fault *fault, pf_error *err), void *arg,
-                        pf_model_fault *fault, pf_error *err) {
+ * get(arg, err) is pf_models_get, pf_models_controlnets or a control image.
+ * Returns 0, or -1 with err, its kind and field (models.h; PF_ERROR_NONE when
+ * everyone in the group left meanwhile). */
+static int get_retrying(pf_exec *x, group_ctx *all, const char *what, int (*get)(void *arg, pf_error *err),
+                        void *arg, pf_error *err) {
     const pf_worker_config *cfg = x->cfg;
-    memset(fault, 0, sizeof *fault);
+    memset(err, 0, sizeof *err);
     for (int tr = 1; tr <= cfg->retries; tr++) {
-        if (on_cancel_check(all)) break;
-        if (!get(arg, fault, err)) return 0;
+        if (on_cancel_check(all)) {
+            pf_error_set_kind(err, PF_ERROR_NONE, NULL);
+            break;
+        }
+        if (!get(arg, err)) return 0;
         /* a source that was fetched but does not fit is the job's fault, not the network's */
-        pf_wlog(PF_LOG_WARN, fault->failure == PF_MODEL_INVALID ? "job.source_invalid" : "job.download_failed",
+        pf_wlog(PF_LOG_WARN, err->kind == PF_ERROR_INVALID ? "job.source_invalid" : "job.download_failed",
                 all->jobs[0]->job.job_id,
-                json_pack("{s:s, s:s, s:i, s:i, s:b}", "what", what, "field", fault->field, "try", tr, "of",
-                          cfg->retries, "transient", fault->failure == PF_MODEL_TRANSIENT),
+                json_pack("{s:s, s:s, s:i, s:i, s:b}", "what", what, "field", err->field, "try", tr, "of",
+                          cfg->retries, "transient", err->kind == PF_ERROR_TRANSIENT),
                 "%s", err->msg);
-        if (fault->failure != PF_MODEL_TRANSIENT) break;
+        if (err->kind != PF_ERROR_TRANSIENT) break;
         if (tr < cfg->retries) {
             for (int i = 0; i < all->n; i++) all->jobs[i]->retries++;
             backoff_sleep(x, pf_backoff_ms(tr, cfg->retry_base_ms, cfg->retry_max_ms));
@@ -466,21 +468,19 @@ static void reject(pf_exec_job *j, const char *field, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* Ends every job of group still running after get_retrying failed: a source
- * that does not fit the model rejects them naming its field; otherwise
- * load_marker (NULL: none) in the message tells a model that does not load
- * (permanent, code model) from a download failure. */
-static void fail_fetch(pf_exec *x, pf_exec_job **jobs, int n, const pf_model_fault *fault, const pf_error *e,
-                       const char *load_marker) {
+/* Ends every job of group still running after get_retrying failed, by e's
+ * kind: a source that does not fit the model rejects them naming its field;
+ * a model that does not load fails them (permanent, code model); a download
+ * fails them (retryable when transient). */
+static void fail_fetch(pf_exec *x, pf_exec_job **jobs, int n, const pf_error *e) {
     for (int i = 0; i < n; i++) {
-        if (ended(x, jobs[i]) || fault->failure == PF_MODEL_OK) continue;
-        if (fault->failure == PF_MODEL_INVALID) {
-            reject(jobs[i], fault->field, "%s", e->msg);
+        if (ended(x, jobs[i]) || e->kind == PF_ERROR_NONE) continue;
+        if (e->kind == PF_ERROR_INVALID) {
+            reject(jobs[i], e->field, "%s", e->msg);
             continue;
         }
-        int permanent = fault->failure == PF_MODEL_PERMANENT;
-        const int model = load_marker && strstr(e->msg, load_marker);
-        fail(jobs[i], model ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent, "%s", e->msg);
+        const int permanent = e->kind != PF_ERROR_TRANSIENT;
+        fail(jobs[i], e->kind == PF_ERROR_MODEL ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent, "%s", e->msg);
     }
 }
 
@@ -493,18 +493,18 @@ typedef struct get_args {
     int control;        /* get_image: which of j's controls */
 } get_args;
 
-static int get_model(void *arg, pf_model_fault *fault, pf_error *err) {
+static int get_model(void *arg, pf_error *err) {
     get_args *a = arg;
-    return pf_models_get(a->x->models, &a->j->job, &a->model, &a->t, fault, on_fetch, a->all, err);
+    return pf_models_get(a->x->models, &a->j->job, &a->model, &a->t, on_fetch, a->all, err);
 }
 
-static int get_controlnets(void *arg, pf_model_fault *fault, pf_error *err) {
+static int get_controlnets(void *arg, pf_error *err) {
     get_args *a = arg;
-    return pf_models_controlnets(a->x->models, a->model, &a->j->job, &a->t, fault, on_fetch, a->all, err);
+    return pf_models_controlnets(a->x->models, a->model, &a->j->job, &a->t, on_fetch, a->all, err);
 }
 
 /* The condition image of control[a->control] of job a->j, decoded into its pf_control. */
-static int get_image(void *arg, pf_model_fault *fault, pf_error *err) {
+static int get_image(void *arg, pf_error *err) {
     get_args *a = arg;
     const pf_job *job = &a->j->job;
     const int i = a->control;
@@ -512,7 +512,7 @@ static int get_image(void *arg, pf_model_fault *fault, pf_error *err) {
     snprintf(field, sizeof field, "control[%d].image", i);
     pf_control *c = &a->j->controls[i];
     if (pf_models_image(a->x->models, &job->control[i].image, field, &a->j->control_rgb[i], &c->image_width,
-                        &c->image_height, fault, err))
+                        &c->image_height, err))
         return -1;
     c->net = pf_models_control_net(job, i);
     c->image = a->j->control_rgb[i];
@@ -528,10 +528,9 @@ static void get_control_images(pf_exec *x, pf_exec_job *jobs, int n) {
         group_ctx g = {x, one, 1, 0, NULL, 1, 0, 0}; /* "downloading" was said for the batch */
         for (int k = 0; k < j->job.n_controls && !ended(x, j); k++) {
             get_args a = {x, j, &g, NULL, {0}, k};
-            pf_model_fault fault;
             pf_error e;
-            if (get_retrying(x, &g, "control image", get_image, &a, &fault, &e))
-                fail_fetch(x, one, 1, &fault, &e, NULL);
+            if (get_retrying(x, &g, "control image", get_image, &a, &e))
+                fail_fetch(x, one, 1, &e);
         }
     }
 }
@@ -593,10 +592,9 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
     }
     group_ctx all = {x, group, n, 0, NULL, 0, 0, 0};
     get_args a = {x, &jobs[0], &all, NULL, {0}, 0};
-    pf_model_fault fault;
     pf_error e;
-    if (get_retrying(x, &all, "model", get_model, &a, &fault, &e)) {
-        fail_fetch(x, group, n, &fault, &e, "loading the model");
+    if (get_retrying(x, &all, "model", get_model, &a, &e)) {
+        fail_fetch(x, group, n, &e);
         free(group);
         return;
     }
@@ -623,8 +621,8 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
     /* A batch attaches one set of ControlNets, or none (pf_job_same_model). */
     const int refine = jobs[0].job.refine.on;
     if (refine || jobs[0].job.n_controls) {
-        if (get_retrying(x, &all, "controlnet", get_controlnets, &a, &fault, &e)) {
-            fail_fetch(x, group, n, &fault, &e, "loading the ControlNet");
+        if (get_retrying(x, &all, "controlnet", get_controlnets, &a, &e)) {
+            fail_fetch(x, group, n, &e);
             goto done;
         }
         for (int i = 0; i < n; i++) {

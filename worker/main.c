@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
     (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     (void)setrlimit(RLIMIT_CORE, &(struct rlimit){0, 0});
     static pf_worker_config cfg;
-    pf_error err = {{0}};
+    pf_error err = {0};
     pf_worker_config_defaults(&cfg);
     if ((config_file && *config_file && pf_worker_config_load_file(&cfg, config_file, &err)) ||
         pf_worker_config_from_env(&cfg, &err) || pf_worker_config_kafka_credentials(&cfg, &err)) {

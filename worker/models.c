@@ -9,7 +9,6 @@
 #include <sys/stat.h>
 
 #include "backoff.h"
-#include "failure.h"
 #include "image.h"
 #include "log.h"
 #include "metrics.h"
@@ -87,28 +86,17 @@ static uint64_t lease_bytes(const pf_cache_lease *l) {
     return l ? tree_bytes(pf_cache_lease_path(l), 0) : 0;
 }
 
-/* Whether a failed acquire may succeed later: the storage layer's own class
- * (storage/failure.h) for the last failing call on this thread. */
-static pf_model_failure classify(void) {
-    return pf_storage_failure() == PF_STORAGE_PERMANENT ? PF_MODEL_PERMANENT : PF_MODEL_TRANSIENT;
-}
-
-static int set_fault(pf_model_fault *f, pf_model_failure failure, const char *field) {
-    f->failure = failure;
-    snprintf(f->field, sizeof f->field, "%s", field ? field : "");
-    return -1;
-}
-
-/* Fetches one source through the cache into *lease; on error the fault is the
- * storage layer's class and err starts with field. */
+/* Fetches one source through the cache into *lease; on error err's kind is
+ * the storage layer's (transient unless it said permanent), its field and
+ * the start of its message field. */
 static int acquire(pf_models *m, pf_cache_lease **lease, pf_source_kind kind, const char *url, const char *sha256,
-                   int fp16, const char *field, pf_model_fault *fault, pf_error *err) {
+                   int fp16, const char *field, pf_error *err) {
     pf_model_source src;
     *lease = NULL;
     if (pf_model_source_init(&src, kind, url, sha256, fp16, err)) /* the job's URL: trying again will not help */
-        set_fault(fault, PF_MODEL_PERMANENT, field);
+        pf_error_set_kind(err, PF_ERROR_PERMANENT, field);
     else if (pf_cache_acquire(lease, m->cache, &src, err))
-        set_fault(fault, classify(), field);
+        pf_error_set_kind(err, err->kind == PF_ERROR_PERMANENT ? PF_ERROR_PERMANENT : PF_ERROR_TRANSIENT, field);
     else
         return 0;
     return pf_error_prefix(err, "%s", field);
@@ -205,10 +193,10 @@ static void log_loras(const pf_job *job, const pf_lora_report *r) {
     }
 }
 
-int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timing *t, pf_model_fault *fault,
+int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timing *t,
                   void (*on_fetch)(void *), void *ctx, pf_error *err) {
     *out = NULL;
-    set_fault(fault, PF_MODEL_OK, NULL);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     memset(t, 0, sizeof *t);
     char *key = model_key(job);
     for (int i = 0; i < m->n; i++)
@@ -227,17 +215,17 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
     x->key = key;
     long long t0 = pf_now_ms();
     if (acquire(m, &x->base, job->base_file ? PF_SOURCE_FILE : PF_SOURCE_DIFFUSERS, job->base.url, job->base.sha256,
-                job->fp16, "model.base", fault, err) ||
+                job->fp16, "model.base", err) ||
         (job->config.url &&
-         acquire(m, &x->config, PF_SOURCE_CONFIGS, job->config.url, NULL, 0, "model.config", fault, err)) ||
+         acquire(m, &x->config, PF_SOURCE_CONFIGS, job->config.url, NULL, 0, "model.config", err)) ||
         (job->delta.url &&
-         acquire(m, &x->delta, PF_SOURCE_FILE, job->delta.url, job->delta.sha256, 0, "model.delta", fault, err)))
+         acquire(m, &x->delta, PF_SOURCE_FILE, job->delta.url, job->delta.sha256, 0, "model.delta", err)))
         goto fail;
     char fields[PF_JOB_MAX_LORAS][PF_JOB_FIELD_MAX];
     pf_lora_spec loras[PF_JOB_MAX_LORAS];
     for (int i = 0; i < job->n_loras; i++) {
         snprintf(fields[i], sizeof fields[i], "model.loras[%d]", i);
-        if (acquire(m, &x->loras[i], PF_SOURCE_FILE, job->loras[i].url, job->loras[i].sha256, 0, fields[i], fault,
+        if (acquire(m, &x->loras[i], PF_SOURCE_FILE, job->loras[i].url, job->loras[i].sha256, 0, fields[i],
                     err))
             goto fail;
         loras[i] = (pf_lora_spec){pf_cache_lease_path(x->loras[i]), job->loras[i].scale};
@@ -261,10 +249,10 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
         src[n++] = (named){spec.model, job->base.url, "model.base"};
         const char *field = name_sources(err, src, n);
         if (field && strcmp(field, "model.base")) {
-            set_fault(fault, PF_MODEL_INVALID, field);
+            pf_error_set_kind(err, PF_ERROR_INVALID, field);
             pf_error_prefix(err, "%s", field);
         } else {
-            set_fault(fault, PF_MODEL_PERMANENT, "model.base");
+            pf_error_set_kind(err, PF_ERROR_MODEL, "model.base");
             pf_error_prefix(err, "loading the model");
         }
         unload(x);
@@ -297,9 +285,9 @@ int pf_models_control_net(const pf_job *job, int i) {
 }
 
 int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
-                          pf_model_fault *fault, void (*on_fetch)(void *), void *ctx, pf_error *err) {
+                          void (*on_fetch)(void *), void *ctx, pf_error *err) {
     PF_CHECK(model->in_use);
-    set_fault(fault, PF_MODEL_OK, NULL);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     memset(t, 0, sizeof *t);
     /* the nets in pipeline order: the refiner's tile first (net 0, what a refine run without controls takes) */
     const pf_job_source *want[PF_MAX_CONTROLS];
@@ -337,7 +325,7 @@ int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_m
     uint64_t bytes = 0;
     int rc = 0;
     for (int i = 0; i < n && !rc; i++) {
-        rc = acquire(m, &leases[i], PF_SOURCE_COMPONENT, want[i]->url, want[i]->sha256, job->fp16, fields[i], fault,
+        rc = acquire(m, &leases[i], PF_SOURCE_COMPONENT, want[i]->url, want[i]->sha256, job->fp16, fields[i],
                      err);
         if (!rc) {
             dirs[i] = pf_cache_lease_path(leases[i]);
@@ -352,7 +340,7 @@ int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_m
             named src[PF_MAX_CONTROLS];
             for (int i = 0; i < n; i++) src[i] = (named){dirs[i], want[i]->url, fields[i]};
             const char *field = name_sources(err, src, n);
-            set_fault(fault, PF_MODEL_PERMANENT, field);
+            pf_error_set_kind(err, PF_ERROR_MODEL, field);
             pf_error_prefix(err, "%s: loading the ControlNet", field ? field : fields[0]);
             rc = -1;
         }
@@ -380,16 +368,16 @@ int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_m
 }
 
 int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, uint8_t **rgb, int *w, int *h,
-                    pf_model_fault *fault, pf_error *err) {
+                    pf_error *err) {
     *rgb = NULL;
-    set_fault(fault, PF_MODEL_OK, NULL);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     pf_cache_lease *lease;
-    if (acquire(m, &lease, PF_SOURCE_FILE, src->url, src->sha256, 0, field, fault, err)) return -1;
+    if (acquire(m, &lease, PF_SOURCE_FILE, src->url, src->sha256, 0, field, err)) return -1;
     int rc = pf_image_read(pf_cache_lease_path(lease), rgb, w, h, err);
     if (rc) {
         named n = {pf_cache_lease_path(lease), src->url, field};
         name_sources(err, &n, 1);
-        set_fault(fault, PF_MODEL_INVALID, field);
+        pf_error_set_kind(err, PF_ERROR_INVALID, field);
         pf_error_prefix(err, "%s", field);
     }
     pf_cache_release(lease);

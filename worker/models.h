@@ -56,23 +56,16 @@ typedef struct pf_model {
     int in_use;
 } pf_model;
 
-/* How a failure to get a model (or a ControlNet, or an image) should be treated. */
-typedef enum {
-    PF_MODEL_OK = 0,
-    PF_MODEL_TRANSIENT,   /* the download may succeed later (network, a server's 5xx, disk) */
-    PF_MODEL_PERMANENT,   /* it never will (404, refused by the URL policy, digest mismatch, a base or
-                             ControlNet that does not load) */
-    PF_MODEL_INVALID,     /* the job names something that does not fit the model (a LoRA that matches
-                             nothing or does not fit, a delta of another shape, configs of another
-                             architecture, a control image that is not an image): reject the job naming
-                             the field */
-} pf_model_failure;
-
-/* A failure and the job field it is about. */
-typedef struct pf_model_fault {
-    pf_model_failure failure;
-    char field[PF_JOB_FIELD_MAX]; /* "model.loras[1]", "model.delta", "control[0].image", ...; "" when unknown */
-} pf_model_fault;
+/* A failure to get a model (or a ControlNet, or an image) says what to do in
+ * err->kind (error.h) and the job field at fault in err->field
+ * ("model.loras[1]", "model.delta", "control[0].image", ...):
+ *   PF_ERROR_TRANSIENT  the download may succeed later (network, a server's 5xx, disk)
+ *   PF_ERROR_PERMANENT  it never will (404, refused by the URL policy, digest mismatch)
+ *   PF_ERROR_MODEL      the base or a ControlNet was fetched but does not load (permanent)
+ *   PF_ERROR_INVALID    the job names something that does not fit the model (a LoRA that
+ *                       matches nothing or does not fit, a delta of another shape, configs of
+ *                       another architecture, a control image that is not an image): reject the
+ *                       job naming the field */
 
 typedef struct pf_model_timing {
     long long download_ms, load_ms; /* 0 when the model was warm */
@@ -87,15 +80,15 @@ void pf_models_close(pf_models *m);
 /* The job's model, loaded: from the warm set, or fetched through the cache
  * (base, configs, delta, each LoRA) and loaded (on_fetch, if not NULL, is
  * called first, so that the worker can post "downloading"). On error
- * fault->failure says what to do, fault->field names the job field at fault,
+ * err's kind says what to do and its field names the job field at fault;
  * err has one line that names sources by their URLs (never by cache paths),
  * and nothing is held: a download failure starts with the field
- * ("model.loras[0]: ..."), a base that does not load with "loading the
- * model", and a source that does not fit the model (PF_MODEL_INVALID) with
+ * ("model.loras[0]: ..."), a base that does not load is PF_ERROR_MODEL,
+ * and a source that does not fit the model (PF_ERROR_INVALID) starts with
  * its field and then the engine's message. Each LoRA's matched tensor count
  * is logged, and keys that matched nothing are a warning. Release with
  * pf_models_put. */
-int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timing *t, pf_model_fault *fault,
+int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timing *t,
                   void (*on_fetch)(void *), void *ctx, pf_error *err);
 /* Attaches the job's ControlNets to model's pipeline, which pf_models_get
  * gave and which is in use: the refiner's (job->refine.controlnet) as net 0
@@ -104,22 +97,22 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
  * to do when the model holds those sources already (t->warm), else fetched
  * through the cache (on_fetch first, as for pf_models_get), loaded and
  * attached in place of the ones it had. A job without any ControlNet changes
- * nothing. On error fault and err as for pf_models_get (err starts with the
+ * nothing. On error err as for pf_models_get (err starts with the
  * field, "refine.controlnet: ..." or "control[1].controlnet: ..."; "loading
  * the ControlNet" when the files were fetched but do not load or do not fit
- * the model, PF_MODEL_PERMANENT), and the model keeps the ControlNets it had. */
+ * the model, PF_ERROR_MODEL), and the model keeps the ControlNets it had. */
 int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
-                          pf_model_fault *fault, void (*on_fetch)(void *), void *ctx, pf_error *err);
+                          void (*on_fetch)(void *), void *ctx, pf_error *err);
 /* The pipeline's net index of the job's control[i] once pf_models_controlnets
  * attached the job's ControlNets: i, after the refiner's when the job refines. */
 int pf_models_control_net(const pf_job *job, int i);
 /* Fetches an image through the cache (src: a URL and an optional digest) and
  * decodes it (PNG or JPEG, as Pillow's convert("RGB") reads it) into *rgb
  * (malloc'd, w x h x 3; the caller frees it). field names the source in
- * messages and fault ("control[0].image"). On error *rgb is NULL; a file
- * that is not an image (or too large to be one) is PF_MODEL_INVALID. */
+ * messages and err->field ("control[0].image"). On error *rgb is NULL; a file
+ * that is not an image (or too large to be one) is PF_ERROR_INVALID. */
 int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, uint8_t **rgb, int *w, int *h,
-                    pf_model_fault *fault, pf_error *err);
+                    pf_error *err);
 /* Marks the model idle (it stays loaded until evicted). */
 void pf_models_put(pf_models *m, pf_model *model);
 /* Number of models loaded and their total estimated bytes. */

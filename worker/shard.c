@@ -208,7 +208,7 @@ static int run_chunk(pf_exec *x, pf_model *model, pf_exec_job *j, pf_exec_job *s
 /* Uploads the finished tar at path to dest with the worker's retries. */
 static int upload(pf_exec *x, pf_exec_job *j, const char *path, const char *dest, pf_s3_result *res) {
     const pf_worker_config *cfg = x->cfg;
-    pf_error e = {""};
+    pf_error e = {0};
     for (int t = 1; t <= cfg->retries && !atomic_load(x->abandon); t++) {
         if (!pf_s3_put_file(res, x->s3, x->cred, dest, path, &e)) return 0;
         pf_wlog(PF_LOG_WARN, "job.upload_failed", j->job.job_id,

@@ -86,7 +86,7 @@ static void check_health(pf_worker *w) {
     long long now = pf_now_ms();
     if (!w->metrics || (w->last_health && now - w->last_health < HEALTH_EVERY_MS)) return;
     w->last_health = now;
-    pf_error ke = {{0}}, re = {{0}};
+    pf_error ke = {0}, re = {0};
     int kafka = !pf_producer_reachable(w->producer, 1000, &ke);
     redisReply *rep = pf_wredis_cmd(w->redis, &re, "PING");
     if (rep) freeReplyObject(rep);
@@ -756,7 +756,7 @@ static void handle(pf_worker *w, rd_kafka_message_t *m) {
         pf_job nj;
         int fits = 0;
         if (pf_job_parse(&nj, next->payload, next->len, (char[PF_JOB_FIELD_MAX]){0}, PF_JOB_FIELD_MAX,
-                         &(pf_error){{0}}) == 0) {
+                         &(pf_error){0}) == 0) {
             fits = images + nj.num_images <= cfg->max_batch;
             pf_job_free(&nj);
         }

@@ -26,7 +26,7 @@ static double median_open(pf_cache *c, const pf_model_source *src, int repeat) {
     double *t = malloc(sizeof *t * (size_t)repeat);
     for (int i = 0; i < repeat; i++) {
         pf_cache_lease *l;
-        pf_error err = {""};
+        pf_error err = {0};
         double t0 = now_ms();
         if (pf_cache_acquire(&l, c, src, &err)) {
             fprintf(stderr, "bench_storage_cache: %s\n", err.msg);
@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
     cfg.fetch.policy.allow_http = cfg.fetch.policy.allow_private = 1;
     int repeat = atoi(argv[5]);
     if (repeat < 1) repeat = 1;
-    pf_error err = {""};
+    pf_error err = {0};
     pf_cache *c;
     double t0 = now_ms();
     if (pf_cache_open(&c, &cfg, &err)) {

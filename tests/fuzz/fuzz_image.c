@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     uint8_t *rgb = (uint8_t *)"untouched";
     int w = -1, h = -1;
-    pf_error err = {""};
+    pf_error err = {0};
     if (pf_image_decode(copy, size, "fuzz", &rgb, &w, &h, &err)) {
         if (rgb != NULL || strncmp(err.msg, "fuzz: ", 6) || strchr(err.msg, '\n')) abort();
         free(copy);

@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(addr, data, size);
     addr[size] = '\0';
     pf_redis_addr a;
-    pf_error err = {{0}};
+    pf_error err = {0};
     if (pf_redis_addr_parse(&a, addr, &err) == 0) {
         if (!a.host[0] || !a.shown[0] || (a.port && (a.port < 1 || a.port > 65535))) abort();
         if (strchr(a.user, ':') || strchr(a.user, '@')) abort(); /* a password slipped into the user */

@@ -19,7 +19,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     pf_safetensors *st;
-    pf_error err = {""};
+    pf_error err = {0};
     if (pf_st_parse(&st, data, size, "fuzz", &err)) {
         if (st != NULL || strncmp(err.msg, "fuzz: ", 6) || strchr(err.msg, '\n')) abort();
         return 0;

@@ -21,7 +21,7 @@ static void check_msg(const pf_error *err) {
 
 static void fuzz_url(const char *s) {
     pf_url u, v;
-    pf_error err = {""};
+    pf_error err = {0};
     if (pf_url_parse(&u, s, &err)) {
         check_msg(&err);
         return;
@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *s = malloc(size);
     memcpy(s, data + 1, size - 1);
     s[size - 1] = '\0';
-    pf_error err = {""};
+    pf_error err = {0};
     switch (data[0] % 3) {
     case 0:
         fuzz_url(s);

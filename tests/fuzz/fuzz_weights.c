@@ -17,7 +17,7 @@
 #include "weights.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    pf_error err = {""};
+    pf_error err = {0};
     /* 1. the bytes as a sharded index */
     pf_shard_index idx;
     if (pf_shard_index_parse(&idx, (const char *)data, size, "fuzz", &err) == 0) {
