@@ -15,7 +15,7 @@
 #   make install    PREFIX=/usr/local DESTDIR=: programs, systemd units, schemas, an example
 #                   settings file, man pages from --help, docs; make uninstall removes them
 #
-# Sources are found by wildcard: a new engine/*.c joins the library, a new
+# Sources are found by wildcard: a new engine/*.c or common/*.c joins the library, a new
 # tests/test_*.c becomes a test binary, a new tests/fuzz/fuzz_*.c a fuzz target.
 
 B       ?= build
@@ -23,7 +23,7 @@ BIN     ?= bin
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -Wno-unused-parameter \
-           -fopenmp -Iengine -MMD -MP $(EXTRA_CFLAGS)
+           -fopenmp -Icommon -Iengine -MMD -MP $(EXTRA_CFLAGS)
 # Where the configs the project ships for single-file checkpoints live (engine/checkpoint.c;
 # $PERFLOW_CONFIGS overrides it at run time).
 CFLAGS  += -DPF_CONFIGS_DIR='"$(CURDIR)/configs"'
@@ -47,7 +47,9 @@ HAVE_CUDA = 1
 endif
 endif
 
-ENGINE_SRC := $(wildcard engine/*.c)
+# common/: what every layer uses (errors, durable file writes, backoff and clocks);
+# built into the engine's library, the one every program and test links.
+ENGINE_SRC := $(wildcard common/*.c engine/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(B)/%.o)
 CLI_SRC    := $(wildcard cli/*.c)
 CLI_OBJ    := $(CLI_SRC:%.c=$(B)/%.o)
@@ -79,7 +81,7 @@ LDLIBS_CUDA = -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstd
 NVCC_ARCH = -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \
             -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90
 NVCCFLAGS = -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr $(NVCC_ARCH) \
-            -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -Iengine -Ikernels -MMD -MP
+            -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -Icommon -Iengine -Ikernels -MMD -MP
 endif
 
 .PHONY: all engine worker test bench fuzz deps deps-reference demo clean asan info install uninstall chaos mutate
@@ -150,14 +152,14 @@ ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 # The worker files the CLI's submit and status take (the rest needs librdkafka's consumer, systemd, microhttpd).
 CLI_WORKER_SRC = worker/job.c worker/redis_conn.c worker/result.c worker/status.c worker/worker_config.c worker/log.c
 asan: $(B)/asan/perflow $(B)/asan/perflow-worker
-$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(CLI_WORKER_SRC) $(wildcard engine/*.h storage/*.h cli/*.h worker/*.h)
+$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(CLI_WORKER_SRC) $(wildcard common/*.h engine/*.h storage/*.h cli/*.h worker/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iworker $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
 	    $(CLI_SRC) $(STORAGE_SRC) $(CLI_WORKER_SRC) $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) -lrdkafka
 
 # ASan + UBSan (with LeakSanitizer) build of the worker, for the soak test's
 # leak check (tests/worker/test_soak.py): CPU only, like the CLI's.
-$(B)/asan/perflow-worker: $(ENGINE_SRC) $(STORAGE_SRC) $(WORKER_SRC) worker/main.c $(wildcard engine/*.h storage/*.h worker/*.h)
+$(B)/asan/perflow-worker: $(ENGINE_SRC) $(STORAGE_SRC) $(WORKER_SRC) worker/main.c $(wildcard common/*.h engine/*.h storage/*.h worker/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iworker $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
 	    $(STORAGE_SRC) $(WORKER_SRC) worker/main.c $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) $(LDLIBS_WORKER)
@@ -165,14 +167,14 @@ $(B)/asan/perflow-worker: $(ENGINE_SRC) $(STORAGE_SRC) $(WORKER_SRC) worker/main
 fuzz: $(FUZZ_BIN)
 $(B)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Iengine -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    -o $@ $< $(ENGINE_SRC) $(LDLIBS_ENGINE)
 
 # Storage fuzz targets: the parsers only (no libcurl or hiredis in the fuzz build).
 FUZZ_STORAGE_SRC = storage/url_policy.c storage/model_index.c storage/digest.c
 $(B)/fuzz/fuzz_storage_%: tests/fuzz/fuzz_storage_%.c $(ENGINE_SRC) $(FUZZ_STORAGE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Iengine -Istorage -fopenmp -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Istorage -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_STORAGE_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
 # The job parser's fuzz target: worker/job.c and the storage parsers it calls.
@@ -180,21 +182,21 @@ FUZZ_JOB_SRC = worker/job.c storage/output_key.c storage/url_policy.c storage/mo
                storage/digest.c
 $(B)/fuzz/fuzz_job: tests/fuzz/fuzz_job.c $(ENGINE_SRC) $(FUZZ_JOB_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Iengine -Istorage -Iworker -fopenmp -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Istorage -Iworker -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_JOB_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
 # The Redis address parser (storage/redis_client.c), with the credentials it reads.
-$(B)/fuzz/fuzz_redis_addr: tests/fuzz/fuzz_redis_addr.c storage/redis_client.c storage/credentials.c engine/error.c
+$(B)/fuzz/fuzz_redis_addr: tests/fuzz/fuzz_redis_addr.c storage/redis_client.c storage/credentials.c common/error.c
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Iengine -Istorage -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined -o $@ $< storage/redis_client.c storage/credentials.c engine/error.c \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Icommon -Iengine -Istorage -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined -o $@ $< storage/redis_client.c storage/credentials.c common/error.c \
 	    -lhiredis -lssl -lcrypto -lpthread
 
 # The prompt-file parser of perflow submit: itself, pf_fail and jansson.
-$(B)/fuzz/fuzz_submit_prompts: tests/fuzz/fuzz_submit_prompts.c cli/submit_prompts.c cli/submit_prompts.h engine/error.c
+$(B)/fuzz/fuzz_submit_prompts: tests/fuzz/fuzz_submit_prompts.c cli/submit_prompts.c cli/submit_prompts.h common/error.c
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Iengine -Icli -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	    -o $@ $< cli/submit_prompts.c engine/error.c -ljansson
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Icli -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	    -o $@ $< cli/submit_prompts.c common/error.c -ljansson
 
 $(B)/bench/%: tests/bench/%.c $(B)/libperflow_engine.a tests/bench/bench_util.h
 	@mkdir -p $(dir $@)

@@ -192,7 +192,7 @@ def test_url_with_password_refused_without_echoing_it(env, nginx):
 
 
 def test_failures_are_classed_for_the_worker(env, faults, nginx, www):
-    """The worker retries transient failures and fails permanent ones (pf_error.kind, engine/error.h)."""
+    """The worker retries transient failures and fails permanent ones (pf_error.kind, common/error.h)."""
     env["PERFLOW_FETCH_ATTEMPTS"] = "2"
     good = sha256(open(os.path.join(www, "f5.bin"), "rb").read())
     bad = good[:-1] + ("0" if good[-1] != "0" else "1")
