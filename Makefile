@@ -61,6 +61,11 @@ LDLIBS_STORAGE = -lcurl -lhiredis -lssl -lcrypto -lpthread
 # Worker (bin/perflow-worker, the Kafka job loop) and the development broker:
 # the worker library holds every worker/*.c but the two programs.
 WORKER_SRC := $(filter-out worker/main.c worker/dev_broker.c,$(wildcard worker/*.c))
+# The protocol between the CLI and the worker fleet (job schema parsing, status and
+# result records, Redis keys and connections, output keys, the fleet's settings and
+# log lines): its own library, so that bin/perflow links no worker object.
+PROTOCOL_SRC := $(wildcard protocol/*.c)
+PROTOCOL_OBJ := $(PROTOCOL_SRC:%.c=$(B)/%.o)
 WORKER_OBJ := $(WORKER_SRC:%.c=$(B)/%.o)
 LDLIBS_WORKER = -lrdkafka -lsystemd -lmicrohttpd -larchive
 TEST_SRC   := $(wildcard tests/test_*.c)
@@ -94,38 +99,43 @@ engine: $(B)/libperflow_engine.a
 
 $(B)/libperflow_engine.a: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(CLI_OBJ) $(STORAGE_OBJ): CFLAGS += -Istorage
-# perflow submit and status use the worker's job parser, settings and Redis records.
-$(CLI_OBJ): CFLAGS += -Iworker
+# perflow submit and status use the protocol: the job parser, the fleet's settings, Redis records.
+$(CLI_OBJ) $(PROTOCOL_OBJ): CFLAGS += -Istorage -Iprotocol
+
+$(B)/libperflow_protocol.a: $(PROTOCOL_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && $(AR) rcs $@ $^
 
 $(B)/libperflow_storage.a: $(STORAGE_OBJ)
 	@mkdir -p $(dir $@)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 $(B)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-$(BIN)/perflow: $(CLI_OBJ) $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a
+$(BIN)/perflow: $(CLI_OBJ) $(B)/libperflow_protocol.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a
 	@mkdir -p $(BIN)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a \
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libperflow_protocol.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a \
 	    $(LDLIBS_ENGINE) $(LDLIBS_CUDA) $(LDLIBS_STORAGE) -lrdkafka
 
 worker: $(BIN)/perflow-worker $(BIN)/perflow-dev-broker
 
-$(WORKER_OBJ) $(B)/worker/main.o $(B)/worker/dev_broker.o: CFLAGS += -Istorage -Iworker
+$(WORKER_OBJ) $(B)/worker/main.o $(B)/worker/dev_broker.o: CFLAGS += -Istorage -Iprotocol -Iworker
 
 $(B)/libperflow_worker.a: $(WORKER_OBJ)
 	@mkdir -p $(dir $@)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
-$(BIN)/perflow-worker: $(B)/worker/main.o $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a
+$(BIN)/perflow-worker: $(B)/worker/main.o $(B)/libperflow_worker.a $(B)/libperflow_protocol.a $(B)/libperflow_storage.a \
+    $(B)/libperflow_engine.a
 	@mkdir -p $(BIN)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_ENGINE) $(LDLIBS_CUDA) $(LDLIBS_STORAGE) $(LDLIBS_WORKER)
 
@@ -133,36 +143,40 @@ $(BIN)/perflow-dev-broker: $(B)/worker/dev_broker.o
 	@mkdir -p $(BIN)
 	$(CC) $(CFLAGS) -o $@ $^ $(EXTRA_LDFLAGS) -lrdkafka
 
-$(B)/tests/test_worker_%: tests/test_worker_%.c $(B)/libperflow_worker.a $(B)/libperflow_storage.a $(B)/libperflow_engine.a tests/test_util.h
+$(B)/tests/test_worker_%: tests/test_worker_%.c $(B)/libperflow_worker.a $(B)/libperflow_protocol.a $(B)/libperflow_storage.a \
+    $(B)/libperflow_engine.a tests/test_util.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Istorage -Iworker -Itests -o $@ $< $(B)/libperflow_worker.a $(B)/libperflow_storage.a \
+	$(CC) $(CFLAGS) -Istorage -Iprotocol -Iworker -Itests -o $@ $< $(B)/libperflow_worker.a $(B)/libperflow_protocol.a \
+	    $(B)/libperflow_storage.a \
 	    $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) $(LDLIBS_STORAGE) $(LDLIBS_WORKER) -lcmocka
 
 $(B)/tests/%: tests/%.c $(B)/libperflow_engine.a tests/test_util.h tests/pipeline_cases.h tests/refine_cases.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libperflow_engine.a $(LDLIBS_ENGINE) $(LDLIBS_CUDA) -lcmocka
 
-$(B)/tests/test_storage_%: tests/test_storage_%.c $(B)/libperflow_storage.a $(B)/libperflow_engine.a tests/test_util.h
+$(B)/tests/test_storage_%: tests/test_storage_%.c $(B)/libperflow_protocol.a $(B)/libperflow_storage.a \
+    $(B)/libperflow_engine.a tests/test_util.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Istorage -Itests -o $@ $< $(B)/libperflow_storage.a $(B)/libperflow_engine.a $(LDLIBS_ENGINE) \
+	$(CC) $(CFLAGS) -Istorage -Iprotocol -Itests -o $@ $< $(B)/libperflow_protocol.a $(B)/libperflow_storage.a \
+	    $(B)/libperflow_engine.a $(LDLIBS_ENGINE) \
 	    $(LDLIBS_CUDA) $(LDLIBS_STORAGE) -lcmocka
 
 # ASan + UBSan build of the CLI, used by the hostile-input tests.
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 # The worker files the CLI's submit and status take (the rest needs librdkafka's consumer, systemd, microhttpd).
-CLI_WORKER_SRC = worker/job.c worker/redis_conn.c worker/result.c worker/status.c worker/worker_config.c worker/log.c
 asan: $(B)/asan/perflow $(B)/asan/perflow-worker
-$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(CLI_WORKER_SRC) $(wildcard common/*.h engine/*.h storage/*.h cli/*.h worker/*.h)
+$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(wildcard common/*.h engine/*.h storage/*.h cli/*.h protocol/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iworker $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
-	    $(CLI_SRC) $(STORAGE_SRC) $(CLI_WORKER_SRC) $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) -lrdkafka
+	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iprotocol $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
+	    $(CLI_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) -lrdkafka
 
 # ASan + UBSan (with LeakSanitizer) build of the worker, for the soak test's
 # leak check (tests/worker/test_soak.py): CPU only, like the CLI's.
-$(B)/asan/perflow-worker: $(ENGINE_SRC) $(STORAGE_SRC) $(WORKER_SRC) worker/main.c $(wildcard common/*.h engine/*.h storage/*.h worker/*.h)
+$(B)/asan/perflow-worker: $(ENGINE_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(WORKER_SRC) worker/main.c \
+    $(wildcard common/*.h engine/*.h storage/*.h protocol/*.h worker/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iworker $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
-	    $(STORAGE_SRC) $(WORKER_SRC) worker/main.c $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) $(LDLIBS_WORKER)
+	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iprotocol -Iworker $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
+	    $(STORAGE_SRC) $(PROTOCOL_SRC) $(WORKER_SRC) worker/main.c $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) $(LDLIBS_WORKER)
 
 fuzz: $(FUZZ_BIN)
 $(B)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
@@ -177,12 +191,12 @@ $(B)/fuzz/fuzz_storage_%: tests/fuzz/fuzz_storage_%.c $(ENGINE_SRC) $(FUZZ_STORA
 	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Istorage -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_STORAGE_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
-# The job parser's fuzz target: worker/job.c and the storage parsers it calls.
-FUZZ_JOB_SRC = worker/job.c storage/output_key.c storage/url_policy.c storage/model_source.c storage/model_index.c \
+# The job parser's fuzz target: protocol/job.c and the storage parsers it calls.
+FUZZ_JOB_SRC = protocol/job.c protocol/output_key.c storage/url_policy.c storage/model_source.c storage/model_index.c \
                storage/digest.c
 $(B)/fuzz/fuzz_job: tests/fuzz/fuzz_job.c $(ENGINE_SRC) $(FUZZ_JOB_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Istorage -Iworker -fopenmp -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Istorage -Iprotocol -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_JOB_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
 # The Redis address parser (storage/redis_client.c), with the credentials it reads.
@@ -288,5 +302,5 @@ uninstall:
 
 # The two programs' mains and the test binaries too: a header that changes
 # (worker_config.h's layout) must rebuild every object that includes it.
--include $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(STORAGE_OBJ:.o=.d) $(WORKER_OBJ:.o=.d) \
+-include $(ENGINE_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(STORAGE_OBJ:.o=.d) $(WORKER_OBJ:.o=.d) $(PROTOCOL_OBJ:.o=.d) \
     $(B)/worker/main.d $(B)/worker/dev_broker.d $(TEST_BIN:=.d)

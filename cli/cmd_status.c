@@ -1,5 +1,5 @@
 /* cmd_status.c - `perflow status JOB_ID | --batch ID`: a job's or a batch's
- * latest state from the workers' Redis (the records of worker/result.h and the
+ * latest state from the workers' Redis (the records of protocol/result.h and the
  * batch index of perflow submit, cli/submit_redis.h), and a batch's manifest
  * written from them. */
 #include <stdio.h>

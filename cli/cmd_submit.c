@@ -15,7 +15,7 @@
  * are one job.
  *
  * Everything is checked before anything is sent: every job goes through the
- * workers' own parser (worker/job.c), so a job the fleet would reject fails
+ * workers' own parser (protocol/job.c), so a job the fleet would reject fails
  * here, naming the prompt file's line and the field. */
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /* redis_client.h - one connection to Redis, shared by the worker's job records
- * (worker/redis_conn.c), the model cache's index (redis_index.c) and the CLI:
+ * (protocol/redis_conn.c), the model cache's index (redis_index.c) and the CLI:
  * TCP or a unix socket, optionally TLS and authentication, with a timeout on
  * connecting and on every command.
  *
