@@ -14,7 +14,7 @@
  * naming the setting (the review: a job could overwrite the model bucket). */
 static void test_output_allow_lists(void **state) {
     (void)state;
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_output_allowed("s3://models/unet.safetensors", "", "", &err), -1);
     assert_non_null(strstr(err.msg, "s3_output_prefixes"));
     assert_int_equal(pf_output_allowed("s3://models/unet.safetensors", "", "renders", &err), -1);
@@ -36,7 +36,7 @@ static void test_output_allow_lists(void **state) {
 /* Parses a job made of the minimal one and extra fields (a JSON fragment). */
 static void parse_job(pf_job *job, const char *extra) {
     char doc[1024], field[PF_JOB_FIELD_MAX];
-    pf_error err = {""};
+    pf_error err = {0};
     snprintf(doc, sizeof doc,
              "{\"job_id\": \"j-1\", \"model\": {\"base\": {\"url\": \"https://hub/m\"}}, \"prompt\": \"a cat\", "
              "\"output\": {\"url\": \"s3://b/{job_id}/{index}.png\"}%s}",
@@ -53,7 +53,7 @@ static void test_job_limits(void **state) {
     assert_int_equal(cfg.max_steps, 100);
     assert_int_equal(cfg.max_images, 16);
     assert_int_equal(cfg.max_job_seconds, 3600);
-    pf_error err = {""};
+    pf_error err = {0};
     assert_int_equal(pf_worker_config_set(&cfg, "max_pixels", "262144", &err), 0); /* 512 x 512 */
     assert_int_equal(pf_worker_config_set(&cfg, "max_steps", "8", &err), 0);
     assert_int_equal(pf_worker_config_set(&cfg, "max_images", "2", &err), 0);
