@@ -241,9 +241,19 @@ int pf_cli_is_png_path(const char *path) {
     return n >= 5 && !strcmp(path + n - 4, ".png");
 }
 
-int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_provenance *prov,
+int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_request *rq,
+                      const pf_pipeline *p, const pf_cli_model *m, const pf_cli_controls *nets, const char *input,
                       pf_error *err) {
     const size_t px = (size_t)w * h * 3, olen = strlen(out);
+    char loras[4096], controls[4096];
+    const char *tile = NULL;
+    pf_cli_model_describe(m, loras, sizeof loras);
+    pf_cli_controls_describe(nets, controls, sizeof controls, &tile);
+    const pf_provenance provenance = {.rq = rq, .sdxl = pf_pipeline_family(p) == PF_FAMILY_SDXL,
+                                      .model = m->spec.model, .model_config = m->spec.model_config,
+                                      .delta = m->spec.delta, .loras = loras, .controlnets = controls,
+                                      .refine_controlnet = tile, .input = input, .out_width = w, .out_height = h};
+    const pf_provenance *prov = &provenance;
     pf_provenance_text *text = PF_MALLOC(sizeof *text);
     int rc = -1;
     if (n == 1 || grid) {

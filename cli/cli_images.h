@@ -98,9 +98,12 @@ void pf_cli_on_progress(void *user, int step, int total);
 
 /* Writes n w x h 8-bit RGB images to out (a .png path): one file when n is 1,
  * one contact sheet when grid, else OUT-0.png, OUT-1.png, ...; each path is
- * printed on stdout. Each PNG's text is prov's (provenance.h) with its index.
- * Returns 0, or -1 with err set. */
-int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_provenance *prov,
+ * printed on stdout. Each PNG's text is the provenance (provenance.h) of the
+ * resolved request rq run on p with model m and ControlNets nets (input: the
+ * refine stage's input image, or NULL), with its index. Returns 0, or -1 with
+ * err set. */
+int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_request *rq,
+                      const pf_pipeline *p, const pf_cli_model *m, const pf_cli_controls *nets, const char *input,
                       pf_error *err);
 
 /* 1 when path ends in ".png" and has a name before it. */

@@ -236,15 +236,7 @@ int cmd_generate(int argc, char **argv) {
         pf_image_to_u8(rgb, images, (long)(out_px * prm->num_images));
     }
 
-    char loras[4096], controls_text[4096];
-    const char *tile = NULL;
-    pf_cli_model_describe(&m, loras, sizeof loras);
-    pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
-    const pf_provenance prov = {.rq = &rq, .sdxl = pf_pipeline_family(pipe) == PF_FAMILY_SDXL,
-                                .model = m.spec.model, .model_config = m.spec.model_config,
-                                .delta = m.spec.delta, .loras = loras, .controlnets = controls_text,
-                                .refine_controlnet = tile, .out_width = W, .out_height = H};
-    if (pf_cli_write_pngs(out, rgb, prm->num_images, W, H, grid, &prov, &err)) goto done;
+    if (pf_cli_write_pngs(out, rgb, prm->num_images, W, H, grid, &rq, pipe, &m, &nets, NULL, &err)) goto done;
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);

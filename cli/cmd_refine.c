@@ -160,14 +160,7 @@ int cmd_refine(int argc, char **argv) {
     if (pf_pipeline_refine(pipe, prm, images, &err)) goto done;
     pf_image_to_u8(rgb, images, (long)px);
 
-    char loras[4096], controls_text[4096];
-    const char *tile = NULL;
-    pf_cli_model_describe(&m, loras, sizeof loras);
-    pf_cli_controls_describe(&nets, controls_text, sizeof controls_text, &tile);
-    const pf_provenance prov = {.rq = &rq, .model = m.spec.model, .model_config = m.spec.model_config,
-                                .delta = m.spec.delta, .loras = loras, .controlnets = controls_text,
-                                .refine_controlnet = tile, .input = image, .out_width = W, .out_height = H};
-    if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, &prov, &err)) goto done;
+    if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, &rq, pipe, &m, &nets, image, &err)) goto done;
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);
