@@ -518,6 +518,7 @@ int pf_lora_kohya_sgm(char *out, size_t n, const char *module, int lpb) {
     if (lpb < 1) return -1;
     if (read_lit(&p, "input_blocks_") || read_lit(&p, "output_blocks_")) {
         if (!read_number(&p, &i, '_') || !read_number(&p, &j, '_')) return -1;
+        if (module[0] == 'i' && i == 0) return -1; /* input_blocks_0 is conv_in, which kohya names as diffusers does */
         snprintf(head, sizeof head, "%s.%d.%d.", module[0] == 'i' ? "input_blocks" : "output_blocks", i, j);
     } else if (read_lit(&p, "middle_block_")) {
         if (!read_number(&p, &i, '_')) return -1;

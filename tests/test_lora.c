@@ -345,7 +345,8 @@ static void test_kohya_sdxl_blocks(void **state) {
     };
     static const char *const none[] = {"input_blocks_9_1_proj_in", "input_blocks_4_1", "input_blocks_x_1_proj_in",
                                        "middle_block_5_out_layers_3", "output_blocks_3_0_in_layers_7",
-                                       "input_blocks_-1_0_op", "input_blocks_4_1_proj_in_extra"};
+                                       "input_blocks_-1_0_op", "input_blocks_4_1_proj_in_extra",
+                                       "input_blocks_0_0_in_layers_2"};
     char m[4096], out[600];
     snprintf(m, sizeof m, "%s", model_path("tiny-sdxl"));
     pf_model_spec spec = {.model = m};
