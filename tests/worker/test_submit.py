@@ -179,3 +179,32 @@ def test_missing_topics_named_by_worker_and_submit(rig):
     rc, out, err = submit(r, *args, "--wait", "--timeout", "5", env=r.env(PERFLOW_STATUS_TOPIC="no-such-status"),
                           timeout=60)
     assert rc == 1 and "topic 'no-such-status' does not exist" in err, out + err
+
+
+def test_submit_thousand_jobs_wait_and_status(rig, tmp_path):
+    """A batch of 1,000 jobs (100 prompts x 10 seeds) through perflow submit --wait into
+    three workers on Apache Kafka, then perflow status of the batch: every job once,
+    every image its own. SUBMIT_JOBS_PROMPTS changes the prompt count (10 seeds each)."""
+    n = int(os.environ.get("SUBMIT_JOBS_PROMPTS", "100"))
+    r = rig(partitions=6)
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt\n" + "".join("thousand %d a cat\n" % i for i in range(n)))
+    workers = [r.start_worker(PERFLOW_MAX_BATCH=8, PERFLOW_BATCH_WAIT_MS=50) for _ in range(3)]
+    for w in workers:
+        w.wait_event("kafka.assigned", timeout=60)
+    manifest = tmp_path / "thousand.jsonl"
+    rc, out, err = submit(r, "--model-url", r.model, "--prompts", str(prompts), "--seeds", "0-9", "--width", "64",
+                          "--height", "64", "--steps", "2", "--output", "s3://%s/{job_id}/{index}.png" % BUCKET,
+                          "--wait", "--timeout", "1200", "--manifest", str(manifest), timeout=1300)
+    total = n * 10
+    assert rc == 0, out[-2000:] + err[-2000:]
+    assert "%d jobs (%d rows), 0 already done, %d to send" % (total, n, total) in out, out
+    assert "%d succeeded, 0 failed" % total in out, out
+    batch = out.split()[1].rstrip(":")
+    entries = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert len({e["job_id"] for e in entries}) == total
+    assert len({e["outputs"][0]["sha256"] for e in entries}) == total
+    rc, out, err = status(r, "--batch", batch)
+    assert rc == 0 and "%d jobs" % total in out and "%d succeeded, 0 failed" % total in out, out + err
+    calls, accepted, replayed = work_done(workers)
+    assert accepted == total and replayed == 0
