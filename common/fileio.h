@@ -25,4 +25,18 @@ int pf_write_all(int fd, const void *buf, size_t n);
  * the caller's part of its cleanup. */
 int pf_fsync_rename(int fd, const char *tmp, const char *path, pf_error *err);
 
+/* The cap on every JSON or text file the engine reads whole (tokenizer
+ * vocab.json and merges.txt, config.json, scheduler and tokenizer configs,
+ * weight indexes) and on a safetensors header: PERFLOW_MAX_JSON_BYTES (bytes,
+ * read once), default PF_TEXT_LIMIT_DEFAULT. Real files are far smaller (CLIP's
+ * vocab.json is 1 MB, an SDXL UNet's safetensors header under 1 MB); without a
+ * cap a 50 MB vocab.json took 1 GB of memory and a 100 MiB header 2 GB. */
+#define PF_TEXT_LIMIT_DEFAULT (16u << 20)
+size_t pf_text_limit(void);
+
+/* Reads the file at path whole into a malloc'd, NUL-terminated buffer (*len
+ * excludes the NUL). Error naming the file when it cannot be read or is over
+ * pf_text_limit(), checked from its size before anything is read. */
+int pf_read_text_file(char **out, size_t *len, const char *path, pf_error *err);
+
 #endif

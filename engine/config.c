@@ -3,7 +3,10 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "fileio.h"
 
 struct pf_config {
     json_t *root;
@@ -13,7 +16,11 @@ struct pf_config {
 int pf_config_load(pf_config **out, const char *path, pf_error *err) {
     *out = NULL;
     json_error_t je;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    char *text;
+    size_t len;
+    if (pf_read_text_file(&text, &len, path, err)) return -1; /* capped: pf_text_limit */
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
     if (!root) {
         /* jansson quotes input in its message: keep the error one printable line */
         for (char *ch = je.text; *ch; ch++)

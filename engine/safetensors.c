@@ -277,9 +277,11 @@ int pf_st_parse(pf_safetensors **out, const uint8_t *buf, size_t size, const cha
         return pf_fail(err, "%s: file is %zu bytes, too short for the 8-byte header length", name, size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
-    if (hlen > PF_ST_MAX_HEADER)
-        return pf_fail(err, "%s: header length %llu exceeds the limit of %u bytes", name,
-                       (unsigned long long)hlen, PF_ST_MAX_HEADER);
+    /* the spec's 100 MiB, or less: the cap on every JSON the engine reads */
+    const uint64_t hmax = pf_text_limit() < PF_ST_MAX_HEADER ? pf_text_limit() : PF_ST_MAX_HEADER;
+    if (hlen > hmax)
+        return pf_fail(err, "%s: header length %llu exceeds the limit of %llu bytes (PERFLOW_MAX_JSON_BYTES)", name,
+                       (unsigned long long)hlen, (unsigned long long)hmax);
     if (hlen > size - 8)
         return pf_fail(err, "%s: header length %llu runs past the end of the file (%zu bytes)", name,
                        (unsigned long long)hlen, size);

@@ -30,6 +30,8 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "fileio.h"
+
 /* CLIPTokenizer keeps merges.txt lines [1, 49152 - 256 - 2 + 1) after the
  * header; later lines are ignored, as OpenAI's CLIP does. */
 #define MAX_MERGES (49152 - 256 - 2)
@@ -697,25 +699,8 @@ int pf_tokenizer_encode(const pf_tokenizer *tok, const char *text, int32_t *ids,
 /* ------------------------------------------------------------------ loading */
 
 static char *read_file(const char *path, size_t *n_out, pf_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        pf_fail(err, "%s: cannot open: %m", path);
-        return NULL;
-    }
-    bytevec b = {0};
-    char buf[1 << 16];
-    size_t k;
-    while ((k = fread(buf, 1, sizeof buf, f)) > 0) bytevec_append(&b, buf, k);
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(b.v);
-        pf_fail(err, "%s: read error", path);
-        return NULL;
-    }
-    bytevec_append(&b, "", 1);
-    *n_out = b.n - 1;
-    return (char *)b.v;
+    char *text;
+    return pf_read_text_file(&text, n_out, path, err) ? NULL : text; /* capped: pf_text_limit */
 }
 
 static int load_vocab(pf_tokenizer *tok, const char *path, pf_error *err) {
@@ -833,8 +818,12 @@ static int load_optional_json(json_t **out, const char *path, pf_error *err) {
     if (!f) return 0;
     fclose(f);
     json_error_t je;
+    char *text;
+    size_t len;
+    if (pf_read_text_file(&text, &len, path, err)) return -1; /* capped: pf_text_limit */
     /* INT_AS_REAL: transformers writes model_max_length 1e30 as an integer too big for jansson */
-    json_t *root = json_load_file(path, JSON_DECODE_INT_AS_REAL, &je);
+    json_t *root = json_loadb(text, len, JSON_DECODE_INT_AS_REAL, &je);
+    free(text);
     if (!root) return pf_fail(err, "%s:%d:%d: %s", path, je.line, je.column, je.text);
     if (!json_is_object(root)) {
         json_decref(root);

@@ -12,6 +12,8 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "fileio.h"
+
 typedef struct patch {
     pf_weights_patch_fn fn;
     void *ctx;
@@ -192,36 +194,8 @@ done:
 
 /* Reads a whole small text file (an index). */
 static char *read_text(const char *path, size_t *len, pf_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        pf_fail(err, "%s: cannot open", path);
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = PF_MALLOC(cap);
-    for (size_t got; (got = fread(buf + n, 1, cap - n, f)) > 0;) {
-        n += got;
-        if (n == cap) {
-            if (cap >= (64u << 20)) {
-                pf_fail(err, "%s: larger than 64 MiB, not a weights index", path);
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            cap *= 2;
-            buf = realloc(buf, cap);
-            PF_CHECK(buf != NULL);
-        }
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        pf_fail(err, "%s: read error", path);
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf;
+    char *text;
+    return pf_read_text_file(&text, len, path, err) ? NULL : text; /* capped: pf_text_limit */
 }
 
 /* A sharded set: the index's weight_map, each shard opened once. */

@@ -5,7 +5,14 @@
  * tests/storage/test_fetch.py. */
 #include "test_util.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "fileio.h"
 #include "job.h"
+#include "safetensors.h"
+#include "tokenizer.h"
 #include "job_limits.h"
 #include "output_key.h"
 #include "worker_config.h"
@@ -84,10 +91,55 @@ static void test_job_limits(void **state) {
     }
 }
 
+/* The review: JSON and text files were read whole with no cap (a 50 MB
+ * vocab.json took 1 GB, a 100 MiB safetensors header 2 GB). main sets
+ * PERFLOW_MAX_JSON_BYTES to 64 KiB before anything reads it. */
+static void test_text_file_cap(void **state) {
+    (void)state;
+    assert_int_equal(pf_text_limit(), 65536);
+    char path[] = "/tmp/perflow-test-json-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("{\"a\": \"", f);
+    for (int i = 0; i < 70000; i++) fputc('x', f);
+    fputs("\"}", f);
+    fclose(f);
+    pf_error err = {""};
+    char *text;
+    size_t len;
+    assert_int_equal(pf_read_text_file(&text, &len, path, &err), -1);
+    assert_non_null(strstr(err.msg, "PERFLOW_MAX_JSON_BYTES"));
+    pf_config *cfg;
+    assert_int_equal(pf_config_load(&cfg, path, &err), -1);
+    assert_non_null(strstr(err.msg, "PERFLOW_MAX_JSON_BYTES"));
+    unlink(path);
+    /* CLIP's real vocab.json (1 MB) is over this test's 64 KiB cap: refused from its size */
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/tests/data/clip-tokenizer", getenv("PERFLOW_ROOT") ? getenv("PERFLOW_ROOT") : ".");
+    pf_tokenizer *tok;
+    assert_int_equal(pf_tokenizer_load(&tok, dir, &err), -1);
+    if (!strstr(err.msg, "PERFLOW_MAX_JSON_BYTES")) fail_msg("%s", err.msg);
+    /* a safetensors header over the cap, refused before it is parsed */
+    size_t n = 8 + 100000;
+    uint8_t *buf = calloc(1, n);
+    uint64_t hlen = 100000;
+    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)(hlen >> (8 * i));
+    memset(buf + 8, ' ', hlen);
+    buf[8] = '{';
+    buf[n - 1] = '}';
+    pf_safetensors *st;
+    assert_int_equal(pf_st_parse(&st, buf, n, "big-header", &err), -1);
+    if (!strstr(err.msg, "PERFLOW_MAX_JSON_BYTES")) fail_msg("%s", err.msg);
+    free(buf);
+}
+
 int main(void) {
+    setenv("PERFLOW_MAX_JSON_BYTES", "65536", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_output_allow_lists),
         cmocka_unit_test(test_job_limits),
+        cmocka_unit_test(test_text_file_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
