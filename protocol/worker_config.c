@@ -58,6 +58,7 @@ static const setting settings[] = {
     L(max_pixels, 4096, 16777216, "4194304", "largest width x height of a job's images, refined ones included"),
     I(max_steps, 1, 100, "100", "most steps of a job's text-to-image or refine stage"),
     I(max_images, 1, 16, "16", "most images of one job"),
+    I(max_crashes, 1, 100, "2", "a job whose workers died running it this often fails with code poison"),
     L(max_job_seconds, 0, 604800, "3600", "a job running longer fails with code timeout (0: no limit)"),
     I(threads, 0, 1024, "0", "CPU threads of the engine (0: all cores)"),
     I(max_batch, 1, 64, "4", "images per engine call when consecutive jobs batch"),

@@ -47,6 +47,7 @@ typedef struct pf_worker_config {
     long max_pixels;              /* width x height of a job's images (and of refined ones) */
     int max_steps;                /* steps of either stage */
     int max_images;               /* images of one job */
+    int max_crashes;              /* workers a job may take down before it is dead-lettered as poison */
     long max_job_seconds;         /* from acceptance to the end; 0: no limit */
     int threads;                  /* CPU backend threads (0: all cores) */
     int max_batch;                /* images per engine call */

@@ -11,6 +11,7 @@
 #include "backoff.h"
 #include "cancel.h"
 #include "consumer.h"
+#include "crash_count.h"
 #include "execute.h"
 #include "image_identity.h"
 #include "job.h"
@@ -420,6 +421,44 @@ static int replay_if_recorded(pf_worker *w, const rd_kafka_message_t *m, const p
  * first: the message at the head of the batch (it may wait for a lease held
  * elsewhere); otherwise a candidate to join the batch, which must be ready now
  * and is left alone (PREP_LATER) if it is not. */
+/* With the lease just taken: counts a takeover from a worker that died
+ * running the job (crash_count.h) and ends the job as poison once it took
+ * down max_crashes workers. A batch candidate over the count is left for
+ * later (lease and marker given back), to be ended when it comes first. */
+static prep_result crash_check(pf_worker *w, const rd_kafka_message_t *m, const pf_job *job, int first) {
+    long long crashes = 0;
+    pf_error e;
+    if (pf_crash_begin(w->redis, job->job_id, w->cfg->result_ttl_s, &crashes, &e)) {
+        pf_wlog(PF_LOG_WARN, "redis.failed", job->job_id, NULL, "crash count: %s", e.msg); /* best effort */
+        return PREP_RUN;
+    }
+    if (crashes && crashes < w->cfg->max_crashes)
+        pf_wlog(PF_LOG_WARN, "job.taken_over", job->job_id, json_pack("{s:I}", "crashes", (json_int_t)crashes),
+                "the job's last worker died while running it");
+    if (crashes < w->cfg->max_crashes) return PREP_RUN;
+    (void)pf_crash_end(w->redis, job->job_id, &e);
+    (void)pf_lease_release(w->redis, job->job_id, w->token, &e);
+    if (!first) return PREP_LATER;
+    char msg[256];
+    snprintf(msg, sizeof msg, "the job took down %lld workers (max_crashes %d): not run again", crashes,
+             w->cfg->max_crashes);
+    json_t *st = pf_status_new(PF_ST_FAILED, job->job_id, job->attempt, w->cfg->worker_id);
+    pf_status_set_error(st, PF_ERR_POISON, msg, 0, NULL);
+    pf_wlog(PF_LOG_ERROR, "job.poison", job->job_id, json_pack("{s:I}", "crashes", (json_int_t)crashes), "%s", msg);
+    dlq_info d;
+    int n = dlq_headers(&d, w, m, job->job_id, job->attempt, PF_ERR_POISON, msg, NULL);
+    if (!record_result(w, job->job_id, st)) {
+        note_state(w, job->job_id, st);
+        if (!send_status(w, st, d.h, n, m, NULL, NULL)) {
+            pf_metrics_job_ended(PF_ST_FAILED, PF_ERR_POISON);
+            pf_metrics_dead_letter(PF_ERR_POISON);
+            store_offset(w, m, job->job_id);
+        }
+    }
+    json_decref(st);
+    return PREP_DONE;
+}
+
 static prep_result prepare(pf_worker *w, const rd_kafka_message_t *m, const pf_job *job, int first) {
     int stop;
     if (!first) {
@@ -458,7 +497,7 @@ static prep_result prepare(pf_worker *w, const rd_kafka_message_t *m, const pf_j
             if (redis_retry(w, job->job_id, "taking the lease", attempt, &e)) return PREP_LATER;
             continue;
         }
-        if (got) return PREP_RUN;
+        if (got) return crash_check(w, m, job, first);
         if (!first) return PREP_LATER;
         /* A duplicate delivery while another worker runs the job: wait for it
          * to finish (then replay its result) or for its lease to expire. */
@@ -682,6 +721,8 @@ static int finish(pf_worker *w, rd_kafka_message_t *m, pf_exec_job *j) {
 static void clear_batch(pf_worker *w) {
     for (int i = 0; i < w->nbatch; i++) {
         pf_error e;
+        if (pf_crash_end(w->redis, w->jobs[i].job.job_id, &e))
+            pf_wlog(PF_LOG_WARN, "redis.failed", w->jobs[i].job.job_id, NULL, "clearing the running mark: %s", e.msg);
         if (pf_lease_release(w->redis, w->jobs[i].job.job_id, w->token, &e))
             pf_wlog(PF_LOG_WARN, "redis.failed", w->jobs[i].job.job_id, NULL, "releasing the lease: %s", e.msg);
         json_decref(w->jobs[i].outputs);

@@ -193,3 +193,41 @@ def test_cancel_stops_a_running_download(rig, work, tmp_path):
         assert parts and all(os.path.getsize(os.path.join(cache, "tmp", p)) > 0 for p in parts), parts
     finally:
         faults.stop()
+
+
+def test_job_that_kills_its_workers_is_dead_lettered_as_poison(rig, tmp_path):
+    """The review: a job whose model kills the worker (out of memory) was handed
+    to every worker in turn. Each takeover from a worker that died running it
+    counts (Redis, by job id); at max_crashes (2) the job fails with code
+    poison and goes to the dead-letter topic without running again."""
+    import shutil
+    import signal
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copy(os.path.join(ROOT, "tests", "data", "models", "tiny-sd15-delta", "unet",
+                             "diffusion_pytorch_model.safetensors"), www / "delta.safetensors")
+    faults = servers.start_fault_server(str(tmp_path), www=str(www))
+    try:
+        r = rig(partitions=1)
+        job = r.job("s-poison")
+        # a download that takes a minute: the worker is killed while "running" it
+        job["model"]["delta"]["url"] = "http://127.0.0.1:%d/slow/20000/delta.safetensors" % faults.port
+        r.produce(job)
+        cache = os.path.join(r.dir, "cache")
+        for n in range(2):  # two workers die holding the job
+            w = r.start_worker(PERFLOW_CACHE_DIR=cache)
+            r.events.wait(lambda: len(r.events.of("s-poison", "downloading")) > n, 60, "downloading #%d" % (n + 1))
+            w.signal(signal.SIGKILL)
+            w.wait()
+        w = r.start_worker(PERFLOW_CACHE_DIR=cache)
+        r.events.wait_terminal(["s-poison"], timeout=60)
+        ev = r.events.terminal("s-poison")[0]
+        assert ev["state"] == "failed" and ev["error"]["code"] == "poison", ev
+        assert not ev["error"]["retryable"] and "max_crashes 2" in ev["error"]["message"], ev
+        assert len(r.events.of("s-poison", "downloading")) == 2  # the third worker did not run it
+        r.events.wait(lambda: r.events.dead, 20, "a dead letter")
+        assert r.events.dead[0][1]["perflow-error-code"] == "poison"
+        assert w.events("job.poison", "s-poison")
+        assert w.proc.poll() is None
+    finally:
+        faults.stop()
