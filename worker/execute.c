@@ -1,5 +1,6 @@
 /* execute.c - model, ControlNet, engine stages, PNG files and uploads for a batch of jobs (execute.h). */
 #include "execute.h"
+#include "outputs.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,9 +14,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "output_key.h"
-#include "scratch.h"
 #include "pipeline.h"
-#include "provenance.h"
 #include "result_replay.h"
 #include "shard.h"
 #include "status.h"
@@ -34,9 +33,7 @@ void pf_exec_post(pf_exec *x, const pf_job *job, const char *state, json_t *extr
     free(s);
 }
 
-static void fail(pf_exec_job *j, const char *code, int retryable, int dead_letter, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void fail(pf_exec_job *j, const char *code, int retryable, int dead_letter, const char *fmt, ...) {
+void pf_exec_fail(pf_exec_job *j, const char *code, int retryable, int dead_letter, const char *fmt, ...) {
     j->outcome = PF_OUT_FAILED;
     j->retryable = retryable;
     j->dead_letter = dead_letter;
@@ -55,8 +52,7 @@ static int gone(pf_exec *x, pf_exec_job *j) {
            (j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms) || (j->t_limit && pf_now_ms() > j->t_limit);
 }
 
-/* Ends a job that was cancelled or ran out of time; returns 1 if it did. */
-static int ended(pf_exec *x, pf_exec_job *j) {
+int pf_exec_ended(pf_exec *x, pf_exec_job *j) {
     if (j->outcome != PF_OUT_NONE) return 1;
     if (atomic_load(x->abandon)) return 1;
     if (atomic_load(&j->cancel)) {
@@ -64,19 +60,18 @@ static int ended(pf_exec *x, pf_exec_job *j) {
         return 1;
     }
     if (j->job.deadline_ms && pf_wall_ms() > j->job.deadline_ms) {
-        fail(j, "deadline", 0, 0, "the job's deadline passed");
+        pf_exec_fail(j, "deadline", 0, 0, "the job's deadline passed");
         return 1;
     }
     if (j->t_limit && pf_now_ms() > j->t_limit) {
-        fail(j, PF_ERR_TIMEOUT, 0, 1, "the job ran longer than this worker's max_job_seconds (%ld s)",
+        pf_exec_fail(j, PF_ERR_TIMEOUT, 0, 1, "the job ran longer than this worker's max_job_seconds (%ld s)",
              x->cfg->max_job_seconds);
         return 1;
     }
     return 0;
 }
 
-/* Sleeps ms in short slices; returns early when the job is abandoned. */
-static void backoff_sleep(pf_exec *x, long ms) {
+void pf_exec_sleep(pf_exec *x, long ms) {
     for (long left = ms; left > 0 && !atomic_load(x->abandon); left -= 100) pf_sleep_ms(left < 100 ? left : 100);
 }
 
@@ -126,117 +121,6 @@ static void on_fetch(void *ctx) {
  * and must not write anywhere else. */
 int pf_exec_dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error *err) {
     return pf_output_allowed(dest, cfg->file_output_root, cfg->s3_output_prefixes, err);
-}
-
-/* One stage's images of a job, as store_outputs uploads them. */
-typedef struct image_set {
-    const char *stage;  /* PF_STAGE_BASE, PF_STAGE_REFINED */
-    const uint8_t *rgb; /* job->num_images images of w x h, 8-bit RGB */
-    int w, h;
-} image_set;
-
-/* The sources of a job's images as its PNG text names them (provenance.h):
- * "URL:SCALE, ..." of its LoRAs, "URL:SCALE=IMAGE URL, ..." of its
- * ControlNets (the CLI's "loras" and "controlnets" with URLs), and A1111's
- * model hash when the job pins a single-file checkpoint. The model's URL is
- * not written: a presigned URL carries a signature. */
-typedef struct sources {
-    char loras[2048], controls[4096], hash[11];
-} sources;
-
-static void describe_sources(sources *t, const pf_job *job) {
-    size_t used = 0;
-    t->loras[0] = t->controls[0] = t->hash[0] = '\0';
-    for (int i = 0; i < job->n_loras && used < sizeof t->loras; i++)
-        used += (size_t)snprintf(t->loras + used, sizeof t->loras - used, "%s%s:%g", i ? ", " : "", job->loras[i].url,
-                                 (double)job->loras[i].scale);
-    used = 0;
-    for (int i = 0; i < job->n_controls && used < sizeof t->controls; i++)
-        used += (size_t)snprintf(t->controls + used, sizeof t->controls - used, "%s%s:%g=%s", i ? ", " : "",
-                                 job->control[i].controlnet.url, (double)job->control[i].scale,
-                                 job->control[i].image.url);
-    if (job->base_file && job->base.sha256) snprintf(t->hash, sizeof t->hash, "%.10s", job->base.sha256);
-}
-
-/* Writes one image and uploads it to dest with retries; appends its output or
- * sets the failure. Returns 0 when it was stored. */
-static int store_one(pf_exec *x, pf_exec_job *j, const image_set *set, int i, const char *dest) {
-    const pf_job *job = &j->job;
-    const pf_worker_config *cfg = x->cfg;
-    char path[4096];
-    pf_error e;
-    if (pf_scratch_file(path, sizeof path, cfg->work_dir, job->job_id, ".png", &e)) {
-        fail(j, PF_ERR_INTERNAL, 1, 0, "writing the image: %s", e.msg);
-        return -1;
-    }
-    /* the same text whenever the job runs, so that a redelivery writes identical bytes */
-    sources src;
-    describe_sources(&src, job);
-    const pf_provenance prov = {.rq = &j->rq, .sdxl = j->family && !strcmp(j->family, "sdxl"),
-                                .job_id = job->job_id, .model_hash = src.hash, .loras = src.loras,
-                                .controlnets = src.controls, .refine_controlnet = job->refine.controlnet.url,
-                                .stage = job->refine.on ? set->stage : NULL, .out_width = set->w,
-                                .out_height = set->h};
-    pf_provenance_text *text = PF_MALLOC(sizeof *text);
-    char index[16];
-    snprintf(index, sizeof index, "%d", i);
-    pf_provenance_fill(text, &prov, index);
-    int bad = pf_png_write(path, set->rgb + (size_t)set->w * set->h * 3 * i, set->w, set->h, text->kv, &e);
-    free(text);
-    if (bad) {
-        fail(j, PF_ERR_INTERNAL, 1, 0, "writing the image: %s", e.msg);
-        return -1;
-    }
-    pf_s3_result res;
-    int ok = 0;
-    for (int t = 1; t <= cfg->retries && !ended(x, j); t++) {
-        if (!pf_s3_put_file(&res, x->s3, x->cred, dest, path, &e)) {
-            ok = 1;
-            break;
-        }
-        pf_wlog(PF_LOG_WARN, "job.upload_failed", job->job_id, json_pack("{s:i, s:i}", "try", t, "of", cfg->retries),
-                "%s", e.msg);
-        if (t < cfg->retries) {
-            j->retries++;
-            backoff_sleep(x, pf_backoff_ms(t, cfg->retry_base_ms, cfg->retry_max_ms));
-        }
-    }
-    unlink(path);
-    if (!ok) {
-        if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon))
-            fail(j, PF_ERR_UPLOAD, 1, 0, "uploading %s: %s", dest, e.msg);
-        return -1;
-    }
-    json_array_append_new(j->outputs, json_pack("{s:s, s:s, s:I, s:i, s:I, s:s}", "url", dest, "sha256", res.sha256,
-                                                "size", (json_int_t)res.size, "index", i, "seed",
-                                                (json_int_t)job->seed, "stage", set->stage));
-    return 0;
-}
-
-/* Writes the job's images of each set in turn and uploads them; fills
- * outputs or the failure. */
-static void store_outputs(pf_exec *x, pf_exec_job *j, const image_set *sets, int nsets) {
-    const pf_job *job = &j->job;
-    pf_exec_post(x, job, PF_ST_UPLOADING, NULL);
-    long long t0 = pf_now_ms();
-    j->outputs = json_array();
-    for (int s = 0; s < nsets && j->outcome == PF_OUT_NONE; s++)
-        for (int i = 0; i < job->num_images && !ended(x, j); i++) {
-            char dest[2048];
-            pf_error e;
-            if (pf_job_output_url(dest, sizeof dest, job, sets[s].stage, i, &e) || pf_exec_dest_allowed(x->cfg, dest, &e)) {
-                j->outcome = PF_OUT_REJECTED;
-                j->dead_letter = 1;
-                snprintf(j->code, sizeof j->code, PF_ERR_INVALID);
-                snprintf(j->field, sizeof j->field, "output.url");
-                snprintf(j->err.msg, sizeof j->err.msg, "output.url: %s", e.msg);
-                break;
-            }
-            if (store_one(x, j, &sets[s], i, dest)) break;
-        }
-    j->upload_ms = pf_now_ms() - t0;
-    pf_metrics_stage("upload", j->upload_ms);
-    if (j->outcome == PF_OUT_NONE && !atomic_load(x->abandon)) j->outcome = PF_OUT_SUCCEEDED;
 }
 
 /* Fills j->rq from the job, as `perflow generate [--refine]` fills it from the
@@ -327,7 +211,7 @@ static void call_ended(pf_exec_job **jobs, int n, int refine, long long t0, long
             jobs[i]->batch_jobs = n;
         }
         if (rc == -1)
-            fail(jobs[i], PF_ERR_ENGINE, 1, 0, "engine%s: %s", refine ? " (refine)" : "", e->msg);
+            pf_exec_fail(jobs[i], PF_ERR_ENGINE, 1, 0, "engine%s: %s", refine ? " (refine)" : "", e->msg);
     }
 }
 
@@ -382,7 +266,7 @@ static void run_stage(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n, in
     uint8_t *rgb = malloc(count);
     if (!images || !rgb) {
         for (int i = 0; i < n; i++)
-            fail(jobs[i], PF_ERR_INTERNAL, 1, 0, "out of memory for the %simages", refine ? "refined " : "");
+            pf_exec_fail(jobs[i], PF_ERR_INTERNAL, 1, 0, "out of memory for the %simages", refine ? "refined " : "");
         goto done;
     }
     long long t0 = pf_now_ms();
@@ -405,17 +289,17 @@ static void run_stage(pf_exec *x, pf_model *model, pf_exec_job **jobs, int n, in
         pf_replay_record(x, jobs[i], rgb + at[i]);
     for (int i = 0; i < n; i++) {
         pf_exec_job *j = jobs[i];
-        if (ended(x, j)) continue;
+        if (pf_exec_ended(x, j)) continue;
         const size_t bytes = px * (size_t)j->job.num_images;
-        image_set sets[2] = {{refine ? PF_STAGE_REFINED : PF_STAGE_BASE, rgb + at[i], W, H},
+        pf_image_set sets[2] = {{refine ? PF_STAGE_REFINED : PF_STAGE_BASE, rgb + at[i], W, H},
                              {PF_STAGE_BASE, j->base_rgb, j->job.width, j->job.height}};
         if (!refine && j->capture) { /* a shard's sample: the caller takes the pixels */
             memcpy(j->capture, rgb + at[i], bytes);
             j->captured = 1;
         } else if (refine || !j->job.refine.on)
-            store_outputs(x, j, sets, refine && j->job.refine.keep_base ? 2 : 1);
+            pf_exec_store(x, j, sets, refine && j->job.refine.keep_base ? 2 : 1);
         else if (!(j->base_rgb = malloc(bytes)))
-            fail(j, PF_ERR_INTERNAL, 1, 0, "out of memory for the images");
+            pf_exec_fail(j, PF_ERR_INTERNAL, 1, 0, "out of memory for the images");
         else
             memcpy(j->base_rgb, rgb + at[i], bytes);
     }
@@ -450,7 +334,7 @@ static int get_retrying(pf_exec *x, group_ctx *all, const char *what, int (*get)
         if (err->kind != PF_ERROR_TRANSIENT) break;
         if (tr < cfg->retries) {
             for (int i = 0; i < all->n; i++) all->jobs[i]->retries++;
-            backoff_sleep(x, pf_backoff_ms(tr, cfg->retry_base_ms, cfg->retry_max_ms));
+            pf_exec_sleep(x, pf_backoff_ms(tr, cfg->retry_base_ms, cfg->retry_max_ms));
         }
     }
     return -1;
@@ -474,13 +358,13 @@ static void reject(pf_exec_job *j, const char *field, const char *fmt, ...) {
  * fails them (retryable when transient). */
 static void fail_fetch(pf_exec *x, pf_exec_job **jobs, int n, const pf_error *e) {
     for (int i = 0; i < n; i++) {
-        if (ended(x, jobs[i]) || e->kind == PF_ERROR_NONE) continue;
+        if (pf_exec_ended(x, jobs[i]) || e->kind == PF_ERROR_NONE) continue;
         if (e->kind == PF_ERROR_INVALID) {
             reject(jobs[i], e->field, "%s", e->msg);
             continue;
         }
         const int permanent = e->kind != PF_ERROR_TRANSIENT;
-        fail(jobs[i], e->kind == PF_ERROR_MODEL ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent, "%s", e->msg);
+        pf_exec_fail(jobs[i], e->kind == PF_ERROR_MODEL ? PF_ERR_MODEL : PF_ERR_DOWNLOAD, !permanent, permanent, "%s", e->msg);
     }
 }
 
@@ -526,7 +410,7 @@ static void get_control_images(pf_exec *x, pf_exec_job *jobs, int n) {
     for (int i = 0; i < n; i++) {
         pf_exec_job *j = &jobs[i], *one[1] = {j};
         group_ctx g = {x, one, 1, 0, NULL, 1, 0, 0}; /* "downloading" was said for the batch */
-        for (int k = 0; k < j->job.n_controls && !ended(x, j); k++) {
+        for (int k = 0; k < j->job.n_controls && !pf_exec_ended(x, j); k++) {
             get_args a = {x, j, &g, NULL, {0}, k};
             pf_error e;
             if (get_retrying(x, &g, "control image", get_image, &a, &e))
@@ -550,11 +434,11 @@ static void form_calls(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n, pf
     int *done = PF_CALLOC((size_t)n, sizeof *done);
     for (int i = 0; i < n; i++) done[i] = refine ? !jobs[i].base_rgb : jobs[i].from_store;
     for (int i = 0; i < n && !atomic_load(x->abandon); i++) {
-        if (done[i] || ended(x, &jobs[i])) continue;
+        if (done[i] || pf_exec_ended(x, &jobs[i])) continue;
         group[0] = &jobs[i];
         int k = 1, images = jobs[i].job.num_images;
         for (int j = i + 1; j < n; j++) {
-            if (done[j] || ended(x, &jobs[j]) || !batchable(model->pipe, refine, &jobs[i], &jobs[j])) continue;
+            if (done[j] || pf_exec_ended(x, &jobs[j]) || !batchable(model->pipe, refine, &jobs[i], &jobs[j])) continue;
             int m = 0;
             while (m < k && !pf_job_same_images(&group[m]->job, &jobs[j].job)) m++;
             int more = m < k ? 0 : jobs[j].job.num_images; /* the same images cost nothing more */
@@ -575,7 +459,7 @@ void pf_exec_capture(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n) {
     for (int i = 0; i < n; i++) {
         job_request(&jobs[i], model->pipe);
         uint8_t *stored;
-        if (ended(x, &jobs[i]) || !pf_replay_lookup(x, model, &jobs[i], &stored)) continue;
+        if (pf_exec_ended(x, &jobs[i]) || !pf_replay_lookup(x, model, &jobs[i], &stored)) continue;
         memcpy(jobs[i].capture, stored, (size_t)jobs[i].job.width * jobs[i].job.height * 3 * jobs[i].job.num_images);
         free(stored);
         jobs[i].from_store = jobs[i].captured = 1;
@@ -587,7 +471,7 @@ void pf_exec_capture(pf_exec *x, pf_model *model, pf_exec_job *jobs, int n) {
 void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
     pf_exec_job **group = PF_CALLOC((size_t)n, sizeof *group);
     for (int i = 0; i < n; i++) {
-        ended(x, &jobs[i]);
+        pf_exec_ended(x, &jobs[i]);
         group[i] = &jobs[i];
     }
     group_ctx all = {x, group, n, 0, NULL, 0, 0, 0};
@@ -611,11 +495,11 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
      * the worker's limits. */
     for (int i = 0; i < n; i++) {
         char field[PF_JOB_FIELD_MAX];
-        if (!ended(x, &jobs[i]) &&
+        if (!pf_exec_ended(x, &jobs[i]) &&
             pf_job_family_check(&jobs[i].job, pf_pipeline_family(model->pipe) == PF_FAMILY_SDXL, field, sizeof field,
                                 &e))
             reject(&jobs[i], field, "%s", e.msg);
-        else if (!ended(x, &jobs[i]) && pf_job_limits_check(&jobs[i].job, x->cfg, field, sizeof field, &e))
+        else if (!pf_exec_ended(x, &jobs[i]) && pf_job_limits_check(&jobs[i].job, x->cfg, field, sizeof field, &e))
             reject(&jobs[i], field, "%s", e.msg);
     }
     /* A batch attaches one set of ControlNets, or none (pf_job_same_model). */
@@ -634,7 +518,7 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
     /* Jobs the engine would refuse, in either stage, are rejected one by one
      * before anything runs. */
     for (int i = 0; i < n; i++) {
-        if (ended(x, &jobs[i])) continue;
+        if (pf_exec_ended(x, &jobs[i])) continue;
         if (pf_txt2img_check(model->pipe, &jobs[i].rq.gen, &e)) {
             reject(&jobs[i], NULL, "%s", e.msg);
             continue;
@@ -646,16 +530,16 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
         }
     }
     if (jobs[0].job.samples) { /* a shard job runs alone (pf_job_same_model) */
-        if (!ended(x, &jobs[0])) pf_shard_run(x, model, &jobs[0]);
+        if (!pf_exec_ended(x, &jobs[0])) pf_shard_run(x, model, &jobs[0]);
         goto done;
     }
     /* Jobs whose every image is in the result store are copied from it and leave the engine calls. */
     for (int i = 0; i < n; i++) {
         uint8_t *stored;
-        if (ended(x, &jobs[i]) || !pf_replay_lookup(x, model, &jobs[i], &stored)) continue;
+        if (pf_exec_ended(x, &jobs[i]) || !pf_replay_lookup(x, model, &jobs[i], &stored)) continue;
         jobs[i].from_store = 1;
-        image_set set = {PF_STAGE_BASE, stored, jobs[i].job.width, jobs[i].job.height};
-        store_outputs(x, &jobs[i], &set, 1);
+        pf_image_set set = {PF_STAGE_BASE, stored, jobs[i].job.width, jobs[i].job.height};
+        pf_exec_store(x, &jobs[i], &set, 1);
         free(stored);
     }
     form_calls(x, model, jobs, n, group, 0);

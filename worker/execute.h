@@ -139,6 +139,17 @@ void pf_exec_resolve(pf_exec_job *j, const pf_pipeline *p);
  * naming the setting. */
 int pf_exec_dest_allowed(const pf_worker_config *cfg, const char *dest, pf_error *err);
 
+/* For the job thread's modules (execute.c, outputs.c, shard.c): ends j as
+ * failed with code and message (retryable: another attempt may succeed;
+ * dead_letter: the message goes to the dead-letter topic). */
+void pf_exec_fail(pf_exec_job *j, const char *code, int retryable, int dead_letter, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Ends a job that was cancelled or ran out of time (deadline, max_job_seconds);
+ * returns 1 if it did, or if it had ended already or the batch is abandoned. */
+int pf_exec_ended(pf_exec *x, pf_exec_job *j);
+/* Sleeps ms in short slices; returns early when the batch is abandoned. */
+void pf_exec_sleep(pf_exec *x, long ms);
+
 /* Sends a non-terminal status event for job (fire and forget). */
 void pf_exec_post(pf_exec *x, const pf_job *job, const char *state, json_t *extra);
 
