@@ -67,7 +67,7 @@ static char *sample_json(const pf_exec_job *parent, const pf_exec_job *s, int in
     json_t *settings = json_pack("{s:i, s:i, s:i, s:f, s:s?, s:i, s:i}", "width", g->width, "height", g->height,
                                  "steps", g->steps, "guidance", (double)g->guidance, "prediction_type",
                                  g->prediction_type, "windows", g->windows, "clip_skip", g->clip_skip);
-    json_t *doc = json_pack("{s:s, s:s, s:o, s:i, s:i, s:s, s:o, s:o, s:o, s:I, s:O, s:o, s:O, s:s, s:b}", "key", key,
+    json_t *doc = json_pack("{s:s, s:s, s:o, s:i, s:i, s:s, s:o, s:o, s:o, s:I, s:O, s:o, s:o, s:s, s:b}", "key", key,
                             "job_id", job->job_id, "batch_id", text_or_null(job->batch_id), "shard", job->shard,
                             "index", index, "prompt", smp->prompt, "negative_prompt",
                             text_or_null(smp->negative_prompt), "prompt_2", text_or_null(smp->prompt_2),
