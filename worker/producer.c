@@ -36,7 +36,13 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     if (m->err) {
         d->failed = 1;
         d->fatal = m->err == RD_KAFKA_RESP_ERR__FATAL;
-        snprintf(d->error, sizeof d->error, "%s", rd_kafka_err2str(m->err));
+        if (m->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+            /* Seeing a topic needs only DESCRIBE (which READ implies): a worker whose user
+             * can read the status topic starts, and learns here that it may not write. */
+            snprintf(d->error, sizeof d->error, "not authorized for topic '%s': the worker's user needs the WRITE "
+                     "ACL on it (%s)", rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+        else
+            snprintf(d->error, sizeof d->error, "%s", rd_kafka_err2str(m->err));
     } else if (m->offset < 0) {
         /* With acks=all a stored message has an offset. librdkafka's mock
          * cluster (the dev broker) acknowledges without storing the first

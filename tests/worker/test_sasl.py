@@ -189,3 +189,24 @@ def test_sasl_system_librdkafka_scram_to_kafka4(rig, broker, certs, tmp_path):
         msg = refused(w)
         assert "librdkafka#4895" in msg and "2.6.1" in msg, msg
     no_password(w, pw)
+
+
+def test_sasl_status_readable_not_writable_named_per_send(rig, broker, certs, tmp_path, rdkafka):
+    """A user that may read the status topic (so sees it, and the worker starts) but not
+    write it: each failed status send is one line naming the topic and the WRITE ACL,
+    retried with backoff (no storm), and the job's offset stays uncommitted."""
+    r = rig(partitions=1)
+    user, pw = "pf-ro-" + uuid.uuid4().hex[:6], "sCrAmPw-" + uuid.uuid4().hex
+    add_user(broker, certs, user, pw)
+    allow(broker, user, *grants(r, status=False), (ResourceType.TOPIC, r.status_topic, AclOperation.READ))
+    w = sasl_worker(r, certs, user, pw, tmp_path, rdkafka, PERFLOW_RETRY_BASE_MS=200, PERFLOW_RETRY_MAX_MS=2000)
+    w.wait_event("kafka.assigned", timeout=60)
+    r.produce(r.job("ro-status"))
+    failed = w.wait_event("kafka.delivery_failed", timeout=90, job_id="ro-status")
+    msg = failed[0]["msg"]
+    assert "topic '%s'" % r.status_topic in msg and "WRITE ACL" in msg and "\n" not in msg, msg
+    time.sleep(5)
+    n = len(w.events("kafka.delivery_failed", "ro-status"))
+    assert n <= 8, "%d failed sends in about 5 s" % n
+    assert r.committed(partitions=1)[0] < 0
+    no_password(w, pw)
