@@ -111,7 +111,7 @@ int pf_png_write(const char *path, const uint8_t *rgb, int w, int h, const char 
 
 /* Checks a declared size against the limits before anything of that size is
  * allocated; fills msg (of size n) and returns -1 when it is refused. */
-static int check_size(char *msg, size_t n, unsigned long w, unsigned long h) {
+static int check_size(char *msg, size_t n, unsigned long w, unsigned long h, long max_pixels) {
     if (w == 0 || h == 0) {
         snprintf(msg, n, "image is %lux%lu: empty", w, h);
         return -1;
@@ -123,6 +123,10 @@ static int check_size(char *msg, size_t n, unsigned long w, unsigned long h) {
     /* w, h <= 2^14, so w * h * 3 < 2^30 cannot overflow */
     if ((long)(w * h) > PF_IMAGE_MAX_PIXELS) {
         snprintf(msg, n, "image %lux%lu has more than %ld pixels", w, h, PF_IMAGE_MAX_PIXELS);
+        return -1;
+    }
+    if (max_pixels > 0 && (long)(w * h) > max_pixels) {
+        snprintf(msg, n, "image %lux%lu has more than %ld pixels, the cap on input images here", w, h, max_pixels);
         return -1;
     }
     return 0;
@@ -139,6 +143,7 @@ typedef struct png_job {
     uint8_t **rows; /* row pointers into raw (interlaced only) */
     uint8_t *rgb;   /* the result, w x h x 3 */
     int w, h;
+    long max_pixels; /* the caller's cap (0: PF_IMAGE_MAX_PIXELS only) */
     char msg[256]; /* why it failed */
 } png_job;
 
@@ -221,7 +226,7 @@ static int png_run(png_job *j) {
     png_uint_32 w, h;
     int depth, color_type, interlace;
     png_get_IHDR(j->png, j->info, &w, &h, &depth, &color_type, &interlace, NULL, NULL);
-    if (check_size(j->msg, sizeof j->msg, w, h)) return -1;
+    if (check_size(j->msg, sizeof j->msg, w, h, j->max_pixels)) return -1;
     j->w = (int)w;
     j->h = (int)h;
 
@@ -266,16 +271,17 @@ static int png_run(png_job *j) {
     return 0;
 }
 
-static int decode_png(const uint8_t *data, size_t n, const char *name, uint8_t **rgb, int *w, int *h, pf_error *err) {
+static int decode_png(const uint8_t *data, size_t n, const char *name, long max_pixels, uint8_t **rgb, int *w, int *h,
+                      pf_error *err) {
     /* IHDR comes first, at a fixed place: a refused size is refused before libpng
      * reads (and allocates for) anything else. */
     if (n >= 24 && !memcmp(data + 12, "IHDR", 4)) {
         unsigned long dw = (unsigned long)data[16] << 24 | data[17] << 16 | data[18] << 8 | data[19];
         unsigned long dh = (unsigned long)data[20] << 24 | data[21] << 16 | data[22] << 8 | data[23];
         char msg[128];
-        if (check_size(msg, sizeof msg, dw, dh)) return pf_fail(err, "%s: PNG: %s", name, msg);
+        if (check_size(msg, sizeof msg, dw, dh, max_pixels)) return pf_fail(err, "%s: PNG: %s", name, msg);
     }
-    png_job j = {.data = data, .n = n};
+    png_job j = {.data = data, .n = n, .max_pixels = max_pixels};
     j.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &j, png_on_error, png_on_warning);
     j.info = j.png ? png_create_info_struct(j.png) : NULL;
     if (!j.info) {
@@ -315,6 +321,7 @@ typedef struct jpeg_job {
     uint8_t *row;  /* one scanline as libjpeg gives it */
     uint8_t *rgb;  /* the result, w x h x 3 */
     int w, h;
+    long max_pixels;                 /* the caller's cap (0: PF_IMAGE_MAX_PIXELS only) */
     char msg[JMSG_LENGTH_MAX + 64]; /* why it failed */
 } jpeg_job;
 
@@ -424,7 +431,11 @@ static int jpeg_run(jpeg_job *j) {
         snprintf(j->msg, sizeof j->msg, "images of %d components are not supported", comps);
         return -1;
     }
-    if (check_size(j->msg, sizeof j->msg, ci->image_width, ci->image_height)) return -1;
+    if (check_size(j->msg, sizeof j->msg, ci->image_width, ci->image_height, j->max_pixels)) return -1;
+    /* libjpeg's own bound on what it allocates (a progressive JPEG keeps every
+     * coefficient of the image: 2 bytes a sample), so a file that lies about
+     * its scans cannot take more than a decode of its declared size needs. */
+    ci->mem->max_memory_to_use = (long)ci->image_width * ci->image_height * comps * 4 + (16L << 20);
     /* Only the output colour space is set, as Pillow sets it; the file's own
      * (YCbCr, RGB, YCCK, ...) is libjpeg's guess from its markers, as in Pillow.
      * dct_method and do_fancy_upsampling keep libjpeg's defaults, JDCT_ISLOW and
@@ -451,9 +462,11 @@ static int jpeg_run(jpeg_job *j) {
     return 0;
 }
 
-static int decode_jpeg(const uint8_t *data, size_t n, const char *name, uint8_t **rgb, int *w, int *h, pf_error *err) {
+static int decode_jpeg(const uint8_t *data, size_t n, const char *name, long max_pixels, uint8_t **rgb, int *w, int *h,
+                       pf_error *err) {
     jpeg_job *j = calloc(1, sizeof *j); /* jmp_buf and cinfo: too large for some stacks */
     if (!j) return pf_fail(err, "%s: out of memory", name);
+    j->max_pixels = max_pixels;
     j->data = data;
     j->n = n;
     int rc = jpeg_run(j);
@@ -475,12 +488,17 @@ static int decode_jpeg(const uint8_t *data, size_t n, const char *name, uint8_t 
 /* --------------------------------------------------------- entry points */
 
 int pf_image_decode(const uint8_t *data, size_t n, const char *name, uint8_t **rgb, int *w, int *h, pf_error *err) {
+    return pf_image_decode_max(data, n, name, 0, rgb, w, h, err);
+}
+
+int pf_image_decode_max(const uint8_t *data, size_t n, const char *name, long max_pixels, uint8_t **rgb, int *w, int *h,
+                        pf_error *err) {
     static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     *rgb = NULL;
-    if (n >= 8 && !memcmp(data, png_sig, 8)) return decode_png(data, n, name, rgb, w, h, err);
+    if (n >= 8 && !memcmp(data, png_sig, 8)) return decode_png(data, n, name, max_pixels, rgb, w, h, err);
     /* Pillow's test for a JPEG: SOI and the first byte of a marker. */
     if (n >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF)
-        return decode_jpeg(data, n, name, rgb, w, h, err);
+        return decode_jpeg(data, n, name, max_pixels, rgb, w, h, err);
     if (n == 0) return pf_fail(err, "%s: empty file: not a PNG or JPEG image", name);
     return pf_fail(err, "%s: not a PNG or JPEG image", name);
 }
@@ -490,6 +508,10 @@ int pf_image_decode(const uint8_t *data, size_t n, const char *name, uint8_t **r
 #define MAX_FILE_BYTES (1L << 30)
 
 int pf_image_read(const char *path, uint8_t **rgb, int *w, int *h, pf_error *err) {
+    return pf_image_read_max(path, 0, rgb, w, h, err);
+}
+
+int pf_image_read_max(const char *path, long max_pixels, uint8_t **rgb, int *w, int *h, pf_error *err) {
     *rgb = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return pf_fail(err, "%s: cannot open: %s", path, strerror(errno));
@@ -521,7 +543,7 @@ int pf_image_read(const char *path, uint8_t **rgb, int *w, int *h, pf_error *err
         free(buf);
         return pf_fail(err, "%s: read failed", path);
     }
-    int rc = pf_image_decode(buf, n, path, rgb, w, h, err);
+    int rc = pf_image_decode_max(buf, n, path, max_pixels, rgb, w, h, err);
     free(buf);
     return rc;
 }

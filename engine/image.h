@@ -59,6 +59,17 @@ int pf_png_write(const char *path, const uint8_t *rgb, int w, int h, const char 
  * allocated on every path. */
 int pf_image_decode(const uint8_t *data, size_t n, const char *name, uint8_t **rgb, int *w, int *h, pf_error *err);
 
+/* pf_image_decode with a caller's cap: an image of more than max_pixels
+ * pixels (0: only the limits above) is refused from its header (a PNG's IHDR,
+ * a JPEG's SOF) before anything of its size is allocated; libjpeg's own
+ * allocations are bounded by what the declared size needs. Callers size the
+ * cap from the job (a condition image needs no more than a small multiple of
+ * the output's pixels): a 521 KB PNG of 16384 x 10922 decoded to 514 MiB. */
+int pf_image_decode_max(const uint8_t *data, size_t n, const char *name, long max_pixels, uint8_t **rgb, int *w, int *h,
+                        pf_error *err);
+/* pf_image_read with pf_image_decode_max's cap. */
+int pf_image_read_max(const char *path, long max_pixels, uint8_t **rgb, int *w, int *h, pf_error *err);
+
 /* pf_image_decode of the file at path (messages name path). Also fails, with
  * *rgb NULL, when the file cannot be read. */
 int pf_image_read(const char *path, uint8_t **rgb, int *w, int *h, pf_error *err);

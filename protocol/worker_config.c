@@ -56,6 +56,8 @@ static const setting settings[] = {
     I(result_store, 0, 1, "1", "result store: 0 turns it off (computes every image)"),
     L(result_store_retention_s, 60, 315360000, "2592000", "result store: index entries live this long after the last hit"),
     L(max_pixels, 4096, 16777216, "4194304", "largest width x height of a job's images, refined ones included"),
+    L(max_input_pixels, 4096, 178956970, "16777216",
+      "largest condition image (pixels); also at most 16 x the job's output pixels"),
     I(max_steps, 1, 100, "100", "most steps of a job's text-to-image or refine stage"),
     I(max_images, 1, 16, "16", "most images of one job"),
     I(max_crashes, 1, 100, "2", "a job whose workers died running it this often fails with code poison"),

@@ -45,6 +45,7 @@ typedef struct pf_worker_config {
     int result_store;             /* 0: the store is off even with a url */
     long result_store_retention_s; /* an identity's index entry lives this long after its last hit */
     long max_pixels;              /* width x height of a job's images (and of refined ones) */
+    long max_input_pixels;        /* a condition image's pixels (also at most 16 x the output's) */
     int max_steps;                /* steps of either stage */
     int max_images;               /* images of one job */
     int max_crashes;              /* workers a job may take down before it is dead-lettered as poison */

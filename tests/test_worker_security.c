@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "fileio.h"
+#include "image.h"
 #include "job.h"
 #include "safetensors.h"
 #include "tokenizer.h"
@@ -105,7 +106,7 @@ static void test_text_file_cap(void **state) {
     for (int i = 0; i < 70000; i++) fputc('x', f);
     fputs("\"}", f);
     fclose(f);
-    pf_error err = {""};
+    pf_error err = {0};
     char *text;
     size_t len;
     assert_int_equal(pf_read_text_file(&text, &len, path, &err), -1);
@@ -134,12 +135,44 @@ static void test_text_file_cap(void **state) {
     free(buf);
 }
 
+/* The review: a 521 KB PNG of 16384 x 10922 decoded to 514 MiB; the cap was a
+ * fixed 179 MP. A caller's cap refuses from the header (PNG and JPEG). */
+static void test_image_pixel_cap(void **state) {
+    (void)state;
+    char path[] = "/tmp/perflow-test-png-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    uint8_t rgb[64 * 48 * 3];
+    memset(rgb, 90, sizeof rgb);
+    pf_error err = {0};
+    assert_int_equal(pf_png_write(path, rgb, 64, 48, NULL, &err), 0);
+    uint8_t *out;
+    int w, h;
+    assert_int_equal(pf_image_read_max(path, 64 * 48, &out, &w, &h, &err), 0);
+    assert_int_equal(w * h, 64 * 48);
+    free(out);
+    assert_int_equal(pf_image_read_max(path, 64 * 48 - 1, &out, &w, &h, &err), -1);
+    assert_null(out);
+    if (!strstr(err.msg, "64x48 has more than 3071 pixels")) fail_msg("%s", err.msg);
+    unlink(path);
+    /* a JPEG: refused from its SOF */
+    char jpg[512];
+    snprintf(jpg, sizeof jpg, "%s/tests/data/images/jpeg/baseline_420.jpg",
+             getenv("PERFLOW_ROOT") ? getenv("PERFLOW_ROOT") : ".");
+    assert_int_equal(pf_image_read_max(jpg, 0, &out, &w, &h, &err), 0);
+    free(out);
+    assert_int_equal(pf_image_read_max(jpg, (long)w * h - 1, &out, &w, &h, &err), -1);
+    if (!strstr(err.msg, "JPEG") || !strstr(err.msg, "cap on input images")) fail_msg("%s", err.msg);
+}
+
 int main(void) {
     setenv("PERFLOW_MAX_JSON_BYTES", "65536", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_output_allow_lists),
         cmocka_unit_test(test_job_limits),
         cmocka_unit_test(test_text_file_cap),
+        cmocka_unit_test(test_image_pixel_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "output_key.h"
 #include "pipeline.h"
+#include "resize.h"
 #include "result_replay.h"
 #include "shard.h"
 #include "status.h"
@@ -388,6 +389,7 @@ static int get_controlnets(void *arg, pf_error *err) {
 }
 
 /* The condition image of control[a->control] of job a->j, decoded into its pf_control. */
+#define PF_CONTROL_PIXEL_FACTOR 16
 static int get_image(void *arg, pf_error *err) {
     get_args *a = arg;
     const pf_job *job = &a->j->job;
@@ -395,9 +397,31 @@ static int get_image(void *arg, pf_error *err) {
     char field[PF_JOB_FIELD_MAX];
     snprintf(field, sizeof field, "control[%d].image", i);
     pf_control *c = &a->j->controls[i];
-    if (pf_models_image(a->x->models, &job->control[i].image, field, &a->j->control_rgb[i], &c->image_width,
-                        &c->image_height, err))
+    /* No condition image needs more than PF_CONTROL_PIXEL_FACTOR times the
+     * output's pixels (nor max_input_pixels): a larger one is refused from
+     * its header, and the decoded one is scaled to the job's size at once
+     * (the engine would scale it the same way, pf_resize_lanczos), so a batch
+     * holds no more than its outputs' worth of condition images. */
+    long cap = (long)PF_CONTROL_PIXEL_FACTOR * job->width * job->height;
+    if (cap > a->x->cfg->max_input_pixels) cap = a->x->cfg->max_input_pixels;
+    if (pf_models_image(a->x->models, &job->control[i].image, field, cap, &a->j->control_rgb[i], &c->image_width,
+                        &c->image_height, err)) {
+        if (strstr(err->msg, "the cap on input images"))
+            pf_error_prefix(err, "over max_input_pixels or %d x the output's pixels", PF_CONTROL_PIXEL_FACTOR);
         return -1;
+    }
+    if (c->image_width != job->width || c->image_height != job->height) {
+        uint8_t *sized = PF_MALLOC((size_t)job->width * job->height * 3);
+        if (pf_resize_lanczos(sized, job->width, job->height, a->j->control_rgb[i], c->image_width, c->image_height,
+                              err)) {
+            free(sized);
+            return -1;
+        }
+        free(a->j->control_rgb[i]);
+        a->j->control_rgb[i] = sized;
+        c->image_width = job->width;
+        c->image_height = job->height;
+    }
     c->net = pf_models_control_net(job, i);
     c->image = a->j->control_rgb[i];
     c->scale = job->control[i].scale;

@@ -367,13 +367,13 @@ int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_m
     return 0;
 }
 
-int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, uint8_t **rgb, int *w, int *h,
-                    pf_error *err) {
+int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, long max_pixels, uint8_t **rgb, int *w,
+                    int *h, pf_error *err) {
     *rgb = NULL;
     pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     pf_cache_lease *lease;
     if (acquire(m, &lease, PF_SOURCE_FILE, src->url, src->sha256, 0, field, err)) return -1;
-    int rc = pf_image_read(pf_cache_lease_path(lease), rgb, w, h, err);
+    int rc = pf_image_read_max(pf_cache_lease_path(lease), max_pixels, rgb, w, h, err);
     if (rc) {
         named n = {pf_cache_lease_path(lease), src->url, field};
         name_sources(err, &n, 1);

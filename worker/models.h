@@ -111,8 +111,8 @@ int pf_models_control_net(const pf_job *job, int i);
  * (malloc'd, w x h x 3; the caller frees it). field names the source in
  * messages and err->field ("control[0].image"). On error *rgb is NULL; a file
  * that is not an image (or too large to be one) is PF_ERROR_INVALID. */
-int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, uint8_t **rgb, int *w, int *h,
-                    pf_error *err);
+int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, long max_pixels, uint8_t **rgb, int *w,
+                    int *h, pf_error *err);
 /* Marks the model idle (it stays loaded until evicted). */
 void pf_models_put(pf_models *m, pf_model *model);
 /* Number of models loaded and their total estimated bytes. */

@@ -73,6 +73,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free(out);
     }
     free(rgb);
+    /* the caller's cap (pf_image_decode_max): refused from the header when over it */
+    if (size >= 1) {
+        long cap = 64L << (data[0] % 12);
+        uint8_t *capped = NULL;
+        int cw, ch;
+        if (!pf_image_decode_max(copy, size, "fuzz", cap, &capped, &cw, &ch, &err)) {
+            if ((long)cw * ch > cap || cw != w || ch != h) abort();
+            free(capped);
+        } else if (capped || (long)w * h <= cap) {
+            abort(); /* it decoded without the cap, so only the cap may refuse it */
+        }
+    }
     free(copy);
     return 0;
 }

@@ -11,9 +11,27 @@
 #include <string.h>
 
 #include "job.h"
+#include "output_key.h"
 #include "pipeline.h"
 
+/* The output allow lists (pf_output_allowed) on the raw bytes as a
+ * destination: a one-line error, or a destination under one of the lists. */
+static void fuzz_output_allowed(const uint8_t *data, size_t size) {
+    char dest[512];
+    size_t n = size < sizeof dest - 1 ? size : sizeof dest - 1;
+    memcpy(dest, data, n);
+    dest[n] = '\0';
+    pf_error err = {""};
+    if (pf_output_allowed(dest, "/srv/out/", "renders, models/x", &err)) {
+        if (!err.msg[0] || strchr(err.msg, '\n')) abort();
+        return;
+    }
+    if (strncmp(dest, "file:///srv/out/", 16) && strncmp(dest, "s3://renders/", 13) && strncmp(dest, "s3://models/x/", 14))
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    fuzz_output_allowed(data, size);
     pf_job job;
     char field[PF_JOB_FIELD_MAX];
     pf_error err;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "model_index.h"
 #include "url_policy.h"
@@ -35,6 +36,13 @@ static void fuzz_url(const char *s) {
     pf_url_policy strict = {0, 0, NULL}, listed = {1, 0, "example.com,.hf.co"};
     (void)pf_url_check(&u, &strict, &err);
     (void)pf_url_check(&u, &listed, &err);
+    /* hub_token_hosts: a match is the named host or a subdomain of the .domain entry, nothing else */
+    if (pf_url_host_listed(u.host, "hub.example.com, .hf.co")) {
+        size_t hl = strlen(u.host);
+        if (strcasecmp(u.host, "hub.example.com") && strcasecmp(u.host, "hf.co") &&
+            !(hl > 6 && !strcasecmp(u.host + hl - 6, ".hf.co")))
+            abort();
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -231,3 +231,24 @@ def test_job_that_kills_its_workers_is_dead_lettered_as_poison(rig, tmp_path):
         assert w.proc.poll() is None
     finally:
         faults.stop()
+
+
+def test_condition_image_over_the_cap_refused_from_its_header(rig, work):
+    """The review: a 521 KB PNG of 16384 x 10922 decoded to 514 MiB, and every
+    condition image was held at full size until its batch ended. A condition
+    image over 16 x the output's pixels (or max_input_pixels) is refused from
+    its header, naming the field; one within is scaled to the job's size."""
+    from PIL import Image
+    images = os.path.join(work, "www", "images")
+    Image.new("RGB", (512, 512), (200, 30, 90)).save(os.path.join(images, "big-control.png"))  # 64 x a 64 px job
+    Image.new("RGB", (128, 128), (30, 200, 90)).save(os.path.join(images, "mid-control.png"))
+    r = rig(partitions=1)
+    base = "http://127.0.0.1:%d/images/" % r.nginx.port
+    for job_id, name in (("s-img-big", "big-control.png"), ("s-img-ok", "mid-control.png")):
+        r.produce(r.job(job_id, control=[{"controlnet": {"url": r.controlnet}, "image": {"url": base + name}}]))
+    r.start_worker()
+    r.events.wait_terminal(["s-img-big", "s-img-ok"], timeout=120)
+    ev = r.events.terminal("s-img-big")[0]
+    assert ev["state"] == "rejected" and ev["error"]["field"] == "control[0].image", ev
+    assert "max_input_pixels" in ev["error"]["message"] and "512x512" in ev["error"]["message"], ev
+    assert r.events.terminal("s-img-ok")[0]["state"] == "succeeded"
