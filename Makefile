@@ -89,7 +89,18 @@ NVCCFLAGS = -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr $(NVCC_ARCH) \
             -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -Icommon -Iengine -Ikernels -MMD -MP
 endif
 
-.PHONY: all engine worker test bench fuzz deps deps-reference demo clean asan info install uninstall chaos mutate
+.PHONY: all engine worker test test-run bench fuzz deps deps-reference demo demo-run clean asan info install uninstall \
+        chaos chaos-run mutate
+
+# Objects follow the flags they were compiled with: where the flags change (nvcc
+# installed or found since, `make NVCC=`, EXTRA_CFLAGS), every object is rebuilt,
+# so a library never mixes CPU-only and CUDA objects (engine/device.c's
+# stand-ins beside the kernels).
+FLAGS_STAMP := $(B)/.flags
+ifneq ($(file < $(FLAGS_STAMP)),$(CFLAGS) | $(NVCCFLAGS))
+$(shell mkdir -p $(B))
+$(file > $(FLAGS_STAMP),$(CFLAGS) | $(NVCCFLAGS))
+endif
 all: info engine $(BIN)/perflow worker
 
 info:
@@ -101,7 +112,7 @@ $(B)/libperflow_engine.a: $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && $(AR) rcs $@ $^
 
-$(B)/%.o: %.c
+$(B)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -117,7 +128,7 @@ $(B)/libperflow_storage.a: $(STORAGE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && $(AR) rcs $@ $^
 
-$(B)/kernels/%.o: kernels/%.cu
+$(B)/kernels/%.o: kernels/%.cu $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -230,7 +241,13 @@ deps: $(B)/.deps-stamp
 deps-reference: deps
 	sh ops/install-deps.sh --reference
 
-test: $(B)/.deps-stamp all $(TEST_BIN) $(B)/asan/perflow $(B)/asan/perflow-worker $(FUZZ_BIN)
+# test, demo and chaos install what is missing first, then build in a second make:
+# the first one decided before the install whether nvcc exists (ops/install-deps.sh
+# puts it in .cuda/), and a fresh clone must compile the kernels too.
+test: $(B)/.deps-stamp
+	@$(MAKE) --no-print-directory test-run
+
+test-run: all $(TEST_BIN) $(B)/asan/perflow $(B)/asan/perflow-worker $(FUZZ_BIN)
 	B=$(B) PERFLOW=$(BIN)/perflow PERFLOW_ASAN=$(B)/asan/perflow sh tests/run_tests.sh $(TEST_BIN)
 
 bench: all $(BENCH_BIN)
@@ -249,10 +266,16 @@ mutate: $(B)/.deps-stamp
 # schedule and the figures. CHAOS_ARGS adds options (--jobs N --workers W
 # --kill-every S --seed N --keep ...); CHAOS_BROKER= runs the dev broker's form.
 CHAOS_BROKER ?= --kafka
-chaos: $(B)/.deps-stamp all
+chaos: $(B)/.deps-stamp
+	@$(MAKE) --no-print-directory chaos-run
+
+chaos-run: all
 	$(PY) ops/chaos.py --bin $(BIN) $(CHAOS_BROKER) $(CHAOS_ARGS)
 
-demo: $(B)/.deps-stamp all
+demo: $(B)/.deps-stamp
+	@$(MAKE) --no-print-directory demo-run
+
+demo-run: all
 	PERFLOW=$(BIN)/perflow sh ops/demo.sh
 
 clean:
