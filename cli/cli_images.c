@@ -162,7 +162,8 @@ int pf_cli_controls_tiles(const pf_cli_controls *c) {
     return n;
 }
 
-int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_scale, pf_control *controls, int *n,
+int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_scale, long max_pixels,
+                           pf_control *controls, int *n,
                            pf_error *err) {
     const char *dirs[PF_MAX_CONTROLS];
     int order[PF_MAX_CONTROLS], k = 0;
@@ -175,7 +176,8 @@ int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_sc
         dirs[j] = c->net[i].dir;
         if (!c->net[i].has_scale) c->net[i].scale = default_scale;
         if (!c->net[i].image) continue;
-        if (!c->net[i].rgb && pf_image_read(c->net[i].image, &c->net[i].rgb, &c->net[i].w, &c->net[i].h, err))
+        if (!c->net[i].rgb &&
+            pf_image_read_max(c->net[i].image, max_pixels, &c->net[i].rgb, &c->net[i].w, &c->net[i].h, err))
             return -1;
         controls[(*n)++] = (pf_control){j, c->net[i].rgb, c->net[i].w, c->net[i].h, (float)c->net[i].scale};
     }

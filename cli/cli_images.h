@@ -74,11 +74,14 @@ int pf_cli_controls_add_net(pf_cli_controls *c, const char *arg);
 int pf_cli_controls_add_image(pf_cli_controls *c, const char *path);
 /* The number of nets without an image (tiles). */
 int pf_cli_controls_tiles(const pf_cli_controls *c);
-/* Reads every control image (PNG or JPEG), gives each net without a scale
- * default_scale, attaches the nets to p (the tile, if any, first: net 0) and
- * fills controls[] with the nets that have an image (their pf_control, for a
- * txt2img or refine run); *n their count. Returns 0, or -1 with err set. */
-int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_scale, pf_control *controls, int *n,
+/* Reads every control image (PNG or JPEG; one of more than max_pixels pixels
+ * is refused from its header, 0: only the decoder's own limits), gives each
+ * net without a scale default_scale, attaches the nets to p (the tile, if any,
+ * first: net 0) and fills controls[] with the nets that have an image (their
+ * pf_control, for a txt2img or refine run); *n their count. Returns 0, or -1
+ * with err set. */
+int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_scale, long max_pixels,
+                           pf_control *controls, int *n,
                            pf_error *err);
 /* The nets with an image as "DIR:SCALE=IMAGE, ..." for the PNG text, and *tile
  * the tile's folder (NULL when none). */

@@ -198,7 +198,10 @@ int cmd_generate(int argc, char **argv) {
     pf_cli_model_report(&m);
     rq.refine = refine;
     pf_request_resolve(pipe, &rq);
-    if (pf_cli_controls_attach(&nets, pipe, ref->controlnet_scale, controls, &prm->n_controls, &err)) goto done;
+    /* no condition image needs more than 16 x the output's pixels (the worker's rule too) */
+    if (pf_cli_controls_attach(&nets, pipe, ref->controlnet_scale, 16L * prm->width * prm->height, controls,
+                               &prm->n_controls, &err))
+        goto done;
     prm->controls = controls;
     /* the tile is net 0, which a refine stage without controls of its own takes;
      * everything the second stage needs is checked before the first runs */

@@ -135,7 +135,10 @@ int cmd_refine(int argc, char **argv) {
         goto done;
     pf_cli_model_report(&m);
     /* the tile is net 0, conditioned on the refined image (image NULL); the pairs follow */
-    if (pf_cli_controls_attach(&nets, pipe, prm->controlnet_scale, controls + 1, &prm->n_controls, &err)) goto done;
+    /* condition images: at most 16 x the input image's pixels */
+    if (pf_cli_controls_attach(&nets, pipe, prm->controlnet_scale, 16L * prm->image_width * prm->image_height,
+                               controls + 1, &prm->n_controls, &err))
+        goto done;
     for (int i = 0; i < nets.n; i++)
         if (!nets.net[i].image) controls[0] = (pf_control){0, NULL, 0, 0, (float)nets.net[i].scale};
     prm->controlnet_scale = controls[0].scale;

@@ -133,6 +133,15 @@ expect 1 "does not fit the model's" $G --model "$M" --lora "$L/kohya-sd2.safeten
 expect 1 "nope.safetensors: cannot open" $G --model "$M" --lora "$T/nope.safetensors:0.7"
 expect 2 "must follow the --controlnet DIR it conditions" $G --model "$M" --control-image "$IN"
 expect 2 "must follow the --controlnet DIR it conditions" $G --model "$M" --controlnet "$CN" --control-image "$IN" --control-image "$IN"
+# a condition image over 16 x the output's pixels is refused from its header (issue 19)
+python3 -c 'import struct, sys, zlib
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+w = h = 1024
+raw = b"".join(b"\0" + b"\0" * w * 3 for _ in range(h))
+sys.stdout.buffer.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+                        chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))' > "$T/big-control.png"
+expect 1 "1024x1024 has more than 65536 pixels, the cap on input images" $G --model "$M" --controlnet "$CN" \
+    --control-image "$T/big-control.png"
 expect 2 "at most 16 --lora" $G --model "$M" $(for i in $(seq 17); do printf -- '--lora x%s ' "$i"; done)
 cp -rL "$ROOT/tests/data/models/tiny-sd2-sharded" "$T/sharded"
 VS=$T/sharded/vae/diffusion_pytorch_model-00002-of-00004.safetensors
