@@ -33,8 +33,15 @@
  * The pair is looked up with dlsym: a build without DYNAMIC_ARCH lacks it and
  * keeps the kernels it was built for.
  *
- * Measured (make bench, ops/README.md): on an AMD EPYC with AVX-512 where the
- * environment says OPENBLAS_CORETYPE=Haswell, ... */
+ * Why OpenBLAS and not another library or our own kernels (measured on a
+ * 2-core AMD EPYC, family 26, AVX-512, one thread, best of 7, sgemm GFLOP/s
+ * for 154x768x768 and 128x512x1152, two shapes of CLIP and the VAE): OpenBLAS's
+ * SkylakeX kernels 214 and 205, its Haswell kernels 119 and 124; Debian 12's
+ * BLIS 0.9 does not know that family either and runs its generic kernels (10
+ * and 14), and with BLIS_ARCH_TYPE=skx by hand it is no faster than OpenBLAS
+ * (192 and 206). The convolutions of a UNet step reach 190-225 GFLOP/s a core
+ * through OpenBLAS, near the processor's peak, which own GEMM kernels could
+ * not beat by much. */
 #include "blas_core.h"
 
 #include <cblas.h>
