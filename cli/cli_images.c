@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -202,6 +203,59 @@ void pf_cli_controls_free(pf_cli_controls *c) {
     for (int i = 0; i < c->n; i++) {
         free(c->net[i].dir);
         free(c->net[i].rgb);
+    }
+    memset(c, 0, sizeof *c);
+}
+
+int pf_cli_ips_add_adapter(pf_cli_ips *c, const char *arg) {
+    if (c->n == PF_MAX_IP_ADAPTERS) {
+        fprintf(stderr, "perflow: at most %d --ip-adapter options\n", PF_MAX_IP_ADAPTERS);
+        return -1;
+    }
+    pf_cli_split_scale(arg, &c->ip[c->n].file, &c->ip[c->n].scale, &c->ip[c->n].has_scale);
+    if (!c->ip[c->n].has_scale) c->ip[c->n].scale = 1.0;
+    c->n++;
+    return 0;
+}
+
+int pf_cli_ips_add_image(pf_cli_ips *c, const char *path) {
+    if (c->n && !c->ip[c->n - 1].image) {
+        c->ip[c->n - 1].image = path;
+        return 0;
+    }
+    fprintf(stderr, "perflow: --ip-image '%s' must follow the --ip-adapter FILE it prompts\n", path);
+    return -1;
+}
+
+int pf_cli_ips_attach(pf_cli_ips *c, pf_pipeline *p, const char *model, pf_ip_image *ips, int *n, pf_error *err) {
+    *n = 0;
+    if (!c->n) return 0;
+    const char *files[PF_MAX_IP_ADAPTERS];
+    for (int i = 0; i < c->n; i++) {
+        if (!c->ip[i].image) return pf_fail(err, "--ip-adapter %s has no --ip-image after it", c->ip[i].file);
+        if (!c->ip[i].rgb && pf_image_read(c->ip[i].image, &c->ip[i].rgb, &c->ip[i].w, &c->ip[i].h, err)) return -1;
+        files[i] = c->ip[i].file;
+        ips[i] = (pf_ip_image){i, c->ip[i].rgb, c->ip[i].w, c->ip[i].h, (float)c->ip[i].scale};
+    }
+    char def[4096];
+    const char *enc = c->encoder;
+    if (!enc) { /* the model folder's image_encoder/, when it has one */
+        struct stat st;
+        snprintf(def, sizeof def, "%s/image_encoder", model);
+        if (stat(def, &st) || !S_ISDIR(st.st_mode))
+            return pf_fail(err, "--ip-adapter needs an image encoder: --image-encoder DIR (model %s has no "
+                                "image_encoder/ folder)", model);
+        enc = def;
+    }
+    if (pf_pipeline_set_ip_adapters(p, files, c->n, enc, err)) return -1;
+    *n = c->n;
+    return 0;
+}
+
+void pf_cli_ips_free(pf_cli_ips *c) {
+    for (int i = 0; i < c->n; i++) {
+        free(c->ip[i].file);
+        free(c->ip[i].rgb);
     }
     memset(c, 0, sizeof *c);
 }

@@ -88,6 +88,31 @@ int pf_cli_controls_attach(pf_cli_controls *c, pf_pipeline *p, double default_sc
 void pf_cli_controls_describe(const pf_cli_controls *c, char *buf, size_t n, const char **tile);
 void pf_cli_controls_free(pf_cli_controls *c);
 
+/* The IP-Adapters of a run: --ip-adapter FILE[:SCALE] --ip-image FILE pairs (an
+ * --ip-image belongs to the --ip-adapter just before it; every adapter needs
+ * one) and --image-encoder DIR (default: the model folder's image_encoder/). */
+typedef struct pf_cli_ips {
+    int n;
+    const char *encoder;
+    struct {
+        char *file;
+        const char *image;
+        double scale;       /* :SCALE, else 1.0 (load_ip_adapter's) */
+        int has_scale;
+        uint8_t *rgb;
+        int w, h;
+    } ip[PF_MAX_IP_ADAPTERS];
+} pf_cli_ips;
+/* --ip-adapter ARG / --ip-image PATH; each prints a usage error and returns -1
+ * on a misuse (too many, an image before its adapter or a second one). */
+int pf_cli_ips_add_adapter(pf_cli_ips *c, const char *arg);
+int pf_cli_ips_add_image(pf_cli_ips *c, const char *path);
+/* Reads every image prompt, attaches the adapters and the image encoder to p
+ * (model: the --model argument, for the default encoder) and fills ips[] (*n).
+ * Returns 0, or -1 with err set (an adapter without an image among them). */
+int pf_cli_ips_attach(pf_cli_ips *c, pf_pipeline *p, const char *model, pf_ip_image *ips, int *n, pf_error *err);
+void pf_cli_ips_free(pf_cli_ips *c);
+
 /* Progress of one stage: a bar redrawn in place on a terminal, one line per
  * step otherwise (logs). Pass as the pipeline's progress callback with a
  * pf_cli_progress as user; stage names the stage ("generate", "refine"). */

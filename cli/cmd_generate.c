@@ -23,6 +23,7 @@ static void generate_usage(FILE *f) {
             "                        [--crop-coords X,Y] [--target-size W,H]\n"
             "                        [--vae-tiling auto|on|off] [--device auto|cpu|cuda|cuda:N]\n"
             "                        [--controlnet DIR[:SCALE] --control-image FILE]... [--controlnet-scale 1.0]\n"
+            "                        [--ip-adapter FILE[:SCALE] --ip-image FILE]... [--image-encoder DIR]\n"
             "                        [--refine --controlnet DIR[:SCALE] [--refine-size 1024] [--refine-steps 4]\n"
             "                         [--refine-prompt TEXT] [--refine-negative-prompt TEXT] [--refine-guidance 7.5]\n"
             "                         [--refine-strength 1.0]]\n\n"
@@ -66,6 +67,11 @@ static void generate_usage(FILE *f) {
             "as MultiControlNetModel); a --control-image belongs to the --controlnet just before it.\n"
             "A --controlnet without a --control-image is the refiner's ControlNet-Tile (--refine only).\n"
             "Each net's conditioning scale is its :SCALE, else --controlnet-scale (1.0).\n\n"
+            "IP-Adapter (SD-1.x/2.x; plain adapters, not yet \"plus\"): each --ip-adapter FILE (an\n"
+            "ip-adapter .safetensors in h94/IP-Adapter's layout) followed by its --ip-image FILE (PNG\n"
+            "or JPEG) is an image prompt, as diffusers' load_ip_adapter + set_ip_adapter_scale(SCALE,\n"
+            "default 1.0). --image-encoder DIR: a CLIPVisionModelWithProjection folder with its\n"
+            "preprocessor_config.json (default: the model folder's image_encoder/).\n\n"
             "--refine: then refine each image as `perflow refine` does (the ControlNet-Tile img2img\n"
             "refiner; see perflow refine --help) with the same model, delta, LoRAs, seed, prediction\n"
             "type, windows and tiling: the images are quantised to 8 bits first, as the PIL hand-over\n"
@@ -75,7 +81,8 @@ static void generate_usage(FILE *f) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_REFINE = 256, O_CONTROLNET, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH, O_CNSCALE,
-           O_TILING, O_MODEL_CONFIG, O_LORA, O_CONTROL_IMAGE, O_PROMPT2, O_NEG2, O_ORIG, O_CROP, O_TARGET };
+           O_TILING, O_MODEL_CONFIG, O_LORA, O_CONTROL_IMAGE, O_PROMPT2, O_NEG2, O_ORIG, O_CROP, O_TARGET,
+           O_IP_ADAPTER, O_IP_IMAGE, O_IMAGE_ENCODER };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"delta", required_argument, 0, 'd'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
@@ -97,6 +104,8 @@ int cmd_generate(int argc, char **argv) {
         {"prompt-2", required_argument, 0, O_PROMPT2}, {"negative-prompt-2", required_argument, 0, O_NEG2},
         {"original-size", required_argument, 0, O_ORIG}, {"crop-coords", required_argument, 0, O_CROP},
         {"target-size", required_argument, 0, O_TARGET},
+        {"ip-adapter", required_argument, 0, O_IP_ADAPTER}, {"ip-image", required_argument, 0, O_IP_IMAGE},
+        {"image-encoder", required_argument, 0, O_IMAGE_ENCODER},
         {0, 0, 0, 0},
     };
     pf_request rq; /* what the flags set; pf_request_resolve decides the rest */
@@ -111,6 +120,8 @@ int cmd_generate(int argc, char **argv) {
     pf_cli_model m;
     pf_cli_model_init(&m);
     pf_cli_controls nets = {0};
+    pf_cli_ips ipa = {0};
+    pf_ip_image ip_images[PF_MAX_IP_ADAPTERS];
     pf_backend *be = NULL;
     pf_pipeline *pipe = NULL;
     float *images = NULL;
@@ -123,6 +134,9 @@ int cmd_generate(int argc, char **argv) {
         case O_MODEL_CONFIG: m.spec.model_config = optarg; break;
         case O_LORA: if (pf_cli_model_add_lora(&m, optarg)) goto done; break;
         case O_CONTROL_IMAGE: if (pf_cli_controls_add_image(&nets, optarg)) goto done; break;
+        case O_IP_ADAPTER: if (pf_cli_ips_add_adapter(&ipa, optarg)) goto done; break;
+        case O_IP_IMAGE: if (pf_cli_ips_add_image(&ipa, optarg)) goto done; break;
+        case O_IMAGE_ENCODER: ipa.encoder = optarg; break;
         case 'p': prm->prompt = optarg; break;
         case 'n': prm->negative_prompt = optarg; break;
         case 'o': out = optarg; break;
@@ -203,6 +217,8 @@ int cmd_generate(int argc, char **argv) {
                                &prm->n_controls, &err))
         goto done;
     prm->controls = controls;
+    if (pf_cli_ips_attach(&ipa, pipe, m.spec.model, ip_images, &prm->n_ip, &err)) goto done;
+    prm->ip_images = ip_images;
     /* the tile is net 0, which a refine stage without controls of its own takes;
      * everything the second stage needs is checked before the first runs */
     for (int i = 0; i < nets.n; i++)
@@ -248,6 +264,7 @@ done:
     pf_pipeline_free(pipe);
     pf_backend_free(be);
     pf_cli_controls_free(&nets);
+    pf_cli_ips_free(&ipa);
     pf_cli_model_free(&m);
     return rc;
 }

@@ -6,27 +6,18 @@
 
 #include <string.h>
 
+#include "clip_layer.h"
 #include "config.h"
 #include "convert.h"
 #include "model_dir.h"
 
-typedef struct clip_layer {          /* CLIPEncoderLayer */
-    pf_tensor *ln1_w, *ln1_b;        /* layer_norm1 (D) */
-    pf_tensor *q_w, *q_b;            /* self_attn.q_proj (D, D), (D) */
-    pf_tensor *k_w, *k_b;            /* self_attn.k_proj */
-    pf_tensor *v_w, *v_b;            /* self_attn.v_proj */
-    pf_tensor *o_w, *o_b;            /* self_attn.out_proj */
-    pf_tensor *ln2_w, *ln2_b;        /* layer_norm2 (D) */
-    pf_tensor *fc1_w, *fc1_b;        /* mlp.fc1 (I, D), (I) */
-    pf_tensor *fc2_w, *fc2_b;        /* mlp.fc2 (D, I), (D) */
-} clip_layer;
 
 struct pf_clip_text_model {
     pf_clip_text_config cfg;
     pf_backend *be;
     pf_tensor *token_embedding;      /* (V, D) */
     pf_tensor *position_embedding;   /* (P, D) */
-    clip_layer *layers;              /* num_hidden_layers */
+    pf_clip_layer *layers;              /* num_hidden_layers */
     pf_tensor *final_ln_w, *final_ln_b; /* (D) */
     pf_tensor *projection;           /* text_projection (P, D), no bias; NULL: CLIPTextModel */
 };
@@ -82,10 +73,7 @@ void pf_clip_text_model_free(pf_clip_text_model *m) {
     if (!m) return;
     pf_free(m->token_embedding);
     pf_free(m->position_embedding);
-    for (int i = 0; m->layers && i < m->cfg.num_hidden_layers; i++) {
-        pf_tensor **t = (pf_tensor **)&m->layers[i];
-        for (size_t k = 0; k < sizeof(clip_layer) / sizeof(pf_tensor *); k++) pf_free(t[k]);
-    }
+    for (int i = 0; m->layers && i < m->cfg.num_hidden_layers; i++) pf_clip_layer_free(&m->layers[i]);
     free(m->layers);
     pf_free(m->final_ln_w);
     pf_free(m->final_ln_b);
@@ -104,7 +92,7 @@ int pf_clip_text_model_load(pf_clip_text_model **out, pf_backend *be, const pf_c
     m->cfg = *cfg;
     m->be = be;
     const int64_t D = cfg->hidden_size, I = cfg->intermediate_size;
-    const int64_t vec_d[] = {D}, mat_dd[] = {D, D}, vec_i[] = {I}, mat_id[] = {I, D}, mat_di[] = {D, I};
+    const int64_t vec_d[] = {D};
 #define LOAD(dst, shape, ...)                                                                  \
     do {                                                                                       \
         if (!((dst) = pf_weights_loadf(w, be, err, sizeof(shape) / sizeof(int64_t), shape, __VA_ARGS__))) \
@@ -113,28 +101,9 @@ int pf_clip_text_model_load(pf_clip_text_model **out, pf_backend *be, const pf_c
     LOAD(m->token_embedding, ((int64_t[]){cfg->vocab_size, D}), "%sembeddings.token_embedding.weight", prefix);
     LOAD(m->position_embedding, ((int64_t[]){cfg->max_position_embeddings, D}),
          "%sembeddings.position_embedding.weight", prefix);
-    m->layers = PF_CALLOC((size_t)cfg->num_hidden_layers, sizeof(clip_layer));
-    for (int i = 0; i < cfg->num_hidden_layers; i++) {
-        clip_layer *l = &m->layers[i];
-        char p[256];
-        snprintf(p, sizeof p, "%sencoder.layers.%d.", prefix, i);
-        LOAD(l->ln1_w, vec_d, "%slayer_norm1.weight", p);
-        LOAD(l->ln1_b, vec_d, "%slayer_norm1.bias", p);
-        LOAD(l->q_w, mat_dd, "%sself_attn.q_proj.weight", p);
-        LOAD(l->q_b, vec_d, "%sself_attn.q_proj.bias", p);
-        LOAD(l->k_w, mat_dd, "%sself_attn.k_proj.weight", p);
-        LOAD(l->k_b, vec_d, "%sself_attn.k_proj.bias", p);
-        LOAD(l->v_w, mat_dd, "%sself_attn.v_proj.weight", p);
-        LOAD(l->v_b, vec_d, "%sself_attn.v_proj.bias", p);
-        LOAD(l->o_w, mat_dd, "%sself_attn.out_proj.weight", p);
-        LOAD(l->o_b, vec_d, "%sself_attn.out_proj.bias", p);
-        LOAD(l->ln2_w, vec_d, "%slayer_norm2.weight", p);
-        LOAD(l->ln2_b, vec_d, "%slayer_norm2.bias", p);
-        LOAD(l->fc1_w, mat_id, "%smlp.fc1.weight", p);
-        LOAD(l->fc1_b, vec_i, "%smlp.fc1.bias", p);
-        LOAD(l->fc2_w, mat_di, "%smlp.fc2.weight", p);
-        LOAD(l->fc2_b, vec_d, "%smlp.fc2.bias", p);
-    }
+    m->layers = PF_CALLOC((size_t)cfg->num_hidden_layers, sizeof(pf_clip_layer));
+    for (int i = 0; i < cfg->num_hidden_layers; i++)
+        if (pf_clip_layer_load(&m->layers[i], be, w, D, I, err, "%sencoder.layers.%d.", prefix, i)) goto fail;
     LOAD(m->final_ln_w, vec_d, "%sfinal_layer_norm.weight", prefix);
     LOAD(m->final_ln_b, vec_d, "%sfinal_layer_norm.bias", prefix);
     /* CLIPTextModelWithProjection keeps text_projection beside text_model */
@@ -170,24 +139,6 @@ int pf_clip_text_model_load_component(pf_clip_text_model **out, pf_backend *be, 
 
 int pf_clip_text_model_load_dir(pf_clip_text_model **out, pf_backend *be, const char *model_dir, pf_error *err) {
     return pf_clip_text_model_load_component(out, be, model_dir, "text_encoder", err);
-}
-
-/* CLIPEncoderLayer.forward: x = x + attn(ln1(x)); x = x + mlp(ln2(x)).
- * x: (B, L, D), updated in place; tmp_*: scratch of the shapes noted. */
-static void encoder_layer(const pf_clip_text_model *m, const clip_layer *l, pf_tensor *x, pf_tensor *h,
-                          pf_tensor *q, pf_tensor *k, pf_tensor *v, pf_tensor *a, pf_tensor *mlp) {
-    pf_layer_norm(h, x, l->ln1_w, l->ln1_b, m->cfg.layer_norm_eps);   /* (B, L, D) */
-    pf_linear(q, h, l->q_w, l->q_b);                                   /* (B, L, D) */
-    pf_linear(k, h, l->k_w, l->k_b);                                   /* (B, L, D) */
-    pf_linear(v, h, l->v_w, l->v_b);                                   /* (B, L, D) */
-    pf_attention(a, q, k, v, m->cfg.num_attention_heads, 1);           /* (B, L, D), causal */
-    pf_linear(h, a, l->o_w, l->o_b);                                   /* (B, L, D) */
-    pf_add(x, x, h);
-    pf_layer_norm(h, x, l->ln2_w, l->ln2_b, m->cfg.layer_norm_eps);   /* (B, L, D) */
-    pf_linear(mlp, h, l->fc1_w, l->fc1_b);                             /* (B, L, I) */
-    pf_activation(mlp, mlp, m->cfg.hidden_act);
-    pf_linear(h, mlp, l->fc2_w, l->fc2_b);                             /* (B, L, D) */
-    pf_add(x, x, h);
 }
 
 int pf_clip_text_model_forward(pf_clip_text_model *m, pf_tensor *out, const int32_t *ids, int B, int L,
@@ -244,7 +195,8 @@ int pf_clip_text_model_encode(pf_clip_text_model *m, const int32_t *ids, int B, 
     /* a pooled embedding needs every layer; the hidden state may be an earlier one */
     const int run = pooled ? c->num_hidden_layers : layers;
     for (int i = 0; i < run; i++) {
-        encoder_layer(m, &m->layers[i], x, h, q, k, v, a, mlp);
+        pf_clip_layer_forward(&m->layers[i], x, h, q, k, v, a, mlp, c->num_attention_heads, c->layer_norm_eps,
+                              c->hidden_act, 1);
         if (hidden && i + 1 == layers) {
             if (final_norm)
                 pf_layer_norm(hidden, x, m->final_ln_w, m->final_ln_b, c->layer_norm_eps);

@@ -151,3 +151,32 @@ int pf_config_str_at(const pf_config *c, const char *key, int i, char *out, size
     if (!json_is_string(v)) return pf_fail(err, "%s: \"%s\"[%d] must be a string", c->path, key, i);
     return copy_str(c, key, json_string_value(v), out, n, err);
 }
+
+int pf_config_num_list(const pf_config *c, const char *key, const double *def, double *out, int count,
+                       pf_error *err) {
+    json_t *v = get(c, key);
+    if (!v) {
+        for (int i = 0; i < count; i++) out[i] = def[i];
+        return 0;
+    }
+    if (!json_is_array(v) || (int)json_array_size(v) != count)
+        return pf_fail(err, "%s: \"%s\" must be a list of %d numbers", c->path, key, count);
+    for (int i = 0; i < count; i++) {
+        json_t *e = json_array_get(v, (size_t)i);
+        if (!json_is_number(e) || !isfinite(json_number_value(e)))
+            return pf_fail(err, "%s: \"%s\"[%d] must be a finite number", c->path, key, i);
+        out[i] = json_number_value(e);
+    }
+    return 0;
+}
+
+int pf_config_int_field(const pf_config *c, const char *key, const char *field, long def, long lo, long hi,
+                        long *out, pf_error *err) {
+    json_t *v = get(c, key);
+    if (v && json_is_object(v)) {
+        json_t *f = json_object_get(v, field);
+        if (!f) return pf_fail(err, "%s: \"%s\" has no \"%s\"", c->path, key, field);
+        return int_value(c, field, f, lo, hi, out, err);
+    }
+    return pf_config_int(c, key, def, lo, hi, out, err);
+}

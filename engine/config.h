@@ -35,4 +35,12 @@ int pf_config_list_len(const pf_config *c, const char *key, int max, int *out, p
 /* Element i of a list of strings. */
 int pf_config_str_at(const pf_config *c, const char *key, int i, char *out, size_t n, pf_error *err);
 
+/* A list of `count` finite numbers (absent: def[0..count)). */
+int pf_config_num_list(const pf_config *c, const char *key, const double *def, double *out, int count,
+                       pf_error *err);
+/* An integer that may also be written as an object holding it under `field`
+ * (transformers' image processors: "size": 224 or {"shortest_edge": 224}). */
+int pf_config_int_field(const pf_config *c, const char *key, const char *field, long def, long lo, long hi,
+                        long *out, pf_error *err);
+
 #endif

@@ -7,7 +7,9 @@
 
 #include "checkpoint.h"
 #include "clip.h"
+#include "clip_vision.h"
 #include "controlnet.h"
+#include "ip_adapter.h"
 #include "resize.h"
 #include "rng.h"
 #include "tokenizer.h"
@@ -27,6 +29,9 @@ struct pf_pipeline {
     pf_backend *vae_be;              /* owned: the VAE's float32 backend beside a float16 model, or NULL */
     pf_controlnet *nets[PF_MAX_CONTROLS]; /* attached ControlNets (pf_pipeline_set_controlnets) */
     int n_nets;
+    pf_clip_vision *image_encoder;   /* IP-Adapter's, with the adapters (pf_pipeline_set_ip_adapters) */
+    pf_ip_adapter *ips[PF_MAX_IP_ADAPTERS];
+    int n_ips;
     pf_perflow_config sched;   /* from scheduler/scheduler_config.json */
 };
 
@@ -49,6 +54,8 @@ void pf_pipeline_free(pf_pipeline *p) {
     pf_vae_free(p->vae);
     if (p->vae_be) pf_backend_free(p->vae_be);
     for (int i = 0; i < p->n_nets; i++) pf_controlnet_free(p->nets[i]);
+    for (int i = 0; i < p->n_ips; i++) pf_ip_adapter_free(p->ips[i]);
+    pf_clip_vision_free(p->image_encoder);
     free(p);
 }
 
@@ -145,6 +152,18 @@ int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_erro
     if (prm->clip_skip < 0 || prm->clip_skip >= pf_clip_text_model_config(p->text_encoder)->num_hidden_layers)
         return pf_fail(err, "clip_skip must be in [0, %d)", pf_clip_text_model_config(p->text_encoder)->num_hidden_layers);
     if (controls_check(p, prm->controls, prm->n_controls, 0, 1, err)) return -1;
+    if (prm->n_ip && p->family != PF_FAMILY_SD)
+        return pf_fail(err, "IP-Adapter on an SDXL model is not supported yet (SD-1.x/2.x only)");
+    if (prm->n_ip && prm->n_ip != p->n_ips)
+        return pf_fail(err, "%d image prompts for %d attached IP-Adapters (one image each)", prm->n_ip, p->n_ips);
+    for (int i = 0; i < prm->n_ip; i++) {
+        const pf_ip_image *q = &prm->ip_images[i];
+        if (q->adapter != i) return pf_fail(err, "image prompt %d names adapter %d (one per adapter, in order)", i, q->adapter);
+        if (!q->image || q->image_width < 1 || q->image_height < 1)
+            return pf_fail(err, "image prompt %d has no image", i);
+        if (!(q->scale == q->scale) || q->scale < -100.0f || q->scale > 100.0f)
+            return pf_fail(err, "image prompt %d: scale %g outside [-100, 100]", i, (double)q->scale);
+    }
     for (int k = 0; k < 2; k++) /* SDXL's time ids: sizes positive when given, crops not negative */
         if (prm->original_size[k] < 0 || prm->original_size[k] > 16384 || prm->target_size[k] < 0 ||
             prm->target_size[k] > 16384 || prm->crop_coords[k] < 0 || prm->crop_coords[k] > 16384)
@@ -253,7 +272,8 @@ int pf_txt2img_batchable(const pf_pipeline *p, const pf_txt2img_params *a, const
     return a->width == b->width && a->height == b->height && a->steps == b->steps && a->guidance == b->guidance &&
            a->clip_skip == b->clip_skip && ca.prediction_type == cb.prediction_type &&
            ca.num_time_windows == cb.num_time_windows && a->vae_tiling == b->vae_tiling &&
-           controls_agree(a->controls, a->n_controls, b->controls, b->n_controls);
+           controls_agree(a->controls, a->n_controls, b->controls, b->n_controls) &&
+           (a == b || (!a->n_ip && !b->n_ip)); /* image prompts run alone */
 }
 
 int pf_pipeline_txt2img(pf_pipeline *p, const pf_txt2img_params *prm, float *images, pf_error *err) {
@@ -272,6 +292,8 @@ typedef struct denoise_run {
     float scales[PF_MAX_CONTROLS];   /* controlnet_conditioning_scale of each */
     pf_tensor *pooled;               /* SDXL: (BB, P) add_text_embeds, or NULL */
     float *time_ids;                 /* SDXL: BB x 6 add_time_ids (host) */
+    pf_unet_ip ip[PF_MAX_IP_ADAPTERS]; /* image prompts: tokens (BB, N, X) owned by the run */
+    int n_ip;
     float *latents;                  /* (B, C, h, w) host, updated in place */
     int B, C, h, w;
     int cfg_on;
@@ -308,7 +330,7 @@ static int control_residuals(const denoise_run *r, pf_tensor **down, pf_tensor *
     const int nres = pf_controlnet_num_residuals(r->nets[0]);
     pf_tensor *d[64], *m;
     PF_CHECK(nres <= 64);
-    pf_unet_added added = {r->pooled, r->time_ids}; /* SDXL's, as the UNet's (guess mode off) */
+    pf_unet_added added = {r->pooled, r->time_ids, NULL, 0}; /* SDXL's, as the UNet's (guess mode off) */
     for (int c = 0; c < r->n_ctrl; c++) {
         if (pf_controlnet_forward(r->nets[c], c ? d : down, c ? &m : mid, x, times, r->ctx,
                                   r->pooled ? &added : NULL, r->conds[c], r->scales[c], err)) {
@@ -361,8 +383,8 @@ static int denoise(pf_pipeline *p, const denoise_run *r, pf_error *err) {
             rc = -1;
             break;
         }
-        pf_unet_added added = {r->pooled, r->time_ids};
-        rc = pf_unet_forward_added(p->unet, noise, x, times, r->ctx, r->pooled ? &added : NULL,
+        pf_unet_added added = {r->pooled, r->time_ids, r->ip, r->n_ip};
+        rc = pf_unet_forward_added(p->unet, noise, x, times, r->ctx, r->pooled || r->n_ip ? &added : NULL,
                                    (const pf_tensor *const *)(nres ? down : NULL), mid, err);
         for (int k = 0; k < nres; k++) {
             pf_free(down[k]);
@@ -556,10 +578,34 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
         free(host);
     }
 
+    /* prepare_ip_adapter_image_embeds: each adapter's image_embeds for every
+     * image, zeros for the unconditional rows; encoder_hid_proj makes the tokens */
+    for (int i = 0; i < prm->n_ip; i++) {
+        const pf_ip_adapter *a = p->ips[i];
+        const pf_ip_image *q = &prm->ip_images[i];
+        const int E = a->embed_dim;
+        float *host = PF_CALLOC((size_t)BB * E, sizeof *host);
+        if (pf_clip_vision_embed(p->image_encoder, host + (size_t)(cfg_on ? B : 0) * E, q->image, q->image_width,
+                                 q->image_height, err)) {
+            free(host);
+            goto done;
+        }
+        for (int b = 1; b < B; b++) memcpy(host + (size_t)((cfg_on ? B : 0) + b) * E, host + (size_t)(cfg_on ? B : 0) * E, (size_t)E * sizeof *host);
+        pf_tensor *emb = pf_from_host(be, 2, (int64_t[]){BB, E}, host); /* (BB, E) */
+        free(host);
+        r.ip[i].tokens = pf_ip_adapter_project(a, emb);                 /* (BB, N, X) */
+        pf_free(emb);
+        r.ip[i].to_k_ip = a->to_k_ip;
+        r.ip[i].to_v_ip = a->to_v_ip;
+        r.ip[i].scale = q->scale;
+        r.n_ip = i + 1;
+    }
+
     /* 7. denoising loop; 8. decode */
     rc = denoise(p, &r, err);
     if (rc == 0) rc = decode_images(p, images, latents, B, C, h, w, prm->vae_tiling, err);
 done:
+    for (int i = 0; i < r.n_ip; i++) pf_free((pf_tensor *)r.ip[i].tokens);
     for (int c = 0; c < PF_MAX_CONTROLS; c++) pf_free(r.conds[c]);
     pf_free(r.pooled);
     free(r.time_ids);
@@ -601,6 +647,41 @@ int pf_pipeline_set_controlnets(pf_pipeline *p, const char *const *dirs, int n, 
 int pf_pipeline_set_controlnet(pf_pipeline *p, const char *controlnet_dir, pf_error *err) {
     return pf_pipeline_set_controlnets(p, &controlnet_dir, controlnet_dir ? 1 : 0, err);
 }
+
+int pf_pipeline_set_ip_adapters(pf_pipeline *p, const char *const *files, int n, const char *image_encoder_dir,
+                                pf_error *err) {
+    if (n < 0 || n > PF_MAX_IP_ADAPTERS) return pf_fail(err, "%d IP-Adapters: at most %d", n, PF_MAX_IP_ADAPTERS);
+    pf_ip_adapter *ips[PF_MAX_IP_ADAPTERS] = {0};
+    pf_clip_vision *enc = NULL;
+    if (n) {
+        if (p->family != PF_FAMILY_SD)
+            return pf_fail(err, "IP-Adapter on an SDXL model is not supported yet (SD-1.x/2.x only)");
+        if (!image_encoder_dir)
+            return pf_fail(err, "IP-Adapter needs an image encoder (--image-encoder DIR, or the model's image_encoder/)");
+        if (pf_clip_vision_load_dir(&enc, p->be, image_encoder_dir, err)) return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (pf_ip_adapter_load(&ips[i], p->be, files[i], p->unet, err)) goto fail;
+        const int E = pf_clip_vision_get_config(enc)->projection_dim;
+        if (ips[i]->embed_dim != E) {
+            pf_fail(err, "ip-adapter %s takes %d-wide image embeddings but image encoder %s gives %d (projection_dim)",
+                    files[i], ips[i]->embed_dim, image_encoder_dir, E);
+            goto fail;
+        }
+    }
+    for (int i = 0; i < p->n_ips; i++) pf_ip_adapter_free(p->ips[i]);
+    pf_clip_vision_free(p->image_encoder);
+    memcpy(p->ips, ips, sizeof ips);
+    p->n_ips = n;
+    p->image_encoder = enc;
+    return 0;
+fail:
+    for (int i = 0; i < n; i++) pf_ip_adapter_free(ips[i]);
+    pf_clip_vision_free(enc);
+    return -1;
+}
+
+int pf_pipeline_num_ip_adapters(const pf_pipeline *p) { return p->n_ips; }
 
 int pf_pipeline_num_controlnets(const pf_pipeline *p) { return p->n_nets; }
 

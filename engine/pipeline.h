@@ -33,6 +33,18 @@ typedef struct pf_control {
 
 #define PF_MAX_CONTROLS 8
 
+/* One image prompt (IP-Adapter): adapter indexes the attached adapters
+ * (pf_pipeline_set_ip_adapters); the image is 8-bit RGB of any size, prepared
+ * by the image encoder's CLIPImageProcessor. */
+typedef struct pf_ip_image {
+    int adapter;
+    const uint8_t *image;        /* image_width x image_height x 3 */
+    int image_width, image_height;
+    float scale;                 /* set_ip_adapter_scale of this adapter */
+} pf_ip_image;
+
+#define PF_MAX_IP_ADAPTERS 4
+
 typedef struct pf_txt2img_params {
     const char *prompt;          /* UTF-8 */
     const char *negative_prompt; /* NULL or "": the empty prompt, still encoded (as diffusers) */
@@ -58,6 +70,10 @@ typedef struct pf_txt2img_params {
      * every image of the run takes the same condition images. */
     const pf_control *controls;
     int n_controls;              /* 0..PF_MAX_CONTROLS */
+    /* diffusers' load_ip_adapter + set_ip_adapter_scale when n_ip > 0: one image
+     * per attached adapter, in adapter order (SD-1.x/2.x only for now). */
+    const pf_ip_image *ip_images;
+    int n_ip;                    /* 0, or pf_pipeline_num_ip_adapters */
     /* Called after each step (may be NULL). */
     void (*progress)(void *user, int step, int total);
     /* Called before each step (may be NULL); non-zero stops the run with PF_CANCELLED. */
@@ -174,6 +190,15 @@ int pf_pipeline_set_controlnet(pf_pipeline *p, const char *controlnet_dir, pf_er
 /* Number of attached ControlNets; pf_pipeline_has_controlnet: it is not 0. */
 int pf_pipeline_num_controlnets(const pf_pipeline *p);
 int pf_pipeline_has_controlnet(const pf_pipeline *p);
+
+/* Loads IP-Adapter files (pf_ip_adapter_load) and the image encoder folder
+ * (a CLIPVisionModelWithProjection with its preprocessor_config.json) and
+ * attaches them as adapters 0..n-1, replacing any earlier ones; each adapter
+ * must fit the UNet and take the encoder's image_embeds width (else a one-line
+ * error naming both). n 0 detaches all. On error the pipeline keeps what it had. */
+int pf_pipeline_set_ip_adapters(pf_pipeline *p, const char *const *files, int n, const char *image_encoder_dir,
+                                pf_error *err);
+int pf_pipeline_num_ip_adapters(const pf_pipeline *p);
 
 /* The refined image's size for a w x h input: pf_refine_size(w, h, size) when
  * size > 0, else w x h. */

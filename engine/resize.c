@@ -1,4 +1,4 @@
-/* resize.c - Lanczos resizing of 8-bit RGB exactly as Pillow resizes (its
+/* resize.c - Lanczos and bicubic resizing of 8-bit RGB exactly as Pillow resizes (its
  * libImaging/Resample.c, written afresh here), and the refiner's size rule.
  *
  * Equality with Pillow is a matter of doing the same arithmetic in the same order,
@@ -12,7 +12,8 @@
  *     both truncated toward zero and clipped to the image; weight i is
  *     lanczos((i + first - centre + 0.5) / max(scale, 1)) (the division done as a
  *     product with the reciprocal), lanczos(x) = sinc(x) sinc(x / 3) on [-3, 3),
- *     sinc(x) = sin(pi x) / (pi x); the weights are divided (not multiplied by
+ *     sinc(x) = sin(pi x) / (pi x) (bicubic: support 2, Pillow's bicubic_filter,
+ *     a = -0.5, in place of lanczos); the weights are divided (not multiplied by
  *     the reciprocal) by their sum, in order.
  *   - Weights become fixed point with FIXED_BITS fractional bits, rounded half
  *     away from zero; a sample is 2^(FIXED_BITS - 1) + sum(pixel * weight) in
@@ -41,6 +42,23 @@ static double sinc(double x) {
 
 static double lanczos3(double x) { return -3.0 <= x && x < 3.0 ? sinc(x) * sinc(x / 3) : 0.0; }
 
+/* Pillow's bicubic_filter: Keys' cubic with a = -0.5 on [-2, 2]. */
+static double bicubic(double x) {
+    const double a = -0.5;
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+/* A resampling filter and its support in source samples at scale 1. */
+typedef struct filter {
+    double (*fn)(double);
+    double support;
+} filter;
+
+static const filter LANCZOS = {lanczos3, 3.0}, BICUBIC = {bicubic, 2.0};
+
 /* The taps of one axis: output sample o reads count[o] source samples from
  * first[o], weighted by w[o * stride ...]. */
 typedef struct taps {
@@ -57,10 +75,10 @@ static void taps_free(taps *t) {
 
 /* Taps for resizing an axis of in samples to out. Returns 0, or -1 with err
  * when memory runs out (t then needs no freeing). */
-static int taps_make(taps *t, int in, int out, pf_error *err) {
+static int taps_make(taps *t, int in, int out, const filter *f, pf_error *err) {
     double scale = (double)(float)in / out;
     double fscale = scale < 1.0 ? 1.0 : scale;
-    double support = 3.0 * fscale, inv = 1.0 / fscale;
+    double support = f->support * fscale, inv = 1.0 / fscale;
     int stride = (int)ceil(support) * 2 + 1;
     t->stride = stride;
     t->first = malloc((size_t)out * sizeof *t->first);
@@ -81,7 +99,7 @@ static int taps_make(taps *t, int in, int out, pf_error *err) {
         PF_CHECK(n >= 1 && n <= stride);
         double sum = 0.0;
         for (int i = 0; i < n; i++) {
-            k[i] = lanczos3((i + lo - centre + 0.5) * inv);
+            k[i] = f->fn((i + lo - centre + 0.5) * inv);
             sum += k[i];
         }
         int32_t *w = t->w + (size_t)o * stride;
@@ -141,7 +159,9 @@ static void pass_vertical(uint8_t *dst, int dh, const uint8_t *src, int w, const
     }
 }
 
-int pf_resize_lanczos(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, int sh, pf_error *err) {
+/* Both filters' resize: Pillow's ImagingResample for an RGB image. */
+static int resize_with(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, int sh, const filter *f,
+                       pf_error *err) {
     if (sw < 1 || sh < 1 || dw < 1 || dh < 1 || sw > PF_IMAGE_MAX_SIDE || sh > PF_IMAGE_MAX_SIDE ||
         dw > PF_IMAGE_MAX_SIDE || dh > PF_IMAGE_MAX_SIDE)
         return pf_fail(err, "resize: %dx%d to %dx%d: sizes must be 1 to %d", sw, sh, dw, dh, PF_IMAGE_MAX_SIDE);
@@ -151,8 +171,8 @@ int pf_resize_lanczos(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, 
         return 0;
     }
     taps th = {0}, tv = {0};
-    if (need_h && taps_make(&th, sw, dw, err)) return -1;
-    if (need_v && taps_make(&tv, sh, dh, err)) {
+    if (need_h && taps_make(&th, sw, dw, f, err)) return -1;
+    if (need_v && taps_make(&tv, sh, dh, f, err)) {
         taps_free(&th);
         return -1;
     }
@@ -179,6 +199,14 @@ int pf_resize_lanczos(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, 
     taps_free(&th);
     taps_free(&tv);
     return rc;
+}
+
+int pf_resize_lanczos(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, int sh, pf_error *err) {
+    return resize_with(dst, dw, dh, src, sw, sh, &LANCZOS, err);
+}
+
+int pf_resize_bicubic(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, int sh, pf_error *err) {
+    return resize_with(dst, dw, dh, src, sw, sh, &BICUBIC, err);
 }
 
 /* One side: int(round(side * k / 64.0)) * 64. nearbyint in the default rounding

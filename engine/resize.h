@@ -1,5 +1,5 @@
-/* resize.h - Lanczos resizing of 8-bit RGB images, equal byte for byte to Pillow's
- * Image.resize(size, Image.LANCZOS), and the refiner's choice of output size. */
+/* resize.h - Lanczos and bicubic resizing of 8-bit RGB images, equal byte for byte to
+ * Pillow's Image.resize(size, Image.LANCZOS / Image.BICUBIC), and the refiner's choice of output size. */
 #ifndef PF_RESIZE_H
 #define PF_RESIZE_H
 
@@ -21,6 +21,10 @@
  * Returns 0, or -1 with err set when a size is not 1..PF_IMAGE_MAX_SIDE or memory
  * runs out (dst is then unspecified). */
 int pf_resize_lanczos(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, int sh, pf_error *err);
+
+/* The same with Pillow's Image.BICUBIC (support 2, a = -0.5, the rest as for
+ * Lanczos): what transformers' CLIPImageProcessor resizes with (resample=3). */
+int pf_resize_bicubic(uint8_t *dst, int dw, int dh, const uint8_t *src, int sw, int sh, pf_error *err);
 
 /* The size the refiner works at for a w x h input, by the original PeRFlow rule:
  * k = target / min(w, h), then each side becomes int(round(side * k / 64.0)) * 64,

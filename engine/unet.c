@@ -47,6 +47,7 @@ typedef struct tblock {              /* diffusers BasicTransformerBlock (attenti
     pf_tensor *norm3_w, *norm3_b;    /* (C) */
     pf_tensor *ff_in_w, *ff_in_b;    /* ff.net.0.proj (8C, C), (8C): GEGLU's projection */
     pf_tensor *ff_out_w, *ff_out_b;  /* ff.net.2 (C, 4C), (C) */
+    int xattn;                       /* attn2's place in diffusers' attn_processors order (IP-Adapter) */
 } tblock;
 
 typedef struct transformer {         /* diffusers Transformer2DModel (transformer_2d.py) */
@@ -85,6 +86,8 @@ struct pf_unet {                     /* diffusers UNet2DConditionModel */
     unet_block up[PF_UNET_MAX_BLOCKS];
     pf_tensor *norm_out_w, *norm_out_b;  /* conv_norm_out (C0) */
     pf_tensor *conv_out_w, *conv_out_b;  /* (Cout, C0, 3, 3), (Cout) */
+    int num_xattn;                       /* cross-attentions (attn2), numbered by number_cross_attentions */
+    int *xattn_channels;                 /* (num_xattn) each one's query channels C */
 };
 
 /* ---- config ---- */
@@ -381,6 +384,7 @@ static void free_block(unet_block *b) {
 
 void pf_unet_free(pf_unet *m) {
     if (!m) return;
+    free(m->xattn_channels);
     for (int i = 0; i < m->cfg.num_blocks; i++) {
         free_block(&m->down[i]);
         free_block(&m->up[i]);
@@ -398,6 +402,35 @@ void pf_unet_free(pf_unet *m) {
 const pf_unet_config *pf_unet_get_config(const pf_unet *m) { return &m->cfg; }
 
 int pf_unet_num_skips(const pf_unet *m) { return m->num_skips; }
+
+/* Numbers every attn2 in the order of diffusers' unet.attn_processors (module
+ * registration order: down blocks, up blocks, then the mid block), the order
+ * IP-Adapter files number their to_k_ip / to_v_ip in. */
+static void number_cross_attentions(pf_unet *m) {
+    const int nb = m->cfg.num_blocks;
+    unet_block *blocks[2] = {m->down, m->up};
+    for (int pass = 0; pass < 2; pass++) { /* count, then number */
+        int n = 0;
+        for (int half = 0; half < 2; half++)
+            for (int i = 0; i < nb; i++)
+                for (int k = 0; blocks[half][i].attns && k < blocks[half][i].layers; k++)
+                    for (int b = 0; b < blocks[half][i].attns[k].layers; b++, n++)
+                        if (pass) {
+                            blocks[half][i].attns[k].blocks[b].xattn = n;
+                            m->xattn_channels[n] = blocks[half][i].attns[k].channels;
+                        }
+        for (int b = 0; b < m->mid_attn.layers; b++, n++)
+            if (pass) {
+                m->mid_attn.blocks[b].xattn = n;
+                m->xattn_channels[n] = m->mid_attn.channels;
+            }
+        if (!pass) m->xattn_channels = PF_CALLOC((size_t)n + 1, sizeof(int));
+        m->num_xattn = n;
+    }
+}
+
+int pf_unet_num_cross_attentions(const pf_unet *m) { return m->num_xattn; }
+int pf_unet_cross_attention_channels(const pf_unet *m, int i) { return m->xattn_channels[i]; }
 
 /* Builds the module tree exactly as UNet2DConditionModel.__init__ does: up block j
  * mirrors down block nb-1-j (reversed channel, head and layer lists), has one more
@@ -491,6 +524,7 @@ static int unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, p
         pf_unet_free(m);
         return -1;
     }
+    number_cross_attentions(m);
     *out = m;
     return 0;
 }
@@ -614,10 +648,33 @@ static void attention_forward(const attention *a, pf_tensor *y, const pf_tensor 
     pf_linear(y, o, a->o_w, a->o_b);                               /* (B, L, C) */
 }
 
+/* IPAdapterAttnProcessor2_0's part of a cross-attention: for each adapter,
+ * o += scale * sdpa(q, to_k_ip(tokens), to_v_ip(tokens)), in adapter order,
+ * before to_out (diffusers skips an adapter whose scale is 0). q, o (B, L, C). */
+static void ip_attention(const pf_unet_added *added, int xattn, pf_tensor *o, const pf_tensor *q, int heads) {
+    for (int i = 0; added && i < added->n_ip; i++) {
+        const pf_unet_ip *ip = &added->ip[i];
+        if (ip->scale == 0.0f) continue;
+        pf_backend *be = o->be;
+        const int64_t B = q->shape[0], C = q->shape[2], N = ip->tokens->shape[1];
+        pf_tensor *k = pf_new3(be, B, N, C), *v = pf_new3(be, B, N, C), *a = pf_new_like(o);
+        pf_linear(k, ip->tokens, ip->to_k_ip[xattn], NULL);        /* (B, N, C) */
+        pf_linear(v, ip->tokens, ip->to_v_ip[xattn], NULL);        /* (B, N, C) */
+        pf_attention(a, q, k, v, heads, 0);                        /* (B, L, C) */
+        pf_scale(a, a, ip->scale, 0.0f);                           /* scale * current_ip_hidden_states */
+        pf_add(o, o, a);
+        pf_free(k);
+        pf_free(v);
+        pf_free(a);
+    }
+}
+
 /* Transformer2DModel.forward on continuous input, x (B, C, H, W) updated in place:
  * x += proj_out(blocks(proj_in(norm(x)) as (B, HW, C))) back in NCHW.
- * ctx (B, Lc, X) is encoder_hidden_states. */
-static void transformer_forward(const pf_unet *m, const transformer *t, pf_tensor *x, const pf_tensor *ctx) {
+ * ctx (B, Lc, X) is encoder_hidden_states; added's image prompts (or NULL) join
+ * each cross-attention as IP-Adapter's decoupled attention. */
+static void transformer_forward(const pf_unet *m, const transformer *t, pf_tensor *x, const pf_tensor *ctx,
+                                const pf_unet_added *added) {
     pf_backend *be = m->be;
     const int64_t B = x->shape[0], C = x->shape[1], L = x->shape[2] * x->shape[3], Lc = ctx->shape[1];
     const int nhwc[] = {0, 2, 1};
@@ -639,7 +696,16 @@ static void transformer_forward(const pf_unet *m, const transformer *t, pf_tenso
         attention_forward(&b->attn1, a, a, a, t->heads, q, k, v, o);      /* self: (B, L, C) */
         pf_add(h, h, a);
         pf_layer_norm(a, h, b->norm2_w, b->norm2_b, TRANSFORMER_LAYER_NORM_EPS);
-        attention_forward(&b->attn2, a, a, ctx, t->heads, q, kc, vc, o); /* cross: (B, L, C) */
+        if (added && added->n_ip) { /* attention_forward with the image prompts' attention beside */
+            pf_linear(q, a, b->attn2.q_w, NULL);                   /* (B, L, C) */
+            pf_linear(kc, ctx, b->attn2.k_w, NULL);                /* (B, Lc, C) */
+            pf_linear(vc, ctx, b->attn2.v_w, NULL);
+            pf_attention(o, q, kc, vc, t->heads, 0);               /* (B, L, C) */
+            ip_attention(added, b->xattn, o, q, t->heads);
+            pf_linear(a, o, b->attn2.o_w, b->attn2.o_b);
+        } else {
+            attention_forward(&b->attn2, a, a, ctx, t->heads, q, kc, vc, o); /* cross: (B, L, C) */
+        }
         pf_add(h, h, a);
         pf_layer_norm(a, h, b->norm3_w, b->norm3_b, TRANSFORMER_LAYER_NORM_EPS);
         pf_linear(ff, a, b->ff_in_w, b->ff_in_b);                  /* (B, L, 8C) */
@@ -720,8 +786,8 @@ pf_tensor *pf_unet_conv_in(const pf_unet *m, const pf_tensor *x) {
 }
 
 /* Every tensor h holds on the down path is also a skip, owned by skips[]. */
-pf_tensor *pf_unet_down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *temb, const pf_tensor *context,
-                            pf_tensor **skips) {
+static pf_tensor *down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *temb, const pf_tensor *context,
+                           const pf_unet_added *added, pf_tensor **skips) {
     const pf_unet_config *c = &m->cfg;
     const int nb = c->num_blocks;
     const int64_t B = h->shape[0];
@@ -731,7 +797,7 @@ pf_tensor *pf_unet_down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *tem
         const unet_block *d = &m->down[i];
         for (int k = 0; k < d->layers; k++) {
             pf_tensor *r = resnet_forward(m, &d->resnets[k], h, temb); /* (B, C[i], h, w) */
-            if (d->attns) transformer_forward(m, &d->attns[k], r, context);
+            if (d->attns) transformer_forward(m, &d->attns[k], r, context, added);
             skips[ns++] = h = r;
         }
         if (d->sample_w) { /* Downsample2D: stride 2 pad 1 rounds odd sides up */
@@ -743,10 +809,15 @@ pf_tensor *pf_unet_down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *tem
     PF_CHECK(ns == m->num_skips);
     /* UNetMidBlock2DCrossAttn: resnet, transformer, resnet */
     pf_tensor *r = resnet_forward(m, &m->mid_res[0], h, temb);     /* (B, Cm, h, w) */
-    transformer_forward(m, &m->mid_attn, r, context);
+    transformer_forward(m, &m->mid_attn, r, context, added);
     pf_tensor *mid = resnet_forward(m, &m->mid_res[1], r, temb);   /* (B, Cm, h, w) */
     pf_free(r);
     return mid;
+}
+
+pf_tensor *pf_unet_down_mid(const pf_unet *m, pf_tensor *h, const pf_tensor *temb, const pf_tensor *context,
+                            pf_tensor **skips) {
+    return down_mid(m, h, temb, context, NULL, skips);
 }
 
 int pf_unet_forward(pf_unet *m, pf_tensor *out, const pf_tensor *x, const float *timesteps, const pf_tensor *context,
@@ -782,6 +853,12 @@ int pf_unet_forward_added(pf_unet *m, pf_tensor *out, const pf_tensor *x, const 
             return pf_fail(err, "unet: text_embeds has shape %s, expected (%lld, %d)",
                            pf_shape_str(added->text_embeds, s1, sizeof s1), (long long)B, P);
     }
+    for (int i = 0; added && i < added->n_ip; i++) {
+        const pf_tensor *t = added->ip[i].tokens;
+        if (t->ndim != 3 || t->shape[0] != B || t->shape[2] != c->cross_attention_dim || t->shape[1] < 1)
+            return pf_fail(err, "unet: image prompt %d has shape %s, expected (%lld, N, %d)", i,
+                           pf_shape_str(t, s1, sizeof s1), (long long)B, c->cross_attention_dim);
+    }
     int64_t want[4];
     for (int s = 0; down_residuals && s < m->num_skips; s++) {
         skip_shape(m, s, B, H, W, want);
@@ -797,7 +874,7 @@ int pf_unet_forward_added(pf_unet *m, pf_tensor *out, const pf_tensor *x, const 
     pf_tensor *temb = pf_unet_time_embed(m, timesteps, B, c->text_time ? added : NULL); /* (B, T) */
     pf_tensor **skips = PF_CALLOC((size_t)m->num_skips, sizeof *skips);
     int ns = m->num_skips;
-    pf_tensor *h = pf_unet_down_mid(m, pf_unet_conv_in(m, x), temb, context, skips); /* (B, Cm, h, w) */
+    pf_tensor *h = down_mid(m, pf_unet_conv_in(m, x), temb, context, added, skips); /* (B, Cm, h, w) */
     /* ControlNet residuals join after the mid block has read its input (the last
      * skip), as diffusers adds them to copies of the skips. */
     for (int s = 0; down_residuals && s < ns; s++) pf_add(skips[s], skips[s], down_residuals[s]);
@@ -815,7 +892,7 @@ int pf_unet_forward_added(pf_unet *m, pf_tensor *out, const pf_tensor *x, const 
             skips[ns] = NULL;
             h = resnet_forward(m, &u->resnets[k], cat, temb);      /* (B, C[nb-1-j], h, w) */
             pf_free(cat);
-            if (u->attns) transformer_forward(m, &u->attns[k], h, context);
+            if (u->attns) transformer_forward(m, &u->attns[k], h, context, added);
         }
         if (u->sample_w) {
             /* Upsample2D: nearest to the size of the skip the next block pops

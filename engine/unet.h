@@ -40,10 +40,21 @@ typedef struct pf_unet_config {
     int add_embed_in;                           /* projection_class_embeddings_input_dim = P + 6 A */
 } pf_unet_config;
 
-/* SDXL's added_cond_kwargs (addition_embed_type "text_time"). */
+/* One IP-Adapter's image prompt in a UNet call (diffusers' IPAdapterAttnProcessor2_0
+ * of every cross-attention): its projected image tokens and its weights. */
+typedef struct pf_unet_ip {
+    const pf_tensor *tokens;                    /* (B, N, X): encoder_hid_proj(image_embeds) */
+    pf_tensor *const *to_k_ip, *const *to_v_ip; /* per cross-attention i (pf_unet_num_cross_attentions): (C_i, X) */
+    float scale;                                /* set_ip_adapter_scale */
+} pf_unet_ip;
+
+/* added_cond_kwargs: SDXL's (addition_embed_type "text_time") and the image
+ * prompts of IP-Adapters (any UNet; n_ip 0: none). */
 typedef struct pf_unet_added {
     const pf_tensor *text_embeds;               /* (B, P) pooled text embedding */
     const float *time_ids;                      /* B x 6 host floats: original (h, w), crop (top, left), target (h, w) */
+    const pf_unet_ip *ip;                       /* n_ip image prompts, summed in order */
+    int n_ip;
 } pf_unet_added;
 
 typedef struct pf_unet pf_unet;
@@ -65,6 +76,13 @@ int pf_unet_load(pf_unet **out, pf_backend *be, const pf_unet_config *cfg, pf_we
 int pf_unet_load_dir(pf_unet **out, pf_backend *be, const char *model_dir, const char *delta, pf_error *err);
 void pf_unet_free(pf_unet *m);
 const pf_unet_config *pf_unet_get_config(const pf_unet *m);
+
+/* The cross-attentions (attn2 of every BasicTransformerBlock) in diffusers'
+ * attn_processors order (down blocks, up blocks, mid block): IP-Adapter file
+ * key ip_adapter.{2i+1} belongs to cross-attention i, whose queries have
+ * pf_unet_cross_attention_channels(m, i) channels. */
+int pf_unet_num_cross_attentions(const pf_unet *m);
+int pf_unet_cross_attention_channels(const pf_unet *m, int i);
 
 /* Number of down-path skip tensors (diffusers' down_block_res_samples): the
  * length of down_residuals in pf_unet_forward. */

@@ -182,7 +182,7 @@ static inline void pf_assert_pipeline_close(const char *name, const float *got, 
 
 /* A pipeline's float images got[n] (the case's num_images) against the
  * case's golden "images" tensor (file of version 1, hint on a mismatch) and
- * its first 8-bit PNG; prints the worst float error. */
+ * each image against its 8-bit PNG in "pngs"; prints the worst float error. */
 static inline void pf_assert_case_images(const char *name, json_t *c, const float *got, size_t n, const char *hint) {
     pf_safetensors *st = pf_golden_open_version(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "images")), "1", hint);
     int64_t nw;
@@ -193,10 +193,17 @@ static inline void pf_assert_case_images(const char *name, json_t *c, const floa
     int w, h;
     pf_error err;
     pf_image_to_u8(u8, got, (long)n);
-    const char *rel = json_string_value(json_array_get(json_object_get(c, "pngs"), 0));
-    if (pf_png_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &png, &w, &h, &err)) fail_msg("%s", err.msg);
-    pf_assert_u8_close(rel, u8, png, n);
-    free(png);
+    /* each image against its own PNG (n holds num_images images) */
+    json_t *pngs = json_object_get(c, "pngs");
+    const size_t np = json_array_size(pngs), per = np ? n / np : n;
+    for (size_t k = 0; k < np; k++) {
+        const char *rel = json_string_value(json_array_get(pngs, k));
+        if (pf_png_read(pf_test_path(pf_pathf("tests/data/goldens/%s", rel)), &png, &w, &h, &err))
+            fail_msg("%s", err.msg);
+        assert_int_equal((size_t)w * h * 3, per);
+        pf_assert_u8_close(rel, u8 + k * per, png, per);
+        free(png);
+    }
     free(u8);
     free(want);
     pf_st_close(st);

@@ -84,7 +84,7 @@ static void test_unet(void **state) {
         pf_tensor *x = pf_golden_tensor(be, st, odd ? "sample_odd" : "sample");
         const int64_t B = x->shape[0];
         pf_tensor *cb = pf_slice0(ctx, 0, B), *eb = pf_slice0(emb, 0, B), *out = pf_new_like(x);
-        pf_unet_added added = {eb, ids};
+        pf_unet_added added = {eb, ids, NULL, 0};
         if (pf_unet_forward_added(m, out, x, t, cb, &added, NULL, NULL, &err)) fail_msg("%s", err.msg);
         pf_tensor *want = pf_golden_tensor(be, st, odd ? "out_odd" : "out");
         pf_assert_tensor_close(odd ? "out_odd" : "out", out, want, TOL, 0);

@@ -15,7 +15,7 @@ typedef struct sdxl_run {
 static int forward(void *ctx, pf_error *err) {
     sdxl_run *r = ctx;
     const float t[2] = {500.0f, 500.0f};
-    pf_unet_added added = {r->pooled, r->time_ids};
+    pf_unet_added added = {r->pooled, r->time_ids, NULL, 0};
     return pf_unet_forward_added(r->m, r->out, r->x, t, r->ctx, &added, NULL, NULL, err);
 }
 
