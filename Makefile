@@ -15,16 +15,20 @@
 #   make install    PREFIX=/usr/local DESTDIR=: programs, systemd units, schemas, an example
 #                   settings file, man pages from --help, docs; make uninstall removes them
 #
-# Sources are found by wildcard: a new engine/*.c or common/*.c joins the library, a new
+# Sources are found by wildcard: a new engine/*/*.c or common/*.c joins the library, a new
 # tests/test_*.c becomes a test binary, a new tests/fuzz/fuzz_*.c a fuzz target.
 
 B       ?= build
 BIN     ?= bin
+# engine/ holds one folder a concept (core: tensors, backends; formats: weights and
+# their namings; models; pipeline: requests, sampler, provenance; image: input and
+# resizing), each on the include path, so an include names its header alone.
+ENGINE_INC := -Icommon -Iengine $(addprefix -I,$(patsubst %/,%,$(sort $(wildcard engine/*/))))
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-format-truncation -Wno-unused-parameter \
-           -fopenmp -Icommon -Iengine -MMD -MP $(EXTRA_CFLAGS)
-# Where the configs the project ships for single-file checkpoints live (engine/checkpoint.c;
+           -fopenmp $(ENGINE_INC) -MMD -MP $(EXTRA_CFLAGS)
+# Where the configs the project ships for single-file checkpoints live (engine/formats/checkpoint.c;
 # $PERFLOW_CONFIGS overrides it at run time).
 CFLAGS  += -DPF_CONFIGS_DIR='"$(CURDIR)/configs"'
 # EXTRA_CFLAGS / EXTRA_LDFLAGS: include and library dirs of libraries outside the
@@ -36,7 +40,7 @@ PY      = $(VENV)/bin/python
 # CUDA: built only where nvcc exists: on the PATH, in /usr/local/cuda, or in .cuda/
 # (NVIDIA's PyPI wheels, installed by ops/install-deps.sh on machines without a
 # toolkit). `make NVCC=` builds CPU only. The ASan and fuzz builds stay CPU-only
-# (engine/device.c stands in for the backend).
+# (engine/core/device.c stands in for the backend).
 ifeq ($(origin NVCC),undefined)
 NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc),$(wildcard $(CURDIR)/.cuda/nvidia/cu13/bin/nvcc))
 endif
@@ -49,7 +53,7 @@ endif
 
 # common/: what every layer uses (errors, durable file writes, backoff and clocks);
 # built into the engine's library, the one every program and test links.
-ENGINE_SRC := $(wildcard common/*.c engine/*.c)
+ENGINE_SRC := $(wildcard common/*.c engine/*.c engine/*/*.c)
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(B)/%.o)
 CLI_SRC    := $(wildcard cli/*.c)
 CLI_OBJ    := $(CLI_SRC:%.c=$(B)/%.o)
@@ -86,7 +90,7 @@ LDLIBS_CUDA = -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart -lstd
 NVCC_ARCH = -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \
             -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90
 NVCCFLAGS = -O3 -std=c++17 -lineinfo --expt-relaxed-constexpr $(NVCC_ARCH) \
-            -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -Icommon -Iengine -Ikernels -MMD -MP
+            -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter $(ENGINE_INC) -Ikernels -MMD -MP
 endif
 
 .PHONY: all engine worker test test-run bench fuzz deps deps-reference demo demo-run clean asan info install uninstall \
@@ -94,7 +98,7 @@ endif
 
 # Objects follow the flags they were compiled with: where the flags change (nvcc
 # installed or found since, `make NVCC=`, EXTRA_CFLAGS), every object is rebuilt,
-# so a library never mixes CPU-only and CUDA objects (engine/device.c's
+# so a library never mixes CPU-only and CUDA objects (engine/core/device.c's
 # stand-ins beside the kernels).
 FLAGS_STAMP := $(B)/.flags
 ifneq ($(file < $(FLAGS_STAMP)),$(CFLAGS) | $(NVCCFLAGS))
@@ -176,7 +180,7 @@ $(B)/tests/test_storage_%: tests/test_storage_%.c $(B)/libperflow_protocol.a $(B
 ASAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 # The worker files the CLI's submit and status take (the rest needs librdkafka's consumer, systemd, microhttpd).
 asan: $(B)/asan/perflow $(B)/asan/perflow-worker
-$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(wildcard common/*.h engine/*.h storage/*.h cli/*.h protocol/*.h)
+$(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(wildcard common/*.h engine/*.h engine/*/*.h storage/*.h cli/*.h protocol/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iprotocol $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
 	    $(CLI_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) -lrdkafka
@@ -184,7 +188,7 @@ $(B)/asan/perflow: $(ENGINE_SRC) $(CLI_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(wil
 # ASan + UBSan (with LeakSanitizer) build of the worker, for the soak test's
 # leak check (tests/worker/test_soak.py): CPU only, like the CLI's.
 $(B)/asan/perflow-worker: $(ENGINE_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(WORKER_SRC) worker/main.c \
-    $(wildcard common/*.h engine/*.h storage/*.h protocol/*.h worker/*.h)
+    $(wildcard common/*.h engine/*.h engine/*/*.h storage/*.h protocol/*.h worker/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -O2 -MMD -MP -DPF_HAVE_CUDA,$(CFLAGS)) -Istorage -Iprotocol -Iworker $(ASAN_FLAGS) -o $@ $(ENGINE_SRC) \
 	    $(STORAGE_SRC) $(PROTOCOL_SRC) $(WORKER_SRC) worker/main.c $(LDLIBS_ENGINE) $(LDLIBS_STORAGE) $(LDLIBS_WORKER)
@@ -192,14 +196,14 @@ $(B)/asan/perflow-worker: $(ENGINE_SRC) $(STORAGE_SRC) $(PROTOCOL_SRC) $(WORKER_
 fuzz: $(FUZZ_BIN)
 $(B)/fuzz/%: tests/fuzz/%.c $(ENGINE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed $(ENGINE_INC) -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    -o $@ $< $(ENGINE_SRC) $(LDLIBS_ENGINE)
 
 # Storage fuzz targets: the parsers only (no libcurl or hiredis in the fuzz build).
 FUZZ_STORAGE_SRC = storage/url_policy.c storage/model_index.c storage/digest.c
 $(B)/fuzz/fuzz_storage_%: tests/fuzz/fuzz_storage_%.c $(ENGINE_SRC) $(FUZZ_STORAGE_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Istorage -fopenmp -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed $(ENGINE_INC) -Istorage -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_STORAGE_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
 # The job parser's fuzz target: protocol/job.c and the storage parsers it calls.
@@ -207,20 +211,20 @@ FUZZ_JOB_SRC = protocol/job.c protocol/output_key.c storage/url_policy.c storage
                storage/digest.c
 $(B)/fuzz/fuzz_job: tests/fuzz/fuzz_job.c $(ENGINE_SRC) $(FUZZ_JOB_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Istorage -Iprotocol -fopenmp -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed $(ENGINE_INC) -Istorage -Iprotocol -fopenmp -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< $(FUZZ_JOB_SRC) $(ENGINE_SRC) $(LDLIBS_ENGINE) -lcrypto
 
 # The Redis address parser (storage/redis_client.c), with the credentials it reads.
 $(B)/fuzz/fuzz_redis_addr: tests/fuzz/fuzz_redis_addr.c storage/redis_client.c storage/credentials.c common/error.c
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Icommon -Iengine -Istorage -fsanitize=fuzzer,address,undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g $(ENGINE_INC) -Istorage -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=undefined -o $@ $< storage/redis_client.c storage/credentials.c common/error.c \
 	    -lhiredis -lssl -lcrypto -lpthread
 
 # The prompt-file parser of perflow submit: itself, pf_fail and jansson.
 $(B)/fuzz/fuzz_submit_prompts: tests/fuzz/fuzz_submit_prompts.c cli/submit_prompts.c cli/submit_prompts.h common/error.c
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed -Icommon -Iengine -Icli -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	clang -std=c11 -D_GNU_SOURCE -O1 -g -Wno-pass-failed $(ENGINE_INC) -Icli -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	    -o $@ $< cli/submit_prompts.c common/error.c -ljansson
 
 $(B)/bench/%: tests/bench/%.c $(B)/libperflow_engine.a tests/bench/bench_util.h

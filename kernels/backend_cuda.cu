@@ -4,7 +4,7 @@
 // Two compute dtypes, one table each: the ops are templates on the element
 // type T (__half for pf_backend_cuda_new, float for pf_backend_cuda_new_f32),
 // and a backend's ops pointer is the table of its dtype. The wrappers in
-// engine/backend.c check that every tensor holds the backend's compute dtype,
+// engine/core/backend.c check that every tensor holds the backend's compute dtype,
 // and P<T>() checks it again where a tensor becomes a device pointer.
 //
 // Where a faster kernel path replaced an earlier one, the earlier one stays

@@ -5,7 +5,7 @@
 #include "upsample.cuh"
 
 // torch's nearest_idx (aten/src/ATen/native/UpSample.h), as pf_nearest_index in
-// engine/backend.h: the product is rounded to float32 before the floor.
+// engine/core/backend.h: the product is rounded to float32 before the floor.
 static __device__ __forceinline__ int64_t nearest_idx(int64_t i, int64_t in, int64_t out) {
     if (out == in) return i;
     if (out == 2 * in) return i >> 1;

@@ -15,7 +15,7 @@
  * image encoder) and null entries are skipped; any other class is an error.
  *
  * Sharded weights. Where a component's weights file is absent, its sharded
- * form is tried in its place, as the engine looks for it (engine/model_dir.c):
+ * form is tried in its place, as the engine looks for it (engine/formats/model_dir.c):
  * <stem>.safetensors.index.json for <stem>.safetensors and
  * <stem>.safetensors.index.fp16.json for <stem>.fp16.safetensors. An index
  * that is found brings the shards its weight_map names (pf_model_shard_plan),

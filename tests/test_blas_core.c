@@ -1,5 +1,5 @@
 /* test_blas_core.c - the matrix products run on the kernels this processor's
- * features allow, whatever OpenBLAS's model table says (engine/blas_core.c).
+ * features allow, whatever OpenBLAS's model table says (engine/core/blas_core.c).
  *
  * Fails when a fallback core (Prescott, Nehalem, ...) is in use on a processor
  * with AVX2, or a core without AVX-512 on one with AVX-512; then checks that

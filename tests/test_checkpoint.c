@@ -1,4 +1,4 @@
-/* test_checkpoint.c - models as users have them (engine/checkpoint.c, convert.c,
+/* test_checkpoint.c - models as users have them (engine/formats/checkpoint.c, convert.c,
  * weights.c): single-file LDM checkpoints against the tiny models diffusers'
  * from_single_file loads from them, "pruned" files with EMA copies, sharded
  * weights, the recognition of families, and every bad input of issue 14 with

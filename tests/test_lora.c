@@ -1,5 +1,5 @@
-/* test_lora.c - LoRAs fused at load (engine/lora.c, the key spellings of
- * engine/convert.c) against diffusers' load_lora_weights + set_adapters +
+/* test_lora.c - LoRAs fused at load (engine/formats/lora.c, the key spellings of
+ * engine/formats/convert.c) against diffusers' load_lora_weights + set_adapters +
  * fuse_lora (goldens: tests/data/goldens/weights.json, made by
  * tests/reference/goldens_weights.py, which also checks diffusers' fused weights
  * against W + scale * alpha / rank * up @ down computed in float64).

@@ -1,4 +1,4 @@
-/* test_provenance.c - the PNG text every caller writes (engine/provenance.h):
+/* test_provenance.c - the PNG text every caller writes (engine/pipeline/provenance.h):
  * the pairs that apply to each kind of run (text-to-image, with a refine
  * stage and its base or refined images, the refine stage alone, SDXL), and
  * A1111's "parameters" text with values quoted where A1111 quotes them. No

@@ -1,4 +1,4 @@
-/* test_request.c - the defaults of a generation request (engine/request.h),
+/* test_request.c - the defaults of a generation request (engine/pipeline/request.h),
  * decided once from the model: a folder whose scheduler config is a
  * PeRFlowScheduler's gives its prediction type and windows; a base model's
  * own scheduler config (PNDMScheduler without a prediction type, as SD-1.5

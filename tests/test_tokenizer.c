@@ -111,7 +111,7 @@ static void test_corpus(void **state) {
 static void test_unicode_version(void **state) {
     (void)state;
     if (strcmp(utf8proc_unicode_version(), "15.0.0")) {
-        print_error("utf8proc supports Unicode %s, engine/tokenizer.c's unicode15_new table is for 15.0.0: "
+        print_error("utf8proc supports Unicode %s, engine/models/tokenizer.c's unicode15_new table is for 15.0.0: "
                     "extend it with the code points this version adds (Cn to Python 3.11's unicodedata)\n",
                     utf8proc_unicode_version());
         fail();

@@ -15,7 +15,7 @@
  *     index within the job.
  * Weights are named by content (pf_cache_lease_digest), never by URL, so the
  * same model served from two places is one identity. Settings are taken from
- * the resolved request (engine/request.h), so a default is described by the
+ * the resolved request (engine/pipeline/request.h), so a default is described by the
  * value that ran.
  * Bump PF_IMAGE_IDENTITY_VERSION whenever what the engine computes for the
  * same document changes (a numerics fix): old entries then never match. */

@@ -84,7 +84,7 @@ static inline double pf_bench_peak_rss_mb(void) {
  * runs, each waited for with pf_synchronize(be). Prints {"what": what, "impl": "perflow <backend>",
  * "seconds": the median, "runs": [each run], "peak_rss_mb": the process's peak
  * resident memory, weights included, "kernels": the BLAS kernels the products
- * ran on (engine/blas_core.c)} on one line and returns 0. When fn fails,
+ * ran on (engine/core/blas_core.c)} on one line and returns 0. When fn fails,
  * returns pf_bench_fail(what, its error). */
 static inline int pf_bench_time(const char *what, pf_backend *be, int repeat, pf_bench_fn fn, void *ctx) {
     PF_CHECK(repeat >= 1 && repeat <= PF_BENCH_MAX_REPEAT);

@@ -5,7 +5,7 @@
 # Env: BENCH_REPEAT (default 5), BENCH_REFINE_REPEAT (default 3), BENCH_THREADS (default: all cores),
 # BENCH_ONLY (names among clip vae unet refine sdxl load storage worker: run only those).
 # RSS: each process's peak resident memory, weights included. Below the CPU rows: the
-# kernels each side ran on (perflow: the OpenBLAS core engine/blas_core.c chose from
+# kernels each side ran on (perflow: the OpenBLAS core engine/core/blas_core.c chose from
 # CPUID; PyTorch: its CPU capability), as the last benchmark reported them.
 set -e
 cd "$(dirname "$0")/../.."

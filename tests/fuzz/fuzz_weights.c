@@ -1,5 +1,5 @@
 /* fuzz_weights.c - libFuzzer target for the parsers of untrusted names that
- * weight formats bring (engine/weights.c, engine/convert.c): a sharded-weights
+ * weight formats bring (engine/formats/weights.c, engine/formats/convert.c): a sharded-weights
  * index (*.safetensors.index.json), LoRA key spellings (and kohya's SDXL block
  * numbering), and an LDM checkpoint's
  * names and shapes. Any input must be parsed or refused with one line, never

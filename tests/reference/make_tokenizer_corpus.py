@@ -23,7 +23,7 @@ Run:  .venv/bin/python tests/reference/make_tokenizer_corpus.py
       .venv/bin/python tests/reference/make_tokenizer_corpus.py --unicode-check
         compares the system's libutf8proc with Python's unicodedata and the regex
         module over every code point and prints the unicode15_new table of
-        engine/tokenizer.c (run it when utf8proc is upgraded).
+        engine/models/tokenizer.c (run it when utf8proc is upgraded).
 """
 import importlib.util
 import json
@@ -42,10 +42,10 @@ assert importlib.util.find_spec("ftfy") is None, (
     "uninstall it (pip uninstall ftfy) to generate these goldens"
 )
 
-# engine/tokenizer.c follows Python 3.11's Unicode database (see its header comment).
+# engine/models/tokenizer.c follows Python 3.11's Unicode database (see its header comment).
 assert unicodedata.unidata_version == "14.0.0", (
     f"Python {sys.version.split()[0]} has Unicode {unicodedata.unidata_version}; run with the reference "
-    "venv's Python 3.11 (Unicode 14.0.0), which engine/tokenizer.c matches"
+    "venv's Python 3.11 (Unicode 14.0.0), which engine/models/tokenizer.c matches"
 )
 
 import transformers  # noqa: E402
@@ -355,7 +355,7 @@ def main():
 
 
 def unicode_check():
-    """Prints what engine/tokenizer.c must special-case about libutf8proc's Unicode data."""
+    """Prints what engine/models/tokenizer.c must special-case about libutf8proc's Unicode data."""
     import ctypes
     import ctypes.util
 

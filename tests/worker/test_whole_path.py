@@ -5,7 +5,7 @@ from nginx, file:// outputs) give pixel-identical images and record the same pre
 and windows. Each for a model folder whose scheduler config is a PeRFlowScheduler's and for a
 copy whose scheduler config is the base model's own (a PNDMScheduler without a prediction
 type, as SD-1.5 folders come; an EulerDiscreteScheduler with "epsilon" for SDXL), so that the
-defaults each path takes are the model's, resolved in one place (engine/request.h): SD-1.x
+defaults each path takes are the model's, resolved in one place (engine/pipeline/request.h): SD-1.x
 takes diff_eps, SDXL ddim_eps, 4 windows. No flag names a prediction type or windows here.
 SDXL has no refiner (ControlNet-Tile is an SD-1.5 model): its paths are generate and submit."""
 import json

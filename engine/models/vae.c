@@ -807,7 +807,7 @@ int pf_vae_encode(pf_vae *m, pf_tensor *moments_out, const pf_tensor *image, pf_
 
 /* ---- memory model of an untiled pass (pf_vae_*_peak_bytes) ---- */
 
-/* The backends' op scratch, mirrored from engine/backend_cpu.c (COL_BUDGET,
+/* The backends' op scratch, mirrored from engine/core/backend_cpu.c (COL_BUDGET,
  * SCORE_BUDGET) and kernels/backend_cuda.cu (COL_BUDGET_FAST): keep in step. */
 #define CPU_COL_FLOATS ((int64_t)4 << 20)    /* im2col columns per convolution, freed after it */
 #define CPU_SCORE_FLOATS ((int64_t)1 << 20)  /* attention scores per thread, freed after the op */
