@@ -2,7 +2,8 @@
  * another worker waits instead of running the job a second time at once.
  *
  * The lease is "<prefix>:<job_id>:lease" = the holder's token, SET NX PX with a
- * TTL and renewed every third of it while the job runs. A worker that is
+ * TTL and renewed every third of it from the moment the job is taken until
+ * its end is acknowledged and the lease released. A worker that is
  * killed stops renewing; its lease expires and the redelivered job runs again
  * elsewhere, writing the same output keys (output_key.h). Renewal and release
  * are compare-and-set scripts, so a worker never extends or deletes a lease

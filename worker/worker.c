@@ -45,6 +45,7 @@ struct pf_worker {
     pf_backend *be;
     pf_metrics_server *metrics; /* NULL: metrics_listen not set */
     long long last_health;      /* monotonic ms of the last readiness check */
+    long long last_renew;       /* monotonic ms of the batch's last lease renewal */
     atomic_int abandon;
     char token[300];           /* this process's lease token */
     int draining;
@@ -96,10 +97,33 @@ static void check_health(pf_worker *w) {
     pf_metrics_health(kafka, rep != NULL, why);
 }
 
-/* Keeps the group, the producer and systemd served for about ms. */
+/* Renews the leases of the batch in flight every third of their TTL: for
+ * as long as the batch is here, from its admission through the run to the
+ * end of finish(), whose durable sends may wait on a broker far longer than
+ * a TTL (a lease that lapsed there would let another worker take the job
+ * over while its status is on the way). */
+static void renew_leases(pf_worker *w) {
+    const pf_worker_config *cfg = w->cfg;
+    long long now = pf_now_ms();
+    if (!w->nbatch || now - w->last_renew < cfg->lease_ttl_ms / 3) return;
+    w->last_renew = now;
+    for (int i = 0; i < w->nbatch; i++) {
+        int held = 1;
+        pf_error e;
+        const char *id = w->jobs[i].job.job_id;
+        if (pf_lease_renew(w->redis, id, w->token, cfg->lease_ttl_ms, &held, &e))
+            pf_wlog(PF_LOG_WARN, "redis.failed", id, NULL, "renewing the lease: %s", e.msg);
+        else if (!held)
+            pf_wlog(PF_LOG_WARN, "job.lease_lost", id, NULL,
+                    "the lease expired and may have been taken; the job's output keys are the same either way");
+    }
+}
+
+/* Keeps the group, the producer, the batch's leases and systemd served for about ms. */
 static void tick(pf_worker *w, int ms) {
     pf_consumer_serve(w->consumer);
     pf_producer_poll(w->producer, ms);
+    renew_leases(w);
     pf_notify_watchdog();
     watch_signals(w);
     check_health(w);
@@ -183,16 +207,24 @@ static int send_durable(pf_worker *w, const send_req *reqs, int n) {
     }
 }
 
-/* A status event, durably. Returns -1 when abandoned. */
-static int send_status(pf_worker *w, const json_t *st, const pf_header *dlq_headers, int ndlq,
-                       const rd_kafka_message_t *dlq_msg, const char *requeue, const char *requeue_topic) {
+/* A dead letter to send with a status: the message's payload and its headers. */
+typedef struct dead_letter {
+    const pf_header *h;
+    int n;
+    const void *payload;
+    size_t len;
+} dead_letter;
+
+/* A status event, durably, with its dead letter (dl NULL: none) or its
+ * re-enqueued job (requeue NULL: none). Returns -1 when abandoned. */
+static int send_status(pf_worker *w, const json_t *st, const dead_letter *dl, const char *requeue,
+                       const char *requeue_topic) {
     char *s = pf_status_dump(st);
     const char *job_id = json_string_value(json_object_get(st, "job_id"));
     send_req r[3];
     int n = 0;
     r[n++] = (send_req){w->cfg->status_topic, job_id, s, strlen(s), NULL, 0};
-    if (dlq_msg)
-        r[n++] = (send_req){w->cfg->dead_letter_topic, job_id, dlq_msg->payload, dlq_msg->len, dlq_headers, ndlq};
+    if (dl) r[n++] = (send_req){w->cfg->dead_letter_topic, job_id, dl->payload, dl->len, dl->h, dl->n};
     if (requeue) r[n++] = (send_req){requeue_topic, job_id, requeue, strlen(requeue), NULL, 0};
     int rc = send_durable(w, r, n);
     free(s);
@@ -201,19 +233,37 @@ static int send_status(pf_worker *w, const json_t *st, const pf_header *dlq_head
 
 /* ---- Redis with retries -------------------------------------------------- */
 
-/* Records a terminal result, retrying while Redis is away. -1 when abandoned. */
-static int record_result(pf_worker *w, const char *job_id, const json_t *st) {
+/* The recorded form of a dead letter (result.h): {"headers": [[name, value],
+ * ...], "payload": the message as text}. The payload is left out when it is
+ * not UTF-8 (a job's never is: it parsed as JSON); the redelivered message,
+ * which has the same bytes, stands in for it then. malloc'd. */
+static char *dead_letter_dump(const dead_letter *dl) {
+    json_t *h = json_array();
+    for (int i = 0; i < dl->n; i++) json_array_append_new(h, json_pack("[s, s]", dl->h[i].name, dl->h[i].value));
+    json_t *o = json_pack("{s:o}", "headers", h);
+    json_t *p = json_stringn(dl->payload, dl->len);
+    if (p) json_object_set_new(o, "payload", p);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+/* Records a terminal result and the dead letter sent with it (dl NULL:
+ * none), retrying while Redis is away. -1 when abandoned. */
+static int record_result(pf_worker *w, const char *job_id, const json_t *st, const dead_letter *dl) {
     char *s = pf_status_dump(st);
+    char *d = dl ? dead_letter_dump(dl) : NULL;
     int rc = 0;
     for (int attempt = 1;; attempt++) {
         pf_error e;
-        if (!pf_result_put(w->redis, job_id, s, w->cfg->result_ttl_s, &e)) break;
+        if (!pf_result_put(w->redis, job_id, s, d, w->cfg->result_ttl_s, &e)) break;
         pf_wlog(PF_LOG_WARN, "redis.failed", job_id, NULL, "recording the result: %s", e.msg);
         if (wait_ticking(w, pf_backoff_ms(attempt, w->cfg->retry_base_ms, w->cfg->retry_max_ms), 0)) {
             rc = -1;
             break;
         }
     }
+    free(d);
     free(s);
     return rc;
 }
@@ -343,7 +393,7 @@ static void reject(pf_worker *w, const rd_kafka_message_t *m, const char *job_id
     dlq_info d;
     int n = dlq_headers(&d, w, m, job_id, attempt, dlq_code, scrubbed, field);
     note_state(w, job_id, st);
-    if (!send_status(w, st, d.h, n, m, NULL, NULL)) {
+    if (!send_status(w, st, &(dead_letter){d.h, n, m->payload, m->len}, NULL, NULL)) {
         pf_metrics_job_ended(PF_ST_REJECTED, code);
         pf_metrics_dead_letter(dlq_code);
         store_offset(w, m, job_id);
@@ -367,9 +417,9 @@ static const char *key_job_id(char out[PF_JOB_ID_MAX + 1], const rd_kafka_messag
 static void end_without_run(pf_worker *w, const rd_kafka_message_t *m, json_t *st, const char *job_id) {
     pf_wlog(PF_LOG_INFO, "job.ended", job_id,
             json_pack("{s:s}", "state", json_string_value(json_object_get(st, "state"))), NULL);
-    if (record_result(w, job_id, st)) return;
+    if (record_result(w, job_id, st, NULL)) return;
     note_state(w, job_id, st);
-    if (send_status(w, st, NULL, 0, NULL, NULL, NULL)) return;
+    if (send_status(w, st, NULL, NULL, NULL)) return;
     pf_metrics_job_ended(json_string_value(json_object_get(st, "state")),
                          json_string_value(json_object_get(json_object_get(st, "error"), "code")));
     store_offset(w, m, job_id);
@@ -385,13 +435,33 @@ static int redis_retry(pf_worker *w, const char *job_id, const char *what, int a
     return wait_ticking(w, pf_backoff_ms(attempt, w->cfg->retry_base_ms, w->cfg->retry_max_ms), 1) ? -1 : 0;
 }
 
-/* Re-posts a recorded terminal status; 1 if there was one. */
+/* Reads a recorded dead letter (dead_letter_dump) into *dl, its headers in
+ * h (9 at most) and its payload that of m when the record has none; 0 when
+ * the record is not one (it is then left out: the status still goes). The
+ * strings point into doc. */
+static int dead_letter_load(dead_letter *dl, pf_header h[9], const json_t *doc, const rd_kafka_message_t *m) {
+    const json_t *hs = json_object_get(doc, "headers"), *p = json_object_get(doc, "payload");
+    if (!json_is_array(hs) || json_array_size(hs) > 9 || (p && !json_is_string(p))) return 0;
+    size_t i;
+    const json_t *pair;
+    json_array_foreach(hs, i, pair) {
+        const char *k = json_string_value(json_array_get(pair, 0)), *v = json_string_value(json_array_get(pair, 1));
+        if (!k || !v) return 0;
+        h[i] = (pf_header){k, v};
+    }
+    *dl = p ? (dead_letter){h, (int)i, json_string_value(p), json_string_length(p)}
+            : (dead_letter){h, (int)i, m->payload, m->len};
+    return 1;
+}
+
+/* Re-posts a recorded terminal status, with the dead letter recorded with
+ * it (result.h); 1 if there was one. */
 static int replay_if_recorded(pf_worker *w, const rd_kafka_message_t *m, const pf_job *job, int *stop) {
-    char *rec = NULL;
+    char *rec = NULL, *drec = NULL;
     *stop = 0;
     for (int attempt = 1;; attempt++) {
         pf_error e;
-        if (!pf_result_get(w->redis, job->job_id, &rec, &e)) break;
+        if (!pf_result_get(w->redis, job->job_id, &rec, &drec, &e)) break;
         if (redis_retry(w, job->job_id, "reading the result record", attempt, &e)) {
             *stop = 1;
             return 0;
@@ -402,17 +472,27 @@ static int replay_if_recorded(pf_worker *w, const rd_kafka_message_t *m, const p
     free(rec);
     if (!json_is_object(st)) { /* a record we did not write: ignore it and run */
         json_decref(st);
+        free(drec);
         pf_wlog(PF_LOG_WARN, "job.bad_record", job->job_id, NULL, "the result record is not a status; running the job");
         return 0;
     }
+    json_t *ddoc = drec ? json_loads(drec, JSON_ALLOW_NUL, NULL) : NULL;
+    free(drec);
+    dead_letter dl;
+    pf_header h[9];
+    int has_dl = ddoc && dead_letter_load(&dl, h, ddoc, m);
+    if (ddoc && !has_dl)
+        pf_wlog(PF_LOG_WARN, "job.bad_record", job->job_id, NULL, "the recorded dead letter is not one; leaving it out");
     json_object_set_new(st, "replayed", json_true());
     pf_wlog(PF_LOG_INFO, "job.replayed", job->job_id,
-            json_pack("{s:s}", "state", json_string_value(json_object_get(st, "state"))),
+            json_pack("{s:s, s:b}", "state", json_string_value(json_object_get(st, "state")), "dead_letter", has_dl),
             "already finished: re-posting its terminal status without running it");
-    if (!send_status(w, st, NULL, 0, NULL, NULL, NULL)) {
+    if (!send_status(w, st, has_dl ? &dl : NULL, NULL, NULL)) {
         pf_metrics_job_replayed();
+        if (has_dl) pf_metrics_dead_letter(json_string_value(json_object_get(json_object_get(st, "error"), "code")));
         store_offset(w, m, job->job_id);
     }
+    json_decref(ddoc);
     json_decref(st);
     return 1;
 }
@@ -447,9 +527,10 @@ static prep_result crash_check(pf_worker *w, const rd_kafka_message_t *m, const 
     pf_wlog(PF_LOG_ERROR, "job.poison", job->job_id, json_pack("{s:I}", "crashes", (json_int_t)crashes), "%s", msg);
     dlq_info d;
     int n = dlq_headers(&d, w, m, job->job_id, job->attempt, PF_ERR_POISON, msg, NULL);
-    if (!record_result(w, job->job_id, st)) {
+    dead_letter dl = {d.h, n, m->payload, m->len};
+    if (!record_result(w, job->job_id, st, &dl)) {
         note_state(w, job->job_id, st);
-        if (!send_status(w, st, d.h, n, m, NULL, NULL)) {
+        if (!send_status(w, st, &dl, NULL, NULL)) {
             pf_metrics_job_ended(PF_ST_FAILED, PF_ERR_POISON);
             pf_metrics_dead_letter(PF_ERR_POISON);
             store_offset(w, m, job->job_id);
@@ -466,7 +547,7 @@ static prep_result prepare(pf_worker *w, const rd_kafka_message_t *m, const pf_j
          * jobs before it are still running could commit past them. */
         char *rec = NULL;
         pf_error e;
-        int rc = pf_result_get(w->redis, job->job_id, &rec, &e);
+        int rc = pf_result_get(w->redis, job->job_id, &rec, NULL, &e);
         free(rec);
         if (rc || rec) return PREP_LATER;
     } else {
@@ -567,27 +648,14 @@ static long long since(long long t0) {
     return t0 ? pf_now_ms() - t0 : 0;
 }
 
-/* While the job thread runs: keep the group served, renew the leases, read
- * the cancel flags, watch the signals. */
+/* While the job thread runs: keep the group served and the leases renewed
+ * (tick), read the cancel flags, watch the signals. */
 static void supervise(pf_worker *w) {
     const pf_worker_config *cfg = w->cfg;
-    long long last_renew = pf_now_ms(), last_cancel = 0;
+    long long last_cancel = 0;
     while (!atomic_load(&w->thread_done)) {
         tick(w, 5); /* short: the job's end is seen within 5 ms */
         long long now = pf_now_ms();
-        if (now - last_renew >= cfg->lease_ttl_ms / 3) {
-            last_renew = now;
-            for (int i = 0; i < w->nbatch; i++) {
-                int held = 1;
-                pf_error e;
-                const char *id = w->jobs[i].job.job_id;
-                if (pf_lease_renew(w->redis, id, w->token, cfg->lease_ttl_ms, &held, &e))
-                    pf_wlog(PF_LOG_WARN, "redis.failed", id, NULL, "renewing the lease: %s", e.msg);
-                else if (!held)
-                    pf_wlog(PF_LOG_WARN, "job.lease_lost", id, NULL,
-                            "the lease expired and may have been taken; the job's output keys are the same either way");
-            }
-        }
         if (now - last_cancel >= cfg->cancel_poll_ms) {
             last_cancel = now;
             for (int i = 0; i < w->nbatch; i++) {
@@ -693,10 +761,11 @@ static int finish(pf_worker *w, rd_kafka_message_t *m, pf_exec_job *j) {
         nd = dlq_headers(&d, w, m, job->job_id, job->attempt, json_string_value(json_object_get(err, "code")),
                          json_string_value(json_object_get(err, "message")),
                          json_string_value(json_object_get(err, "field")));
+    dead_letter dl = {d.h, nd, m->payload, m->len};
     long long t_end = pf_now_ms();
     note_state(w, job->job_id, st);
-    if ((record && record_result(w, job->job_id, st)) ||
-        send_status(w, st, d.h, nd, dlq ? m : NULL, requeue, rd_kafka_topic_name(m->rkt))) {
+    if ((record && record_result(w, job->job_id, st, dlq ? &dl : NULL)) ||
+        send_status(w, st, dlq ? &dl : NULL, requeue, rd_kafka_topic_name(m->rkt))) {
         rc = -1;
     } else {
         job_metrics(j, state, json_string_value(json_object_get(err, "code")), requeue != NULL, dlq);
@@ -736,6 +805,7 @@ static void clear_batch(pf_worker *w) {
 static void admit(pf_worker *w, rd_kafka_message_t *m, pf_job *job, long long t_received) {
     pf_exec_job *j = &w->jobs[w->nbatch];
     memset(j, 0, sizeof *j);
+    if (!w->nbatch) w->last_renew = pf_now_ms(); /* the first lease was just taken */
     j->job = *job;
     j->t_received = t_received;
     j->t_accepted = pf_now_ms();

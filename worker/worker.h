@@ -10,8 +10,10 @@
  *   not a job, its key is a job id    -> "rejected" for that id (why it is not a
  *                                        job) + dead-letter topic
  *   invalid or unsupported job        -> "rejected" (naming the field) + dead-letter topic
- *   a terminal result is recorded     -> that status re-posted ("replayed": true), nothing run
- *                                        (a resubmission: another message for the same job)
+ *   a terminal result is recorded     -> that status re-posted ("replayed": true), with the dead
+ *                                        letter recorded with it, nothing run (a resubmission:
+ *                                        another message for the same job; or a worker died
+ *                                        before the broker acknowledged the first post)
  *   a cancel request exists           -> "cancelled"
  *   the deadline passed               -> "failed", code "deadline"
  *   another worker holds the lease    -> wait (serving the group) until it finishes or its lease expires
@@ -30,7 +32,9 @@
  *
  * While a job runs the loop pauses every partition and keeps polling (group
  * membership, max.poll.interval.ms), renews the job's lease, reads its cancel
- * flag, pings the systemd watchdog and watches the signals.
+ * flag, pings the systemd watchdog and watches the signals. The lease is
+ * renewed until the job is released, also while its end is being sent (a
+ * broker may hold that send for longer than the lease's TTL).
  *
  * Signals (pf_worker_signals counts them): the first stops fetching, lets the
  * running job finish within drain_grace_s, stores its offset and leaves the

@@ -9,6 +9,7 @@ The faults are held open, not timed: the job is stopped in its upload (the S3
 proxy fails every PUT, the worker retries) until the fault is in place, then
 let go. The broker faults come from the `faults` fixture, so that the same
 tests can run on another broker once it can fail a topic's produce requests."""
+import json
 import signal
 import time
 
@@ -89,8 +90,8 @@ def test_undelivered_status_keeps_offset_lease_and_note(rig, faults):
     replays the record (without waiting for the dead worker's lease): one
     terminal event."""
     r = rig(on=faults.broker, partitions=1)
-    # A lease that outlives the wait (it is renewed only while the job runs), so
-    # that a lease released too early shows.
+    # A lease that outlives the wait, so that a lease released too early shows
+    # (and not one that merely lapsed).
     w = r.start_worker(PERFLOW_LEASE_TTL_MS=120000, **GATED)
     w.wait_event("kafka.assigned", timeout=30)
     try:
@@ -194,3 +195,84 @@ def test_dead_letter_after_record_before_offset(rig, own_redis):
     assert ev["state"] == "failed" and ev["error"]["code"] == "upload" and "replayed" not in ev, ev
     assert len(r.events.dead) == 1 and r.events.dead[0][1]["perflow-job-id"] == "order-dlq"
     assert w2.events("job.accepted", "order-dlq")
+
+
+def test_recorded_dead_letter_replayed(rig, faults):
+    """A job that fails for good (uploads exhausted, one attempt allowed) whose
+    result is recorded but whose status and dead letter the broker refuses:
+    after a kill, the redelivery replays the record and the dead letter
+    recorded with it, with the original headers and payload (the dead letter
+    is not lost with the worker)."""
+    r = rig(on=faults.broker, partitions=1)
+    gated = dict(GATED, PERFLOW_RETRIES=6, PERFLOW_MAX_ATTEMPTS=1)
+    w = r.start_worker(**gated)
+    w.wait_event("kafka.assigned", timeout=30)
+    job = r.job("order-dlq-replay")
+    try:
+        held_in_upload(r, w, job)
+        faults.fail_produce()
+        end = time.time() + 90
+        while not log_after(w, "order-dlq-replay", "job.finished", "kafka.delivery_failed"):
+            assert time.time() < end, "the terminal status was never tried"
+            assert w.proc.poll() is None
+            time.sleep(0.2)
+    finally:
+        fail_puts(r.s3proxy, 0)
+    (fin,) = w.events("job.finished", "order-dlq-replay")
+    assert fin["dead_letter"] is True and fin["state"] == "failed", fin
+    assert redis_cli(r.redis, "GET", "pf:job:order-dlq-replay:result"), "the result was not recorded first"
+    never_committed(r, 1.0)
+    w.proc.kill()
+    w.wait(10)
+    faults.heal_produce()
+    r.events.poll(1)
+    assert not r.events.terminal("order-dlq-replay") and not r.events.dead, "sent through the failing broker"
+    w2 = r.start_worker(**gated)
+    r.events.wait_terminal(["order-dlq-replay"], timeout=60)
+    r.events.wait(lambda: r.committed(partitions=1)[0] == 1, 30, "the offset committed")
+    r.events.wait(lambda: r.events.dead, 15, "the dead letter")
+    r.events.poll(1)
+    (ev,) = r.events.terminal("order-dlq-replay")
+    assert ev["state"] == "failed" and ev["error"]["code"] == "upload" and ev["replayed"] is True, ev
+    assert w2.events("job.replayed", "order-dlq-replay") and not w2.events("job.accepted", "order-dlq-replay")
+    assert len(r.events.dead) == 1, r.events.dead
+    value, headers = r.events.dead[0]
+    assert json.loads(value) == job
+    assert headers["perflow-job-id"] == "order-dlq-replay" and headers["perflow-error-code"] == "upload", headers
+    assert headers["perflow-worker-id"] == w.lines()[0]["worker_id"], headers  # the first worker's, as recorded
+    assert headers["perflow-source-offset"] == "0" and headers["perflow-attempt"] == "1", headers
+
+
+def test_lease_renewed_while_status_held(rig, faults):
+    """A status send held by the broker for many lease TTLs: the lease stays
+    this worker's all along (renewed while the job ends, not only while it
+    runs), so that no other worker takes the job over; once the broker
+    answers, one terminal event, and the lease is released."""
+    r = rig(on=faults.broker, partitions=1)
+    ttl = 1500
+    w = r.start_worker(PERFLOW_LEASE_TTL_MS=ttl, **GATED)
+    w.wait_event("kafka.assigned", timeout=30)
+    me = w.lines()[0]["worker_id"] + ":"
+    try:
+        held_in_upload(r, w, r.job("order-lease"))
+        faults.fail_produce()
+    finally:
+        fail_puts(r.s3proxy, 0)
+    end = time.time() + 60
+    while not log_after(w, "order-lease", "job.finished", "kafka.delivery_failed"):
+        assert time.time() < end, "the terminal status was never tried"
+        assert w.proc.poll() is None
+        time.sleep(0.2)
+    end = time.time() + 4 * ttl / 1000
+    while time.time() < end:  # four TTLs with the status held
+        lease = redis_cli(r.redis, "GET", "pf:job:order-lease:lease")
+        assert lease.startswith(me), "the lease lapsed while the status was held: %r" % lease
+        time.sleep(0.1)
+    assert not w.events("job.lease_lost", "order-lease")
+    faults.heal_produce()
+    r.events.wait_terminal(["order-lease"], timeout=60)
+    r.events.wait(lambda: r.committed(partitions=1)[0] == 1, 30, "the offset committed")
+    r.events.poll(1)
+    (ev,) = r.events.terminal("order-lease")
+    assert ev["state"] == "succeeded" and "replayed" not in ev, ev
+    r.events.wait(lambda: redis_cli(r.redis, "EXISTS", "pf:job:order-lease:lease") == "0", 10, "the lease released")
