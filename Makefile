@@ -247,9 +247,10 @@ deps-reference: deps
 
 # test, demo and chaos install what is missing first, then build in a second make:
 # the first one decided before the install whether nvcc exists (ops/install-deps.sh
-# puts it in .cuda/), and a fresh clone must compile the kernels too.
+# puts it in .cuda/), and a fresh clone must compile the kernels too. The second
+# builds on every core (the tests themselves run one at a time).
 test: $(B)/.deps-stamp
-	@$(MAKE) --no-print-directory test-run
+	@$(MAKE) -j$$(nproc) --no-print-directory test-run
 
 test-run: all $(TEST_BIN) $(B)/asan/perflow $(B)/asan/perflow-worker $(FUZZ_BIN)
 	B=$(B) PERFLOW=$(BIN)/perflow PERFLOW_ASAN=$(B)/asan/perflow sh tests/run_tests.sh $(TEST_BIN)
@@ -277,7 +278,7 @@ chaos-run: all
 	$(PY) ops/chaos.py --bin $(BIN) $(CHAOS_BROKER) $(CHAOS_ARGS)
 
 demo: $(B)/.deps-stamp
-	@$(MAKE) --no-print-directory demo-run
+	@$(MAKE) -j$$(nproc) --no-print-directory demo-run
 
 demo-run: all
 	PERFLOW=$(BIN)/perflow sh ops/demo.sh
