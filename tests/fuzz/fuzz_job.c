@@ -78,12 +78,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             (r->keep_base && pf_job_output_url(url, sizeof url, &job, PF_STAGE_BASE, i, &err)))
             abort();
     pf_job_supported(&job, field, sizeof field, &err);
-    if (!pf_job_same_images(&job, &job) || !pf_job_same_model(&job, &job)) abort();
+    /* batching: a job batches with itself, except a shard job, which always runs
+     * alone (its samples are its batch) */
+    if (job.samples ? pf_job_same_model(&job, &job)
+                    : !pf_job_same_images(&job, &job) || !pf_job_same_model(&job, &job))
+        abort();
     /* The re-enqueued copy parses to the same job with the next attempt. */
     char *again = pf_job_with_attempt((const char *)data, size, job.attempt + 1);
     pf_job copy;
     if (pf_job_parse(&copy, again, strlen(again), field, sizeof field, &err)) abort();
-    if (copy.attempt != job.attempt + 1 || strcmp(copy.job_id, job.job_id) || !pf_job_same_images(&job, &copy)) abort();
+    if (copy.attempt != job.attempt + 1 || strcmp(copy.job_id, job.job_id) || !copy.samples != !job.samples ||
+        (!job.samples && !pf_job_same_images(&job, &copy)))
+        abort();
     pf_job_free(&copy);
     free(again);
     pf_job_free(&job);
