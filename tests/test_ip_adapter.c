@@ -67,31 +67,40 @@ static void test_pipeline_cases(void **state) {
     pf_pipeline *p;
     pf_error err;
     if (pf_pipeline_load(&p, be, pf_test_path("tests/data/models/tiny-sd15"), NULL, &err)) fail_msg("%s", err.msg);
-    char adapter[4096], encoder[4096];
-    snprintf(adapter, sizeof adapter, "%s", pf_test_path(ADAPTER));
+    char encoder[4096];
     snprintf(encoder, sizeof encoder, "%s", pf_test_path(ENCODER));
-    const char *files[] = {adapter};
-    if (pf_pipeline_set_ip_adapters(p, files, 1, encoder, &err)) fail_msg("%s", err.msg);
     json_array_foreach(json_object_get(root, "cases"), i, c) {
-        uint8_t *rgb;
-        int w, h;
-        if (pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "ip_image"))), &rgb, &w, &h,
-                          &err))
-            fail_msg("%s", err.msg);
-        pf_ip_image ip = {0, rgb, w, h, (float)json_number_value(json_object_get(c, "ip_scale"))};
+        json_t *list = json_object_get(c, "ip_adapters"), *it;
+        size_t k;
+        char files[PF_MAX_IP_ADAPTERS][4096];
+        const char *fp[PF_MAX_IP_ADAPTERS];
+        pf_ip_image ip[PF_MAX_IP_ADAPTERS];
+        uint8_t *rgb[PF_MAX_IP_ADAPTERS];
+        json_array_foreach(list, k, it) {
+            snprintf(files[k], sizeof files[k], "%s",
+                     pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(it, "adapter"))));
+            fp[k] = files[k];
+            int w, h;
+            if (pf_image_read(pf_test_path(pf_pathf("tests/data/goldens/%s", pf_case_str(it, "image"))), &rgb[k], &w,
+                              &h, &err))
+                fail_msg("%s", err.msg);
+            ip[k] = (pf_ip_image){(int)k, rgb[k], w, h, (float)json_number_value(json_object_get(it, "scale"))};
+        }
+        const int nip = (int)json_array_size(list);
+        if (pf_pipeline_set_ip_adapters(p, fp, nip, encoder, &err)) fail_msg("%s", err.msg);
         pf_txt2img_params q;
         pf_case_params(c, &q);
-        q.ip_images = &ip;
-        q.n_ip = 1;
+        q.ip_images = ip;
+        q.n_ip = nip;
         const size_t n = (size_t)q.num_images * q.height * q.width * 3;
         float *got = malloc(n * sizeof *got);
         if (pf_pipeline_txt2img(p, &q, got, &err)) fail_msg("%s: %s", pf_case_str(c, "name"), err.msg);
         pf_assert_case_images(pf_case_str(c, "name"), c, got, n, HINT);
         free(got);
-        free(rgb);
+        for (k = 0; k < (size_t)nip; k++) free(rgb[k]);
         ran++;
     }
-    assert_int_equal(ran, 3);
+    assert_int_equal(ran, 5);
     pf_pipeline_free(p);
     pf_backend_free(be);
     json_decref(root);
@@ -106,10 +115,9 @@ static void test_cli(void **state) {
     json_array_foreach(json_object_get(root, "cases"), i, c) {
         pf_case_cli a;
         pf_case_cli_of(&a, c);
-        char out[4096], spec[4200], img[4200], model[4096], enc[4096], neg[1024];
+        char out[4096], spec[PF_MAX_IP_ADAPTERS][4200], img[PF_MAX_IP_ADAPTERS][4200], model[4096], enc[4096],
+            neg[1024];
         snprintf(out, sizeof out, "%s/ip-%s.png", dir, pf_case_str(c, "name"));
-        snprintf(spec, sizeof spec, "%s:%.9g", pf_test_path(ADAPTER), json_number_value(json_object_get(c, "ip_scale")));
-        snprintf(img, sizeof img, "%s", pf_test_path(pf_pathf("tests/data/goldens/%s", pf_case_str(c, "ip_image"))));
         snprintf(model, sizeof model, "%s", pf_test_path("tests/data/models/tiny-sd15"));
         snprintf(enc, sizeof enc, "%s", pf_test_path(ENCODER));
         snprintf(neg, sizeof neg, "%s", pf_case_str(c, "negative_prompt") ? pf_case_str(c, "negative_prompt") : "");
@@ -118,9 +126,21 @@ static void test_cli(void **state) {
         const char *fixed[] = {pf_cli_path(), "generate", "--model", model, "--prompt", pf_case_str(c, "prompt"),
                                "--steps", a.steps, "--guidance", a.guidance, "--seed", a.seed, "--width", a.width,
                                "--height", a.height, "--num-images", a.num_images, "--windows", a.windows,
-                               "--prediction-type", pf_case_str(c, "prediction_type"), "--ip-adapter", spec, "--ip-image",
-                               img, "--out", out};
+                               "--prediction-type", pf_case_str(c, "prediction_type"), "--out", out};
         for (size_t f = 0; f < sizeof fixed / sizeof *fixed; f++) argv[k++] = (char *)fixed[f];
+        json_t *it;
+        size_t j;
+        json_array_foreach(json_object_get(c, "ip_adapters"), j, it) {
+            snprintf(spec[j], sizeof spec[j], "%s:%.9g",
+                     pf_test_path(pf_pathf("tests/data/models/%s", pf_case_str(it, "adapter"))),
+                     json_number_value(json_object_get(it, "scale")));
+            snprintf(img[j], sizeof img[j], "%s",
+                     pf_test_path(pf_pathf("tests/data/goldens/%s", pf_case_str(it, "image"))));
+            argv[k++] = "--ip-adapter";
+            argv[k++] = spec[j];
+            argv[k++] = "--ip-image";
+            argv[k++] = img[j];
+        }
         if (*neg) {
             argv[k++] = "--negative-prompt";
             argv[k++] = neg;

@@ -225,17 +225,14 @@ int pf_clip_image_preprocess(float *out, const pf_clip_image_config *c, const ui
     return 0;
 }
 
-int pf_clip_vision_embed(pf_clip_vision *m, float *embeds, const uint8_t *rgb, int w, int h, pf_error *err) {
+int pf_clip_vision_encode(pf_clip_vision *m, const float *pixels, int layers, float *hidden, float *embeds,
+                          pf_error *err) {
     const pf_clip_vision_config *c = &m->cfg;
     const int64_t S = c->image_size, P = c->patch_size, G = S / P, N = G * G, L = N + 1, D = c->hidden_size;
+    if (hidden && (layers < 1 || layers > c->num_hidden_layers))
+        return pf_fail(err, "image encoder: %d layers asked of %d", layers, c->num_hidden_layers);
     pf_backend *be = m->be;
-    float *pix = PF_MALLOC((size_t)3 * S * S * sizeof *pix);
-    if (pf_clip_image_preprocess(pix, &m->proc, rgb, w, h, err)) {
-        free(pix);
-        return -1;
-    }
-    pf_tensor *px = pf_from_host(be, 4, (int64_t[]){1, 3, S, S}, pix);    /* (1, 3, S, S) pixel_values */
-    free(pix);
+    pf_tensor *px = pf_from_host(be, 4, (int64_t[]){1, 3, S, S}, pixels); /* (1, 3, S, S) pixel_values */
     pf_tensor *patches = pf_new4(be, 1, D, G, G);                         /* (1, D, G, G) */
     pf_conv2d(patches, px, m->patch_w, NULL, (int)P, 0);
     pf_tensor *p3 = pf_view3(patches, 1, D, N);                           /* (1, D, N) */
@@ -246,21 +243,35 @@ int pf_clip_vision_embed(pf_clip_vision *m, float *embeds, const uint8_t *rgb, i
     pf_concat(x, cls, tok, 1);
     pf_tensor *pos = pf_view3(m->pos_emb, 1, L, D);
     pf_add(x, x, pos);
-    pf_layer_norm(x, x, m->pre_w, m->pre_b, c->layer_norm_eps);          /* pre_layrnorm */
+    pf_layer_norm(x, x, m->pre_w, m->pre_b, c->layer_norm_eps);          /* pre_layrnorm: hidden_states[0] */
     pf_tensor *hh = pf_new3(be, 1, L, D), *q = pf_new3(be, 1, L, D), *k = pf_new3(be, 1, L, D);
     pf_tensor *v = pf_new3(be, 1, L, D), *a = pf_new3(be, 1, L, D), *mlp = pf_new3(be, 1, L, c->intermediate_size);
-    for (int i = 0; i < c->num_hidden_layers; i++)
+    const int run = embeds ? c->num_hidden_layers : layers;
+    for (int i = 0; i < run; i++) {
         pf_clip_layer_forward(&m->layers[i], x, hh, q, k, v, a, mlp, c->num_attention_heads, c->layer_norm_eps,
                               c->hidden_act, 0);
+        if (hidden && i + 1 == layers) pf_to_host(hidden, x);             /* hidden_states[layers] */
+    }
     pf_tensor *x2 = pf_view2(x, L, D);
     pf_tensor *first = pf_slice0(x2, 0, 1);                               /* (1, D) class token */
     pf_tensor *pooled = pf_new2(be, 1, D);
-    pf_layer_norm(pooled, first, m->post_w, m->post_b, c->layer_norm_eps); /* post_layernorm */
     pf_tensor *e = pf_new2(be, 1, c->projection_dim);                     /* (1, E) image_embeds */
-    pf_linear(e, pooled, m->proj, NULL);
-    pf_to_host(embeds, e);
+    if (embeds) {
+        pf_layer_norm(pooled, first, m->post_w, m->post_b, c->layer_norm_eps); /* post_layernorm */
+        pf_linear(e, pooled, m->proj, NULL);
+        pf_to_host(embeds, e);
+    }
     pf_tensor *dead[] = {px, patches, p3, tok, cls, x, pos, hh, q, k, v, a, mlp, first, x2, pooled, e};
     for (size_t i = 0; i < sizeof dead / sizeof *dead; i++) pf_free(dead[i]);
     if (pf_backend_ok(be, err)) return pf_error_prefix(err, "image encoder");
     return 0;
+}
+
+int pf_clip_vision_embed(pf_clip_vision *m, float *embeds, const uint8_t *rgb, int w, int h, pf_error *err) {
+    const int64_t S = m->cfg.image_size;
+    float *pix = PF_MALLOC((size_t)3 * S * S * sizeof *pix);
+    int rc = pf_clip_image_preprocess(pix, &m->proc, rgb, w, h, err) ||
+             pf_clip_vision_encode(m, pix, 0, NULL, embeds, err) ? -1 : 0;
+    free(pix);
+    return rc;
 }

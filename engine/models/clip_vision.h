@@ -54,6 +54,15 @@ const pf_clip_image_config *pf_clip_vision_image_config(const pf_clip_vision *m)
 int pf_clip_image_preprocess(float *out, const pf_clip_image_config *c, const uint8_t *rgb, int w, int h,
                              pf_error *err);
 
+/* The vision tower on one preprocessed image (pixels: 3 x S x S planar, the
+ * processor's output, or zeros for diffusers' unconditional "plus" input):
+ * hidden (NULL: not wanted) receives hidden_states[layers], (N + 1) x D host
+ * floats, class token first (1 <= layers <= num_hidden_layers; IP-Adapter Plus
+ * takes hidden_states[-2], layers = num_hidden_layers - 1); embeds (NULL: not
+ * wanted) receives image_embeds, E host floats. */
+int pf_clip_vision_encode(pf_clip_vision *m, const float *pixels, int layers, float *hidden, float *embeds,
+                          pf_error *err);
+
 /* image_embeds of one image: the processor, the vision tower, post_layernorm of
  * the class token, visual_projection. embeds: E host floats. */
 int pf_clip_vision_embed(pf_clip_vision *m, float *embeds, const uint8_t *rgb, int w, int h, pf_error *err);

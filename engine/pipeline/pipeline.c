@@ -482,6 +482,45 @@ static int decode_images(pf_pipeline *p, float *images, const float *latents, in
  * diffusers stacks them, or on B rows without guidance. Everything per image
  * (the latents, the combine, the sampler step, the decode) is elementwise or
  * per sample, so stacking jobs changes no job's numbers. */
+/* encode_image for one adapter's image, rows as the UNet batch takes them: the
+ * B conditional rows after the B unconditional ones when guidance is on.
+ * Plain: image_embeds (BB, E), zeros unconditional. Plus: hidden_states[-2]
+ * (BB, L, D), the unconditional rows the encoder's of zero pixel_values (a new
+ * tensor; NULL with err set). */
+static pf_tensor *ip_image_embeds(pf_pipeline *p, const pf_ip_adapter *a, const pf_ip_image *q, int B, int cfg_on,
+                                  pf_error *err) {
+    const pf_clip_vision_config *vc = pf_clip_vision_get_config(p->image_encoder);
+    const int BB = cfg_on ? 2 * B : B, S = vc->image_size;
+    const size_t row = a->plus ? (size_t)((S / vc->patch_size) * (S / vc->patch_size) + 1) * vc->hidden_size
+                               : (size_t)a->embed_dim;
+    float *host = PF_CALLOC((size_t)BB * row, sizeof *host), *cond = host + (size_t)(cfg_on ? B : 0) * row;
+    float *pix = PF_CALLOC((size_t)3 * S * S, sizeof *pix);
+    int rc;
+    if (a->plus) {
+        const int layers = vc->num_hidden_layers - 1;
+        rc = pf_clip_image_preprocess(pix, pf_clip_vision_image_config(p->image_encoder), q->image, q->image_width,
+                                      q->image_height, err) ||
+             pf_clip_vision_encode(p->image_encoder, pix, layers, cond, NULL, err);
+        if (!rc && cfg_on) { /* image_encoder(torch.zeros_like(image)) */
+            memset(pix, 0, (size_t)3 * S * S * sizeof *pix);
+            rc = pf_clip_vision_encode(p->image_encoder, pix, layers, host, NULL, err);
+            for (int b = 1; !rc && b < B; b++) memcpy(host + (size_t)b * row, host, row * sizeof *host);
+        }
+    } else {
+        rc = pf_clip_vision_embed(p->image_encoder, cond, q->image, q->image_width, q->image_height, err);
+    }
+    for (int b = 1; !rc && b < B; b++) memcpy(cond + (size_t)b * row, cond, row * sizeof *host);
+    free(pix);
+    pf_tensor *t = NULL;
+    if (!rc) {
+        const int64_t L = (int64_t)(row / (size_t)(a->plus ? vc->hidden_size : a->embed_dim));
+        t = a->plus ? pf_from_host(p->be, 3, (int64_t[]){BB, L, vc->hidden_size}, host)
+                    : pf_from_host(p->be, 2, (int64_t[]){BB, a->embed_dim}, host);
+    }
+    free(host);
+    return t;
+}
+
 int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jobs, int njobs, float *images,
                               pf_error *err) {
     PF_CHECK(njobs >= 1);
@@ -583,16 +622,8 @@ int pf_pipeline_txt2img_batch(pf_pipeline *p, const pf_txt2img_params *const *jo
     for (int i = 0; i < prm->n_ip; i++) {
         const pf_ip_adapter *a = p->ips[i];
         const pf_ip_image *q = &prm->ip_images[i];
-        const int E = a->embed_dim;
-        float *host = PF_CALLOC((size_t)BB * E, sizeof *host);
-        if (pf_clip_vision_embed(p->image_encoder, host + (size_t)(cfg_on ? B : 0) * E, q->image, q->image_width,
-                                 q->image_height, err)) {
-            free(host);
-            goto done;
-        }
-        for (int b = 1; b < B; b++) memcpy(host + (size_t)((cfg_on ? B : 0) + b) * E, host + (size_t)(cfg_on ? B : 0) * E, (size_t)E * sizeof *host);
-        pf_tensor *emb = pf_from_host(be, 2, (int64_t[]){BB, E}, host); /* (BB, E) */
-        free(host);
+        pf_tensor *emb = ip_image_embeds(p, a, q, B, cfg_on, err); /* (BB, E) or plus (BB, L, E) */
+        if (!emb) goto done;
         r.ip[i].tokens = pf_ip_adapter_project(a, emb);                 /* (BB, N, X) */
         pf_free(emb);
         r.ip[i].to_k_ip = a->to_k_ip;
@@ -662,10 +693,17 @@ int pf_pipeline_set_ip_adapters(pf_pipeline *p, const char *const *files, int n,
     }
     for (int i = 0; i < n; i++) {
         if (pf_ip_adapter_load(&ips[i], p->be, files[i], p->unet, err)) goto fail;
-        const int E = pf_clip_vision_get_config(enc)->projection_dim;
+        const pf_clip_vision_config *vc = pf_clip_vision_get_config(enc);
+        const int E = ips[i]->plus ? vc->hidden_size : vc->projection_dim;
         if (ips[i]->embed_dim != E) {
-            pf_fail(err, "ip-adapter %s takes %d-wide image embeddings but image encoder %s gives %d (projection_dim)",
-                    files[i], ips[i]->embed_dim, image_encoder_dir, E);
+            pf_fail(err, "ip-adapter %s takes %d-wide image %s but image encoder %s gives %d (%s)", files[i],
+                    ips[i]->embed_dim, ips[i]->plus ? "features" : "embeddings", image_encoder_dir, E,
+                    ips[i]->plus ? "hidden_size" : "projection_dim");
+            goto fail;
+        }
+        if (ips[i]->plus && vc->num_hidden_layers < 2) {
+            pf_fail(err, "ip-adapter %s (plus) takes the encoder's hidden_states[-2]; image encoder %s has %d layer",
+                    files[i], image_encoder_dir, vc->num_hidden_layers);
             goto fail;
         }
     }

@@ -9,10 +9,12 @@ It writes only its own group:
         (CLIPImageProcessor: shortest edge 32, crop 32, bicubic)
   tests/data/models/tiny-sd15-ip-adapter/ip-adapter.safetensors  an IP-Adapter for tiny-sd15 in
         h94/IP-Adapter's layout (image_proj.proj/norm, ip_adapter.{1,3,5,7}.to_k_ip/to_v_ip), random;
+        ip-adapter-plus.safetensors, an IP-Adapter Plus (the Resampler: 4 blocks 64 wide, as diffusers requires, 6 queries);
         ip-adapter-x64.safetensors (64-wide image tokens: another family's) and
         ip-adapter-e16.safetensors (takes 16-wide image embeddings) for the errors
   tests/data/goldens/ip-adapter.json and goldens/tiny-sd15/ip-adapter-*: whole StableDiffusionPipeline
-        runs with the PeRFlow sampler after load_ip_adapter + set_ip_adapter_scale
+        runs with the PeRFlow sampler after load_ip_adapter + set_ip_adapter_scale (plain, plus, and
+        both at once)
   tests/data/goldens/tiny-sd15/ip-adapter-parts.safetensors: for each PREP image (w, h, seed):
         image_<k> (h, w, 3 uint8 as float), bicubic_<k> (Pillow's Image.BICUBIC resize to the
         processor's size, uint8 as float), pixels_<k> (CLIPImageProcessor's pixel_values) and
@@ -43,11 +45,15 @@ E = 24  # the image encoder's projection_dim
 # images for the preprocessing and encoder goldens: down, up, square, odd, wide
 PREP = [(48, 40, 31), (30, 70, 32), (64, 64, 33), (33, 97, 34), (211, 45, 35)]
 
-# name, (prompt, negative, steps, guidance, seed, n, h, w), (image w, h, seed), scale
+PLAIN, PLUS = "ip-adapter.safetensors", "ip-adapter-plus.safetensors"
+
+# name, (prompt, negative, steps, guidance, seed, n, h, w), [(adapter, (image w, h, seed), scale)]
 CASES = [
-    ("cfg", ("a house by a lake", "blurry", 4, 6.0, 21, 1, 64, 64), (48, 40, 5), 0.8),
-    ("two-images", ("a red bicycle", None, 4, 4.5, 22, 2, 48, 64), (30, 70, 6), 1.0),
-    ("no-cfg", ("a cat", None, 4, 1.0, 23, 1, 64, 48), (64, 64, 7), 0.6),
+    ("cfg", ("a house by a lake", "blurry", 4, 6.0, 21, 1, 64, 64), [(PLAIN, (48, 40, 5), 0.8)]),
+    ("two-images", ("a red bicycle", None, 4, 4.5, 22, 2, 48, 64), [(PLAIN, (30, 70, 6), 1.0)]),
+    ("no-cfg", ("a cat", None, 4, 1.0, 23, 1, 64, 48), [(PLAIN, (64, 64, 7), 0.6)]),
+    ("plus", ("a tree in winter", "dark", 4, 5.0, 24, 1, 64, 64), [(PLUS, (56, 40, 8), 0.9)]),
+    ("plain-and-plus", ("a boat", None, 4, 4.5, 25, 1, 48, 48), [(PLAIN, (40, 40, 9), 0.5), (PLUS, (36, 52, 10), 0.7)]),
 ]
 
 
@@ -82,6 +88,30 @@ def adapter_tensors(unet, seed, X, E_in):
     return sd
 
 
+def plus_tensors(unet, seed, X, E_in, H=64, N=6, depth=4):
+    """h94's "plus" layout: the Resampler (image_proj.latents, proj_in, layers.i.0 = PerceiverAttention with
+    norm1/norm2/to_q/to_kv/to_out, layers.i.1 = LayerNorm + Linear + GELU + Linear, proj_out, norm_out;
+    heads of 64) and the same ip_adapter.* as the plain adapter."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: v for k, v in adapter_tensors(unet, seed + 1, X, E_in).items() if k.startswith("ip_adapter.")}
+
+    def r(*shape, s=0.3):
+        return torch.randn(*shape, generator=g) * s
+    sd.update({"image_proj.latents": r(1, N, H, s=1.0), "image_proj.proj_in.weight": r(H, E_in),
+               "image_proj.proj_in.bias": r(H, s=0.1), "image_proj.proj_out.weight": r(X, H, s=0.2),
+               "image_proj.proj_out.bias": r(X, s=0.1), "image_proj.norm_out.weight": 1 + r(X, s=0.1),
+               "image_proj.norm_out.bias": r(X, s=0.1)})
+    for i in range(depth):
+        p = f"image_proj.layers.{i}."
+        sd.update({p + "0.norm1.weight": 1 + r(H, s=0.1), p + "0.norm1.bias": r(H, s=0.1),
+                   p + "0.norm2.weight": 1 + r(H, s=0.1), p + "0.norm2.bias": r(H, s=0.1),
+                   p + "0.to_q.weight": r(H, H, s=0.15), p + "0.to_kv.weight": r(2 * H, H, s=0.15),
+                   p + "0.to_out.weight": r(H, H, s=0.15), p + "1.0.weight": 1 + r(H, s=0.1),
+                   p + "1.0.bias": r(H, s=0.1), p + "1.1.weight": r(4 * H, H, s=0.15),
+                   p + "1.3.weight": r(H, 4 * H, s=0.1)})
+    return sd
+
+
 def main():
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
@@ -94,9 +124,11 @@ def main():
     save_file(adapter_tensors(pipe.unet, 2302, X, E), os.path.join(ADAPTER_DIR, "ip-adapter.safetensors"))
     save_file(adapter_tensors(pipe.unet, 2303, 64, E), os.path.join(ADAPTER_DIR, "ip-adapter-x64.safetensors"))
     save_file(adapter_tensors(pipe.unet, 2304, X, 16), os.path.join(ADAPTER_DIR, "ip-adapter-e16.safetensors"))
-    pipe.image_encoder = CLIPVisionModelWithProjection.from_pretrained(enc_dir).eval()
-    pipe.feature_extractor = CLIPImageProcessor.from_pretrained(enc_dir)
-    pipe.register_modules(image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor)
+    save_file(plus_tensors(pipe.unet, 2305, X, 32), os.path.join(ADAPTER_DIR, PLUS))
+    enc = CLIPVisionModelWithProjection.from_pretrained(enc_dir).eval()
+    fe = CLIPImageProcessor.from_pretrained(enc_dir)
+    pipe.image_encoder, pipe.feature_extractor = enc, fe
+    pipe.register_modules(image_encoder=enc, feature_extractor=fe)
     parts = {}
     proc = pipe.feature_extractor
     for k, (w, h, seed) in enumerate(PREP):
@@ -111,20 +143,32 @@ def main():
         with torch.no_grad():
             parts[f"embeds_{k}"] = pipe.image_encoder(px).image_embeds[0]
     save_file(parts, os.path.join(GOLDENS, f"{MODEL}/ip-adapter-parts.safetensors"), metadata=META)
-    pipe.load_ip_adapter(ADAPTER_DIR, subfolder="", weight_name="ip-adapter.safetensors", image_encoder_folder=None)
     index = {"version": VERSION, "generator": META["generator"], "cases": []}
-    for name, (prompt, neg, steps, g, seed, n, h, w), (iw, ih, iseed), scale in CASES:
-        rel = f"{MODEL}/ip-adapter-{name}-image.png"
-        input_image(iw, ih, iseed).save(os.path.join(GOLDENS, rel))
-        image = Image.open(os.path.join(GOLDENS, rel)).convert("RGB")
+    for name, (prompt, neg, steps, g, seed, n, h, w), adapters in CASES:
+        if getattr(pipe.unet, "encoder_hid_proj", None) is not None:
+            pipe.unload_ip_adapter()
+            pipe.image_encoder, pipe.feature_extractor = enc, fe
+            pipe.register_modules(image_encoder=enc, feature_extractor=fe)
+        pipe.load_ip_adapter([ADAPTER_DIR] * len(adapters), subfolder=[""] * len(adapters),
+                             weight_name=[a for a, _, _ in adapters], image_encoder_folder=None,
+                             low_cpu_mem_usage=False)
+        images, listed = [], []
+        for k, (adapter, (iw, ih, iseed), scale) in enumerate(adapters):
+            rel = f"{MODEL}/ip-adapter-{name}-image-{k}.png"
+            input_image(iw, ih, iseed).save(os.path.join(GOLDENS, rel))
+            images.append(Image.open(os.path.join(GOLDENS, rel)).convert("RGB"))
+            listed.append(dict(adapter=f"tiny-sd15-ip-adapter/{adapter}", image=rel, scale=scale))
+        scales = [a["scale"] for a in listed]
 
         def run(s, sc, output_type="np"):
-            pipe.set_ip_adapter_scale(sc)
-            return pipe(prompt, negative_prompt=neg, ip_adapter_image=image, num_inference_steps=steps,
+            pipe.set_ip_adapter_scale(sc if len(sc) > 1 else sc[0])
+            return pipe(prompt, negative_prompt=neg, ip_adapter_image=images if len(images) > 1 else images[0],
+                        num_inference_steps=steps,
                         guidance_scale=g, num_images_per_prompt=n, height=h, width=w, output_type=output_type,
                         generator=torch.Generator("cpu").manual_seed(s)).images
         with torch.no_grad():
-            img, pils, other, plain = run(seed, scale), run(seed, scale, "pil"), run(seed + 1, scale), run(seed, 0.0)
+            img, pils, other = run(seed, scales), run(seed, scales, "pil"), run(seed + 1, scales)
+            plain = run(seed, [0.0] * len(scales))
         inside, diff = float(((img > 0) & (img < 1)).mean()), float(np.abs(img - other).mean())
         effect = float(np.abs(img - plain).max() * 255)
         assert inside > 0.9 and diff > 0.02, (name, inside, diff)
@@ -137,8 +181,7 @@ def main():
                   os.path.join(GOLDENS, f"{MODEL}/ip-adapter-{name}-images.safetensors"), metadata=META)
         index["cases"].append(dict(name=name, model=MODEL, prompt=prompt, negative_prompt=neg, steps=steps,
                                    guidance=g, prediction_type="ddim_eps", windows=4, seed=seed, num_images=n,
-                                   height=h, width=w, ip_adapter="tiny-sd15-ip-adapter/ip-adapter.safetensors",
-                                   ip_image=rel, ip_scale=scale,
+                                   height=h, width=w, ip_adapters=listed,
                                    images=f"{MODEL}/ip-adapter-{name}-images.safetensors", pngs=pngs))
         print(f"ip-adapter {name}: {inside:.3f} inside (0, 1), seed+1 diff {diff:.3f}, "
               f"up to {effect:.0f} levels from the image at scale 0")
