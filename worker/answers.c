@@ -314,11 +314,12 @@ int pf_ans_replay(pf_worker *w, const rd_kafka_message_t *m, const pf_job *job, 
         return 0;
     }
     json_t *ddoc = drec ? json_loads(drec, JSON_ALLOW_NUL, NULL) : NULL;
+    int recorded_dl = drec != NULL;
     free(drec);
     dead_letter dl;
     pf_header h[9];
     int has_dl = ddoc && dead_letter_load(&dl, h, ddoc, m);
-    if (ddoc && !has_dl)
+    if (recorded_dl && !has_dl)
         pf_wlog(PF_LOG_WARN, "job.bad_record", job->job_id, NULL, "the recorded dead letter is not one; leaving it out");
     json_object_set_new(st, "replayed", json_true());
     pf_wlog(PF_LOG_INFO, "job.replayed", job->job_id,
@@ -326,7 +327,8 @@ int pf_ans_replay(pf_worker *w, const rd_kafka_message_t *m, const pf_job *job, 
             "already finished: re-posting its terminal status without running it");
     if (!send_status(w, st, has_dl ? &dl : NULL, NULL, NULL)) {
         pf_metrics_job_replayed();
-        if (has_dl) pf_metrics_dead_letter(json_string_value(json_object_get(json_object_get(st, "error"), "code")));
+        for (int i = 0; has_dl && i < dl.n; i++) /* counted by the code the dead letter carries */
+            if (!strcmp(dl.h[i].name, "perflow-error-code")) pf_metrics_dead_letter(dl.h[i].value);
         store_offset(w, m, job->job_id);
     }
     json_decref(ddoc);

@@ -1,5 +1,5 @@
-"""test_delivery_order.py - the order in which the worker ends a job (worker.c
-finish()), each step checked by a test that fails when it moves: the result
+"""test_delivery_order.py - the order in which the worker ends a job
+(worker/answers.c, pf_ans_finish()), each step checked by a test that fails when it moves: the result
 record, then the terminal status (and dead letter), then the answered note and
 the offset, and only then the lease. A job whose end cannot be delivered keeps
 its offset uncommitted, its lease held and its message unanswered; killing the
@@ -276,3 +276,36 @@ def test_lease_renewed_while_status_held(rig, faults):
     (ev,) = r.events.terminal("order-lease")
     assert ev["state"] == "succeeded" and "replayed" not in ev, ev
     r.events.wait(lambda: redis_cli(r.redis, "EXISTS", "pf:job:order-lease:lease") == "0", 10, "the lease released")
+
+
+def test_recorded_dead_letter_hostile(rig):
+    """The dead letter recorded beside a result is read back from Redis as
+    hostile input: one that is not a dead letter (not JSON, a header that is no
+    pair of strings, too many headers, a payload that is no string) is left
+    out with a job.bad_record warning and the status still replayed; a valid
+    one is sent as recorded (a NUL in its payload kept), or with the
+    redelivered message as its payload when it records none."""
+    r = rig(partitions=1)
+    job = r.job("dl-hostile")
+    r.produce(job)
+    w = r.start_worker()
+    r.events.wait_terminal(["dl-hostile"], timeout=60)
+    key = "pf:job:dl-hostile:dead_letter"
+    bad = ["not json", '{"headers": [["perflow-error-code"]]}', '{"headers": [["a", 1]]}',
+           json.dumps({"headers": [["h%d" % i, "v"] for i in range(10)]}), '{"headers": [], "payload": 7}', "[]"]
+    good = [('{"headers": [["perflow-error-code", "upload"]], "payload": "p\\u0000q"}', b"p\x00q"),
+            ('{"headers": [["perflow-error-code", "upload"]]}', json.dumps(job).encode())]
+    seen = 1
+    for i, rec in enumerate(bad + [g for g, _ in good]):
+        redis_cli(r.redis, "SET", key, rec)
+        r.produce(job)
+        seen += 1
+        r.events.wait(lambda: len(r.events.of("dl-hostile", "succeeded")) == seen, 60, "replay %d" % i)
+        assert w.proc.poll() is None
+    r.events.wait(lambda: len(r.events.dead) == len(good), 15, "the valid dead letters")
+    r.events.poll(1)
+    assert [v for v, _ in r.events.dead] == [want for _, want in good]
+    assert all(h == {"perflow-error-code": "upload"} for _, h in r.events.dead), r.events.dead
+    assert len([e for e in w.events("job.bad_record", "dl-hostile") if "dead letter" in e.get("msg", "")]) == len(bad)
+    replays = w.events("job.replayed", "dl-hostile")
+    assert [e["dead_letter"] for e in replays] == [False] * len(bad) + [True] * len(good), replays
