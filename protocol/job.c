@@ -111,8 +111,9 @@ static int get_obj(ctx *c, json_t *obj, const char *prefix, const char *key, int
 /* SRC_BASE: a diffusers base URL (no digest); SRC_MODEL: a diffusers base URL
  * or one .safetensors checkpoint (+ digest); SRC_FILE: one file (+ digest);
  * SRC_SCALED: a .safetensors file with a scale; SRC_FOLDER: one component
- * folder (+ its weights' digest), fetched with the weights variant of fp16. */
-typedef enum { SRC_BASE, SRC_MODEL, SRC_FILE, SRC_SCALED, SRC_FOLDER } src_kind;
+ * folder (+ its weights' digest), fetched with the weights variant of fp16;
+ * SRC_ENCODER: an image encoder folder (+ its weights' digest), likewise. */
+typedef enum { SRC_BASE, SRC_MODEL, SRC_FILE, SRC_SCALED, SRC_FOLDER, SRC_ENCODER } src_kind;
 
 /* 1 when the URL's path (before any query string) ends in .safetensors. */
 static int names_safetensors(const char *url) {
@@ -159,12 +160,16 @@ static int get_source(ctx *c, json_t *o, const char *f, src_kind kind, int fp16,
         }
         if (src.kind == PF_SOURCE_FILE && pf_model_source_init(&src, PF_SOURCE_FILE, s->url, s->sha256, 0, &e))
             return bad(c, uf, "%s", e.msg);
-    } else if (kind == SRC_FOLDER) {
+    } else if (kind == SRC_FOLDER || kind == SRC_ENCODER) {
         if (pf_model_source_init(&src, PF_SOURCE_AUTO, s->url, NULL, 0, &e)) return bad(c, uf, "%s", e.msg);
         if (src.kind != PF_SOURCE_DIFFUSERS)
-            return bad(c, uf, "must be the URL of a diffusers ControlNetModel folder (holding config.json and "
-                              "diffusion_pytorch_model.safetensors), not of a file");
-        if (pf_model_source_init(&src, PF_SOURCE_COMPONENT, s->url, s->sha256, fp16, &e))
+            return bad(c, uf, kind == SRC_FOLDER ? "must be the URL of a diffusers ControlNetModel folder (holding "
+                                                   "config.json and diffusion_pytorch_model.safetensors), not of a file"
+                                                 : "must be the URL of a CLIPVisionModelWithProjection folder "
+                                                   "(holding config.json, model.safetensors and "
+                                                   "preprocessor_config.json), not of a file");
+        if (pf_model_source_init(&src, kind == SRC_FOLDER ? PF_SOURCE_COMPONENT : PF_SOURCE_IMAGE_ENCODER, s->url,
+                                 s->sha256, fp16, &e))
             return bad(c, uf, "%s", e.msg);
     } else if (pf_model_source_init(&src, PF_SOURCE_FILE, s->url, s->sha256, 0, &e)) {
         return bad(c, uf, "%s", e.msg);
@@ -259,6 +264,43 @@ static int parse_control(ctx *c, pf_job *job, json_t *arr) {
         ctl->controlnet.scale = ctl->image.scale = ctl->scale;
     }
     job->n_controls = (int)json_array_size(arr);
+    return 0;
+}
+
+/* The "ip_adapters" array (pf_job_ip_adapter); every item names the same
+ * image encoder (the pipeline holds one). */
+static int parse_ip_adapters(ctx *c, pf_job *job, json_t *arr) {
+    static const char *const keys[] = {"adapter", "image", "image_encoder", "scale", NULL};
+    if (!json_is_array(arr)) return bad(c, "ip_adapters", "must be an array");
+    if (json_array_size(arr) > PF_JOB_MAX_IP_ADAPTERS)
+        return bad(c, "ip_adapters", "at most %d", PF_JOB_MAX_IP_ADAPTERS);
+    size_t i;
+    json_t *it, *o;
+    json_array_foreach(arr, i, it) {
+        pf_job_ip_adapter *ip = &job->ip[i];
+        char f[PF_JOB_FIELD_MAX], sub[PF_JOB_FIELD_MAX];
+        snprintf(f, sizeof f, "ip_adapters[%zu]", i);
+        if (!json_is_object(it)) return bad(c, f, "must be an object");
+        if (only_keys(c, it, f, keys)) return -1;
+        path(sub, sizeof sub, f, "adapter");
+        if (get_obj(c, it, f, "adapter", 1, &o) || get_source(c, o, sub, SRC_FILE, 0, &ip->adapter)) return -1;
+        if (!names_safetensors(ip->adapter.url))
+            return bad(c, sub, "must name a .safetensors IP-Adapter file (.bin pickles are refused)");
+        path(sub, sizeof sub, f, "image");
+        if (get_obj(c, it, f, "image", 1, &o) || get_source(c, o, sub, SRC_FILE, 0, &ip->image)) return -1;
+        path(sub, sizeof sub, f, "image_encoder");
+        if (get_obj(c, it, f, "image_encoder", 1, &o) || get_source(c, o, sub, SRC_ENCODER, job->fp16,
+                                                                     &ip->image_encoder))
+            return -1;
+        if (i && (strcmp(ip->image_encoder.url, job->ip[0].image_encoder.url) ||
+                  !!ip->image_encoder.sha256 != !!job->ip[0].image_encoder.sha256 ||
+                  (ip->image_encoder.sha256 && strcmp(ip->image_encoder.sha256, job->ip[0].image_encoder.sha256))))
+            return bad(c, sub, "must be ip_adapters[0]'s (one image encoder serves a job's adapters)");
+        double scale;
+        if (get_num(c, it, f, "scale", -10, 10, 1, &scale)) return -1;
+        ip->scale = (float)scale;
+    }
+    job->n_ip = (int)json_array_size(arr);
     return 0;
 }
 
@@ -503,7 +545,7 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
                                        "height", "steps", "guidance", "seed", "num_images", "sampler", "clip_skip",
                                        "refiner", "refine", "output", "deadline", "priority", "batch_id",
                                        "prompt_2", "negative_prompt_2", "original_size", "crop_coords",
-                                       "target_size", "control", "samples", "shard", NULL};
+                                       "target_size", "control", "samples", "shard", "ip_adapters", NULL};
     if (only_keys(&c, root, "", keys)) goto fail;
     const char *schema;
     if (get_str(&c, root, "", "schema", 0, 64, &schema)) goto fail;
@@ -552,6 +594,8 @@ int pf_job_parse(pf_job *job, const char *data, size_t len, char *field, size_t 
         goto fail;
     json_t *ctl = json_object_get(root, "control");
     if (ctl && parse_control(&c, job, ctl)) goto fail;
+    json_t *ipa = json_object_get(root, "ip_adapters");
+    if (ipa && parse_ip_adapters(&c, job, ipa)) goto fail;
     static const char *const sides[] = {"width", "height"};
     for (int i = 0; i < 2; i++) {
         /* absent: 0, the family's side once the model is known (SDXL 1024, else 512) */
@@ -689,13 +733,19 @@ int pf_job_same_model(const pf_job *a, const pf_job *b) {
     if (!source_eq(&a->base, &b->base) || !source_eq(&a->config, &b->config) || !source_eq(&a->delta, &b->delta) ||
         a->n_loras != b->n_loras || a->fp16 != b->fp16 || a->width != b->width || a->height != b->height ||
         a->refine.on != b->refine.on || !source_eq(&a->refine.controlnet, &b->refine.controlnet) ||
-        a->n_controls != b->n_controls)
+        a->n_controls != b->n_controls || a->n_ip != b->n_ip)
         return 0;
     /* the fused weights: each LoRA and its scale, in order */
     for (int i = 0; i < a->n_loras; i++)
         if (!source_eq(&a->loras[i], &b->loras[i]) || a->loras[i].scale != b->loras[i].scale) return 0;
     for (int i = 0; i < a->n_controls; i++)
         if (!source_eq(&a->control[i].controlnet, &b->control[i].controlnet)) return 0;
+    /* one set of IP-Adapters and image encoder attached (each job still runs
+     * in an engine call of its own: pf_txt2img_batchable) */
+    for (int i = 0; i < a->n_ip; i++)
+        if (!source_eq(&a->ip[i].adapter, &b->ip[i].adapter) ||
+            !source_eq(&a->ip[i].image_encoder, &b->ip[i].image_encoder))
+            return 0;
     return 1;
 }
 
@@ -705,6 +755,8 @@ int pf_job_same_images(const pf_job *a, const pf_job *b) {
     for (int i = 0; i < a->n_controls; i++)
         if (!source_eq(&a->control[i].image, &b->control[i].image) || a->control[i].scale != b->control[i].scale)
             return 0;
+    for (int i = 0; i < a->n_ip; i++)
+        if (!source_eq(&a->ip[i].image, &b->ip[i].image) || a->ip[i].scale != b->ip[i].scale) return 0;
     for (int k = 0; k < 2; k++)
         if (a->original_size[k] != b->original_size[k] || a->crop_coords[k] != b->crop_coords[k] ||
             a->target_size[k] != b->target_size[k])

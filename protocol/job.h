@@ -30,6 +30,7 @@
 #define PF_JOB_PROMPT_MAX 4096     /* bytes of a prompt or negative prompt */
 #define PF_JOB_MAX_LORAS 8
 #define PF_JOB_MAX_CONTROLS 8      /* PF_MAX_CONTROLS, the refiner's ControlNet included */
+#define PF_JOB_MAX_IP_ADAPTERS 4   /* PF_MAX_IP_ADAPTERS */
 #define PF_JOB_MAX_TIME_ID 16384   /* SDXL's original_size, crop_coords and target_size components */
 #define PF_JOB_MAX_SIDE 2048       /* pixels */
 #define PF_JOB_MAX_STEPS 100
@@ -67,6 +68,17 @@ typedef struct pf_job_control {
     float scale;              /* controlnet_conditioning_scale, -10..10 (1) */
 } pf_job_control;
 
+/* One image prompt (an item of the job's "ip_adapters" array), as `perflow
+ * generate --ip-adapter FILE:SCALE --ip-image FILE --image-encoder DIR` runs it:
+ * diffusers' load_ip_adapter + set_ip_adapter_scale, several in order. */
+typedef struct pf_job_ip_adapter {
+    pf_job_source adapter;       /* an IP-Adapter .safetensors file (plain or plus; sha256: the file's) */
+    pf_job_source image;         /* the image prompt, a PNG or JPEG file (sha256: the file's) */
+    pf_job_source image_encoder; /* a CLIPVisionModelWithProjection folder (sha256: its weights'); the same
+                                    for every item of a job */
+    float scale;                 /* set_ip_adapter_scale, -10..10 (1) */
+} pf_job_ip_adapter;
+
 /* The refiner after text-to-image (the job's "refine" object), as `perflow
  * generate --refine` runs it: the base images quantised to 8 bits, then
  * ControlNet-Tile img2img with the job's seed, prediction type, windows and
@@ -102,6 +114,8 @@ typedef struct pf_job {
     pf_job_control control[PF_JOB_MAX_CONTROLS]; /* text-to-image ControlNets with their images */
     int n_controls;
     int has_model_controlnet;         /* the old "model.controlnet" object: rejected as unsupported (use control) */
+    pf_job_ip_adapter ip[PF_JOB_MAX_IP_ADAPTERS]; /* image prompts (IP-Adapter) */
+    int n_ip;
     int fp16;                         /* prefer the .fp16 weights variant of the base */
     const char *prompt;
     const char *negative_prompt;      /* NULL when absent (SDXL: no negative prompt at all, zero embeddings;

@@ -158,7 +158,8 @@ static int fetch_one(batch *b, int i, pf_error *err) {
         if (f->weights && !pf_model_shard_index_name(index[v], sizeof index[v], p, NULL)) tries[nt++] = index[v];
     }
     /* a component's digest is its weights file's (whichever variant is fetched); an index cannot stand for shards */
-    const int pinned = b->src->kind == PF_SOURCE_COMPONENT && b->src->sha256[0] && f->weights;
+    const int pinned = (b->src->kind == PF_SOURCE_COMPONENT || b->src->kind == PF_SOURCE_IMAGE_ENCODER) &&
+                       b->src->sha256[0] && f->weights;
     pf_error first = {0};
     for (int t = 0; t < nt; t++) {
         char url[PF_URL_MAX];
@@ -282,14 +283,16 @@ static int plan_from_index(pf_cache *c, const pf_model_source *src, int configs,
 }
 
 int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lease *l, pf_error *err) {
-    const int component = src->kind == PF_SOURCE_COMPONENT, configs = src->kind == PF_SOURCE_CONFIGS;
-    const char *kind = component ? "component" : configs ? "configs" : "model";
+    const int encoder = src->kind == PF_SOURCE_IMAGE_ENCODER;
+    const int component = src->kind == PF_SOURCE_COMPONENT || encoder, configs = src->kind == PF_SOURCE_CONFIGS;
+    const char *kind = encoder ? "image_encoder" : component ? "component" : configs ? "configs" : "model";
     char skey[PF_SHA256_HEX], name[PF_URL_MAX + 128];
     /* A component (or a configs-only folder) is keyed apart from a model at
      * the same URL (another plan), and by its digest, so that a pinned job
      * never opens a manifest made without the check. Diffusers models keep
      * their original keys. */
-    snprintf(name, sizeof name, "%s%s%s%s%s", component ? "component:" : configs ? "configs:" : "",
+    snprintf(name, sizeof name, "%s%s%s%s%s",
+             encoder ? "image_encoder:" : component ? "component:" : configs ? "configs:" : "",
              src->prefer_fp16 ? "fp16:" : "", src->url, src->sha256[0] ? "@" : "", src->sha256);
     pf_cache_key(skey, "model", name);
     if (open_cached(c, src, skey, l)) return 0;
@@ -297,7 +300,8 @@ int pf_cache_acquire_model(pf_cache *c, const pf_model_source *src, pf_cache_lea
     pf_model_file *plan = PF_CALLOC(PF_MODEL_MAX_FILES, sizeof *plan);
     int n = 0, first = 0; /* plan entries already fetched (model_index.json) */
     pf_cache_got idx;
-    if (component ? pf_model_component_plan(plan, &n, PF_MODEL_MAX_FILES, src->prefer_fp16, err)
+    if (encoder     ? pf_model_image_encoder_plan(plan, &n, PF_MODEL_MAX_FILES, src->prefer_fp16, err)
+        : component ? pf_model_component_plan(plan, &n, PF_MODEL_MAX_FILES, src->prefer_fp16, err)
         : plan_from_index(c, src, configs, plan, &n, &idx, err)) {
         free(plan);
         return -1;

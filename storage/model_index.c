@@ -177,6 +177,15 @@ int pf_model_component_plan(pf_model_file *files, int *count, int max, int prefe
     return 0;
 }
 
+int pf_model_image_encoder_plan(pf_model_file *files, int *count, int max, int prefer_fp16, pf_error *err) {
+    plan p = {files, 0, max};
+    *count = 0;
+    if (add_weights(&p, NULL, "model", prefer_fp16, 1, err) || add(&p, NULL, "preprocessor_config.json", NULL, 0, err))
+        return -1;
+    *count = p.count;
+    return 0;
+}
+
 int pf_model_shard_index_name(char *out, size_t n, const char *weights_path, pf_error *err) {
     size_t len = strlen(weights_path);
     const int half = ends_with(weights_path, ".fp16.safetensors");

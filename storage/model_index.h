@@ -81,6 +81,11 @@ int pf_model_shard_plan(pf_model_file *files, int *count, int max, const char *i
  * Fails only when max is too small. */
 int pf_model_component_plan(pf_model_file *files, int *count, int max, int prefer_fp16, pf_error *err);
 
+/* The same for an image encoder folder (PF_SOURCE_IMAGE_ENCODER): config.json,
+ * model.safetensors (the .fp16 variant as fallback, or first with prefer_fp16)
+ * and preprocessor_config.json. */
+int pf_model_image_encoder_plan(pf_model_file *files, int *count, int max, int prefer_fp16, pf_error *err);
+
 /* 1 when p is a relative path of at most two segments of [A-Za-z0-9._-],
  * none empty, "." or "..", at most PF_RELPATH_MAX - 1 bytes; else 0. */
 int pf_relpath_valid(const char *p);

@@ -25,7 +25,7 @@ int pf_model_source_init(pf_model_source *s, pf_source_kind kind, const char *ur
     }
     if (kind != PF_SOURCE_FILE) { /* a folder: files go at <url>/<relpath> */
         if (strchr(u.path, '?')) return pf_fail(err, "a model's base URL must not have a query string");
-        if (kind != PF_SOURCE_COMPONENT && sha256 && *sha256)
+        if (kind != PF_SOURCE_COMPONENT && kind != PF_SOURCE_IMAGE_ENCODER && sha256 && *sha256)
             return pf_fail(err, "a digest names one file; a diffusers model is checked file by file");
         size_t n = strlen(u.path);
         while (n > 1 && u.path[n - 1] == '/') u.path[--n] = '\0';

@@ -26,6 +26,9 @@ typedef enum {
     PF_SOURCE_CONFIGS,   /* a diffusers model folder without its weights: model_index.json, each component's
                             config, tokenizer files and scheduler config (a single-file checkpoint's
                             model_config); never chosen by AUTO */
+    PF_SOURCE_IMAGE_ENCODER, /* a transformers CLIPVisionModelWithProjection folder (IP-Adapter's image
+                            encoder): config.json, preprocessor_config.json and model weights; its digest
+                            is its weights file's, as a COMPONENT's; never chosen by AUTO */
 } pf_source_kind;
 
 typedef struct pf_model_source {

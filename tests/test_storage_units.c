@@ -261,6 +261,15 @@ static void test_shard_plan(void **state) {
     assert_int_equal(pf_model_index_plan_configs(f, &n, PF_MODEL_MAX_FILES, sd, strlen(sd), &err), 0);
     assert_int_equal(n, 1 + 1 + 4 + 1);
     for (int i = 0; i < n; i++) assert_null(strstr(f[i].path, ".safetensors"));
+    /* an image encoder folder (IP-Adapter): config, weights of either variant, the processor's config */
+    assert_int_equal(pf_model_image_encoder_plan(f, &n, PF_MODEL_MAX_FILES, 1, &err), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(f[0].path, "config.json");
+    assert_string_equal(f[1].path, "model.fp16.safetensors");
+    assert_string_equal(f[1].fallback, "model.safetensors");
+    assert_true(f[1].weights && !f[0].weights && !f[2].weights);
+    assert_string_equal(f[2].path, "preprocessor_config.json");
+    assert_int_equal(pf_model_image_encoder_plan(f, &n, 2, 0, &err), -1); /* no room: an error, not a short plan */
     /* the shards of an index: each once, beside it, after what was planned */
     const char *index = "{\"metadata\": {\"total_size\": 10}, \"weight_map\": {"
                         "\"a.weight\": \"m-00001-of-00002.safetensors\", "

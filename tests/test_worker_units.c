@@ -98,6 +98,13 @@ static void test_models_and_sdxl_examples(void **state) {
     assert_int_equal(pf_job_family_check(&job, 1, field, sizeof field, &err), 0);
     pf_job_free(&job);
 
+    if (parse_file(&job, "schemas/examples/job-ip-adapter.json", field, &err)) fail_msg("%s: %s", field, err.msg);
+    assert_int_equal(job.n_ip, 1);
+    assert_true(job.ip[0].scale == 0.6f);
+    assert_non_null(strstr(job.ip[0].adapter.url, "ip-adapter_sd15.safetensors"));
+    assert_non_null(strstr(job.ip[0].image_encoder.url, "/image_encoder"));
+    assert_true(pf_job_same_model(&job, &job) && pf_job_same_images(&job, &job));
+    pf_job_free(&job);
     if (parse_file(&job, "schemas/examples/job-sdxl.json", field, &err)) fail_msg("%s: %s", field, err.msg);
     assert_string_equal(job.prompt_2, "dramatic light, highly detailed");
     assert_null(job.negative_prompt_2);
@@ -261,6 +268,28 @@ static void test_invalid_fields(void **state) {
         /* the refiner's ControlNet is one of the eight */
         {MINIMAL ", \"refine\": {\"controlnet\": {\"url\": \"https://h/t\"}}, \"control\": [" CTL "," CTL ","
          CTL "," CTL "," CTL "," CTL "," CTL "," CTL "]}", "control", 1},
+        /* image prompts (IP-Adapter) */
+        {MINIMAL ", \"ip_adapters\": {}}", "ip_adapters", 1},
+        {MINIMAL ", \"ip_adapters\": [1]}", "ip_adapters[0]", 1},
+        {MINIMAL ", \"ip_adapters\": [{\"image\": {\"url\": \"https://h/i.png\"}, \"image_encoder\": "
+         "{\"url\": \"https://h/e\"}}]}", "ip_adapters[0].adapter", 1},
+        {MINIMAL ", \"ip_adapters\": [{\"adapter\": {\"url\": \"https://h/a.bin\"}, \"image\": {\"url\": "
+         "\"https://h/i.png\"}, \"image_encoder\": {\"url\": \"https://h/e\"}}]}", "ip_adapters[0].adapter", 1},
+        {MINIMAL ", \"ip_adapters\": [{\"adapter\": {\"url\": \"https://h/a.safetensors\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\"}}]}", "ip_adapters[0].image_encoder", 1},
+        {MINIMAL ", \"ip_adapters\": [{\"adapter\": {\"url\": \"https://h/a.safetensors\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\"}, \"image_encoder\": {\"url\": \"https://h/e/model.safetensors\"}}]}",
+         "ip_adapters[0].image_encoder.url", 1},
+        {MINIMAL ", \"ip_adapters\": [{\"adapter\": {\"url\": \"https://h/a.safetensors\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\"}, \"image_encoder\": {\"url\": \"https://h/e\"}, \"scale\": 11}]}",
+         "ip_adapters[0].scale", 1},
+        {MINIMAL ", \"ip_adapters\": [{\"adapter\": {\"url\": \"https://h/a.safetensors\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\"}, \"image_encoder\": {\"url\": \"https://h/e\"}, \"mask\": 1}]}",
+         "ip_adapters[0].mask", 1},
+        {MINIMAL ", \"ip_adapters\": [{\"adapter\": {\"url\": \"https://h/a.safetensors\"}, \"image\": "
+         "{\"url\": \"https://h/i.png\"}, \"image_encoder\": {\"url\": \"https://h/e\"}}, {\"adapter\": "
+         "{\"url\": \"https://h/b.safetensors\"}, \"image\": {\"url\": \"https://h/i.png\"}, "
+         "\"image_encoder\": {\"url\": \"https://h/other\"}}]}", "ip_adapters[1].image_encoder", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}, \"fp16\": 1}}", "model.fp16", 1},
         {"{\"job_id\": \"j\", \"model\": {\"base\": {\"url\": \"https://h/m\"}}, \"prompt\": \"p\"}", "output", 1},
         {"{\"job_id\": \"j\", \"job_id\": \"k\"}", "", 0}, /* duplicate keys are ambiguous: not accepted as JSON */

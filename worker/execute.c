@@ -144,6 +144,8 @@ static void job_request(pf_exec_job *j, const pf_pipeline *p) {
     memcpy(g->target_size, job->target_size, sizeof g->target_size);
     g->controls = j->controls;
     g->n_controls = job->n_controls;
+    g->ip_images = j->ip_images;
+    g->n_ip = job->n_ip;
     g->width = job->width;
     g->height = job->height;
     g->steps = job->steps;
@@ -383,6 +385,29 @@ static int get_model(void *arg, pf_error *err) {
     return pf_models_get(a->x->models, &a->j->job, &a->model, &a->t, on_fetch, a->all, err);
 }
 
+static int get_ip_adapters(void *arg, pf_error *err) {
+    get_args *a = arg;
+    return pf_models_ip_adapters(a->x->models, a->model, &a->j->job, &a->t, on_fetch, a->all, err);
+}
+
+/* The image of ip_adapters[a->control] of job a->j, decoded into its pf_ip_image
+ * (capped at max_input_pixels: the image encoder takes a 224 px crop of it). */
+static int get_ip_image(void *arg, pf_error *err) {
+    get_args *a = arg;
+    const pf_job *job = &a->j->job;
+    const int i = a->control;
+    char field[PF_JOB_FIELD_MAX];
+    snprintf(field, sizeof field, "ip_adapters[%d].image", i);
+    pf_ip_image *q = &a->j->ip_images[i];
+    if (pf_models_image(a->x->models, &job->ip[i].image, field, a->x->cfg->max_input_pixels, &a->j->ip_rgb[i],
+                        &q->image_width, &q->image_height, err))
+        return -1;
+    q->adapter = i;
+    q->image = a->j->ip_rgb[i];
+    q->scale = job->ip[i].scale;
+    return 0;
+}
+
 static int get_controlnets(void *arg, pf_error *err) {
     get_args *a = arg;
     return pf_models_controlnets(a->x->models, a->model, &a->j->job, &a->t, on_fetch, a->all, err);
@@ -438,6 +463,12 @@ static void get_control_images(pf_exec *x, pf_exec_job *jobs, int n) {
             get_args a = {x, j, &g, NULL, {0}, k};
             pf_error e;
             if (get_retrying(x, &g, "control image", get_image, &a, &e))
+                fail_fetch(x, one, 1, &e);
+        }
+        for (int k = 0; k < j->job.n_ip && !pf_exec_ended(x, j); k++) {
+            get_args a = {x, j, &g, NULL, {0}, k};
+            pf_error e;
+            if (get_retrying(x, &g, "ip-adapter image", get_ip_image, &a, &e))
                 fail_fetch(x, one, 1, &e);
         }
     }
@@ -538,6 +569,16 @@ void pf_exec_batch(pf_exec *x, pf_exec_job *jobs, int n) {
             jobs[i].load_ms += a.t.load_ms;
         }
     }
+    if (jobs[0].job.n_ip) { /* a job with image prompts runs alone (pf_job_same_model) */
+        if (get_retrying(x, &all, "ip-adapter", get_ip_adapters, &a, &e)) {
+            fail_fetch(x, group, n, &e);
+            goto done;
+        }
+        for (int i = 0; i < n; i++) {
+            jobs[i].download_ms += a.t.download_ms;
+            jobs[i].load_ms += a.t.load_ms;
+        }
+    }
     get_control_images(x, jobs, n);
     /* Jobs the engine would refuse, in either stage, are rejected one by one
      * before anything runs. */
@@ -576,6 +617,10 @@ done:
         for (int k = 0; k < PF_JOB_MAX_CONTROLS; k++) {
             free(jobs[i].control_rgb[k]);
             jobs[i].control_rgb[k] = NULL;
+        }
+        for (int k = 0; k < PF_JOB_MAX_IP_ADAPTERS; k++) {
+            free(jobs[i].ip_rgb[k]);
+            jobs[i].ip_rgb[k] = NULL;
         }
     }
     free(group);

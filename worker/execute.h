@@ -94,6 +94,8 @@ typedef struct pf_exec_job {
     uint8_t *base_rgb;
     uint8_t *control_rgb[PF_JOB_MAX_CONTROLS];
     pf_control controls[PF_JOB_MAX_CONTROLS];
+    uint8_t *ip_rgb[PF_JOB_MAX_IP_ADAPTERS]; /* the image prompts, decoded (freed with the batch) */
+    pf_ip_image ip_images[PF_JOB_MAX_IP_ADAPTERS];
     pf_request rq;                  /* the job as the engine runs it, resolved once the model is loaded */
     /* private to execute.c and result_replay.c: the result store's identities of the job's images
      * (NULL when the store is off or the job refines), and whether they were all found there */

@@ -39,6 +39,13 @@ static void release_nets(pf_model *x) {
     x->nets_key = NULL;
 }
 
+static void release_ips(pf_model *x) {
+    for (int i = 0; i < x->n_ips; i++) pf_cache_release(x->ips[i]);
+    x->n_ips = 0;
+    free(x->ips_key);
+    x->ips_key = NULL;
+}
+
 static void unload(pf_model *x) {
     pf_pipeline_free(x->pipe);
     pf_cache_release(x->base);
@@ -46,6 +53,7 @@ static void unload(pf_model *x) {
     pf_cache_release(x->delta);
     for (int i = 0; i < PF_JOB_MAX_LORAS; i++) pf_cache_release(x->loras[i]);
     release_nets(x);
+    release_ips(x);
     free(x->key);
     free(x);
 }
@@ -363,6 +371,83 @@ int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_m
     pf_wlog(PF_LOG_INFO, "model.controlnet_loaded", NULL,
             json_pack("{s:I, s:I, s:I, s:i}", "bytes", (json_int_t)bytes, "download_ms", (json_int_t)t->download_ms,
                       "load_ms", (json_int_t)t->load_ms, "nets", n),
+            "%.600s", key);
+    return 0;
+}
+
+int pf_models_ip_adapters(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
+                          void (*on_fetch)(void *), void *ctx, pf_error *err) {
+    PF_CHECK(model->in_use);
+    pf_error_set_kind(err, PF_ERROR_NONE, NULL);
+    memset(t, 0, sizeof *t);
+    const int n = job->n_ip;
+    if (n == 0) {
+        t->warm = 1; /* nothing to attach: whatever the model holds is not used */
+        return 0;
+    }
+    json_t *k = json_pack("{s:b, s:o, s:[]}", "fp16", job->fp16, "encoder", source_json(&job->ip[0].image_encoder),
+                          "adapters");
+    for (int i = 0; i < n; i++) json_array_append_new(json_object_get(k, "adapters"), source_json(&job->ip[i].adapter));
+    char *key = json_dumps(k, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(k);
+    PF_CHECK(key);
+    if (model->ips_key && !strcmp(model->ips_key, key)) {
+        free(key);
+        t->warm = 1;
+        pf_metrics_model_lookup("ip_adapter", 1);
+        return 0;
+    }
+    pf_metrics_model_lookup("ip_adapter", 0);
+    if (on_fetch) on_fetch(ctx);
+    long long t0 = pf_now_ms();
+    pf_cache_lease *leases[PF_JOB_MAX_IP_ADAPTERS + 1] = {0};
+    char fields[PF_JOB_MAX_IP_ADAPTERS + 1][PF_JOB_FIELD_MAX];
+    const char *files[PF_JOB_MAX_IP_ADAPTERS];
+    uint64_t bytes = 0;
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        snprintf(fields[i], sizeof fields[i], "ip_adapters[%d].adapter", i);
+        rc = acquire(m, &leases[i], PF_SOURCE_FILE, job->ip[i].adapter.url, job->ip[i].adapter.sha256, 0, fields[i],
+                     err);
+        if (!rc) files[i] = pf_cache_lease_path(leases[i]);
+    }
+    snprintf(fields[n], sizeof fields[n], "ip_adapters[0].image_encoder");
+    if (!rc)
+        rc = acquire(m, &leases[n], PF_SOURCE_IMAGE_ENCODER, job->ip[0].image_encoder.url,
+                     job->ip[0].image_encoder.sha256, job->fp16, fields[n], err);
+    for (int i = 0; !rc && i <= n; i++) bytes += lease_bytes(leases[i]);
+    if (!rc) {
+        t->download_ms = pf_now_ms() - t0;
+        make_room(m, bytes); /* model is in use: only other models go */
+        t0 = pf_now_ms();
+        if (pf_pipeline_set_ip_adapters(model->pipe, files, n, pf_cache_lease_path(leases[n]), err)) {
+            named src[PF_JOB_MAX_IP_ADAPTERS + 1];
+            for (int i = 0; i < n; i++) src[i] = (named){files[i], job->ip[i].adapter.url, fields[i]};
+            src[n] = (named){pf_cache_lease_path(leases[n]), job->ip[0].image_encoder.url, fields[n]};
+            const char *field = name_sources(err, src, n + 1);
+            pf_error_set_kind(err, PF_ERROR_INVALID, field ? field : fields[0]);
+            pf_error_prefix(err, "%s", field ? field : "ip_adapters");
+            rc = -1;
+        }
+    }
+    if (rc) {
+        for (int i = 0; i <= n; i++) pf_cache_release(leases[i]);
+        free(key);
+        return -1;
+    }
+    t->load_ms = pf_now_ms() - t0;
+    pf_metrics_stage("download", t->download_ms);
+    pf_metrics_stage("load", t->load_ms);
+    pf_metrics_model_loaded("ip_adapter");
+    release_ips(model); /* the pipeline let go of the old ones' weights */
+    model->bytes = model->bytes - model->ips_bytes + bytes;
+    for (int i = 0; i <= n; i++) model->ips[i] = leases[i];
+    model->n_ips = n + 1;
+    model->ips_bytes = bytes;
+    model->ips_key = key;
+    pf_wlog(PF_LOG_INFO, "model.ip_adapter_loaded", NULL,
+            json_pack("{s:I, s:I, s:I, s:i}", "bytes", (json_int_t)bytes, "download_ms", (json_int_t)t->download_ms,
+                      "load_ms", (json_int_t)t->load_ms, "adapters", n),
             "%.600s", key);
     return 0;
 }

@@ -52,6 +52,10 @@ typedef struct pf_model {
     pf_cache_lease *nets[PF_MAX_CONTROLS];
     int n_nets;
     uint64_t nets_bytes;
+    char *ips_key;        /* the attached IP-Adapters' and image encoder's sources (JSON), NULL when none */
+    pf_cache_lease *ips[PF_JOB_MAX_IP_ADAPTERS + 1]; /* the adapters, then the image encoder */
+    int n_ips;            /* leases held in ips */
+    uint64_t ips_bytes;
     long long last_use;
     int in_use;
 } pf_model;
@@ -106,6 +110,14 @@ int pf_models_controlnets(pf_models *m, pf_model *model, const pf_job *job, pf_m
 /* The pipeline's net index of the job's control[i] once pf_models_controlnets
  * attached the job's ControlNets: i, after the refiner's when the job refines. */
 int pf_models_control_net(const pf_job *job, int i);
+/* Attaches the job's IP-Adapters and image encoder (job->ip) to the model,
+ * fetching them through the cache, unless the model holds that set already.
+ * A job without image prompts changes nothing. On error err as for
+ * pf_models_controlnets ("ip_adapters[1].adapter: ..."; an adapter or encoder
+ * that does not fit the model is PF_ERROR_INVALID), and the model keeps what
+ * it had. */
+int pf_models_ip_adapters(pf_models *m, pf_model *model, const pf_job *job, pf_model_timing *t,
+                          void (*on_fetch)(void *), void *ctx, pf_error *err);
 /* Fetches an image through the cache (src: a URL and an optional digest) and
  * decodes it (PNG or JPEG, as Pillow's convert("RGB") reads it) into *rgb
  * (malloc'd, w x h x 3; the caller frees it). field names the source in

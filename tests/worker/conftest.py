@@ -60,13 +60,16 @@ def start_model_server(work):
     os.makedirs(www)
     models = os.path.join(ROOT, "tests", "data", "models")
     for name in ("tiny-sd15", "tiny-sd15-delta", "tiny-sd15-controlnet", "tiny-sd15-controlnet-b", "single-file",
-                 "loras", "tiny-sd2-sharded", "tiny-sdxl", "tiny-sdxl-controlnet"):
+                 "loras", "tiny-sd2-sharded", "tiny-sdxl", "tiny-sdxl-controlnet", "tiny-sd15-ip-adapter"):
         os.symlink(os.path.join(models, name), os.path.join(www, name))
     images = os.path.join(www, "images")  # control images (the refine goldens') and a file that is not one
     os.makedirs(images)
     goldens = os.path.join(ROOT, "tests", "data", "goldens", "tiny-sd15")
     os.symlink(os.path.join(goldens, "refine-control-1-control-0.png"), os.path.join(images, "control.png"))
     os.symlink(os.path.join(goldens, "refine-control-2-control-1.png"), os.path.join(images, "control-b.png"))
+    for k in (0, 1):  # image prompts (the IP-Adapter goldens')
+        os.symlink(os.path.join(goldens, "ip-adapter-plain-and-plus-image-%d.png" % k),
+                   os.path.join(images, "ip-%d.png" % k))
     os.symlink(os.path.join(ROOT, "tests", "data", "images", "hostile", "not_a_png.png"),
                os.path.join(images, "not-an-image.png"))
     return servers.start_nginx(work, www)

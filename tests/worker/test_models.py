@@ -147,6 +147,46 @@ def test_controlnets_with_control_images_equal_the_cli(rig):
     check_statuses(r.events)
 
 
+def test_ip_adapters_equal_the_cli(rig):
+    """A job with two image prompts (a plain IP-Adapter and a Plus one, the image encoder
+    from its own folder URL pinned by its weights' digest) equals perflow generate's image;
+    a second job with the same adapters reuses them (attached once); an adapter made for
+    another UNet rejects its job naming ip_adapters[0].adapter."""
+    r = rig(partitions=1)
+    enc = {"url": url(r, "tiny-sd15/image_encoder"),
+           "sha256": sha256(open(os.path.join(SD15, "image_encoder", "model.safetensors"), "rb").read())}
+    ips = [{"adapter": {"url": url(r, "tiny-sd15-ip-adapter/ip-adapter.safetensors")},
+            "image": {"url": url(r, "images/ip-0.png")}, "image_encoder": enc, "scale": 0.5},
+           {"adapter": {"url": url(r, "tiny-sd15-ip-adapter/ip-adapter-plus.safetensors")},
+            "image": {"url": url(r, "images/ip-1.png")}, "image_encoder": enc, "scale": 0.7}]
+    jobs = [r.job("ip-two", ip_adapters=ips, seed=4), r.job("ip-two-again", ip_adapters=ips, seed=5),
+            r.job("ip-misfit", ip_adapters=[dict(ips[0], adapter={
+                "url": url(r, "tiny-sd15-ip-adapter/ip-adapter-x64.safetensors")})], seed=4)]
+    for j in jobs:
+        jsonschema.validate(j, JOB_SCHEMA)
+        r.produce(j)
+    w = r.start_worker()
+    r.events.wait_terminal([j["job_id"] for j in jobs], timeout=120)
+    base = ["--model", SD15, "--delta", DELTA, "--prompt", "a photo of a cat"]
+    ip_args = ["--ip-adapter", os.path.join(MODELS, "tiny-sd15-ip-adapter", "ip-adapter.safetensors") + ":0.5",
+               "--ip-image", os.path.join(GOLDENS, "ip-adapter-plain-and-plus-image-0.png"),
+               "--ip-adapter", os.path.join(MODELS, "tiny-sd15-ip-adapter", "ip-adapter-plus.safetensors") + ":0.7",
+               "--ip-image", os.path.join(GOLDENS, "ip-adapter-plain-and-plus-image-1.png")]
+    got = {}
+    for job_id, seed in (("ip-two", 4), ("ip-two-again", 5)):
+        ((got[job_id], _),) = job_images(r, job_id)
+        (want,) = cli_images(r, base + ip_args, seed)
+        assert_u8_close(job_id, got[job_id], want)
+    (plain,) = cli_images(r, base, 4)  # the image prompts change the image
+    assert got["ip-two"] != plain
+    assert len(w.events("model.ip_adapter_loaded")) == 1
+    (ev,) = r.events.terminal("ip-misfit")
+    assert ev["state"] == "rejected" and ev["error"]["code"] == "invalid_job", ev
+    assert ev["error"]["field"] == "ip_adapters[0].adapter", ev
+    assert "does not fit the model" in ev["error"]["message"], ev
+    check_statuses(r.events)
+
+
 def test_sdxl_job_and_families_never_batched_together(rig):
     """An SDXL job with prompt_2 and the time ids, and one with an explicit empty negative
     prompt, equal the CLI's; SD and SDXL jobs arriving together run in batches of their own;
