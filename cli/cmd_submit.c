@@ -72,6 +72,10 @@ static void usage(FILE *f) {
             "  as pairs; a --control-image-url and each -sha256 belong to the URL flag just before them;\n"
             "  a net's scale is its :SCALE, else --controlnet-scale; the scale is what follows the last ':'\n"
             "  when it is a number)\n"
+            "  --ip-adapter-url URL[:SCALE] [--ip-adapter-sha256 HEX] --ip-image-url URL [--ip-image-sha256 HEX]\n"
+            "  an IP-Adapter .safetensors and its image prompt (repeatable as pairs, as --ip-adapter and\n"
+            "  --ip-image; scale default 1.0); --image-encoder-url URL [--image-encoder-sha256 HEX] the\n"
+            "  CLIPVisionModelWithProjection folder (default: the --model-url's image_encoder)\n"
             "  --refine --controlnet-url URL[:SCALE] [--controlnet-sha256 HEX] --refine-size 1024 --refine-steps 4\n"
             "  --refine-prompt TEXT --refine-negative-prompt TEXT --refine-guidance 7.5\n"
             "  --refine-strength 1.0 --controlnet-scale 1.0 [--keep-base]\n"
@@ -105,8 +109,8 @@ static void usage(FILE *f) {
             "  --redis ADDR          the workers' Redis (default $PERFLOW_REDIS): jobs it has a result for\n"
             "                        are not sent again, and the batch is indexed for perflow status --batch;\n"
             "                        --no-redis: neither\n"
-            "Not here (the workers' settings): --model, --delta, --lora, --controlnet, --control-image (use\n"
-            "the -url forms), --out,\n"
+            "Not here (the workers' settings): --model, --delta, --lora, --controlnet, --control-image,\n"
+            "--ip-adapter, --ip-image, --image-encoder (use the -url forms), --out,\n"
             "--grid, --device, --threads, --vae-tiling.\n"
             "Exit status: 0 when every job was sent (and with --wait succeeded), 1 otherwise, 2 on usage\n"
             "errors.\n");
@@ -135,6 +139,13 @@ typedef struct options {
         const char *image, *image_sha; /* image NULL: the refiner's tile */
     } nets[PF_MAX_CONTROLS];
     int n_nets;
+    struct {                          /* --ip-adapter-url URL[:SCALE] [--ip-adapter-sha256 HEX] */
+        url_arg adapter;              /* --ip-image-url URL [--ip-image-sha256 HEX] */
+        const char *image, *image_sha;
+    } ips[PF_MAX_IP_ADAPTERS];
+    int n_ips;
+    const char *enc_url, *enc_sha;    /* --image-encoder-url URL [--image-encoder-sha256 HEX] */
+    char enc_default[2100];           /* the model URL's image_encoder/ (as perflow generate's default) */
     double cn_tile_scale;             /* the tile's :SCALE when it has one */
     int has_tile_scale;
     long steps, width, height, num_images, windows, clip_skip, refine_size, refine_steps, shard_size;
@@ -251,6 +262,21 @@ static json_t *template_job(const options *o) {
     }
     if (json_array_size(control)) json_object_set_new(t, "control", control);
     else json_decref(control);
+    if (o->n_ips) {
+        json_t *ips = json_array();
+        for (int i = 0; i < o->n_ips; i++) {
+            json_t *a = json_pack("{s:{s:s}, s:{s:s}, s:{s:s}}", "adapter", "url", o->ips[i].adapter.url, "image", "url",
+                                  o->ips[i].image, "image_encoder", "url", o->enc_url);
+            if (o->ips[i].adapter.sha)
+                json_object_set_new(json_object_get(a, "adapter"), "sha256", json_string(o->ips[i].adapter.sha));
+            if (o->ips[i].image_sha)
+                json_object_set_new(json_object_get(a, "image"), "sha256", json_string(o->ips[i].image_sha));
+            if (o->enc_sha) json_object_set_new(json_object_get(a, "image_encoder"), "sha256", json_string(o->enc_sha));
+            if (o->ips[i].adapter.has_scale) json_object_set_new(a, "scale", json_real(o->ips[i].adapter.scale));
+            json_array_append_new(ips, a);
+        }
+        json_object_set_new(t, "ip_adapters", ips);
+    }
     if (o->width) json_object_set_new(t, "width", json_integer(o->width));
     if (o->height) json_object_set_new(t, "height", json_integer(o->height));
     if (o->prediction_type || o->windows) {
@@ -631,7 +657,8 @@ static int parse_options(options *o, int argc, char **argv) {
            O_BATCH, O_RATE, O_WAIT, O_TIMEOUT, O_MANIFEST, O_CONFIG, O_BROKERS, O_TOPIC, O_STATUS_TOPIC, O_REDIS,
            O_NO_REDIS, O_DRY, O_DEADLINE, O_REFINE, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH,
            O_CNSCALE, O_KEEP_BASE, O_FP16, O_SHARD_SIZE, O_NOT_HERE, O_PROMPT2, O_NEG2, O_ORIG, O_CROP, O_TARGET,
-           O_LORA_URL, O_LORA_SHA, O_CIMG_URL, O_CIMG_SHA };
+           O_LORA_URL, O_LORA_SHA, O_CIMG_URL, O_CIMG_SHA, O_IPA_URL, O_IPA_SHA, O_IPI_URL, O_IPI_SHA, O_ENC_URL,
+           O_ENC_SHA };
     static const struct option opts[] = {
         {"model-url", required_argument, 0, O_MODEL_URL},     {"delta-url", required_argument, 0, O_DELTA_URL},
         {"delta-sha256", required_argument, 0, O_DELTA_SHA},  {"controlnet-url", required_argument, 0, O_CN_URL},
@@ -666,6 +693,12 @@ static int parse_options(options *o, int argc, char **argv) {
         {"lora-sha256", required_argument, 0, O_LORA_SHA},    {"control-image-url", required_argument, 0, O_CIMG_URL},
         {"control-image-sha256", required_argument, 0, O_CIMG_SHA},
         {"lora", required_argument, 0, O_NOT_HERE},           {"control-image", required_argument, 0, O_NOT_HERE},
+        {"ip-adapter-url", required_argument, 0, O_IPA_URL},  {"ip-adapter-sha256", required_argument, 0, O_IPA_SHA},
+        {"ip-image-url", required_argument, 0, O_IPI_URL},    {"ip-image-sha256", required_argument, 0, O_IPI_SHA},
+        {"image-encoder-url", required_argument, 0, O_ENC_URL},
+        {"image-encoder-sha256", required_argument, 0, O_ENC_SHA},
+        {"ip-adapter", required_argument, 0, O_NOT_HERE},     {"ip-image", required_argument, 0, O_NOT_HERE},
+        {"image-encoder", required_argument, 0, O_NOT_HERE},
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
@@ -701,6 +734,28 @@ static int parse_options(options *o, int argc, char **argv) {
                 return usage_error("%s", "--control-image-sha256 follows the --control-image-url it pins (one each)");
             o->nets[o->n_nets - 1].image_sha = optarg;
             break;
+        case O_IPA_URL:
+            if (o->n_ips == PF_MAX_IP_ADAPTERS) return usage_error("at most %s --ip-adapter-url", "4");
+            if (url_arg_set(&o->ips[o->n_ips].adapter, optarg, "--ip-adapter-url")) return 2;
+            o->n_ips++;
+            break;
+        case O_IPA_SHA: /* belongs to the --ip-adapter-url just before it */
+            if (!o->n_ips || o->ips[o->n_ips - 1].adapter.sha || o->ips[o->n_ips - 1].image)
+                return usage_error("%s", "--ip-adapter-sha256 follows the --ip-adapter-url it pins (one each)");
+            o->ips[o->n_ips - 1].adapter.sha = optarg;
+            break;
+        case O_IPI_URL: /* as perflow generate's --ip-image: the --ip-adapter-url just before it */
+            if (!o->n_ips || o->ips[o->n_ips - 1].image)
+                return usage_error("%s", "--ip-image-url follows the --ip-adapter-url it prompts (one each)");
+            o->ips[o->n_ips - 1].image = optarg;
+            break;
+        case O_IPI_SHA:
+            if (!o->n_ips || !o->ips[o->n_ips - 1].image || o->ips[o->n_ips - 1].image_sha)
+                return usage_error("%s", "--ip-image-sha256 follows the --ip-image-url it pins (one each)");
+            o->ips[o->n_ips - 1].image_sha = optarg;
+            break;
+        case O_ENC_URL: o->enc_url = optarg; break;
+        case O_ENC_SHA: o->enc_sha = optarg; break;
         case O_LORA_URL:
             if (o->n_loras == PF_MAX_LORAS) return usage_error("at most %s --lora-url", "8");
             if (url_arg_set(&o->loras[o->n_loras], optarg, "--lora-url")) return 2;
@@ -787,9 +842,11 @@ static int parse_options(options *o, int argc, char **argv) {
         case O_NOT_HERE: {
             const char *name = opts[idx].name;
             if (!strcmp(name, "model") || !strcmp(name, "delta") || !strcmp(name, "controlnet") ||
-                !strcmp(name, "lora") || !strcmp(name, "control-image")) {
+                !strcmp(name, "lora") || !strcmp(name, "control-image") || !strcmp(name, "ip-adapter") ||
+                !strcmp(name, "ip-image") || !strcmp(name, "image-encoder")) {
                 char msg[160];
-                int file = !strcmp(name, "lora") || !strcmp(name, "control-image");
+                int file = !strcmp(name, "lora") || !strcmp(name, "control-image") || !strcmp(name, "ip-adapter") ||
+                           !strcmp(name, "ip-image");
                 snprintf(msg, sizeof msg, "--%s names a local %s; the fleet fetches models: use --%s-url", name,
                          file ? "file" : "folder", name);
                 return usage_error("%s", msg);
@@ -823,6 +880,20 @@ static int parse_options(options *o, int argc, char **argv) {
         return usage_error("%s", o->refine ? "--refine needs --controlnet-url URL (the ControlNet-Tile folder)"
                                            : "a --controlnet-url without --control-image-url is the refiner's tile: "
                                              "give --refine, or the net's --control-image-url");
+    for (int i = 0; i < o->n_ips; i++)
+        if (!o->ips[i].image)
+            return usage_error("--ip-adapter-url %s needs its --ip-image-url after it", o->ips[i].adapter.url);
+    if ((o->enc_url || o->enc_sha) && !o->n_ips)
+        return usage_error("%s", "--image-encoder-url is for --ip-adapter-url");
+    if (o->enc_sha && !o->enc_url) return usage_error("%s", "--image-encoder-sha256 pins an --image-encoder-url");
+    if (o->n_ips && !o->enc_url) { /* as perflow generate: the model folder's image_encoder/ */
+        size_t n = strlen(o->model_url);
+        while (n && o->model_url[n - 1] == '/') n--;
+        if (n >= 12 && !strncmp(o->model_url + n - 12, ".safetensors", 12))
+            return usage_error("%s", "--ip-adapter-url with a single-file --model-url needs --image-encoder-url URL");
+        snprintf(o->enc_default, sizeof o->enc_default, "%.*s/image_encoder", (int)n, o->model_url);
+        o->enc_url = o->enc_default;
+    }
     if (o->timeout && !o->wait) return usage_error("%s", "--timeout is for --wait");
     if (o->redis && o->no_redis) return usage_error("%s", "--redis and --no-redis: give one of them");
     if (o->prompts_format && strcmp(o->prompts_format, "jsonl") && strcmp(o->prompts_format, "csv"))

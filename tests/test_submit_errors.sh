@@ -123,6 +123,25 @@ case "$out" in
     echo "ok: submit --dry-run: SDXL prompts and time ids, LoRAs and a ControlNet by URL in the job" ;;
 *) echo "FAIL: submit --dry-run printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
 esac
+# IP-Adapters by URL: pairs in order, the encoder defaulting to the model URL's image_encoder
+expect 2 "--ip-image-url follows the --ip-adapter-url" $S --prompt cat --ip-image-url https://h/i.png
+expect 2 "--ip-image-url follows the --ip-adapter-url" $S --prompt cat --ip-adapter-url https://h/a.safetensors \
+    --ip-image-url https://h/i.png --ip-image-url https://h/j.png
+expect 2 "needs its --ip-image-url after it" $S --prompt cat --ip-adapter-url https://h/a.safetensors
+expect 2 "--image-encoder-url is for --ip-adapter-url" $S --prompt cat --image-encoder-url https://h/e
+expect 2 "--ip-adapter names a local file" $S --prompt cat --ip-adapter /x.safetensors
+expect 2 "with a single-file --model-url needs --image-encoder-url" $P submit --model-url https://h/m.safetensors \
+    --output 's3://b/{job_id}.png' --dry-run --prompt cat --ip-adapter-url https://h/a.safetensors --ip-image-url https://h/i.png
+expect 1 "job: ip_adapters[0].adapter: must name a .safetensors IP-Adapter file" $S --prompt cat \
+    --ip-adapter-url https://h/a.bin --ip-image-url https://h/i.png
+out=$($S --prompt cat --ip-adapter-url https://h/a.safetensors:0.25 --ip-adapter-sha256 "$H64" \
+    --ip-image-url https://h/i.png --ip-adapter-url https://h/p.safetensors --ip-image-url https://h/j.png \
+    --ip-image-sha256 "$H64" 2> "$T/err")
+case "$out" in
+*'"ip_adapters":[{"adapter":{"url":"https://h/a.safetensors","sha256":"'"$H64"'"},"image":{"url":"https://h/i.png"},"image_encoder":{"url":"https://models.example/sd15/image_encoder"},"scale":0.25},{"adapter":{"url":"https://h/p.safetensors"},"image":{"url":"https://h/j.png","sha256":"'"$H64"'"},"image_encoder":{"url":"https://models.example/sd15/image_encoder"}}]'*)
+    echo "ok: submit --dry-run: IP-Adapters by URL in the job, the encoder the model's image_encoder" ;;
+*) echo "FAIL: submit --dry-run printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
+esac
 # Nothing listens: a clear error within the connect timeout, never a hang.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 expect 1 "no broker of 127.0.0.1:$port answered" timeout 60 $P submit --brokers "127.0.0.1:$port" \
