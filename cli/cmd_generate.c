@@ -67,7 +67,7 @@ static void generate_usage(FILE *f) {
             "as MultiControlNetModel); a --control-image belongs to the --controlnet just before it.\n"
             "A --controlnet without a --control-image is the refiner's ControlNet-Tile (--refine only).\n"
             "Each net's conditioning scale is its :SCALE, else --controlnet-scale (1.0).\n\n"
-            "IP-Adapter (SD-1.x/2.x; plain and Plus adapters): each --ip-adapter FILE (an\n"
+            "IP-Adapter (SD-1.x/2.x and SDXL; plain and Plus adapters): each --ip-adapter FILE (an\n"
             "ip-adapter .safetensors in h94/IP-Adapter's layout) followed by its --ip-image FILE (PNG\n"
             "or JPEG) is an image prompt, as diffusers' load_ip_adapter + set_ip_adapter_scale(SCALE,\n"
             "default 1.0). --image-encoder DIR: a CLIPVisionModelWithProjection folder with its\n"

@@ -142,7 +142,7 @@ sys.stdout.buffer.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBB
                         chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))' > "$T/big-control.png"
 expect 1 "1024x1024 has more than 65536 pixels, the cap on input images" $G --model "$M" --controlnet "$CN" \
     --control-image "$T/big-control.png"
-# IP-Adapter: pairs in order, an adapter of another width, an encoder of another width, no encoder, SDXL.
+# IP-Adapter: pairs in order, an adapter of another width, an encoder of another width, no encoder, an SD-1.5 adapter on SDXL.
 IPA=$ROOT/tests/data/models/tiny-sd15-ip-adapter
 expect 2 "must follow the --ip-adapter FILE it prompts" $G --model "$M" --ip-image "$IN"
 expect 2 "must follow the --ip-adapter FILE it prompts" $G --model "$M" --ip-adapter "$IPA/ip-adapter.safetensors" --ip-image "$IN" --ip-image "$IN"
@@ -151,7 +151,7 @@ expect 1 "does not fit the model: it has 4 cross-attentions over 64-wide image t
 expect 1 "takes 16-wide image embeddings but image encoder" $G --model "$M" --ip-adapter "$IPA/ip-adapter-e16.safetensors:0.5" --ip-image "$IN"
 cp -r "$M" "$T/noenc" && rm -r "$T/noenc/image_encoder"
 expect 1 "has no image_encoder/ folder" $G --model "$T/noenc" --ip-adapter "$IPA/ip-adapter.safetensors" --ip-image "$IN"
-expect 1 "IP-Adapter on an SDXL model is not supported yet" $G --model "$ROOT/tests/data/models/tiny-sdxl" --ip-adapter "$IPA/ip-adapter.safetensors" --ip-image "$IN" --image-encoder "$M/image_encoder"
+expect 1 "does not fit the model: it has 4 cross-attentions over 32-wide image tokens (unknown family), the model's UNet has 12 over 72" $G --model "$ROOT/tests/data/models/tiny-sdxl" --ip-adapter "$IPA/ip-adapter.safetensors" --ip-image "$IN" --image-encoder "$M/image_encoder"
 expect 2 "at most 16 --lora" $G --model "$M" $(for i in $(seq 17); do printf -- '--lora x%s ' "$i"; done)
 cp -rL "$ROOT/tests/data/models/tiny-sd2-sharded" "$T/sharded"
 VS=$T/sharded/vae/diffusion_pytorch_model-00002-of-00004.safetensors

@@ -11,6 +11,7 @@
 #define HINT "re-run tests/reference/goldens_ip_adapter.py"
 #define ADAPTER "tests/data/models/tiny-sd15-ip-adapter/ip-adapter.safetensors"
 #define ENCODER "tests/data/models/tiny-sd15/image_encoder"
+#define SDXL_ADAPTER "tests/data/models/tiny-sdxl-ip-adapter/ip-adapter.safetensors"
 
 #define PREP_IMAGES 5 /* PREP in goldens_ip_adapter.py */
 
@@ -58,15 +59,16 @@ static void test_parts(void **state) {
     pf_st_close(st);
 }
 
-static void test_pipeline_cases(void **state) {
-    (void)state;
-    json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/ip-adapter.json"), "1", HINT), *c;
+/* Every case of a goldens file (all of one model) through pf_pipeline_txt2img,
+ * attaching each case's adapters; returns the number of cases. */
+static int run_cases(const char *rel, const char *model) {
+    json_t *root = pf_golden_json(pf_test_path(rel), "1", HINT), *c;
     size_t i;
     int ran = 0;
     pf_backend *be = pf_backend_cpu_new(0);
     pf_pipeline *p;
     pf_error err;
-    if (pf_pipeline_load(&p, be, pf_test_path("tests/data/models/tiny-sd15"), NULL, &err)) fail_msg("%s", err.msg);
+    if (pf_pipeline_load(&p, be, pf_test_path(model), NULL, &err)) fail_msg("%s", err.msg);
     char encoder[4096];
     snprintf(encoder, sizeof encoder, "%s", pf_test_path(ENCODER));
     json_array_foreach(json_object_get(root, "cases"), i, c) {
@@ -89,7 +91,7 @@ static void test_pipeline_cases(void **state) {
         const int nip = (int)json_array_size(list);
         if (pf_pipeline_set_ip_adapters(p, fp, nip, encoder, &err)) fail_msg("%s", err.msg);
         pf_txt2img_params q;
-        pf_case_params(c, &q);
+        pf_sdxl_case_params(c, &q); /* an SD case has no SDXL fields: pf_case_params */
         q.ip_images = ip;
         q.n_ip = nip;
         const size_t n = (size_t)q.num_images * q.height * q.width * 3;
@@ -100,25 +102,41 @@ static void test_pipeline_cases(void **state) {
         for (k = 0; k < (size_t)nip; k++) free(rgb[k]);
         ran++;
     }
-    assert_int_equal(ran, 5);
     pf_pipeline_free(p);
     pf_backend_free(be);
     json_decref(root);
+    return ran;
 }
 
-/* perflow generate --ip-adapter FILE:SCALE --ip-image FILE --image-encoder DIR writes the golden PNGs. */
-static void test_cli(void **state) {
+static void test_pipeline_cases(void **state) {
     (void)state;
-    json_t *root = pf_golden_json(pf_test_path("tests/data/goldens/ip-adapter.json"), "1", HINT), *c;
+    assert_int_equal(run_cases("tests/data/goldens/ip-adapter.json", "tests/data/models/tiny-sd15"), 5);
+}
+
+/* StableDiffusionXLPipeline with IP-Adapters (plain, and plain + plus): the same
+ * decoupled attention in SDXL's 12 cross-attentions, beside the pooled text
+ * embedding and time ids. */
+static void test_sdxl_cases(void **state) {
+    (void)state;
+    assert_int_equal(run_cases("tests/data/goldens/ip-adapter-sdxl.json", "tests/data/models/tiny-sdxl"), 2);
+}
+
+/* perflow generate --ip-adapter FILE:SCALE --ip-image FILE --image-encoder DIR writes the golden PNGs
+ * (SD-1.5 and SDXL). */
+/* Every case of a goldens file through the CLI; the image encoder named on every
+ * run when name_encoder, else on the first only (the model's image_encoder/ after). */
+static void cli_cases(const char *rel, const char *model_rel, int name_encoder) {
+    json_t *root = pf_golden_json(pf_test_path(rel), "1", HINT), *c;
     size_t i;
     char *dir = pf_temp_dir();
     json_array_foreach(json_object_get(root, "cases"), i, c) {
         pf_case_cli a;
         pf_case_cli_of(&a, c);
         char out[4096], spec[PF_MAX_IP_ADAPTERS][4200], img[PF_MAX_IP_ADAPTERS][4200], model[4096], enc[4096],
-            neg[1024];
+            neg[1024], p2[1024];
         snprintf(out, sizeof out, "%s/ip-%s.png", dir, pf_case_str(c, "name"));
-        snprintf(model, sizeof model, "%s", pf_test_path("tests/data/models/tiny-sd15"));
+        snprintf(model, sizeof model, "%s", pf_test_path(model_rel));
+        snprintf(p2, sizeof p2, "%s", pf_case_str(c, "prompt_2") ? pf_case_str(c, "prompt_2") : "");
         snprintf(enc, sizeof enc, "%s", pf_test_path(ENCODER));
         snprintf(neg, sizeof neg, "%s", pf_case_str(c, "negative_prompt") ? pf_case_str(c, "negative_prompt") : "");
         char *argv[64];
@@ -145,7 +163,11 @@ static void test_cli(void **state) {
             argv[k++] = "--negative-prompt";
             argv[k++] = neg;
         }
-        if (i == 0) { /* the default image encoder is the model's image_encoder/; say it once explicitly */
+        if (*p2) {
+            argv[k++] = "--prompt-2";
+            argv[k++] = p2;
+        }
+        if (i == 0 || name_encoder) {
             argv[k++] = "--image-encoder";
             argv[k++] = enc;
         }
@@ -157,8 +179,14 @@ static void test_cli(void **state) {
     json_decref(root);
 }
 
-/* Misfits: another family's adapter, an image encoder of another width, a
- * "plus" adapter not yet supported; each one line naming both sides. */
+static void test_cli(void **state) {
+    (void)state;
+    cli_cases("tests/data/goldens/ip-adapter.json", "tests/data/models/tiny-sd15", 0);
+    cli_cases("tests/data/goldens/ip-adapter-sdxl.json", "tests/data/models/tiny-sdxl", 1);
+}
+
+/* Misfits: another family's adapter (both ways between SD-1.5 and SDXL), an
+ * image encoder of another width; each one line naming both sides. */
 static void test_errors(void **state) {
     (void)state;
     pf_backend *be = pf_backend_cpu_new(0);
@@ -192,11 +220,20 @@ static void test_errors(void **state) {
     assert_int_equal(pf_txt2img_check(p, &q, &err), -1);
     assert_non_null(strstr(err.msg, "1 image prompts for 0 attached IP-Adapters"));
     pf_pipeline_free(p);
-    /* SDXL: refused until its adapter path has goldens */
+    /* an SD-1.5 adapter on SDXL and an SDXL adapter on SD-1.5: one line naming both sides */
     if (pf_pipeline_load(&p, be, pf_test_path("tests/data/models/tiny-sdxl"), NULL, &err)) fail_msg("%s", err.msg);
     snprintf(f, sizeof f, "%s", pf_test_path(ADAPTER));
     assert_int_equal(pf_pipeline_set_ip_adapters(p, fp, 1, enc, &err), -1);
-    assert_non_null(strstr(err.msg, "IP-Adapter on an SDXL model is not supported yet"));
+    print_message("%s\n", err.msg);
+    assert_non_null(strstr(err.msg, "ip-adapter.safetensors does not fit the model: it has 4 cross-attentions over "
+                                    "32-wide image tokens"));
+    assert_non_null(strstr(err.msg, "the model's UNet has 12 over 72"));
+    pf_pipeline_free(p);
+    if (pf_pipeline_load(&p, be, pf_test_path("tests/data/models/tiny-sd15"), NULL, &err)) fail_msg("%s", err.msg);
+    snprintf(f, sizeof f, "%s", pf_test_path(SDXL_ADAPTER));
+    assert_int_equal(pf_pipeline_set_ip_adapters(p, fp, 1, enc, &err), -1);
+    assert_non_null(strstr(err.msg, "it has 12 cross-attentions over 72-wide image tokens"));
+    assert_non_null(strstr(err.msg, "the model's UNet has 4 over 32"));
     pf_pipeline_free(p);
     pf_backend_free(be);
 }
@@ -205,6 +242,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parts),
         cmocka_unit_test(test_pipeline_cases),
+        cmocka_unit_test(test_sdxl_cases),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_cli),
     };

@@ -152,8 +152,6 @@ int pf_txt2img_check(const pf_pipeline *p, const pf_txt2img_params *prm, pf_erro
     if (prm->clip_skip < 0 || prm->clip_skip >= pf_clip_text_model_config(p->text_encoder)->num_hidden_layers)
         return pf_fail(err, "clip_skip must be in [0, %d)", pf_clip_text_model_config(p->text_encoder)->num_hidden_layers);
     if (controls_check(p, prm->controls, prm->n_controls, 0, 1, err)) return -1;
-    if (prm->n_ip && p->family != PF_FAMILY_SD)
-        return pf_fail(err, "IP-Adapter on an SDXL model is not supported yet (SD-1.x/2.x only)");
     if (prm->n_ip && prm->n_ip != p->n_ips)
         return pf_fail(err, "%d image prompts for %d attached IP-Adapters (one image each)", prm->n_ip, p->n_ips);
     for (int i = 0; i < prm->n_ip; i++) {
@@ -685,8 +683,6 @@ int pf_pipeline_set_ip_adapters(pf_pipeline *p, const char *const *files, int n,
     pf_ip_adapter *ips[PF_MAX_IP_ADAPTERS] = {0};
     pf_clip_vision *enc = NULL;
     if (n) {
-        if (p->family != PF_FAMILY_SD)
-            return pf_fail(err, "IP-Adapter on an SDXL model is not supported yet (SD-1.x/2.x only)");
         if (!image_encoder_dir)
             return pf_fail(err, "IP-Adapter needs an image encoder (--image-encoder DIR, or the model's image_encoder/)");
         if (pf_clip_vision_load_dir(&enc, p->be, image_encoder_dir, err)) return -1;

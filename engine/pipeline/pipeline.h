@@ -71,7 +71,7 @@ typedef struct pf_txt2img_params {
     const pf_control *controls;
     int n_controls;              /* 0..PF_MAX_CONTROLS */
     /* diffusers' load_ip_adapter + set_ip_adapter_scale when n_ip > 0: one image
-     * per attached adapter, in adapter order (SD-1.x/2.x only for now). */
+     * per attached adapter, in adapter order. */
     const pf_ip_image *ip_images;
     int n_ip;                    /* 0, or pf_pipeline_num_ip_adapters */
     /* Called after each step (may be NULL). */

@@ -15,6 +15,9 @@ It writes only its own group:
   tests/data/goldens/ip-adapter.json and goldens/tiny-sd15/ip-adapter-*: whole StableDiffusionPipeline
         runs with the PeRFlow sampler after load_ip_adapter + set_ip_adapter_scale (plain, plus, and
         both at once)
+  tests/data/models/tiny-sdxl-ip-adapter/: a plain and a plus adapter for tiny-sdxl, and
+        tests/data/goldens/ip-adapter-sdxl.json with goldens/tiny-sdxl/ip-adapter-*: StableDiffusionXLPipeline
+        runs (the SD-1.5 tiny image encoder serves both)
   tests/data/goldens/tiny-sd15/ip-adapter-parts.safetensors: for each PREP image (w, h, seed):
         image_<k> (h, w, 3 uint8 as float), bicubic_<k> (Pillow's Image.BICUBIC resize to the
         processor's size, uint8 as float), pixels_<k> (CLIPImageProcessor's pixel_values) and
@@ -190,5 +193,97 @@ def main():
         f.write("\n")
 
 
+SDXL = "tiny-sdxl"
+SDXL_ADAPTER_DIR = os.path.join(MODELS, "tiny-sdxl-ip-adapter")
+# name, (prompt, prompt_2, negative, steps, guidance, seed, n, h, w), [(adapter, (image w, h, seed), scale)]
+SDXL_CASES = [
+    ("sdxl-plain", ("a red car", "at night", "blurry", 4, 5.0, 31, 1, 64, 64), [(PLAIN, (48, 40, 11), 0.8)]),
+    ("sdxl-plain-and-plus", ("a boat", None, None, 4, 4.5, 32, 1, 64, 56),
+     [(PLAIN, (40, 56, 12), 0.6), (PLUS, (64, 48, 13), 0.7)]),
+]
+
+
+def sdxl_pipeline(enc, fe):
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from goldens_sdxl import load_encoders
+    from perflow_scheduler import PeRFlowScheduler
+    d = os.path.join(MODELS, SDXL)
+    tok, te, tok2, te2 = load_encoders(d)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(d, "unet"), variant="fp16",
+                                                torch_dtype=torch.float32).eval()
+    sched = json.load(open(os.path.join(d, "scheduler", "scheduler_config.json")))
+    sched = PeRFlowScheduler(**{k: v for k, v in sched.items() if not k.startswith("_")})
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_pretrained(os.path.join(d, "vae")), text_encoder=te, text_encoder_2=te2, tokenizer=tok,
+        tokenizer_2=tok2, unet=unet, scheduler=sched, image_encoder=enc, feature_extractor=fe,
+        force_zeros_for_empty_prompt=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cpu", torch.float32)
+
+
+def make_sdxl():
+    """The same on tiny-sdxl (StableDiffusionXLPipeline): a plain and a plus adapter for its UNet
+    (72-wide cross-attention, 12 of them), the SD-1.5 tiny image encoder (any encoder whose widths
+    fit: the tests name it with --image-encoder)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    enc_dir = os.path.join(MODELS, MODEL, "image_encoder")
+    enc = CLIPVisionModelWithProjection.from_pretrained(enc_dir).eval()
+    fe = CLIPImageProcessor.from_pretrained(enc_dir)
+    pipe = sdxl_pipeline(enc, fe)
+    X = pipe.unet.config.cross_attention_dim
+    shutil.rmtree(SDXL_ADAPTER_DIR, ignore_errors=True)
+    os.makedirs(SDXL_ADAPTER_DIR)
+    save_file(adapter_tensors(pipe.unet, 2401, X, E), os.path.join(SDXL_ADAPTER_DIR, PLAIN))
+    save_file(plus_tensors(pipe.unet, 2402, X, 32), os.path.join(SDXL_ADAPTER_DIR, PLUS))
+    sched = json.load(open(os.path.join(MODELS, SDXL, "scheduler", "scheduler_config.json")))
+    index = {"version": VERSION, "generator": META["generator"], "cases": []}
+    for name, (prompt, prompt_2, neg, steps, g, seed, n, h, w), adapters in SDXL_CASES:
+        if getattr(pipe.unet, "encoder_hid_proj", None) is not None:
+            pipe.unload_ip_adapter()
+            pipe.image_encoder, pipe.feature_extractor = enc, fe
+            pipe.register_modules(image_encoder=enc, feature_extractor=fe)
+        pipe.load_ip_adapter([SDXL_ADAPTER_DIR] * len(adapters), subfolder=[""] * len(adapters),
+                             weight_name=[a for a, _, _ in adapters], image_encoder_folder=None,
+                             low_cpu_mem_usage=False)
+        images, listed = [], []
+        for k, (adapter, (iw, ih, iseed), scale) in enumerate(adapters):
+            rel = f"{SDXL}/ip-adapter-{name}-image-{k}.png"
+            input_image(iw, ih, iseed).save(os.path.join(GOLDENS, rel))
+            images.append(Image.open(os.path.join(GOLDENS, rel)).convert("RGB"))
+            listed.append(dict(adapter=f"tiny-sdxl-ip-adapter/{adapter}", image=rel, scale=scale))
+        scales = [a["scale"] for a in listed]
+
+        def run(s, sc, output_type="np"):
+            pipe.set_ip_adapter_scale(sc if len(sc) > 1 else sc[0])
+            return pipe(prompt=prompt, prompt_2=prompt_2, negative_prompt=neg,
+                        ip_adapter_image=images if len(images) > 1 else images[0], num_inference_steps=steps,
+                        guidance_scale=g, num_images_per_prompt=n, height=h, width=w, output_type=output_type,
+                        generator=torch.Generator("cpu").manual_seed(s)).images
+        with torch.no_grad():
+            img, pils, other = run(seed, scales), run(seed, scales, "pil"), run(seed + 1, scales)
+            plain = run(seed, [0.0] * len(scales))
+        inside, diff = float(((img > 0) & (img < 1)).mean()), float(np.abs(img - other).mean())
+        effect = float(np.abs(img - plain).max() * 255)
+        assert inside > 0.9 and diff > 0.02, (name, inside, diff)
+        assert effect > 10, (name, "the image prompt barely changes the image", effect)
+        pngs = []
+        for i, p in enumerate(pils):
+            pngs.append(f"{SDXL}/ip-adapter-{name}-{i}.png")
+            p.save(os.path.join(GOLDENS, pngs[-1]))
+        save_file({"images": torch.from_numpy(np.ascontiguousarray(img)).float()},
+                  os.path.join(GOLDENS, f"{SDXL}/ip-adapter-{name}-images.safetensors"), metadata=META)
+        index["cases"].append(dict(name=name, model=SDXL, prompt=prompt, prompt_2=prompt_2, negative_prompt=neg,
+                                   steps=steps, guidance=g, prediction_type=sched["prediction_type"],
+                                   windows=sched["num_time_windows"], seed=seed, num_images=n, height=h, width=w,
+                                   ip_adapters=listed, images=f"{SDXL}/ip-adapter-{name}-images.safetensors",
+                                   pngs=pngs))
+        print(f"ip-adapter {name}: {inside:.3f} inside (0, 1), seed+1 diff {diff:.3f}, "
+              f"up to {effect:.0f} levels from the image at scale 0")
+    with open(os.path.join(GOLDENS, "ip-adapter-sdxl.json"), "w") as f:
+        json.dump(index, f, indent=1)
+        f.write("\n")
+
+
 if __name__ == "__main__":
     main()
+    make_sdxl()
