@@ -60,7 +60,8 @@ def start_model_server(work):
     os.makedirs(www)
     models = os.path.join(ROOT, "tests", "data", "models")
     for name in ("tiny-sd15", "tiny-sd15-delta", "tiny-sd15-controlnet", "tiny-sd15-controlnet-b", "single-file",
-                 "loras", "tiny-sd2-sharded", "tiny-sdxl", "tiny-sdxl-controlnet", "tiny-sd15-ip-adapter"):
+                 "loras", "tiny-sd2-sharded", "tiny-sdxl", "tiny-sdxl-controlnet", "tiny-sd15-ip-adapter",
+                 "tiny-sdxl-ip-adapter"):
         os.symlink(os.path.join(models, name), os.path.join(www, name))
     images = os.path.join(www, "images")  # control images (the refine goldens') and a file that is not one
     os.makedirs(images)

@@ -187,6 +187,28 @@ def test_ip_adapters_equal_the_cli(rig):
     check_statuses(r.events)
 
 
+def test_sdxl_ip_adapter_equals_the_cli(rig):
+    """An SDXL job with prompt_2 and an image prompt (the tiny SDXL adapter, the tiny image
+    encoder by URL) equals perflow generate's image."""
+    r = rig(partitions=1)
+    j = r.job("ip-xl", model={"base": {"url": url(r, "tiny-sdxl")}}, prompt="a red car", prompt_2="at night", seed=3,
+              ip_adapters=[{"adapter": {"url": url(r, "tiny-sdxl-ip-adapter/ip-adapter.safetensors")},
+                            "image": {"url": url(r, "images/ip-0.png")},
+                            "image_encoder": {"url": url(r, "tiny-sd15/image_encoder")}, "scale": 0.8}])
+    jsonschema.validate(j, JOB_SCHEMA)
+    r.produce(j)
+    r.start_worker()
+    r.events.wait_terminal(["ip-xl"], timeout=120)
+    ((rgb, _),) = job_images(r, "ip-xl")
+    (want,) = cli_images(r, ["--model", os.path.join(MODELS, "tiny-sdxl"), "--prompt", "a red car", "--prompt-2",
+                             "at night", "--ip-adapter",
+                             os.path.join(MODELS, "tiny-sdxl-ip-adapter", "ip-adapter.safetensors") + ":0.8",
+                             "--ip-image", os.path.join(GOLDENS, "ip-adapter-plain-and-plus-image-0.png"),
+                             "--image-encoder", os.path.join(SD15, "image_encoder")], 3)
+    assert_u8_close("ip-xl", rgb, want)
+    check_statuses(r.events)
+
+
 def test_sdxl_job_and_families_never_batched_together(rig):
     """An SDXL job with prompt_2 and the time ids, and one with an explicit empty negative
     prompt, equal the CLI's; SD and SDXL jobs arriving together run in batches of their own;
