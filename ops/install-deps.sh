@@ -36,7 +36,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import moto, boto3, pytest, confluent_kafka, jsonschema, prometheus_client" 2>/dev/null; then
+if ! .venv/bin/python -c "import moto, boto3, pytest, confluent_kafka, jsonschema, prometheus_client, PIL" 2>/dev/null; then
     echo "installing the test tools into .venv (tests/requirements.txt)"
     .venv/bin/pip install -q -r tests/requirements.txt
 fi
