@@ -315,8 +315,9 @@ def test_job_longer_than_max_poll_interval_no_rebalance(rig):
     w = r.start_worker(PERFLOW_KAFKA_SESSION_TIMEOUT_MS=3000, PERFLOW_KAFKA_MAX_POLL_INTERVAL_MS=3000,
                        PERFLOW_KAFKA_HEARTBEAT_INTERVAL_MS=500)
     w.wait_event("kafka.assigned")
-    # longer than max.poll.interval.ms (3 s) with room to spare on a fast CPU backend
-    r.produce(long_job(r, "slow", steps=64))
+    # longer than max.poll.interval.ms (3 s) with room to spare on a fast CPU backend (64
+    # steps at 256 px took 2.8 s once the CPU kernels got faster: too short to prove anything)
+    r.produce(long_job(r, "slow", steps=100, side=384))
     r.events.wait_terminal(["slow"], timeout=90)
     (ev,) = r.events.terminal("slow")
     assert ev["state"] == "succeeded" and ev["timings"]["engine_ms"] > 3000, ev["timings"]
