@@ -35,6 +35,7 @@
 #include "commands.h"
 #include "digest.h"
 #include "job.h"
+#include "model_route.h"
 #include "output_key.h"
 #include "redis_conn.h"
 #include "status.h"
@@ -109,11 +110,16 @@ static void usage(FILE *f) {
             "  --redis ADDR          the workers' Redis (default $PERFLOW_REDIS): jobs it has a result for\n"
             "                        are not sent again, and the batch is indexed for perflow status --batch;\n"
             "                        --no-redis: neither\n"
+            "  --route-spread N      a model's jobs go to N consecutive partitions in turn, starting where\n"
+            "                        the model's digest says, so they meet the workers that have it loaded\n"
+            "                        (default %d; ops/README.md, Warm-model routing)\n"
+            "  --no-route-by-model   key each job by its id instead (the partitioner spreads them)\n"
             "Not here (the workers' settings): --model, --delta, --lora, --controlnet, --control-image,\n"
             "--ip-adapter, --ip-image, --image-encoder (use the -url forms), --out,\n"
             "--grid, --device, --threads, --vae-tiling.\n"
             "Exit status: 0 when every job was sent (and with --wait succeeded), 1 otherwise, 2 on usage\n"
-            "errors.\n");
+            "errors.\n",
+            PF_ROUTE_SPREAD_DEFAULT);
 }
 
 static int usage_error(const char *fmt, const char *arg) { return pf_cli_usage_error("submit", fmt, arg); }
@@ -152,6 +158,8 @@ typedef struct options {
     double guidance, refine_guidance, refine_strength, cn_scale, rate, timeout;
     uint64_t seed;
     int has_seed, refine, keep_base, fp16, wait, dry_run, no_redis;
+    int no_route;     /* --no-route-by-model */
+    long route_spread; /* --route-spread N (PF_ROUTE_SPREAD_DEFAULT) */
     int has_rsize, has_rsteps, has_rguidance, has_rstrength, has_cnscale;
 } options;
 
@@ -655,7 +663,7 @@ static int url_arg_set(url_arg *a, const char *arg, const char *flag) {
 static int parse_options(options *o, int argc, char **argv) {
     enum { O_MODEL_URL = 256, O_DELTA_URL, O_DELTA_SHA, O_CN_URL, O_CN_SHA, O_OUTPUT, O_PROMPTS, O_PFORMAT, O_SEEDS,
            O_BATCH, O_RATE, O_WAIT, O_TIMEOUT, O_MANIFEST, O_CONFIG, O_BROKERS, O_TOPIC, O_STATUS_TOPIC, O_REDIS,
-           O_NO_REDIS, O_DRY, O_DEADLINE, O_REFINE, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH,
+           O_NO_REDIS, O_NO_ROUTE, O_SPREAD, O_DRY, O_DEADLINE, O_REFINE, O_RSIZE, O_RSTEPS, O_RPROMPT, O_RNEG, O_RGUIDANCE, O_RSTRENGTH,
            O_CNSCALE, O_KEEP_BASE, O_FP16, O_SHARD_SIZE, O_NOT_HERE, O_PROMPT2, O_NEG2, O_ORIG, O_CROP, O_TARGET,
            O_LORA_URL, O_LORA_SHA, O_CIMG_URL, O_CIMG_SHA, O_IPA_URL, O_IPA_SHA, O_IPI_URL, O_IPI_SHA, O_ENC_URL,
            O_ENC_SHA };
@@ -676,6 +684,7 @@ static int parse_options(options *o, int argc, char **argv) {
         {"brokers", required_argument, 0, O_BROKERS},         {"topic", required_argument, 0, O_TOPIC},
         {"status-topic", required_argument, 0, O_STATUS_TOPIC}, {"redis", required_argument, 0, O_REDIS},
         {"no-redis", no_argument, 0, O_NO_REDIS},             {"dry-run", no_argument, 0, O_DRY},
+        {"no-route-by-model", no_argument, 0, O_NO_ROUTE},    {"route-spread", required_argument, 0, O_SPREAD},
         {"deadline", required_argument, 0, O_DEADLINE},       {"refine", no_argument, 0, O_REFINE},
         {"refine-size", required_argument, 0, O_RSIZE},       {"refine-steps", required_argument, 0, O_RSTEPS},
         {"refine-prompt", required_argument, 0, O_RPROMPT},   {"refine-negative-prompt", required_argument, 0, O_RNEG},
@@ -706,6 +715,7 @@ static int parse_options(options *o, int argc, char **argv) {
     o->guidance = 4.5;
     o->num_images = 1;
     o->negative = "";
+    o->route_spread = PF_ROUTE_SPREAD_DEFAULT;
     int c, idx;
     optind = 1;
     opterr = 0;
@@ -812,6 +822,10 @@ static int parse_options(options *o, int argc, char **argv) {
         case O_STATUS_TOPIC: o->status_topic = optarg; break;
         case O_REDIS: o->redis = optarg; break;
         case O_NO_REDIS: o->no_redis = 1; break;
+        case O_NO_ROUTE: o->no_route = 1; break;
+        case O_SPREAD:
+            if (pf_cli_int(optarg, "--route-spread", 1, PF_ROUTE_SPREAD_MAX, &o->route_spread)) return 2;
+            break;
         case O_DRY: o->dry_run = 1; break;
         case O_DEADLINE: o->deadline = optarg; break;
         case O_REFINE: o->refine = 1; break;
@@ -1025,6 +1039,8 @@ int cmd_submit(int argc, char **argv) {
                                  CONNECT_TIMEOUT_MS, &err))
             goto fail;
         long long t_next = pf_now_ms();
+        long nsent = 0;
+        char model_id[PF_SHA256_HEX] = "";
         for (long j = 0; j < b.n; j++) {
             sjob *sj = &b.jobs[j];
             if (sj->state != J_NEW) continue;
@@ -1034,7 +1050,21 @@ int cmd_submit(int argc, char **argv) {
                 if (t_next < pf_now_ms() - 1000) t_next = pf_now_ms(); /* no burst after a stall */
             }
             char *s = job_json(&b, sj);
-            int bad = pf_submit_kafka_send(k, sj->id, b.batch_id, s, &err);
+            /* Warm-model routing (model_route.h): the batch has one model, its identity from the first job. */
+            char key[PF_ROUTE_KEY_MAX];
+            int partition = -1;
+            if (!o->no_route) {
+                if (!model_id[0]) {
+                    pf_job pj;
+                    PF_CHECK(!pf_job_parse(&pj, s, strlen(s), (char[PF_JOB_FIELD_MAX]){0}, PF_JOB_FIELD_MAX,
+                                           &(pf_error){0})); /* plan() parsed every job already */
+                    pf_route_model_id(model_id, &pj);
+                    pf_job_free(&pj);
+                }
+                partition = pf_route_partition(key, model_id, nsent, (int)o->route_spread, pf_submit_kafka_partitions(k));
+            }
+            int bad = pf_submit_kafka_send(k, sj->id, b.batch_id, s, partition >= 0 ? key : NULL, partition, &err);
+            nsent++;
             free(s);
             if (bad) goto fail;
             sj->state = J_SENT;

@@ -12,6 +12,7 @@ struct pf_submit_kafka {
     rd_kafka_t *producer;
     rd_kafka_t *reader; /* NULL without a status topic */
     const char *jobs_topic;
+    int partitions; /* of the jobs topic, when opened */
     long queued, delivered, failed;
     char first_error[256];
 };
@@ -145,8 +146,7 @@ int pf_submit_kafka_open(pf_submit_kafka **out, const pf_worker_config *cfg, con
         pf_fail(err, "kafka producer: %s", es);
         goto fail;
     }
-    int n;
-    if (partitions(k->producer, cfg->brokers, jobs_topic, timeout_ms, &n, err)) goto fail;
+    if (partitions(k->producer, cfg->brokers, jobs_topic, timeout_ms, &k->partitions, err)) goto fail;
     if (status_topic && open_reader(k, cfg, status_topic, timeout_ms, err)) goto fail;
     *out = k;
     return 0;
@@ -169,13 +169,19 @@ void pf_submit_kafka_close(pf_submit_kafka *k, int flush_ms) {
     free(k);
 }
 
+int pf_submit_kafka_partitions(const pf_submit_kafka *k) {
+    return k->partitions;
+}
+
 int pf_submit_kafka_send(pf_submit_kafka *k, const char *job_id, const char *batch_id, const char *json,
-                         pf_error *err) {
+                         const char *key, int partition, pf_error *err) {
+    if (!key) key = job_id;
     for (;;) {
         rd_kafka_headers_t *h = rd_kafka_headers_new(1);
         rd_kafka_header_add(h, "perflow-batch-id", -1, batch_id, -1);
         rd_kafka_resp_err_t e = rd_kafka_producev(
-            k->producer, RD_KAFKA_V_TOPIC(k->jobs_topic), RD_KAFKA_V_KEY(job_id, strlen(job_id)),
+            k->producer, RD_KAFKA_V_TOPIC(k->jobs_topic), RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_PARTITION(partition >= 0 ? partition : RD_KAFKA_PARTITION_UA),
             RD_KAFKA_V_VALUE((void *)json, strlen(json)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
         if (!e) {

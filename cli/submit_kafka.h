@@ -29,10 +29,14 @@ int pf_submit_kafka_open(pf_submit_kafka **out, const pf_worker_config *cfg, con
 /* Waits up to flush_ms for messages still in flight, then frees everything. NULL is fine. */
 void pf_submit_kafka_close(pf_submit_kafka *k, int flush_ms);
 
-/* Queues one job (key: job_id; header perflow-batch-id), waiting while the
- * local queue is full. Error when librdkafka refuses it for good. */
+/* The jobs topic's partition count (read at open). */
+int pf_submit_kafka_partitions(const pf_submit_kafka *k);
+/* Queues one job (header perflow-batch-id) with key (NULL: job_id) to
+ * partition (-1: the partitioner's choice by key; protocol/model_route.h
+ * says how submit routes), waiting while the local queue is full. Error
+ * when librdkafka refuses it for good. */
 int pf_submit_kafka_send(pf_submit_kafka *k, const char *job_id, const char *batch_id, const char *json,
-                         pf_error *err);
+                         const char *key, int partition, pf_error *err);
 /* Serves delivery reports for up to ms. */
 void pf_submit_kafka_poll(pf_submit_kafka *k, int ms);
 /* Waits until every queued job is acknowledged or failed (bounded by the

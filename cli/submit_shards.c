@@ -288,7 +288,7 @@ int pf_submit_shards(const pf_shard_plan_in *in, const pf_worker_config *cfg, co
     if (pf_submit_kafka_open(&k, cfg, jobs_topic, in->wait ? cfg->status_topic : NULL, CONNECT_TIMEOUT_MS, &err))
         goto fail;
     for (long s = 0; s < n; s++) {
-        if (pf_submit_kafka_send(k, sh[s].id, batch_id, sh[s].json, &err)) goto fail;
+        if (pf_submit_kafka_send(k, sh[s].id, batch_id, sh[s].json, NULL, -1, &err)) goto fail; /* a shard runs alone: not routed */
         pf_submit_kafka_poll(k, 0);
     }
     if (pf_submit_kafka_flush(k, &err)) goto fail;

@@ -65,6 +65,7 @@ static const setting settings[] = {
     I(threads, 0, 1024, "0", "CPU threads of the engine (0: all cores)"),
     I(max_batch, 1, 64, "4", "images per engine call when consecutive jobs batch"),
     L(batch_wait_ms, 0, 10000, "0", "wait this long for more jobs to join a batch"),
+    I(prefer_warm, 0, 1, "1", "take held jobs of a loaded model first (bounded: worker/prefer.h); 0: arrival order"),
     {"model_memory", T_SIZE, offsetof(pf_worker_config, model_memory), 0, 0, 0, "8G",
      "model weights kept loaded, LRU (bytes, K/M/G/T)"},
     I(max_attempts, 1, 100, "3", "attempts of a job before the dead-letter topic"),

@@ -9,6 +9,7 @@
 #include "worker_config.h"
 #include "log.h"
 #include "metrics.h"
+#include "prefer.h"
 
 /* How long a lower-priority message waits while a higher-priority topic is
  * known to have a backlog: long enough for that client to fetch again after a
@@ -23,6 +24,10 @@ struct pf_consumer {
     int paused;
     rd_kafka_message_t **pending; /* pushed back, oldest first; never dropped (see push_back) */
     int npending, cap;
+    /* warm-model preference (pf_consumer_prefer): NULL, none */
+    int (*warm)(const rd_kafka_message_t *m, void *ctx);
+    void *warm_ctx;
+    int passed; /* picks in a row that passed over the head (prefer.h) */
 };
 
 static const char *client_name(rd_kafka_t *rk) {
@@ -343,15 +348,43 @@ static long long mono_ms(void) {
     return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+typedef struct warm_ctx {
+    pf_consumer *c;
+} warm_ctx;
+
+static int warm_at(int i, void *ctx) {
+    pf_consumer *c = ((warm_ctx *)ctx)->c;
+    return c->warm(c->pending[i], c->warm_ctx);
+}
+
+/* The pending message to hand out next (prefer.h): FIFO within a topic,
+ * the highest priority first, and with a preference set a message for a
+ * warm model ahead of the head within the rules (*pass: it passes the head). */
+static int pick_pending(pf_consumer *c, int *pass) {
+    pf_prefer_item *items = malloc((size_t)c->npending * sizeof *items);
+    PF_CHECK(items);
+    for (int k = 0; k < c->npending; k++)
+        items[k] = (pf_prefer_item){priority_of(c, c->pending[k]), rd_kafka_topic_name(c->pending[k]->rkt),
+                                    (int)c->pending[k]->partition};
+    int k = pf_prefer_pick(pass, items, c->npending, c->passed, PF_PREFER_MAX_PASS, c->warm ? warm_at : NULL,
+                           &(warm_ctx){c});
+    free(items);
+    return k;
+}
+
+void pf_consumer_prefer(pf_consumer *c, int (*warm)(const rd_kafka_message_t *m, void *ctx), void *ctx) {
+    c->warm = warm;
+    c->warm_ctx = ctx;
+}
+
 rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms) {
     long long until = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0), hold_until = 0;
     for (;;) {
         /* Pushed-back messages first, the highest priority first (FIFO within
          * a topic, so each partition stays in order). */
         if (c->npending) {
-            int best = 0;
-            for (int k = 1; k < c->npending; k++)
-                if (priority_of(c, c->pending[k]) < priority_of(c, c->pending[best])) best = k;
+            int pass = 0;
+            int best = pick_pending(c, &pass);
             int p = priority_of(c, c->pending[best]);
             /* A lower-priority message waits (up to PRIORITY_HOLD_MS) while a higher topic has a backlog. */
             if (p > 0 && !hold_until && higher_has_backlog(c, p)) hold_until = mono_ms() + PRIORITY_HOLD_MS;
@@ -362,6 +395,7 @@ rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms) {
             if (hold_until > 1) pf_consumer_resume(c);
             if (p == 0 || !hold_until || mono_ms() >= hold_until) {
                 rd_kafka_message_t *m = c->pending[best];
+                c->passed = pass ? c->passed + 1 : 0;
                 memmove(c->pending + best, c->pending + best + 1, (size_t)(c->npending - best - 1) * sizeof *c->pending);
                 c->npending--;
                 return m;

@@ -12,6 +12,7 @@
 #include "image.h"
 #include "log.h"
 #include "metrics.h"
+#include "model_route.h"
 #include "model_source.h"
 
 #define MAX_MODELS 32
@@ -167,21 +168,6 @@ static json_t *source_json(const pf_job_source *s) {
     return json_pack("[s, s?]", s->url ? s->url : "", s->sha256);
 }
 
-/* The LRU key: everything pf_pipeline_load_model fuses into the weights. The
- * LoRA scales are the floats the engine gets, printed exactly by jansson. */
-static char *model_key(const pf_job *job) {
-    json_t *loras = json_array();
-    for (int i = 0; i < job->n_loras; i++)
-        json_array_append_new(loras, json_pack("[o, f]", source_json(&job->loras[i]), (double)job->loras[i].scale));
-    json_t *k = json_pack("{s:o, s:o, s:o, s:b, s:o}", "base", source_json(&job->base), "config",
-                          source_json(&job->config), "delta", source_json(&job->delta), "fp16", job->fp16, "loras",
-                          loras);
-    char *s = json_dumps(k, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(k);
-    PF_CHECK(s);
-    return s;
-}
-
 /* After a load, what each LoRA matched: one log line each, a warning when
  * some of its keys matched nothing (they were dropped). */
 static void log_loras(const pf_job *job, const pf_lora_report *r) {
@@ -206,7 +192,7 @@ int pf_models_get(pf_models *m, const pf_job *job, pf_model **out, pf_model_timi
     *out = NULL;
     pf_error_set_kind(err, PF_ERROR_NONE, NULL);
     memset(t, 0, sizeof *t);
-    char *key = model_key(job);
+    char *key = pf_route_model_text(job); /* the LRU key: everything fused into the weights */
     for (int i = 0; i < m->n; i++)
         if (!m->m[i]->in_use && !strcmp(m->m[i]->key, key)) {
             free(key);
@@ -481,4 +467,10 @@ int pf_models_loaded(const pf_models *m, uint64_t *bytes) {
     for (int i = 0; i < m->n; i++) b += m->m[i]->bytes;
     if (bytes) *bytes = b;
     return m->n;
+}
+
+int pf_models_has(const pf_models *m, const char *key) {
+    for (int i = 0; i < m->n; i++)
+        if (!strcmp(m->m[i]->key, key)) return 1;
+    return 0;
 }

@@ -129,5 +129,8 @@ int pf_models_image(pf_models *m, const pf_job_source *src, const char *field, l
 void pf_models_put(pf_models *m, pf_model *model);
 /* Number of models loaded and their total estimated bytes. */
 int pf_models_loaded(const pf_models *m, uint64_t *bytes);
+/* 1 when the model whose identity is key (pf_route_model_text) is loaded:
+ * its jobs would not load anything. */
+int pf_models_has(const pf_models *m, const char *key);
 
 #endif

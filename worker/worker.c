@@ -18,6 +18,8 @@
 #include "intake.h"
 #include "lease.h"
 #include "log.h"
+#include "model_route.h"
+#include "models.h"
 #include "notify.h"
 #include "result_store.h"
 #include "worker_state.h"
@@ -82,6 +84,28 @@ static void clear_batch(pf_worker *w) {
         rd_kafka_message_destroy(w->msgs[i]);
     }
     w->nbatch = 0;
+}
+
+/* The consumer's warm-model preference (prefer.h), called on held messages
+ * while no job thread runs: while a batch is being gathered, a job that can
+ * join it (the same model and size as its first); between batches, a job
+ * whose model is loaded. A message that does not parse is not preferred (it
+ * is ended in its turn). */
+static int warm_message(const rd_kafka_message_t *m, void *ctx) {
+    pf_worker *w = ctx;
+    pf_job job;
+    if (pf_job_parse(&job, m->payload, m->len, (char[PF_JOB_FIELD_MAX]){0}, PF_JOB_FIELD_MAX, &(pf_error){0}))
+        return 0;
+    int warm;
+    if (w->nbatch) {
+        warm = pf_job_same_model(&job, &w->jobs[0].job);
+    } else {
+        char *key = pf_route_model_text(&job);
+        warm = !job.samples && pf_models_has(w->models, key);
+        free(key);
+    }
+    pf_job_free(&job);
+    return warm;
 }
 
 /* The gauges a batch changes, read while no job thread runs (the models and
@@ -227,6 +251,7 @@ int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache
         return -1;
     }
     pf_models_open(&w->models, cache, be, cfg->model_memory);
+    if (cfg->prefer_warm) pf_consumer_prefer(w->consumer, warm_message, w);
     w->exec = (pf_exec){cfg, w->models, w->producer, s3, cred, &w->abandon, NULL, pf_image_numerics(be->name)};
     if (cfg->result_store && cfg->result_store_url[0]) {
         /* its own Redis connection: the job thread uses it, the main loop keeps w->redis */
