@@ -53,7 +53,7 @@ typedef struct pf_worker_config {
     int threads;                  /* CPU backend threads (0: all cores) */
     int max_batch;                /* images per engine call */
     long batch_wait_ms;           /* how long to wait for more jobs to join a batch */
-    int prefer_warm;              /* 1: held jobs of a loaded model go first (worker/prefer.h) */
+    int prefer_warm;              /* held jobs of a loaded model may pass the oldest this often in a row; 0: off */
     uint64_t model_memory;        /* bytes of model weights kept loaded (warm LRU) */
     int max_attempts;             /* attempts of a job before it goes to the dead-letter topic */
     int retries;                  /* tries of a transient step (download, upload) within one attempt */

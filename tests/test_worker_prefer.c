@@ -1,6 +1,6 @@
 /* test_worker_prefer.c - warm-model routing's pure parts: the pick among held
  * jobs (worker/prefer.c: warm first, never past an earlier message of the same
- * partition, the head passed over at most PF_PREFER_MAX_PASS times in a row)
+ * partition, the head passed over at most prefer_warm times in a row)
  * and submit's partition rule (protocol/model_route.c). The end-to-end half
  * (perflow submit into Kafka, a worker's order) is tests/worker/test_routing.py. */
 #include "test_util.h"
@@ -9,6 +9,8 @@
 
 #include "model_route.h"
 #include "prefer.h"
+
+#define MAX_PASS 8 /* the worker's default prefer_warm */
 
 /* A queue of held messages: topic index, partition, warm. */
 typedef struct held {
@@ -47,7 +49,7 @@ static void test_warm_first_partition_order(void **state) {
     /* partition 0: cold 0, warm 1, cold 2; partition 1: warm 3, warm 4 */
     held q[] = {{0, 0, 0, 0}, {0, 0, 1, 1}, {0, 0, 0, 2}, {0, 1, 1, 3}, {0, 1, 1, 4}};
     int order[5];
-    drain(order, q, 5, PF_PREFER_MAX_PASS);
+    drain(order, q, 5, MAX_PASS);
     int want[] = {3, 4, 0, 1, 2}; /* 1 is warm but waits behind 0, its partition's head */
     assert_memory_equal(order, want, sizeof want);
 }
@@ -61,8 +63,8 @@ static void test_no_starvation(void **state) {
     n++;
     for (int p = 1; p < 40; p++, n++) q[n] = (held){0, p, 1, n}; /* 39 warm heads of their partitions */
     int order[40];
-    drain(order, q, n, PF_PREFER_MAX_PASS);
-    assert_int_equal(position(order, n, 0), PF_PREFER_MAX_PASS);
+    drain(order, q, n, MAX_PASS);
+    assert_int_equal(position(order, n, 0), MAX_PASS);
     /* every cold job among warm ones: each waits at most (place + 1) x (max_pass + 1) picks */
     held r[30];
     for (int i = 0; i < 30; i++) r[i] = (held){0, i % 7, i % 3 == 0 ? 0 : 1, i};
@@ -78,16 +80,16 @@ static void test_priority_and_off(void **state) {
     (void)state;
     held q[] = {{1, 0, 1, 0}, {0, 1, 0, 1}, {0, 2, 1, 2}};
     int order[3];
-    drain(order, q, 3, PF_PREFER_MAX_PASS);
+    drain(order, q, 3, MAX_PASS);
     int want[] = {2, 1, 0};
     assert_memory_equal(order, want, sizeof want);
     pf_prefer_item it[] = {{0, "jobs", 0}, {0, "jobs", 1}};
     int pass = 9;
-    assert_int_equal(pf_prefer_pick(&pass, it, 2, 0, PF_PREFER_MAX_PASS, NULL, NULL), 0);
+    assert_int_equal(pf_prefer_pick(&pass, it, 2, 0, MAX_PASS, NULL, NULL), 0);
     assert_int_equal(pass, 0);
     /* the same partition number in another topic is another partition */
     held s[] = {{0, 0, 0, 0}, {1, 1, 0, 1}, {0, 1, 1, 2}};
-    drain(order, s, 3, PF_PREFER_MAX_PASS);
+    drain(order, s, 3, MAX_PASS);
     int want2[] = {2, 0, 1};
     assert_memory_equal(order, want2, sizeof want2);
 }

@@ -27,7 +27,10 @@ struct pf_consumer {
     /* warm-model preference (pf_consumer_prefer): NULL, none */
     int (*warm)(const rd_kafka_message_t *m, void *ctx);
     void *warm_ctx;
-    int passed; /* picks in a row that passed over the head (prefer.h) */
+    int max_pass;
+    int passed;      /* picks in a row that passed over the head (prefer.h) */
+    int passed_before; /* passed before the last message handed out, restored when it comes back */
+    int taken_at;      /* where in the pending list the last message handed out was (0: not from it) */
 };
 
 static const char *client_name(rd_kafka_t *rk) {
@@ -366,14 +369,15 @@ static int pick_pending(pf_consumer *c, int *pass) {
     for (int k = 0; k < c->npending; k++)
         items[k] = (pf_prefer_item){priority_of(c, c->pending[k]), rd_kafka_topic_name(c->pending[k]->rkt),
                                     (int)c->pending[k]->partition};
-    int k = pf_prefer_pick(pass, items, c->npending, c->passed, PF_PREFER_MAX_PASS, c->warm ? warm_at : NULL,
+    int k = pf_prefer_pick(pass, items, c->npending, c->passed, c->max_pass, c->warm ? warm_at : NULL,
                            &(warm_ctx){c});
     free(items);
     return k;
 }
 
-void pf_consumer_prefer(pf_consumer *c, int (*warm)(const rd_kafka_message_t *m, void *ctx), void *ctx) {
-    c->warm = warm;
+void pf_consumer_prefer(pf_consumer *c, int (*warm)(const rd_kafka_message_t *m, void *ctx), void *ctx, int max_pass) {
+    c->warm = max_pass > 0 ? warm : NULL;
+    c->max_pass = max_pass;
     c->warm_ctx = ctx;
 }
 
@@ -395,12 +399,16 @@ rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms) {
             if (hold_until > 1) pf_consumer_resume(c);
             if (p == 0 || !hold_until || mono_ms() >= hold_until) {
                 rd_kafka_message_t *m = c->pending[best];
+                c->passed_before = c->passed;
                 c->passed = pass ? c->passed + 1 : 0;
+                c->taken_at = best;
                 memmove(c->pending + best, c->pending + best + 1, (size_t)(c->npending - best - 1) * sizeof *c->pending);
                 c->npending--;
                 return m;
             }
         }
+        c->passed_before = c->passed; /* from librdkafka: no pick made */
+        c->taken_at = 0;
         rd_kafka_message_t *m = NULL;
         int i;
         for (i = 0; i < c->n && !m; i++) m = take(c, i, 0);
@@ -433,9 +441,19 @@ rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms) {
 }
 
 void pf_consumer_unread(pf_consumer *c, rd_kafka_message_t *m) {
+    /* A message that comes back was not taken (a batch it did not fit): it
+     * goes back to its place (a preferred one must not become the head), and
+     * the count of passes is what it was before it was handed out (a pass
+     * does not count towards the head's bound, and a head that comes back is
+     * still owed its turn). */
+    c->passed = c->passed_before;
+    int at = c->taken_at <= c->npending ? c->taken_at : 0;
+    c->taken_at = 0;
+    for (int k = 0; k < at; k++) /* never behind its own partition (a revoke may have shifted the list) */
+        if (c->pending[k]->partition == m->partition && !strcmp(rd_kafka_topic_name(c->pending[k]->rkt), rd_kafka_topic_name(m->rkt))) at = k;
     push_back(c, m); /* makes room */
-    memmove(c->pending + 1, c->pending, (size_t)(c->npending - 1) * sizeof *c->pending);
-    c->pending[0] = m;
+    memmove(c->pending + at + 1, c->pending + at, (size_t)(c->npending - 1 - at) * sizeof *c->pending);
+    c->pending[at] = m;
 }
 
 int pf_consumer_fill(pf_consumer *c, int max, int timeout_ms) {

@@ -63,8 +63,8 @@ rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms);
 /* Sets the warm-model preference among pushed-back messages (worker/prefer.h:
  * within a topic a message whose warm(m, ctx) is 1 may go before the head, if
  * it is the first held of its partition and the head has been passed over
- * fewer than PF_PREFER_MAX_PASS times in a row). warm NULL: strict FIFO. */
-void pf_consumer_prefer(pf_consumer *c, int (*warm)(const rd_kafka_message_t *m, void *ctx), void *ctx);
+ * fewer than max_pass times in a row). warm NULL or max_pass 0: strict FIFO. */
+void pf_consumer_prefer(pf_consumer *c, int (*warm)(const rd_kafka_message_t *m, void *ctx), void *ctx, int max_pass);
 /* Returns m to the front of the queue (it will be the next one polled). */
 void pf_consumer_unread(pf_consumer *c, rd_kafka_message_t *m);
 /* Takes up to max messages that have arrived (waiting up to timeout_ms for

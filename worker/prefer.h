@@ -12,15 +12,13 @@
  *   past an earlier one would commit past it, and a crash would lose it. So
  *   only the first held message of each partition is a candidate; partitions
  *   are reordered among themselves, never inside.
- * - Starvation. The head is passed over at most max_pass times in a row;
+ * - Starvation. The head is passed over at most max_pass times in a row
+ *   (the worker's prefer_warm setting, 8 by default);
  *   then it goes, whatever its model. Every held message becomes the head
  *   after the ones before it go, so it waits at most (its place + 1) x
  *   (max_pass + 1) picks. */
 #ifndef PF_PREFER_H
 #define PF_PREFER_H
-
-/* How many picks may pass over the held head in a row (the worker's bound). */
-#define PF_PREFER_MAX_PASS 8
 
 /* A held message as the pick sees it. */
 typedef struct pf_prefer_item {

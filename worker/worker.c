@@ -251,7 +251,7 @@ int pf_worker_open(pf_worker **out, const pf_worker_config *cfg, pf_cache *cache
         return -1;
     }
     pf_models_open(&w->models, cache, be, cfg->model_memory);
-    if (cfg->prefer_warm) pf_consumer_prefer(w->consumer, warm_message, w);
+    pf_consumer_prefer(w->consumer, warm_message, w, cfg->prefer_warm);
     w->exec = (pf_exec){cfg, w->models, w->producer, s3, cred, &w->abandon, NULL, pf_image_numerics(be->name)};
     if (cfg->result_store && cfg->result_store_url[0]) {
         /* its own Redis connection: the job thread uses it, the main loop keeps w->redis */
@@ -303,6 +303,13 @@ int pf_worker_run(pf_worker *w) {
             pf_consumer_fill(w->consumer, (w->cfg->max_batch > LOOKAHEAD ? w->cfg->max_batch : LOOKAHEAD) - 1,
                              (int)w->cfg->batch_wait_ms);
         pf_consumer_pause(w->consumer);
+        /* The warm-model preference chooses among every held job, the one
+         * just polled included (put back at the front, where its partition's
+         * order keeps it). */
+        if (w->cfg->prefer_warm && pf_consumer_pending(w->consumer)) {
+            pf_consumer_unread(w->consumer, m);
+            if (!(m = pf_consumer_poll(w->consumer, 0))) continue;
+        }
         handle(w, m);
         if (!w->draining) pf_metrics_state(PF_WSTATE_IDLE); /* after a run, a replay or a wait */
     }
