@@ -90,6 +90,8 @@ expect 2 "seed range 'x' must be" $S --prompt cat --seeds x
 expect 2 "seed range '0-9223372036854775808' must be" $S --prompt cat --seeds 0-9223372036854775808
 expect 2 "--seed and --seeds" $S --prompt cat --seed 1 --seeds 0-3
 expect 2 "needs --prompt TEXT or --prompts FILE" $S
+expect 2 "--route-spread must be an integer in [1, 1024] (got '0')" $S --prompt cat --route-spread 0
+expect 2 "--route-spread must be an integer in [1, 1024] (got '2x')" $S --prompt cat --route-spread 2x
 expect 2 "--model names a local folder" $S --prompt cat --model "$M"
 expect 2 "--device is the workers' setting" $S --prompt cat --device cpu
 expect 2 "--refine needs --controlnet-url" $S --prompt cat --refine
