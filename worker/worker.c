@@ -304,8 +304,8 @@ int pf_worker_run(pf_worker *w) {
                              (int)w->cfg->batch_wait_ms);
         pf_consumer_pause(w->consumer);
         /* The warm-model preference chooses among every held job, the one
-         * just polled included (put back at the front, where its partition's
-         * order keeps it). */
+         * just polled included (put back where it was: the front when it came
+         * straight from librdkafka, before anything fill took after it). */
         if (w->cfg->prefer_warm && pf_consumer_pending(w->consumer)) {
             pf_consumer_unread(w->consumer, m);
             if (!(m = pf_consumer_poll(w->consumer, 0))) continue;
