@@ -65,7 +65,10 @@ rd_kafka_message_t *pf_consumer_poll(pf_consumer *c, int timeout_ms);
  * it is the first held of its partition and the head has been passed over
  * fewer than max_pass times in a row). warm NULL or max_pass 0: strict FIFO. */
 void pf_consumer_prefer(pf_consumer *c, int (*warm)(const rd_kafka_message_t *m, void *ctx), void *ctx, int max_pass);
-/* Returns m to the front of the queue (it will be the next one polled). */
+/* Returns m, the message the last pf_consumer_poll handed out, to where it
+ * was: the front when it came from librdkafka, its place in the pushed-back
+ * list otherwise (so a preferred message does not become the head), never
+ * behind a held message of its own partition. */
 void pf_consumer_unread(pf_consumer *c, rd_kafka_message_t *m);
 /* Takes up to max messages that have arrived (waiting up to timeout_ms for
  * them), in priority order, onto the back of the pushed-back queue; returns
