@@ -248,8 +248,18 @@ int pf_cli_ips_attach(pf_cli_ips *c, pf_pipeline *p, const char *model, pf_ip_im
         enc = def;
     }
     if (pf_pipeline_set_ip_adapters(p, files, c->n, enc, err)) return -1;
+    snprintf(c->encoder_used, sizeof c->encoder_used, "%s", enc);
     *n = c->n;
     return 0;
+}
+
+void pf_cli_ips_describe(const pf_cli_ips *c, char *buf, size_t n, const char **encoder) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < c->n && used < n; i++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%s:%g=%s", i ? ", " : "", c->ip[i].file, c->ip[i].scale,
+                                 c->ip[i].image);
+    *encoder = c->n && c->encoder_used[0] ? c->encoder_used : NULL;
 }
 
 void pf_cli_ips_free(pf_cli_ips *c) {
@@ -298,16 +308,18 @@ int pf_cli_is_png_path(const char *path) {
 }
 
 int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_request *rq,
-                      const pf_pipeline *p, const pf_cli_model *m, const pf_cli_controls *nets, const char *input,
-                      pf_error *err) {
+                      const pf_pipeline *p, const pf_cli_model *m, const pf_cli_controls *nets, const pf_cli_ips *ips,
+                      const char *input, pf_error *err) {
     const size_t px = (size_t)w * h * 3, olen = strlen(out);
-    char loras[4096], controls[4096];
-    const char *tile = NULL;
+    char loras[4096], controls[4096], prompts[4096] = "";
+    const char *tile = NULL, *encoder = NULL;
     pf_cli_model_describe(m, loras, sizeof loras);
     pf_cli_controls_describe(nets, controls, sizeof controls, &tile);
+    if (ips) pf_cli_ips_describe(ips, prompts, sizeof prompts, &encoder);
     const pf_provenance provenance = {.rq = rq, .sdxl = pf_pipeline_family(p) == PF_FAMILY_SDXL,
                                       .model = m->spec.model, .model_config = m->spec.model_config,
                                       .delta = m->spec.delta, .loras = loras, .controlnets = controls,
+                                      .ip_adapters = prompts, .image_encoder = encoder,
                                       .refine_controlnet = tile, .input = input, .out_width = w, .out_height = h};
     const pf_provenance *prov = &provenance;
     pf_provenance_text *text = PF_MALLOC(sizeof *text);

@@ -94,6 +94,7 @@ void pf_cli_controls_free(pf_cli_controls *c);
 typedef struct pf_cli_ips {
     int n;
     const char *encoder;
+    char encoder_used[4096];  /* the encoder attached (pf_cli_ips_attach), "" before */
     struct {
         char *file;
         const char *image;
@@ -112,6 +113,10 @@ int pf_cli_ips_add_image(pf_cli_ips *c, const char *path);
  * Returns 0, or -1 with err set (an adapter without an image among them). */
 int pf_cli_ips_attach(pf_cli_ips *c, pf_pipeline *p, const char *model, pf_ip_image *ips, int *n, pf_error *err);
 void pf_cli_ips_free(pf_cli_ips *c);
+/* The image prompts as "FILE:SCALE=IMAGE, ..." for the PNG text ("" when none),
+ * and *encoder the image encoder they ran with (NULL when none; valid once
+ * pf_cli_ips_attach succeeded). */
+void pf_cli_ips_describe(const pf_cli_ips *c, char *buf, size_t n, const char **encoder);
 
 /* Progress of one stage: a bar redrawn in place on a terminal, one line per
  * step otherwise (logs). Pass as the pipeline's progress callback with a
@@ -127,12 +132,12 @@ void pf_cli_on_progress(void *user, int step, int total);
 /* Writes n w x h 8-bit RGB images to out (a .png path): one file when n is 1,
  * one contact sheet when grid, else OUT-0.png, OUT-1.png, ...; each path is
  * printed on stdout. Each PNG's text is the provenance (provenance.h) of the
- * resolved request rq run on p with model m and ControlNets nets (input: the
- * refine stage's input image, or NULL), with its index. Returns 0, or -1 with
- * err set. */
+ * resolved request rq run on p with model m, ControlNets nets and image prompts
+ * ips (NULL: none; input: the refine stage's input image, or NULL), with its
+ * index. Returns 0, or -1 with err set. */
 int pf_cli_write_pngs(const char *out, const uint8_t *rgb, int n, int w, int h, int grid, const pf_request *rq,
-                      const pf_pipeline *p, const pf_cli_model *m, const pf_cli_controls *nets, const char *input,
-                      pf_error *err);
+                      const pf_pipeline *p, const pf_cli_model *m, const pf_cli_controls *nets, const pf_cli_ips *ips,
+                      const char *input, pf_error *err);
 
 /* 1 when path ends in ".png" and has a name before it. */
 int pf_cli_is_png_path(const char *path);

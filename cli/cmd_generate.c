@@ -255,7 +255,7 @@ int cmd_generate(int argc, char **argv) {
         pf_image_to_u8(rgb, images, (long)(out_px * prm->num_images));
     }
 
-    if (pf_cli_write_pngs(out, rgb, prm->num_images, W, H, grid, &rq, pipe, &m, &nets, NULL, &err)) goto done;
+    if (pf_cli_write_pngs(out, rgb, prm->num_images, W, H, grid, &rq, pipe, &m, &nets, &ipa, NULL, &err)) goto done;
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);

@@ -163,7 +163,7 @@ int cmd_refine(int argc, char **argv) {
     if (pf_pipeline_refine(pipe, prm, images, &err)) goto done;
     pf_image_to_u8(rgb, images, (long)px);
 
-    if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, &rq, pipe, &m, &nets, image, &err)) goto done;
+    if (pf_cli_write_pngs(out, rgb, 1, W, H, 0, &rq, pipe, &m, &nets, NULL, image, &err)) goto done;
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "perflow: %s\n", err.msg);

@@ -23,7 +23,7 @@
  * model hash when the job pins a single-file checkpoint. The model's URL is
  * not written: a presigned URL carries a signature. */
 typedef struct sources {
-    char loras[2048], controls[4096], hash[11];
+    char loras[2048], controls[4096], ips[4096], hash[11];
 } sources;
 
 static void describe_sources(sources *t, const pf_job *job) {
@@ -37,6 +37,11 @@ static void describe_sources(sources *t, const pf_job *job) {
         used += (size_t)snprintf(t->controls + used, sizeof t->controls - used, "%s%s:%g=%s", i ? ", " : "",
                                  job->control[i].controlnet.url, (double)job->control[i].scale,
                                  job->control[i].image.url);
+    used = 0;
+    t->ips[0] = '\0';
+    for (int i = 0; i < job->n_ip && used < sizeof t->ips; i++)
+        used += (size_t)snprintf(t->ips + used, sizeof t->ips - used, "%s%s:%g=%s", i ? ", " : "", job->ip[i].adapter.url,
+                                 (double)job->ip[i].scale, job->ip[i].image.url);
     if (job->base_file && job->base.sha256) snprintf(t->hash, sizeof t->hash, "%.10s", job->base.sha256);
 }
 
@@ -56,7 +61,9 @@ static int store_one(pf_exec *x, pf_exec_job *j, const pf_image_set *set, int i,
     describe_sources(&src, job);
     const pf_provenance prov = {.rq = &j->rq, .sdxl = j->family && !strcmp(j->family, "sdxl"),
                                 .job_id = job->job_id, .model_hash = src.hash, .loras = src.loras,
-                                .controlnets = src.controls, .refine_controlnet = job->refine.controlnet.url,
+                                .controlnets = src.controls, .ip_adapters = src.ips,
+                                .image_encoder = job->n_ip ? job->ip[0].image_encoder.url : NULL,
+                                .refine_controlnet = job->refine.controlnet.url,
                                 .stage = job->refine.on ? set->stage : NULL, .out_width = set->w,
                                 .out_height = set->h};
     pf_provenance_text *text = PF_MALLOC(sizeof *text);

@@ -140,6 +140,8 @@ void pf_provenance_fill(pf_provenance_text *t, const pf_provenance *p, const cha
     PAIR_IF("delta", p->delta);
     PAIR_IF("loras", p->loras);
     PAIR_IF("controlnets", p->controlnets);
+    PAIR_IF("ip_adapters", p->ip_adapters);
+    PAIR_IF("image_encoder", p->image_encoder);
     if (p->sdxl && !alone) {
         /* as the CLI's flags write them: W x H and X,Y; the engine's are (h, w) and (top, left) */
         snprintf(t->sizes[0], sizeof t->sizes[0], "%dx%d", g->original_size[1] ? g->original_size[1] : g->width,

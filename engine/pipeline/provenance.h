@@ -11,7 +11,7 @@
  *
  * Pairs (only those that apply): Software, job_id, prompt, negative_prompt,
  * seed, steps, guidance, size, prediction_type, windows, clip_skip, model,
- * model_config, delta, loras, controlnets; SDXL: family, prompt_2,
+ * model_config, delta, loras, controlnets, ip_adapters, image_encoder; SDXL: family, prompt_2,
  * negative_prompt_2, original_size, crop_coords, target_size (as the CLI's
  * flags write them: WxH, X,Y); with a refine stage: stage (when the caller
  * says which stage's images these are), and for the refined images
@@ -35,6 +35,8 @@ typedef struct pf_provenance {
                                       sha256), or NULL when not known */
     const char *loras;             /* "PATH:SCALE, ..." or NULL */
     const char *controlnets;       /* the text-to-image ControlNets, "DIR:SCALE=IMAGE, ...", or NULL */
+    const char *ip_adapters;       /* the image prompts, "FILE:SCALE=IMAGE, ...", or NULL */
+    const char *image_encoder;     /* their image encoder, or NULL */
     const char *refine_controlnet; /* the refine stage's tile ControlNet, or NULL */
     const char *input;             /* the refine stage alone: the input image */
     const char *stage;             /* with a refine stage: "base" or "refined", the images these are; NULL:
@@ -42,7 +44,7 @@ typedef struct pf_provenance {
     int out_width, out_height;     /* the images' size */
 } pf_provenance;
 
-#define PF_PROVENANCE_PAIRS 48
+#define PF_PROVENANCE_PAIRS 52
 
 /* The text of one image: kv is the NULL-terminated key, value list for
  * pf_png_write; the other fields are its storage. */

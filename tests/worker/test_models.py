@@ -172,11 +172,14 @@ def test_ip_adapters_equal_the_cli(rig):
                "--ip-image", os.path.join(GOLDENS, "ip-adapter-plain-and-plus-image-0.png"),
                "--ip-adapter", os.path.join(MODELS, "tiny-sd15-ip-adapter", "ip-adapter-plus.safetensors") + ":0.7",
                "--ip-image", os.path.join(GOLDENS, "ip-adapter-plain-and-plus-image-1.png")]
-    got = {}
+    got, text = {}, {}
     for job_id, seed in (("ip-two", 4), ("ip-two-again", 5)):
-        ((got[job_id], _),) = job_images(r, job_id)
+        ((got[job_id], text[job_id]),) = job_images(r, job_id)
         (want,) = cli_images(r, base + ip_args, seed)
         assert_u8_close(job_id, got[job_id], want)
+    assert text["ip-two"]["ip_adapters"] == "%s:0.5=%s, %s:0.7=%s" % (
+        ips[0]["adapter"]["url"], ips[0]["image"]["url"], ips[1]["adapter"]["url"], ips[1]["image"]["url"])
+    assert text["ip-two"]["image_encoder"] == enc["url"]
     (plain,) = cli_images(r, base, 4)  # the image prompts change the image
     assert got["ip-two"] != plain
     assert len(w.events("model.ip_adapter_loaded")) == 1
