@@ -12,13 +12,15 @@
 #include "convert.h"
 #include "lora.h"
 #include "safetensors.h"
+#include "unet.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: perflow inspect [--help] [--summary] [--model DIR|FILE [--model-config DIR]] FILE\n"
                "  Validates FILE (.safetensors, or a sharded set's *.safetensors.index.json) and says what it\n"
                "  is on lines starting '# ': a diffusers component (UNet, VAE, text encoder, ControlNet), a\n"
-               "  single-file LDM checkpoint (its family, components and skipped keys) or a LoRA (its format,\n"
-               "  modules and, with --model, how many of its tensors match that model's weights). Then one\n"
+               "  single-file LDM checkpoint (its family, components and skipped keys), a LoRA (its format,\n"
+               "  modules and, with --model, how many of its tensors match that model's weights) or an\n"
+               "  IP-Adapter (plain or Plus, its widths and, with --model DIR, whether it fits). Then one\n"
                "  line per tensor, sorted by name: NAME DTYPE SHAPE (--summary: the '# ' lines only).\n"
                "  Exit status: 0 valid, 1 invalid or unreadable, 2 usage error.\n");
 }
@@ -70,6 +72,52 @@ static int describe_lora(const char *path, const char *model, const char *model_
     pf_checkpoint_close(c);
     pf_lora_close(l);
     return rc;
+}
+
+/* The cross-attentions a UNet config implies (every attn2, as unet.c numbers
+ * them): the transformer layers of each CrossAttn down and up block's resnets
+ * and of the mid block. */
+static int config_cross_attentions(const pf_unet_config *c) {
+    const int nb = c->num_blocks;
+    int n = c->transformer_layers[nb - 1]; /* mid */
+    for (int i = 0; i < nb; i++) {
+        if (c->down_cross_attn[i]) n += c->layers_per_block[i] * c->transformer_layers[i];
+        if (c->up_cross_attn[nb - 1 - i]) n += (c->layers_per_block[i] + 1) * c->transformer_layers[i];
+    }
+    return n;
+}
+
+/* The '# ' lines of an IP-Adapter file (image_proj.* and ip_adapter.N.*), and
+ * with model (a diffusers folder) whether it fits that model's UNet. */
+static int describe_ip_adapter(const pf_safetensors *st, const char *model, pf_error *err) {
+    const pf_st_tensor *k1 = pf_st_find(st, "ip_adapter.1.to_k_ip.weight"), *lat = pf_st_find(st, "image_proj.latents");
+    const pf_st_tensor *proj = pf_st_find(st, lat ? "image_proj.proj_in.weight" : "image_proj.proj.weight");
+    if (!k1 || k1->ndim != 2 || !proj || proj->ndim != 2 || (lat && lat->ndim != 3))
+        return pf_fail(err, "an IP-Adapter file without ip_adapter.1.to_k_ip and image_proj.%s matrices",
+                       lat ? "proj_in" : "proj");
+    int n = 0;
+    for (int i = 0; i < st->count; i++) {
+        int id, end = 0;
+        if (sscanf(st->tensors[i].name, "ip_adapter.%d.to_k_ip.weight%n", &id, &end) == 1 && !st->tensors[i].name[end])
+            n++;
+    }
+    const long long X = k1->shape[1], E = proj->shape[1], N = lat ? lat->shape[1] : proj->shape[0] / X;
+    const char *fam = X == 2048 ? " (SDXL)" : X == 768 ? " (SD-1.5)" : X == 1024 ? " (SD-2)" : "";
+    printf("# IP-Adapter%s: %d cross-attentions over %lld-wide image tokens%s, %lld tokens from %s of %lld "
+           "(the image encoder's %s)\n", lat ? " Plus (Resampler)" : "", n, X, fam, N,
+           lat ? "the penultimate hidden states" : "image_embeds", E, lat ? "hidden_size" : "projection_dim");
+    if (!model) return 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/unet/config.json", model);
+    pf_unet_config c;
+    if (pf_unet_config_read(&c, path, err)) return pf_error_prefix(err, "--model %s (a diffusers folder)", model);
+    const int want = config_cross_attentions(&c);
+    if (want == n && c.cross_attention_dim == X)
+        printf("# against %s: fits its UNet (%d cross-attentions over %d)\n", model, want, c.cross_attention_dim);
+    else
+        printf("# against %s: does not fit: its UNet has %d cross-attentions over %d\n", model, want,
+               c.cross_attention_dim);
+    return 0;
 }
 
 /* The '# ' lines of an LDM checkpoint. */
@@ -171,7 +219,9 @@ int cmd_inspect(int argc, char **argv) {
     pf_ldm_info info;
     const char *kind = component_kind(st_has, st);
     int rc = 0;
-    if (st->count && lora_keys * 2 > st->count) {
+    if (pf_st_find(st, "ip_adapter.1.to_k_ip.weight")) {
+        rc = describe_ip_adapter(st, model, &err);
+    } else if (st->count && lora_keys * 2 > st->count) {
         rc = describe_lora(path, model, model_config, &err);
     } else if (pf_ldm_probe(&info, st)) {
         describe_ldm(&info, st->count);

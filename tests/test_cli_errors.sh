@@ -197,6 +197,19 @@ case "$out" in
 *"ControlNetModel weights with SDXL's text_time embedding (an SDXL ControlNet)"*) echo "ok: inspect of an SDXL ControlNet" ;;
 *) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
 esac
+# IP-Adapters: plain and Plus, what they take, and whether they fit --model's UNet
+out=$("$P" inspect --summary --model "$M" "$ROOT/tests/data/models/tiny-sdxl-ip-adapter/ip-adapter-plus.safetensors" 2> "$T/err")
+case "$out" in
+*"IP-Adapter Plus (Resampler): 12 cross-attentions over 72-wide image tokens, 6 tokens from the penultimate hidden states of 32"*"does not fit: its UNet has 4 cross-attentions over 32"*)
+    echo "ok: inspect of an SDXL IP-Adapter Plus against SD-1.5" ;;
+*) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
+esac
+out=$("$P" inspect --summary --model "$M" "$ROOT/tests/data/models/tiny-sd15-ip-adapter/ip-adapter.safetensors" 2> "$T/err")
+case "$out" in
+*"# IP-Adapter: 4 cross-attentions over 32-wide image tokens, 4 tokens from image_embeds of 24 (the image encoder's projection_dim)"*"fits its UNet (4 cross-attentions over 32)"*)
+    echo "ok: inspect of an IP-Adapter that fits" ;;
+*) echo "FAIL: inspect printed: $out"; cat "$T/err"; fails=$((fails + 1)) ;;
+esac
 expect 1 "an SDXL checkpoint, but the configs of" $P generate --model "$ROOT/tests/data/models/single-file/tiny-sdxl.safetensors" \
     --model-config "$M" --prompt cat --width 64 --height 64 --out "$T/x.png"
 expect 1 "an SD-1.x/2.x LoRA on an SDXL model: " $P generate --model "$XL" --lora "$L/kohya-sd15.safetensors" \
