@@ -143,8 +143,13 @@ static int plan_index(pf_model_file *files, int *count, int max, const char *jso
             rc = add_weights(&p, name, "diffusion_pytorch_model", prefer_fp16, with_weights, err);
         } else if (ends_with(cls, "Scheduler")) {
             rc = add(&p, name, "scheduler_config.json", NULL, 0, err);
+        } else if (!strcmp(lib, "transformers") && !strcmp(cls, "CLIPVisionModelWithProjection")) {
+            /* the IP-Adapter image encoder (--image-encoder defaults to it), with its
+             * preprocessing when the folder carries it */
+            rc = add_weights(&p, name, "model", prefer_fp16, with_weights, err) ||
+                 add(&p, name, "preprocessor_config.json", NULL, 1, err);
         } else if (!strcmp(cls, "StableDiffusionSafetyChecker") || !strcmp(cls, "CLIPImageProcessor") ||
-                   !strcmp(cls, "CLIPFeatureExtractor") || !strcmp(cls, "CLIPVisionModelWithProjection")) {
+                   !strcmp(cls, "CLIPFeatureExtractor")) {
             components--; /* not run by the engine */
         } else {
             rc = pf_fail(err, "model_index.json: component '%s' has class '%s' (library '%s'), which perflow does not load",

@@ -70,7 +70,18 @@ def make_image_encoder():
     enc = CLIPVisionModelWithProjection(cfg).eval()
     enc.save_pretrained(root)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root)
+    list_image_encoder(os.path.join(MODELS, MODEL, "model_index.json"))
     return root
+
+
+def list_image_encoder(index_path):
+    """The model folder lists its image encoder as diffusers' save_pretrained does for a
+    pipeline that has one, so that fetching the folder brings it (storage/model_index.c)."""
+    with open(index_path) as f:
+        index = json.load(f)
+    index["image_encoder"] = ["transformers", "CLIPVisionModelWithProjection"]
+    with open(index_path, "w") as f:
+        f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def adapter_tensors(unet, seed, X, E_in):
