@@ -46,6 +46,42 @@ size_t pf_text_limit(void) {
     return text_limit;
 }
 
+int pf_read_file(uint8_t **out, size_t *len, const char *path, size_t max, int *found, pf_error *err) {
+    *out = NULL;
+    *len = 0;
+    if (found) *found = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (found && errno == ENOENT) return 0;
+        return pf_fail(err, "%s: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
+        close(fd);
+        pf_fail(err, "%s: not a regular file of at most %zu bytes", path, max);
+        return pf_error_set_kind(err, PF_ERROR_PERMANENT, NULL);
+    }
+    const size_t n = (size_t)st.st_size;
+    uint8_t *buf = PF_MALLOC(n + 1);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            free(buf);
+            close(fd);
+            return pf_fail(err, "%s: %s", path, r ? strerror(errno) : "shorter than its size");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    if (found) *found = 1;
+    return 0;
+}
+
 int pf_read_text_file(char **out, size_t *len, const char *path, pf_error *err) {
     *out = NULL;
     *len = 0;

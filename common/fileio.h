@@ -7,6 +7,7 @@
 #define PF_FILEIO_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "error.h"
 
@@ -33,6 +34,14 @@ int pf_fsync_rename(int fd, const char *tmp, const char *path, pf_error *err);
  * cap a 50 MB vocab.json took 1 GB of memory and a 100 MiB header 2 GB. */
 #define PF_TEXT_LIMIT_DEFAULT (16u << 20)
 size_t pf_text_limit(void);
+
+/* Reads the regular file at path whole into a malloc'd buffer with a NUL after
+ * its *len bytes. A file over max bytes is refused from its size, before
+ * anything is read; that and a path that is not a regular file are errors of
+ * kind PF_ERROR_PERMANENT. found NULL: a missing file is an error; else it is
+ * not, and *found says whether the file was there (*out NULL when not). On
+ * error -1 with err naming the file, *out NULL. */
+int pf_read_file(uint8_t **out, size_t *len, const char *path, size_t max, int *found, pf_error *err);
 
 /* Reads the file at path whole into a malloc'd, NUL-terminated buffer (*len
  * excludes the NUL). Error naming the file when it cannot be read or is over

@@ -8,6 +8,8 @@
  * rewrite (an empty "Expect:" is one). */
 #include "s3.h"
 
+#include "fileio.h"
+
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
@@ -649,33 +651,7 @@ static int get_local(uint8_t **data, size_t *len, int *found, const char *src, s
     const char *path = src + 7; /* file:// */
     if (path[0] != '/' || strstr(path, "/../") || strstr(path, "/./") || strchr(path, '%') || strchr(path, '?'))
         return pf_fail(err, "file:// source must be a plain absolute path (file:///...)"), permanent(err);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT) return 0; /* *found stays 0 */
-        return pf_fail(err, "%s: %s", path, strerror(errno));
-    }
-    struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > max) {
-        close(fd);
-        return pf_fail(err, "%s: not a regular file of at most %zu bytes", path, max), permanent(err);
-    }
-    uint8_t *buf = PF_MALLOC((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            free(buf);
-            close(fd);
-            return pf_fail(err, "%s: %s", path, r ? strerror(errno) : "shorter than its size");
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    *data = buf;
-    *len = got;
-    *found = 1;
-    return 0;
+    return pf_read_file(data, len, path, max, found, err); /* a missing file: *found stays 0 */
 }
 
 static int get_object(uint8_t **data, size_t *len, int *found, const pf_s3_config *cfg, const pf_credentials *cred,

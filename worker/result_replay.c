@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fileio.h"
 #include "image.h"
 #include "image_identity.h"
 #include "log.h"
@@ -23,38 +24,13 @@ void pf_replay_identity(char hex[PF_SHA256_HEX], const pf_exec *x, const pf_mode
     json_decref(doc);
 }
 
-static int read_whole(const char *path, uint8_t **out, size_t *len, pf_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st)) {
-        if (fd >= 0) close(fd);
-        return pf_fail(err, "%s: %s", path, strerror(errno));
-    }
-    uint8_t *buf = PF_MALLOC((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            close(fd);
-            free(buf);
-            return pf_fail(err, "%s: %s", path, r ? strerror(errno) : "shorter than its size");
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    *out = buf;
-    *len = got;
-    return 0;
-}
-
 int pf_replay_png(const pf_exec *x, const uint8_t *rgb, int w, int h, const char *tag, uint8_t **png, size_t *len,
                   pf_error *err) {
     char path[2048];
     *png = NULL;
     if (pf_scratch_file(path, sizeof path, x->cfg->work_dir, "replay", ".png", err)) return -1;
     if (pf_png_write(path, rgb, w, h, NULL, err)) return -1;
-    int rc = read_whole(path, png, len, err);
+    int rc = pf_read_file(png, len, path, SIZE_MAX, NULL, err);
     unlink(path);
     return rc;
 }
