@@ -46,7 +46,7 @@ size_t pf_text_limit(void) {
     return text_limit;
 }
 
-int pf_read_file(uint8_t **out, size_t *len, const char *path, size_t max, int *found, pf_error *err) {
+int pf_read_whole_file(uint8_t **out, size_t *len, const char *path, size_t max, int *found, pf_error *err) {
     *out = NULL;
     *len = 0;
     if (found) *found = 0;

@@ -41,7 +41,7 @@ size_t pf_text_limit(void);
  * kind PF_ERROR_PERMANENT. found NULL: a missing file is an error; else it is
  * not, and *found says whether the file was there (*out NULL when not). On
  * error -1 with err naming the file, *out NULL. */
-int pf_read_file(uint8_t **out, size_t *len, const char *path, size_t max, int *found, pf_error *err);
+int pf_read_whole_file(uint8_t **out, size_t *len, const char *path, size_t max, int *found, pf_error *err);
 
 /* Reads the file at path whole into a malloc'd, NUL-terminated buffer (*len
  * excludes the NUL). Error naming the file when it cannot be read or is over

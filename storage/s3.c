@@ -651,7 +651,7 @@ static int get_local(uint8_t **data, size_t *len, int *found, const char *src, s
     const char *path = src + 7; /* file:// */
     if (path[0] != '/' || strstr(path, "/../") || strstr(path, "/./") || strchr(path, '%') || strchr(path, '?'))
         return pf_fail(err, "file:// source must be a plain absolute path (file:///...)"), permanent(err);
-    return pf_read_file(data, len, path, max, found, err); /* a missing file: *found stays 0 */
+    return pf_read_whole_file(data, len, path, max, found, err); /* a missing file: *found stays 0 */
 }
 
 static int get_object(uint8_t **data, size_t *len, int *found, const pf_s3_config *cfg, const pf_credentials *cred,

@@ -30,7 +30,7 @@ int pf_replay_png(const pf_exec *x, const uint8_t *rgb, int w, int h, const char
     *png = NULL;
     if (pf_scratch_file(path, sizeof path, x->cfg->work_dir, "replay", ".png", err)) return -1;
     if (pf_png_write(path, rgb, w, h, NULL, err)) return -1;
-    int rc = pf_read_file(png, len, path, SIZE_MAX, NULL, err);
+    int rc = pf_read_whole_file(png, len, path, SIZE_MAX, NULL, err);
     unlink(path);
     return rc;
 }
