@@ -103,8 +103,13 @@ super.users=User:ANONYMOUS
 allow.everyone.if.no.acl.found=false
 EOF
     fi
-    # A cluster id is 16 random bytes in URL-safe base64 without padding.
-    cluster=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    # A cluster id is 16 random bytes in URL-safe base64 without padding. One
+    # starting with '-' (1 in 64) reads as an option to StorageTool's parser
+    # ("--cluster-id: expected one argument"): draw again.
+    cluster=-
+    while [ "${cluster#-}" != "$cluster" ]; do
+        cluster=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    done
     java_run kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" \
         > "$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "formatting $dir/data failed"; }
 }
